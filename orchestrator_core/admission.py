@@ -1,0 +1,113 @@
+"""Admission: the checks a request passes before it may enter a pool's queue.
+
+Validation of shapes and types happens at the API edge; this decides what needs the pools'
+state: which pool serves the model, whether the request fits its context, whether the pool
+can serve at all, and whether a deadline is reachable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from orchestrator_core.errors import ErrorCode
+from orchestrator_core.estimator import ServiceEstimator
+from orchestrator_core.model import AUTO, Determinism, Placement, PlacementMode
+from orchestrator_core.placement import PlacementRequest, ReplicaSnapshot, could_ever_serve
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """A pool as admission sees it."""
+
+    pool_id: str
+    model: str
+    #: Context tokens one sequence may use (prompt + generated); None when not yet known.
+    ctx_max: int | None
+    draining: bool = False
+    replicas: Sequence[ReplicaSnapshot] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    determinism: Determinism = Determinism.BEST_EFFORT
+    placement: Placement = AUTO
+    pool_id: str | None = None
+    #: Absolute deadline on the caller's clock, in ms.
+    deadline_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    code: ErrorCode
+    message: str
+    #: The field the problem is about (for INVALID_PARAMS), as a dotted path.
+    field: str | None = None
+
+
+def resolve_pool(req: AdmissionRequest, pools: Sequence[PoolView]) -> PoolView | Denied:
+    """The pool that serves `req.model` (and `req.pool_id` when given)."""
+    serving = [p for p in pools if p.model == req.model]
+    if req.pool_id is not None:
+        serving = [p for p in serving if p.pool_id == req.pool_id]
+    if not serving:
+        known = sorted({p.model for p in pools})
+        where = f" in pool {req.pool_id!r}" if req.pool_id else ""
+        return Denied(
+            ErrorCode.UNKNOWN_MODEL,
+            f"model {req.model!r} is not served{where}; known models: {', '.join(known)}",
+            "model",
+        )
+    # Several pools may serve one model: take the first that is not draining (config order).
+    return next((p for p in serving if not p.draining), serving[0])
+
+
+def check(
+    req: AdmissionRequest,
+    pool: PoolView,
+    *,
+    ahead: int,
+    slots_total: int,
+    slots_busy: int,
+    estimator: ServiceEstimator,
+    now_ms: float,
+) -> Denied | None:
+    """Whether `req` may be queued on `pool`; `ahead` is how many queued tasks would
+    dispatch before it."""
+    if pool.ctx_max is not None and req.prompt_tokens + req.max_tokens > pool.ctx_max:
+        return Denied(
+            ErrorCode.INVALID_PARAMS,
+            f"prompt ({req.prompt_tokens} tokens) + max_tokens ({req.max_tokens}) exceeds "
+            f"the context limit of {pool.ctx_max} tokens of pool {pool.pool_id!r}",
+            "max_tokens",
+        )
+    if pool.draining:
+        return Denied(ErrorCode.POOL_UNAVAILABLE, f"pool {pool.pool_id!r} is draining")
+    pinned = req.placement.mode is PlacementMode.PIN
+    if pinned and all(r.id != req.placement.replica_id for r in pool.replicas):
+        return Denied(
+            ErrorCode.INVALID_PARAMS,
+            f"replica {req.placement.replica_id!r} is not in pool {pool.pool_id!r}",
+            "placement.replica_id",
+        )
+    if not could_ever_serve(PlacementRequest(req.determinism, req.placement), pool.replicas):
+        what = "a deterministic replica" if req.determinism is Determinism.STRICT else "a replica"
+        return Denied(
+            ErrorCode.POOL_UNAVAILABLE, f"pool {pool.pool_id!r} has no {what} that can serve"
+        )
+    if req.deadline_ms is not None:
+        budget = req.deadline_ms - now_ms
+        if budget <= 0:
+            return Denied(ErrorCode.DEADLINE_UNMET, "deadline_ms is already in the past")
+        start = estimator.predicted_start_ms(ahead, slots_total, slots_busy)
+        expected = start + estimator.decode_ms(req.max_tokens)
+        if expected > budget:
+            return Denied(
+                ErrorCode.DEADLINE_UNMET,
+                f"expected completion in {expected:.0f} ms (start in {start} ms) "
+                f"exceeds the deadline in {budget:.0f} ms",
+            )
+    return None

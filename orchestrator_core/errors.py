@@ -1,0 +1,52 @@
+"""The error taxonomy shared by every layer (codes from design/API.md)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable, typed error codes; clients switch on these, never on messages."""
+
+    INVALID_PARAMS = "INVALID_PARAMS"
+    UNKNOWN_MODEL = "UNKNOWN_MODEL"
+    ADMISSION_REJECT = "ADMISSION_REJECT"
+    QUEUE_FULL_DROP_LRU = "QUEUE_FULL_DROP_LRU"
+    POOL_UNREADY = "POOL_UNREADY"
+    POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
+    REPLICA_EXHAUSTED = "REPLICA_EXHAUSTED"
+    DEADLINE_UNMET = "DEADLINE_UNMET"
+    DECODE_TIMEOUT = "DECODE_TIMEOUT"
+    WORKER_RESET = "WORKER_RESET"
+    CANCELED = "CANCELED"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    INTERNAL = "INTERNAL"
+
+
+#: Codes a client may retry unchanged (possibly after a backoff).
+RETRIABLE: frozenset[ErrorCode] = frozenset(
+    {
+        ErrorCode.ADMISSION_REJECT,
+        ErrorCode.QUEUE_FULL_DROP_LRU,
+        ErrorCode.POOL_UNREADY,
+        ErrorCode.POOL_UNAVAILABLE,
+        ErrorCode.REPLICA_EXHAUSTED,
+        ErrorCode.DECODE_TIMEOUT,
+        ErrorCode.WORKER_RESET,
+    }
+)
+
+
+class OrchestratorError(Exception):
+    """An error that carries its taxonomy code; raised by the core and by adapters."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retriable: bool | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retriable = code in RETRIABLE if retriable is None else retriable
+
+    def __repr__(self) -> str:
+        return f"OrchestratorError({self.code.value}, {self.message!r})"

@@ -1,0 +1,95 @@
+from orchestrator_core.admission import AdmissionRequest, Denied, PoolView, check, resolve_pool
+from orchestrator_core.errors import ErrorCode
+from orchestrator_core.estimator import ServiceEstimator
+from orchestrator_core.model import Determinism, Placement, PlacementMode
+from orchestrator_core.placement import ReplicaSnapshot
+
+R1 = ReplicaSnapshot("r1", ready=True, slots_total=2)
+POOL = PoolView("tiny", "tiny-llama", ctx_max=256, replicas=(R1,))
+
+
+def run_check(req, pool=POOL, ahead=0, est=None, now=0.0):
+    return check(
+        req,
+        pool,
+        ahead=ahead,
+        slots_total=2,
+        slots_busy=0,
+        estimator=est or ServiceEstimator(),
+        now_ms=now,
+    )
+
+
+def test_unknown_model():
+    """OC-CORE-1040"""
+    got = resolve_pool(AdmissionRequest("nope", 1, 1), [POOL])
+    assert isinstance(got, Denied) and got.code is ErrorCode.UNKNOWN_MODEL
+    assert "tiny-llama" in got.message and got.field == "model"
+    assert resolve_pool(AdmissionRequest("tiny-llama", 1, 1), [POOL]) is POOL
+    got = resolve_pool(AdmissionRequest("tiny-llama", 1, 1, pool_id="other"), [POOL])
+    assert isinstance(got, Denied) and got.code is ErrorCode.UNKNOWN_MODEL
+
+
+def test_resolve_prefers_a_pool_that_is_not_draining():
+    draining = PoolView("a", "m", 10, draining=True)
+    live = PoolView("b", "m", 10)
+    assert resolve_pool(AdmissionRequest("m", 1, 1), [draining, live]) is live
+
+
+def test_context_overflow_names_the_limit():
+    """OC-CORE-1041"""
+    got = run_check(AdmissionRequest("tiny-llama", 200, 100))
+    assert isinstance(got, Denied) and got.code is ErrorCode.INVALID_PARAMS
+    assert "256" in got.message and got.field == "max_tokens"
+    assert run_check(AdmissionRequest("tiny-llama", 200, 56)) is None
+
+
+def test_draining_or_unservable_pool_is_unavailable():
+    """OC-CORE-1042"""
+    got = run_check(AdmissionRequest("tiny-llama", 1, 1), PoolView("p", "m", None, draining=True))
+    assert got.code is ErrorCode.POOL_UNAVAILABLE
+    got = run_check(AdmissionRequest("tiny-llama", 1, 1), PoolView("p", "m", None, replicas=()))
+    assert got.code is ErrorCode.POOL_UNAVAILABLE
+    strict = AdmissionRequest("tiny-llama", 1, 1, determinism=Determinism.STRICT)
+    got = run_check(strict)
+    assert got.code is ErrorCode.POOL_UNAVAILABLE and "deterministic" in got.message
+    # a replica that is not Ready yet (starting) can still serve later
+    starting = PoolView("p", "m", None, replicas=(ReplicaSnapshot("r", ready=False),))
+    assert run_check(AdmissionRequest("m", 1, 1), starting) is None
+
+
+def test_pin_to_unknown_replica_is_invalid():
+    req = AdmissionRequest("m", 1, 1, placement=Placement(PlacementMode.PIN, "ghost"))
+    got = run_check(req)
+    assert got.code is ErrorCode.INVALID_PARAMS and got.field == "placement.replica_id"
+
+
+def test_deadline_unreachable_is_denied():
+    """OC-CORE-1043"""
+    est = ServiceEstimator()
+    # unknown service time: only a past deadline is denied
+    assert run_check(AdmissionRequest("m", 1, 10, deadline_ms=5.0), est=est) is None
+    assert run_check(AdmissionRequest("m", 1, 10, deadline_ms=5.0), now=6.0).code is (
+        ErrorCode.DEADLINE_UNMET
+    )
+    est.observe(service_ms=100.0, tokens_out=10)  # 10 ms per token
+    got = run_check(AdmissionRequest("m", 1, 10, deadline_ms=50.0), est=est)
+    assert got.code is ErrorCode.DEADLINE_UNMET
+    assert run_check(AdmissionRequest("m", 1, 10, deadline_ms=150.0), est=est) is None
+    # with 4 tasks ahead on 2 slots the start is two task-times away
+    got = run_check(AdmissionRequest("m", 1, 10, deadline_ms=250.0), ahead=4, est=est)
+    assert got.code is ErrorCode.DEADLINE_UNMET
+
+
+def test_predicted_start_uses_ewma_and_slots():
+    """OC-CORE-1044"""
+    est = ServiceEstimator(alpha=0.5)
+    est.observe(100.0, 10)
+    est.observe(200.0, 10)
+    assert est.task_ms == 150.0 and est.token_ms == 15.0
+    assert est.predicted_start_ms(ahead=0, slots_total=2, slots_busy=1) == 0
+    assert est.predicted_start_ms(ahead=1, slots_total=2, slots_busy=1) == 150
+    assert est.predicted_start_ms(ahead=2, slots_total=2, slots_busy=2) == 300
+    assert est.backoff_ms(slots_total=2) == 1000
+    est.observe(10_000.0, 10)
+    assert est.backoff_ms(slots_total=2) > 1000

@@ -1,0 +1,156 @@
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator_core.dispatch import next_dispatch
+from orchestrator_core.model import Determinism, Placement, PlacementMode, Task
+from orchestrator_core.placement import (
+    NoFit,
+    NoFitReason,
+    Placed,
+    PlacementRequest,
+    ReplicaSnapshot,
+    place,
+)
+from orchestrator_core.queue import PoolQueue
+from orchestrator_core.sessions import SessionTable
+
+STRICT = Determinism.STRICT
+
+
+def r(id, **kw):
+    kw.setdefault("ready", True)
+    kw.setdefault("slots_total", 2)
+    return ReplicaSnapshot(id, **kw)
+
+
+def test_filters_unready_draining_full_and_nondeterministic():
+    """OC-CORE-1050"""
+    reps = [r("a", ready=False), r("b", draining=True), r("c", slots_busy=2), r("d")]
+    assert place(PlacementRequest(), reps) == Placed("d")
+    assert place(PlacementRequest(STRICT), reps) == NoFit(NoFitReason.NO_DETERMINISTIC_REPLICA)
+    reps.append(r("e", deterministic=True))
+    assert place(PlacementRequest(STRICT), reps) == Placed("e")
+
+
+def test_score_order_prefer_affinity_kv_busy_id():
+    """OC-CORE-1051"""
+    reps = [
+        r("a", slots_busy=1, kv_free_fraction=0.5),
+        r("b", kv_free_fraction=0.5),
+        r("c", kv_free_fraction=0.9, slots_busy=1),
+        r("d", kv_free_fraction=0.9, slots_busy=1),
+    ]
+    assert place(PlacementRequest(), reps) == Placed("c")  # most KV, then id
+    assert place(PlacementRequest(warm_replica="a"), reps) == Placed("a")
+    prefer = Placement(PlacementMode.PREFER, "b")
+    assert place(PlacementRequest(placement=prefer, warm_replica="a"), reps) == Placed("b")
+    flat = [r("y"), r("x", slots_busy=1), r("z")]
+    assert place(PlacementRequest(), flat) == Placed("y")  # fewest busy, then id
+
+
+def test_no_fit_reasons():
+    """OC-CORE-1052"""
+    assert place(PlacementRequest(), []) == NoFit(NoFitReason.NO_READY_REPLICA)
+    assert place(PlacementRequest(), [r("a", ready=False)]) == NoFit(NoFitReason.NO_READY_REPLICA)
+    assert place(PlacementRequest(), [r("a", slots_busy=2)]) == NoFit(NoFitReason.ALL_SLOTS_BUSY)
+    pin = Placement(PlacementMode.PIN, "b")
+    assert place(PlacementRequest(placement=pin), [r("a"), r("b", slots_busy=2)]) == NoFit(
+        NoFitReason.PINNED_REPLICA_UNAVAILABLE
+    )
+    assert place(PlacementRequest(placement=pin), [r("a"), r("b")]) == Placed("b")
+
+
+replicas = st.lists(
+    st.builds(
+        ReplicaSnapshot,
+        id=st.sampled_from("abcdef"),
+        ready=st.booleans(),
+        draining=st.booleans(),
+        slots_total=st.integers(1, 4),
+        slots_busy=st.integers(0, 4),
+        kv_free_fraction=st.none() | st.floats(0, 1),
+        deterministic=st.booleans(),
+    ),
+    max_size=6,
+    unique_by=lambda x: x.id,
+)
+requests = st.builds(
+    PlacementRequest,
+    determinism=st.sampled_from(list(Determinism)),
+    placement=st.builds(
+        Placement, st.sampled_from(list(PlacementMode)), st.none() | st.sampled_from("abcdefg")
+    ),
+    warm_replica=st.none() | st.sampled_from("abcdef"),
+)
+
+
+@given(requests, replicas)
+def test_property_never_picks_an_ineligible_replica_and_is_deterministic(req, reps):
+    """OC-CORE-1050, OC-CORE-1051"""
+    got = place(req, reps)
+    assert got == place(req, list(reversed(reps)))  # order of snapshots does not matter
+    if isinstance(got, Placed):
+        chosen = next(x for x in reps if x.id == got.replica_id)
+        assert chosen.ready and not chosen.draining and chosen.slots_busy < chosen.slots_total
+        if req.determinism is STRICT:
+            assert chosen.deterministic
+        if req.placement.mode is PlacementMode.PIN:
+            assert chosen.id == req.placement.replica_id
+
+
+@given(requests, replicas)
+def test_property_affinity_honoured_when_warm_replica_eligible(req, reps):
+    """OC-CORE-1051"""
+    req = replace(req, placement=Placement())
+    warm = next((x for x in reps if x.id == req.warm_replica), None)
+    if (
+        warm
+        and warm.serving
+        and warm.slots_free
+        and (req.determinism is not STRICT or warm.deterministic)
+    ):
+        assert place(req, reps) == Placed(warm.id)
+
+
+def test_dispatch_places_next_task_and_reports_expired():
+    """OC-CORE-1060"""
+    q = PoolQueue(10)
+    q.offer(Task("old", "p", deadline_ms=5.0))
+    q.offer(Task("s1", "p", session_id="sess"))
+    sessions = SessionTable()
+    sessions.record_turn("sess", "r2", now_ms=0.0)
+    reps = [r("r1"), r("r2", slots_busy=1)]
+    step = next_dispatch(q, reps, sessions, now_ms=10.0)
+    assert [x.id for x in step.expired] == ["old"]
+    assert step.task.id == "s1" and step.replica_id == "r2"  # warm KV wins
+    assert next_dispatch(q, reps, sessions, 10.0).task is None
+    q.offer(Task("x", "p"))
+    full = [r("r1", slots_busy=2)]
+    assert next_dispatch(q, full, sessions, 10.0).task is None
+    assert q.depth() == 1
+
+
+def test_dispatch_reports_unplaceable_strict_pinned_task():
+    """OC-CORE-1060"""
+    q = PoolQueue(10)
+    q.offer(Task("x", "p", determinism=STRICT, placement=Placement(PlacementMode.PIN, "r1")))
+    step = next_dispatch(q, [r("r1")], SessionTable(), 0.0)
+    assert step.unplaceable[1] is NoFitReason.PINNED_REPLICA_UNAVAILABLE
+
+
+def test_session_table_warmth_and_ttl():
+    s = SessionTable(warm_ms=100, ttl_ms=1000, max_sessions=2)
+    s.record_turn("a", "r1", 0)
+    assert s.warm_replica("a", 50) == "r1"
+    assert s.warm_replica("a", 150) is None
+    assert s.kv_warmth(s.get("a", 50), 50) == 0.5
+    assert s.get("a", 2000) is None
+    s.record_turn("a", "r1", 0)
+    s.record_turn("b", "r1", 0)
+    s.record_turn("c", "r2", 0)
+    assert s.get("a", 1) is None  # bounded LRU
+    s.forget_replica("r1")
+    assert s.warm_replica("b", 1) is None and s.warm_replica("c", 1) == "r2"
+    assert s.delete("c") and not s.delete("c")

@@ -1,0 +1,216 @@
+import pytest
+
+from orchestrator_core.errors import ErrorCode
+from orchestrator_core.fair import FairClass
+from orchestrator_core.model import (
+    Determinism,
+    Placement,
+    PlacementMode,
+    Priority,
+    Task,
+    TaskState,
+)
+from orchestrator_core.queue import (
+    ANY_LANE,
+    STRICT_LANE,
+    Admitted,
+    PoolQueue,
+    QueuePolicy,
+    Rejected,
+    pin_lane,
+)
+
+I, B = Priority.INTERACTIVE, Priority.BATCH
+
+
+def t(i, priority=I, tenant="default", **kw):
+    return Task(f"t{i}", "pool", priority=priority, tenant=tenant, **kw)
+
+
+def drain(q, lanes=(ANY_LANE,), now=0.0):
+    out = []
+    while True:
+        task, _ = q.take_next(lanes, now)
+        if task is None:
+            return out
+        out.append(task.id)
+
+
+def test_offer_answers_position_and_capacity_counts_both_priorities():
+    """OC-CORE-1020, OC-CORE-1021"""
+    q = PoolQueue(3)
+    assert q.offer(t(1, B)) == Admitted(0)
+    assert q.offer(t(2, I)) == Admitted(0)  # interactive goes ahead of the batch task
+    assert q.offer(t(3, B)) == Admitted(2)
+    assert (q.depth(I), q.depth(B), q.depth()) == (1, 2, 3)
+    result = q.offer(t(4, I))
+    assert isinstance(result, Rejected)
+
+
+def test_reject_policy_rejects_only_when_full_with_backoff():
+    """OC-CORE-1022, OC-CORE-1021"""
+    q = PoolQueue(2, QueuePolicy.REJECT)
+    assert isinstance(q.offer(t(1)), Admitted)
+    assert isinstance(q.offer(t(2)), Admitted)
+    assert q.offer(t(3), backoff_ms=1500) == Rejected(ErrorCode.ADMISSION_REJECT, 1500)
+    q.cancel("t1")
+    assert isinstance(q.offer(t(4)), Admitted)
+
+
+def test_drop_lru_evicts_oldest_batch_then_oldest_interactive():
+    """OC-CORE-1023"""
+    q = PoolQueue(3, QueuePolicy.DROP_LRU)
+    q.offer(t(1, I))
+    q.offer(t(2, B))
+    q.offer(t(3, B))
+    r = q.offer(t(4, I))
+    assert isinstance(r, Admitted) and r.evicted is not None
+    assert r.evicted.id == "t2"
+    assert r.evicted.state is TaskState.EVICTED
+    assert r.evicted.error is ErrorCode.QUEUE_FULL_DROP_LRU
+    r = q.offer(t(5, I))
+    assert isinstance(r, Admitted) and r.evicted.id == "t3"
+    r = q.offer(t(6, I))  # no batch left: the oldest interactive goes
+    assert isinstance(r, Admitted) and r.evicted.id == "t1"
+    assert q.depth() == 3
+
+
+def test_drop_lru_batch_offer_never_evicts_interactive():
+    """OC-CORE-1023"""
+    q = PoolQueue(2, QueuePolicy.DROP_LRU)
+    q.offer(t(1, I))
+    q.offer(t(2, I))
+    r = q.offer(t(3, B))
+    assert isinstance(r, Rejected) and r.reason is ErrorCode.ADMISSION_REJECT
+    assert {x.id for x in q} == {"t1", "t2"}
+
+
+def test_interactive_dispatches_before_batch_fifo_within_priority():
+    """OC-CORE-1024, OC-CORE-1025"""
+    q = PoolQueue(10)
+    for i, p in enumerate([B, I, B, I, B]):
+        q.offer(t(i, p))
+    assert drain(q) == ["t1", "t3", "t0", "t2", "t4"]
+
+
+def test_tenants_share_dispatch_round_robin():
+    """OC-CORE-1026"""
+    q = PoolQueue(100)
+    for i in range(5):
+        q.offer(t(f"a{i}", B, "a"))
+    q.offer(t("b0", B, "b"))
+    q.offer(t("b1", B, "b"))
+    assert drain(q) == ["ta0", "tb0", "ta1", "tb1", "ta2", "ta3", "ta4"]
+
+
+def test_tenant_weights_give_proportional_share():
+    """OC-CORE-1026"""
+    q = PoolQueue(100, tenant_weights={"heavy": 2})
+    for i in range(6):
+        q.offer(t(f"h{i}", B, "heavy"))
+        q.offer(t(f"l{i}", B, "light"))
+    order = drain(q)[:9]
+    assert sum(x.startswith("th") for x in order) == 6
+    assert sum(x.startswith("tl") for x in order) == 3
+
+
+def test_invalid_weights_rejected():
+    with pytest.raises(ValueError):
+        PoolQueue(1, tenant_weights={"x": 0})
+
+
+def test_cancel_position_and_depth():
+    """OC-CORE-1027"""
+    q = PoolQueue(10)
+    for i in range(4):
+        q.offer(t(i))
+    assert [q.position(f"t{i}") for i in range(4)] == [0, 1, 2, 3]
+    cancelled = q.cancel("t1")
+    assert cancelled is not None and cancelled.state is TaskState.CANCELED
+    assert q.cancel("t1") is None
+    assert q.position("t1") is None
+    assert [q.position(f"t{i}") for i in (0, 2, 3)] == [0, 1, 2]
+    assert q.depth(I) == 3
+    assert drain(q) == ["t0", "t2", "t3"]
+
+
+def test_position_matches_dispatch_order_with_tenants_and_lanes():
+    """OC-CORE-1027"""
+    q = PoolQueue(100, tenant_weights={"b": 3})
+    specs = [("a", B), ("b", B), ("a", I), ("c", B), ("b", B), ("a", B), ("b", I), ("b", B)]
+    for i, (tenant, prio) in enumerate(specs):
+        q.offer(t(i, prio, tenant))
+    predicted = sorted(q, key=lambda x: q.position(x.id))
+    assert [x.id for x in predicted] == drain(q)
+
+
+def test_deadline_expires_instead_of_running():
+    """OC-CORE-1028"""
+    q = PoolQueue(10)
+    q.offer(t(1, deadline_ms=100.0))
+    q.offer(t(2, deadline_ms=500.0))
+    q.offer(t(3))
+    assert q.next_deadline_ms() == 100.0
+    task, expired = q.take_next([ANY_LANE], now_ms=200.0)
+    assert [x.id for x in expired] == ["t1"]
+    assert expired[0].state is TaskState.EXPIRED and expired[0].error is ErrorCode.DEADLINE_UNMET
+    assert task is not None and task.id == "t2"
+    assert q.next_deadline_ms() is None
+
+
+def test_requeue_front_goes_ahead_of_never_run_tasks_and_ignores_capacity():
+    """OC-CORE-1030"""
+    q = PoolQueue(2)
+    q.offer(t(1))
+    q.offer(t(2))
+    running, _ = q.take_next([ANY_LANE], 0)
+    q.offer(t(3))
+    q.requeue_front(running)
+    assert running.state is TaskState.QUEUED and running.retries == 1
+    assert q.depth() == 3
+    assert q.position("t1") == 0
+    assert drain(q) == ["t1", "t2", "t3"]
+
+
+def test_pinned_and_strict_tasks_do_not_block_others():
+    """OC-CORE-1031"""
+    q = PoolQueue(10)
+    q.offer(t(1, placement=Placement(PlacementMode.PIN, "r2")))
+    q.offer(t(2, determinism=Determinism.STRICT))
+    q.offer(t(3))
+    # only r1 (not deterministic) has a free slot
+    task, _ = q.take_next([pin_lane("r1"), ANY_LANE], 0)
+    assert task.id == "t3"
+    task, _ = q.take_next([pin_lane("r1"), ANY_LANE], 0)
+    assert task is None
+    task, _ = q.take_next([pin_lane("r2"), ANY_LANE, STRICT_LANE], 0)
+    assert task.id == "t1"
+
+
+def test_offer_take_cancel_expire_never_iterate_the_queue(monkeypatch):
+    """OC-CORE-1029: no operation walks the queued tasks (their iterators would raise)."""
+    q = PoolQueue(1000, QueuePolicy.DROP_LRU)
+    for i in range(300):
+        q.offer(t(i, B if i % 2 else I, tenant=f"x{i % 3}", deadline_ms=1e9 if i % 5 else 5.0))
+
+    def boom(self):
+        raise AssertionError("queue scanned")
+
+    monkeypatch.setattr(FairClass, "__iter__", boom)
+    monkeypatch.setattr(PoolQueue, "__iter__", boom)
+    q.offer(t("new"))
+    q.cancel("t7")
+    q.take_next([ANY_LANE], 10.0)
+    q.expire_due(20.0)
+    for i in range(700):
+        q.offer(t(f"fill{i}", B))
+    assert isinstance(q.offer(t("evictor", I)), Admitted)
+
+
+def test_offer_of_non_queued_or_duplicate_task_raises():
+    q = PoolQueue(5)
+    q.offer(t(1))
+    with pytest.raises(ValueError):
+        q.offer(t(1))
+    with pytest.raises(ValueError):
+        q.offer(Task("x", "p", state=TaskState.RUNNING))
