@@ -1,0 +1,199 @@
+"""The HTTP API's models: the single source of the wire shapes (design/API.md).
+
+The client SDK and `orchctl` import this module and nothing else of the server.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_VERSION = "1.0"
+
+
+class _Strict(BaseModel):
+    # Requests: unknown fields and wrong types are errors, never silently coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Priority(StrEnum):
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+class Determinism(StrEnum):
+    STRICT = "strict"
+    BEST_EFFORT = "best_effort"
+
+
+class Sampling(_Strict):
+    temperature: Annotated[float, Field(ge=0, le=10)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] = []
+
+
+class PlacementSpec(_Strict):
+    mode: Literal["auto", "prefer", "pin"] = "auto"
+    pool_id: str | None = None
+    replica_id: str | None = None
+
+
+class TaskRequest(_Strict):
+    """`POST /v1/tasks`."""
+
+    task_id: UUID | None = Field(None, description="Client-chosen id; the server assigns one.")
+    session_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    prompt: str
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 128
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    sampling: Sampling = Sampling()
+    priority: Priority = Priority.INTERACTIVE
+    deadline_ms: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Budget in ms from submission; the task expires if not done by then."
+    )
+    determinism: Determinism = Determinism.BEST_EFFORT
+    placement: PlacementSpec = PlacementSpec()
+
+
+class AdmissionResponse(BaseModel):
+    task_id: str
+    queue_position: int = Field(description="0-based: 0 means next to dispatch.")
+    predicted_start_ms: int
+    stream_url: str
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EVICTED = "evicted"
+    EXPIRED = "expired"
+
+
+class ErrorEnvelope(BaseModel):
+    code: str
+    message: str
+    retriable: bool = False
+    retry_after_ms: int | None = None
+    policy_label: str | None = None
+    engine: str | None = None
+    pool_id: str | None = None
+    field: str | None = Field(None, description="The offending request field, as a dotted path.")
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    state: TaskState
+    model: str
+    pool_id: str
+    priority: Priority
+    queue_position: int | None = None
+    replica_id: str | None = None
+    tokens_out: int = 0
+    finish_reason: str | None = None
+    seed: int | None = None
+    output: str | None = Field(None, description="Generated text, once the task has ended.")
+    output_truncated: bool = False
+    error: ErrorEnvelope | None = None
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    ttl_ms: int
+    turns: int
+    replica_id: str | None
+    kv_warmth: float
+
+
+class ReplicaInfo(BaseModel):
+    replica_id: str
+    state: Literal["starting", "ready", "unready", "draining", "stopped", "failed"]
+    slots_total: int
+    slots_free: int
+    engine: str
+    engine_version: str
+    model_digest: str
+    deterministic: bool
+    restarts: int = 0
+    last_error: str | None = None
+    endpoint: str | None = None
+
+
+class PoolInfo(BaseModel):
+    pool_id: str
+    engine: str
+    model: str
+    ready: bool
+    draining: bool
+    queue_depth: dict[str, int]
+    queue_capacity: int
+    policy: str
+    ctx_max: int | None
+    replicas: list[ReplicaInfo]
+    last_error: str | None = None
+
+
+class PoolHealth(BaseModel):
+    live: bool
+    ready: bool
+    draining: bool
+    metrics: dict[str, float]
+
+
+class DrainRequest(_Strict):
+    deadline_ms: Annotated[int, Field(ge=0)] = 30_000
+
+
+class ReloadRequest(_Strict):
+    model: Annotated[str, Field(min_length=1)] = Field(
+        description="The new model: a GGUF path for managed llama.cpp pools."
+    )
+
+
+class Accepted(BaseModel):
+    pool_id: str
+    status: str
+
+
+class EngineCapability(BaseModel):
+    engine: str
+    engine_version: str
+    pools: list[str]
+    ctx_max: int | None
+
+
+class CapabilitiesResponse(BaseModel):
+    api_version: str = API_VERSION
+    engines: list[EngineCapability]
+    features: list[str]
+
+
+# SSE event payloads (`event: NAME`, `id: N`, `data: JSON`)
+
+
+class StartedEvent(BaseModel):
+    queue_position: int
+    predicted_start_ms: int
+    pool_id: str
+    replica_id: str
+    engine: str
+    engine_version: str
+    seed: int | None = None
+
+
+class TokenEvent(BaseModel):
+    i: int
+    t: str
+
+
+class EndEvent(BaseModel):
+    tokens_out: int
+    decode_ms: int
+    finish_reason: Literal["stop", "length", "canceled"]

@@ -1,0 +1,59 @@
+"""`orchestratord` — the daemon's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from orchestratord.config import ConfigError, load_config
+from orchestratord.defaults import default_config
+from orchestratord.logging import configure
+
+
+@click.group()
+def main() -> None:
+    """orchestratord: a queue-centric inference orchestrator."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="YAML config (default: the embedded tiny pool).",
+)
+@click.option("--port", type=int, default=None, help="Override server.port.")
+@click.option("--log-level", default="info", show_default=True)
+@click.option("--pretty-logs", is_flag=True, help="Human-readable logs instead of JSON.")
+def serve(config_path: str | None, port: int | None, log_level: str, pretty_logs: bool) -> None:
+    """Serve the API until SIGTERM/SIGINT, then drain gracefully and exit 0."""
+    configure(log_level, json_logs=not pretty_logs)
+    try:
+        config = load_config(config_path) if config_path else default_config()
+    except ConfigError as e:
+        for line in e.problems:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(2)
+    if port is not None:
+        config.server.port = port
+
+    def ready(daemon: object) -> None:
+        url = f"http://{config.server.host}:{getattr(daemon, 'port', config.server.port)}"
+        model = config.pools[0].model
+        click.echo(
+            f"orchestratord serving on {url}\n"
+            f"  try: orchctl --url {url} submit --model {model} 'hello'\n"
+            f"       curl -N {url}/v1/pools",
+            err=True,
+        )
+
+    from orchestratord.daemon import serve as run
+
+    try:
+        import uvloop
+
+        uvloop.run(run(config, ready))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(run(config, ready))

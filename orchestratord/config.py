@@ -1,0 +1,147 @@
+"""The daemon's configuration: one YAML file, validated by pydantic (design/API.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Engine = Literal["llamacpp", "tgi", "triton", "openai", "mock"]
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Cfg):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    #: Seconds running tasks get to finish on SIGTERM before they are cancelled.
+    shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0
+    #: How long a finished task's status and events stay available.
+    retention_s: Annotated[float, Field(ge=0)] = 300.0
+    max_retained_tasks: Annotated[int, Field(ge=1)] = 10_000
+    #: Events kept per task for `Last-Event-ID` resume (the stream's memory bound).
+    stream_buffer_events: Annotated[int, Field(ge=16)] = 4096
+    #: Output kept per task for `GET /v1/tasks/{id}`.
+    max_output_bytes: Annotated[int, Field(ge=0)] = 1 << 20
+    #: Enables the test-only provider-state endpoint (pact verification). Never in production.
+    enable_test_endpoints: bool = False
+
+
+class QueueConfig(_Cfg):
+    capacity: Annotated[int, Field(ge=0)] = 256
+    policy: Literal["reject", "drop-lru"] = "reject"
+    tenant_weights: dict[str, Annotated[int, Field(ge=1)]] = {}
+
+
+class ManagedReplicas(_Cfg):
+    count: Annotated[int, Field(ge=1, le=64)] = 1
+    slots: Annotated[int, Field(ge=1, le=256)] = 2
+    model_path: str | None = None
+    #: Total context per replica; split across its slots (llama.cpp `-c`).
+    ctx: Annotated[int, Field(ge=16)] | None = None
+    threads: Annotated[int, Field(ge=1)] | None = None
+    args: list[str] = []
+
+
+class MockEngineConfig(_Cfg):
+    token_rate: Annotated[float, Field(ge=0)] = 0.0
+    ctx_per_slot: Annotated[int, Field(ge=1)] = 4096
+    start_delay_s: Annotated[float, Field(ge=0)] = 0.0
+    fail_after_tokens: Annotated[int, Field(ge=0)] | None = None
+    stall_after_tokens: Annotated[int, Field(ge=0)] | None = None
+    fail_start: bool = False
+
+
+class ReplicasConfig(_Cfg):
+    managed: ManagedReplicas | None = None
+    endpoints: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ReplicasConfig:
+        if (self.managed is None) == (self.endpoints is None):
+            raise ValueError("give exactly one of 'managed' or 'endpoints'")
+        if self.endpoints is not None and not self.endpoints:
+            raise ValueError("'endpoints' must list at least one URL")
+        return self
+
+
+class PoolConfig(_Cfg):
+    id: Annotated[str, Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")]
+    engine: Engine
+    model: Annotated[str, Field(min_length=1)]
+    queue: QueueConfig = QueueConfig()
+    replicas: ReplicasConfig
+    determinism: Literal["strict", "best_effort"] = "best_effort"
+    #: Prompt bytes per token, to estimate prompt length at admission without a tokenizer.
+    bytes_per_token: Annotated[float, Field(gt=0)] = 4.0
+    #: A stream that sends nothing for this long fails with DECODE_TIMEOUT.
+    token_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    #: How often a replica that died before its first token may be retried elsewhere.
+    max_retries: Annotated[int, Field(ge=0)] = 2
+    mock: MockEngineConfig = MockEngineConfig()
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> PoolConfig:
+        if self.replicas.managed is not None and self.engine not in ("llamacpp", "mock"):
+            raise ValueError(f"engine {self.engine!r} cannot be managed here; use 'endpoints'")
+        if self.replicas.endpoints is not None and self.engine == "mock":
+            raise ValueError("engine 'mock' runs in-process; use 'managed'")
+        managed = self.replicas.managed
+        if self.engine == "llamacpp" and managed is not None and not managed.model_path:
+            raise ValueError("managed llamacpp replicas need 'replicas.managed.model_path'")
+        return self
+
+
+class Config(_Cfg):
+    server: ServerConfig = ServerConfig()
+    pools: Annotated[list[PoolConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Config:
+        seen: set[str] = set()
+        for pool in self.pools:
+            if pool.id in seen:
+                raise ValueError(f"duplicate pool id {pool.id!r}")
+            seen.add(pool.id)
+        return self
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` has one line per problem, naming the key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(root)"
+
+
+def parse_config(data: object, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(
+            [f"{source}: {_loc(err['loc'])}: {err['msg']}" for err in e.errors()]
+        ) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; raise ConfigError with every problem found."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    return parse_config(data, str(path))

@@ -1,0 +1,72 @@
+"""Running the daemon: service + HTTP server + signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+from collections.abc import Callable
+
+import structlog
+from aiohttp import web
+
+from orchestratord.app import build_app
+from orchestratord.config import Config
+from orchestratord.engines import launcher_for
+from orchestratord.service import LauncherFactory, Orchestrator
+
+log = structlog.get_logger("orchestratord")
+
+
+class Daemon:
+    """The service and its HTTP server, started and stopped together."""
+
+    def __init__(self, config: Config, launchers: LauncherFactory = launcher_for) -> None:
+        self.config = config
+        self.launchers = launchers
+        self.service: Orchestrator | None = None
+        self.runner: web.AppRunner | None = None
+        self.port: int = config.server.port
+
+    async def start(self) -> None:
+        self.service = Orchestrator(self.config, self.launchers)
+        self.service.start()
+        self.runner = web.AppRunner(
+            build_app(self.service), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        await self.runner.setup()
+        host = self.config.server.host
+        # A large backlog: bursts of connects must not drop SYNs (see PERFORMANCE.md).
+        site = web.TCPSite(self.runner, host, self.port, backlog=4096, reuse_address=True)
+        await site.start()
+        server = site._server
+        if server is not None and server.sockets:  # learn the port when 0 was asked
+            self.port = server.sockets[0].getsockname()[1]
+            for sock in server.sockets:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.info(
+            "listening", url=f"http://{host}:{self.port}", pools=[p.id for p in self.config.pools]
+        )
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self.service is not None:
+            grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
+            await self.service.shutdown(grace)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        log.info("stopped")
+
+
+async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain gracefully and return."""
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.start()
+    if on_ready is not None:
+        on_ready(daemon)
+    await stop.wait()
+    log.info("signal received; draining", grace_s=config.server.shutdown_grace_s)
+    await daemon.stop()

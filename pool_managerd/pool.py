@@ -1,0 +1,270 @@
+"""One pool's replicas: start, readiness, supervision with restart backoff, drain, reload.
+
+Every replica has a supervisor task: launch → wait until the engine's own health probe says
+Ready → watch until it is gone → restart with exponential backoff and jitter; after
+`max_restarts` consecutive failures it stays FAILED with `last_error` set. The pool tells
+its owner about every change through `on_change`, so the dispatcher can react at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from orchestrator_core.placement import ReplicaSnapshot
+from pool_managerd.launchers import Launched, Launcher
+from pool_managerd.replica import Lease, Replica, ReplicaState
+
+log = structlog.get_logger("pool_managerd")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    id: str
+    engine: str
+    model: str
+    replicas: int
+    slots: int
+    deterministic: bool
+    start_timeout_s: float = 120.0
+    max_restarts: int = 5
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+
+class ReloadFailed(Exception):
+    pass
+
+
+#: on_change(replica, what): what ∈ ready, down, failed, restart, removed, idle
+ChangeHook = Callable[[Replica, str], None]
+
+
+class PoolManager:
+    def __init__(self, spec: PoolSpec, launcher: Launcher, on_change: ChangeHook) -> None:
+        self.spec = spec
+        self.model = spec.model
+        self.launcher = launcher
+        self.on_change = on_change
+        self.replicas: list[Replica] = []
+        self.draining = False
+        self.last_error: str | None = None
+        self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._retiring: dict[str, asyncio.Event] = {}
+        self._next_index = 0
+        self._stopping = False
+        self._reloading = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every replica's supervisor (returns at once; readiness follows)."""
+        for _ in range(self.spec.replicas):
+            self._add(self._new_replica(), self.model, None)
+
+    async def stop(self) -> None:
+        """Stop every engine; returns when all are gone."""
+        self._stopping = True
+        tasks = list(self._supervisors.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for replica in self.replicas:
+            replica.state = ReplicaState.STOPPED
+
+    def _new_replica(self) -> Replica:
+        rid = f"{self.spec.id}-r{self._next_index}"
+        self._next_index += 1
+        return Replica(rid, self.spec.engine, self.spec.deterministic, self.spec.slots)
+
+    def _add(self, replica: Replica, model: str, launched: Launched | None) -> None:
+        self.replicas.append(replica)
+        task = asyncio.create_task(self._supervise(replica, model, launched))
+        self._supervisors[replica.id] = task
+
+    # -- queries -------------------------------------------------------------------
+
+    def snapshots(self) -> list[ReplicaSnapshot]:
+        return [r.snapshot() for r in self.replicas]
+
+    def get(self, replica_id: str) -> Replica | None:
+        return next((r for r in self.replicas if r.id == replica_id), None)
+
+    @property
+    def ready(self) -> bool:
+        return any(r.state is ReplicaState.READY for r in self.replicas)
+
+    def could_serve(self) -> bool:
+        return not self.draining and any(r.could_serve for r in self.replicas)
+
+    # -- leases --------------------------------------------------------------------
+
+    def lease(self, replica_id: str) -> Lease:
+        replica = self.get(replica_id)
+        if replica is None or replica.state is not ReplicaState.READY:
+            raise RuntimeError(f"replica {replica_id} cannot take a lease")
+        return Lease(replica)
+
+    def release(self, lease: Lease) -> None:
+        if lease.release() and lease.replica.busy == 0:
+            idle = self._retiring.get(lease.replica.id)
+            if idle is not None:
+                idle.set()
+
+    # -- supervision ---------------------------------------------------------------
+
+    async def _start_engine(self, replica: Replica, model: str) -> Launched:
+        """Launch one engine and wait until it is Ready; stops it again on failure."""
+        launched = await self.launcher.launch(replica.id, model)
+        replica.endpoint = launched.endpoint
+        try:
+            async with asyncio.timeout(self.spec.start_timeout_s):
+                await self._wait_ready(launched)
+            caps = await launched.adapter.capabilities()
+        except BaseException:
+            await launched.stop()
+            raise
+        replica.mark_ready(launched.adapter, caps)
+        replica.last_error = None
+        return launched
+
+    async def _wait_ready(self, launched: Launched) -> None:
+        # Engines offer no readiness push, so this probes their health endpoint, backing off
+        # from 10 ms to 0.5 s; it also returns early when the engine dies while loading.
+        gone = asyncio.ensure_future(launched.gone())
+        try:
+            delay = 0.01
+            while not await launched.adapter.ready():
+                done, _ = await asyncio.wait({gone}, timeout=delay)
+                if done:
+                    raise RuntimeError(f"engine exited while loading: {gone.result()}")
+                delay = min(delay * 2, 0.5)
+        finally:
+            gone.cancel()
+
+    async def _supervise(self, replica: Replica, model: str, launched: Launched | None) -> None:
+        failures = 0
+        while True:
+            try:
+                if launched is None:
+                    replica.state = ReplicaState.STARTING
+                    launched = await self._start_engine(replica, model)
+                failures = 0
+                log.info(
+                    "replica ready",
+                    pool_id=self.spec.id,
+                    replica_id=replica.id,
+                    engine=replica.engine,
+                    engine_version=replica.engine_version,
+                )
+                self.on_change(replica, "ready")
+                reason = await launched.gone()
+            except asyncio.CancelledError:
+                if launched is not None:
+                    with contextlib.suppress(Exception):
+                        await launched.stop()
+                raise
+            except Exception as e:  # launch failed, timed out, or died while loading
+                reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if launched is not None:
+                with contextlib.suppress(Exception):
+                    await launched.stop()
+                launched = None
+            replica.adapter = None
+            replica.last_error = reason
+            self.last_error = f"{replica.id}: {reason}"
+            if self._stopping or replica.id in self._retiring:
+                replica.state = ReplicaState.STOPPED
+                return
+            replica.state = ReplicaState.UNREADY
+            log.warning("replica down", pool_id=self.spec.id, replica_id=replica.id, error=reason)
+            self.on_change(replica, "down")
+            failures += 1
+            if failures > self.spec.max_restarts:
+                replica.state = ReplicaState.FAILED
+                log.error(
+                    "replica failed; not restarting",
+                    pool_id=self.spec.id,
+                    replica_id=replica.id,
+                    failures=failures,
+                    error=reason,
+                )
+                self.on_change(replica, "failed")
+                return
+            delay = min(self.spec.backoff_max_s, self.spec.backoff_base_s * 2 ** (failures - 1))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: no thundering herd
+            replica.restarts += 1
+            self.on_change(replica, "restart")
+
+    # -- drain and reload ----------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stop new leases on every replica; running leases continue."""
+        self.draining = True
+        for replica in self.replicas:
+            if replica.state is ReplicaState.READY:
+                replica.state = ReplicaState.DRAINING
+            self.on_change(replica, "draining")
+
+    async def reload(self, model: str) -> None:
+        """Start a full set of replicas on `model`; switch over only when all are Ready,
+        then retire the old ones as their running tasks finish. On failure the new ones are
+        stopped and the old ones keep serving (rollback); raises ReloadFailed."""
+        if self._reloading:
+            raise ReloadFailed("a reload is already in progress")
+        self._reloading = True
+        try:
+            fresh = [self._new_replica() for _ in range(self.spec.replicas)]
+            results = await asyncio.gather(
+                *(self._start_engine(r, model) for r in fresh), return_exceptions=True
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                for result in results:
+                    if not isinstance(result, BaseException):
+                        await result.stop()
+                self.last_error = f"reload to {model!r} failed, rolled back: {errors[0]}"
+                log.error(
+                    "reload failed; rolled back",
+                    pool_id=self.spec.id,
+                    model=model,
+                    error=str(errors[0]),
+                )
+                raise ReloadFailed(self.last_error)
+            old = list(self.replicas)
+            for replica, launched in zip(fresh, results, strict=True):
+                assert isinstance(launched, Launched)
+                self._add(replica, model, launched)
+            self.model = model
+            self.last_error = None
+            for replica in old:
+                self._retire(replica)
+            log.info("reload switched over", pool_id=self.spec.id, model=model)
+        finally:
+            self._reloading = False
+
+    def _retire(self, replica: Replica) -> None:
+        idle = asyncio.Event()
+        self._retiring[replica.id] = idle
+        if replica.state is ReplicaState.READY:
+            replica.state = ReplicaState.DRAINING
+        if replica.busy == 0:
+            idle.set()
+        self.on_change(replica, "draining")
+        asyncio.create_task(self._remove_when_idle(replica, idle))
+
+    async def _remove_when_idle(self, replica: Replica, idle: asyncio.Event) -> None:
+        await idle.wait()
+        task = self._supervisors.pop(replica.id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self.replicas.remove(replica)
+        self._retiring.pop(replica.id, None)
+        replica.state = ReplicaState.STOPPED
+        self.on_change(replica, "removed")

@@ -1,0 +1,85 @@
+"""A replica's runtime state and its slot leases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from orchestrator_core.placement import ReplicaSnapshot
+from worker_adapters.base import Capabilities, WorkerAdapter
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    UNREADY = "unready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"  # gave up restarting; see last_error
+
+
+@dataclass(slots=True, eq=False)
+class Replica:
+    id: str
+    engine: str
+    deterministic: bool
+    slots_total: int
+    state: ReplicaState = ReplicaState.STARTING
+    adapter: WorkerAdapter | None = None
+    busy: int = 0
+    engine_version: str = ""
+    model_digest: str = ""
+    ctx_per_slot: int | None = None
+    restarts: int = 0
+    last_error: str | None = None
+    endpoint: str | None = None
+    kv_free_fraction: float | None = None
+
+    def mark_ready(self, adapter: WorkerAdapter, caps: Capabilities) -> None:
+        self.adapter = adapter
+        self.engine_version = caps.engine_version
+        self.model_digest = caps.model_digest
+        self.ctx_per_slot = caps.ctx_per_slot
+        # Never lease more than both we configured and the engine reports.
+        self.slots_total = min(self.slots_total, caps.slots) if caps.slots else self.slots_total
+        if self.state is not ReplicaState.DRAINING:
+            self.state = ReplicaState.READY
+
+    def snapshot(self) -> ReplicaSnapshot:
+        return ReplicaSnapshot(
+            id=self.id,
+            ready=self.state in (ReplicaState.READY, ReplicaState.DRAINING),
+            draining=self.state is ReplicaState.DRAINING,
+            slots_total=self.slots_total,
+            slots_busy=self.busy,
+            kv_free_fraction=self.kv_free_fraction,
+            engine_version=self.engine_version,
+            model_digest=self.model_digest,
+            deterministic=self.deterministic,
+        )
+
+    @property
+    def could_serve(self) -> bool:
+        """Ready, or on its way to it (admission may queue work for it)."""
+        return self.state in (ReplicaState.READY, ReplicaState.STARTING, ReplicaState.UNREADY)
+
+
+class Lease:
+    """The right to one slot on one replica; released exactly once."""
+
+    __slots__ = ("_released", "replica")
+
+    def __init__(self, replica: Replica) -> None:
+        if replica.busy >= replica.slots_total:
+            raise RuntimeError(f"replica {replica.id} has no free slot")
+        replica.busy += 1
+        self.replica = replica
+        self._released = False
+
+    def release(self) -> bool:
+        """Free the slot; True the first time only."""
+        if self._released:
+            return False
+        self._released = True
+        self.replica.busy -= 1
+        return True

@@ -1,0 +1,137 @@
+"""The one interface every engine adapter implements.
+
+An adapter turns one engine's protocol into the same small vocabulary: capabilities,
+readiness, and a stream of `Token` events closed by one `End`. Engine failures are raised
+as `AdapterError` carrying a code from the shared taxonomy (`orchestrator_core.errors`):
+overload (429, 503, gRPC UNAVAILABLE) becomes one retriable `REPLICA_EXHAUSTED`, a dead
+connection `WORKER_RESET`, a stall `DECODE_TIMEOUT`, a rejected request `INVALID_PARAMS`.
+
+Cancellation is structural: closing the stream's async iterator (or cancelling the task
+consuming it) must release the engine's slot — close the connection, cancel the gRPC call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from orchestrator_core.errors import ErrorCode, OrchestratorError
+
+FinishReason = Literal["stop", "length", "canceled"]
+
+
+class AdapterError(OrchestratorError):
+    """An engine failure, classified into the shared taxonomy."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, *, engine: str, retriable: bool | None = None
+    ) -> None:
+        super().__init__(code, message, retriable=retriable)
+        self.engine = engine
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """What an engine is asked to do, engine-neutral."""
+
+    prompt: str
+    max_tokens: int
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    #: Reuse the engine's prompt cache; off for strict determinism.
+    cache_prompt: bool = True
+    #: Engine-side priority where the engine supports one (vLLM `priority`).
+    priority: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """Generated text; `count` tokens (engines may send several at once)."""
+
+    text: str
+    count: int = 1
+    ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    finish_reason: FinishReason
+    tokens_out: int
+    tokens_in: int | None = None
+
+
+StreamEvent = Token | End
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    engine: str
+    engine_version: str
+    slots: int
+    #: Context tokens one sequence may use.
+    ctx_per_slot: int | None
+    model: str = ""
+    model_digest: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class WorkerAdapter(Protocol):
+    """One engine endpoint (a replica)."""
+
+    engine: str
+
+    async def ready(self) -> bool:
+        """Whether the engine has its model loaded and accepts requests."""
+        ...
+
+    async def capabilities(self) -> Capabilities:
+        """Slots, context, version and model identity (may query the engine)."""
+        ...
+
+    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        """Generate: zero or more `Token`s, then exactly one `End`; or raise AdapterError.
+        Closing the iterator early cancels the request at the engine."""
+        ...
+
+    async def close(self) -> None:
+        """Release client resources (sessions, channels)."""
+        ...
+
+
+async def guard_stalls(
+    events: AsyncIterator[StreamEvent], timeout_s: float, engine: str
+) -> AsyncIterator[StreamEvent]:
+    """Relay `events`, failing with DECODE_TIMEOUT when the engine sends nothing for
+    `timeout_s` while we wait on it. The engine request is closed either way.
+
+    One timer per stream, moved per event (no task per token); time spent by the consumer
+    between events does not count as an engine stall.
+    """
+    loop = asyncio.get_running_loop()
+    iterator = aiter(events)
+    try:
+        async with asyncio.timeout(None) as timer:
+            while True:
+                timer.reschedule(loop.time() + timeout_s)
+                try:
+                    event = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                timer.reschedule(None)
+                yield event
+    except TimeoutError:
+        raise AdapterError(
+            ErrorCode.DECODE_TIMEOUT,
+            f"the engine sent nothing for {timeout_s:g} s",
+            engine=engine,
+        ) from None
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,113 @@
+"""A deterministic in-process engine for fast tests and benchmarks.
+
+Never the product's default: real engines are. It goes through the same `WorkerAdapter`
+interface and adds fault injection: fail after N tokens (as a dead engine would), stall,
+overload, slow start. Same (seed, prompt, max_tokens) → same tokens, on any replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from orchestrator_core.errors import ErrorCode
+from worker_adapters.base import (
+    AdapterError,
+    Capabilities,
+    End,
+    GenerateRequest,
+    StreamEvent,
+    Token,
+)
+
+ENGINE = "mock"
+VERSION = "mock-1"
+_WORDS = (
+    "the", "queue", "admits", "tokens", "stream", "slot", "replica", "pool", "fair", "batch",
+    "llama", "seed", "prompt", "engine", "lease", "drain", "warm", "cache", "order", "byte",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class MockConfig:
+    slots: int = 4
+    ctx_per_slot: int = 4096
+    #: Tokens per second per stream; 0 = as fast as the event loop allows.
+    token_rate: float = 0.0
+    #: The model identity this engine reports (reload swaps it).
+    model: str = "mock-model"
+    #: Seconds before `ready()` turns true.
+    start_delay_s: float = 0.0
+    # Fault injection
+    fail_after_tokens: int | None = None
+    stall_after_tokens: int | None = None
+    overloaded: bool = False
+    fail_start: bool = False
+
+
+def token_stream(seed: int, prompt: str, n: int) -> list[str]:
+    """The mock's output for a request: a pure function of (seed, prompt, n)."""
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    return [(" " if i else "") + rng.choice(_WORDS) for i in range(n)]
+
+
+class MockAdapter:
+    """A mock engine replica; the state a real engine would hold is kept here."""
+
+    engine = ENGINE
+
+    def __init__(self, config: MockConfig | None = None) -> None:
+        self.config = config or MockConfig()
+        self.active = 0
+        self._born = asyncio.get_running_loop().time()
+
+    async def ready(self) -> bool:
+        if self.config.fail_start:
+            return False
+        return asyncio.get_running_loop().time() - self._born >= self.config.start_delay_s
+
+    async def capabilities(self) -> Capabilities:
+        digest = hashlib.sha256(self.config.model.encode()).hexdigest()
+        return Capabilities(
+            ENGINE, VERSION, self.config.slots, self.config.ctx_per_slot,
+            self.config.model, f"sha256:{digest}",
+        )  # fmt: skip
+
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        cfg = self.config
+        if cfg.overloaded or self.active >= cfg.slots:
+            raise AdapterError(ErrorCode.REPLICA_EXHAUSTED, "mock engine overloaded", engine=ENGINE)
+        if request.max_tokens < 0:
+            raise AdapterError(ErrorCode.INVALID_PARAMS, "max_tokens must be >= 0", engine=ENGINE)
+        self.active += 1
+        try:
+            seed = request.seed if request.seed is not None else 0
+            words = token_stream(seed, request.prompt, request.max_tokens)
+            delay = 1.0 / cfg.token_rate if cfg.token_rate > 0 else 0.0
+            sent = 0
+            for word in words:
+                if cfg.fail_after_tokens is not None and sent >= cfg.fail_after_tokens:
+                    raise AdapterError(
+                        ErrorCode.WORKER_RESET, "mock engine connection reset", engine=ENGINE
+                    )
+                if cfg.stall_after_tokens is not None and sent >= cfg.stall_after_tokens:
+                    await asyncio.Future()  # hangs until cancelled, like a wedged engine
+                if delay:
+                    await asyncio.sleep(delay)  # the engine's own decode time
+                elif sent % 64 == 63:
+                    await asyncio.sleep(0)  # let other streams run, as a real engine would
+                if request.stop and any(word.strip() == s for s in request.stop):
+                    yield End("stop", sent, len(request.prompt.split()))
+                    return
+                sent += 1
+                yield Token(word)
+            yield End("length", sent, len(request.prompt.split()))
+        finally:
+            self.active -= 1
+
+    async def close(self) -> None:
+        return None
