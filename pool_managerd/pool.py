@@ -56,6 +56,7 @@ class PoolManager:
         self.last_error: str | None = None
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._retiring: dict[str, asyncio.Event] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._next_index = 0
         self._stopping = False
         self._reloading = False
@@ -256,7 +257,9 @@ class PoolManager:
         if replica.busy == 0:
             idle.set()
         self.on_change(replica, "draining")
-        asyncio.create_task(self._remove_when_idle(replica, idle))
+        task = asyncio.create_task(self._remove_when_idle(replica, idle))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _remove_when_idle(self, replica: Replica, idle: asyncio.Event) -> None:
         await idle.wait()
