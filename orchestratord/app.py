@@ -20,6 +20,9 @@ from orchestratord.streams import StreamGap
 log = structlog.get_logger("orchestratord.http")
 
 SERVICE: web.AppKey[Orchestrator] = web.AppKey("service", Orchestrator)
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
+BACKGROUND: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("background", set)
+CID: web.RequestKey[str] = web.RequestKey("cid", str)
 CORRELATION = "X-Correlation-Id"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -36,9 +39,8 @@ _STATUS_CODES = {
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(
-        body=model.model_dump_json(exclude_none=True), status=status,
-        content_type="application/json",
-    )  # fmt: skip
+        body=model.model_dump_json(), status=status, content_type="application/json"
+    )
 
 
 def _error(
@@ -57,7 +59,7 @@ async def correlation_and_errors(request: web.Request, handler: Handler) -> web.
     """Echo or assign X-Correlation-Id; turn every failure into the error envelope; never
     let a traceback reach a client."""
     cid = request.headers.get(CORRELATION) or str(uuid.uuid4())
-    request["cid"] = cid
+    request[CID] = cid
     try:
         response = await handler(request)
     except ApiError as e:
@@ -68,7 +70,7 @@ async def correlation_and_errors(request: web.Request, handler: Handler) -> web.
         code = _STATUS_CODES.get(e.status, ErrorCode.INTERNAL)
         message = e.reason
         if e.status == 413:
-            message = f"request body too large (limit {request.app['max_body']} bytes)"
+            message = f"request body too large (limit {request.app[MAX_BODY]} bytes)"
         response = _error(e.status, api.ErrorEnvelope(code=code.value, message=message))
     except asyncio.CancelledError:
         raise
@@ -109,7 +111,7 @@ async def submit(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     req = await _parse(request, api.TaskRequest)
     tenant = request.headers.get("X-Tenant-Id", "default")[:64]
-    admitted = svc.submit(req, tenant=tenant, correlation_id=request["cid"])
+    admitted = svc.submit(req, tenant=tenant, correlation_id=request[CID])
     response = _json(admitted, 202)
     response.headers["Location"] = f"/v1/tasks/{admitted.task_id}"
     return response
@@ -145,7 +147,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         raise ApiError(410, ErrorCode.NOT_FOUND, str(gap)) from None
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no", CORRELATION: request["cid"],
+        "X-Accel-Buffering": "no", CORRELATION: request[CID],
     })  # fmt: skip
     await response.prepare(request)
     try:
@@ -213,7 +215,7 @@ async def reload(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     pool = svc.pool(request.match_info["pool_id"])
     body = await _parse(request, api.ReloadRequest)
-    tasks: set[asyncio.Task[None]] = request.app["background"]
+    tasks = request.app[BACKGROUND]
     task = asyncio.create_task(svc.reload(pool, body.model))
     tasks.add(task)
     task.add_done_callback(tasks.discard)
@@ -262,8 +264,8 @@ def build_app(service: Orchestrator) -> web.Application:
     max_body = service.config.server.max_body_bytes
     app = web.Application(client_max_size=max_body, middlewares=[correlation_and_errors])
     app[SERVICE] = service
-    app["max_body"] = max_body
-    app["background"] = set()
+    app[MAX_BODY] = max_body
+    app[BACKGROUND] = set()
     app.router.add_post("/v1/tasks", submit)
     app.router.add_get("/v1/tasks/{task_id}", task_status)
     app.router.add_get("/v1/tasks/{task_id}/stream", stream)

@@ -3,6 +3,11 @@
 Never the product's default: real engines are. It goes through the same `WorkerAdapter`
 interface and adds fault injection: fail after N tokens (as a dead engine would), stall,
 overload, slow start. Same (seed, prompt, max_tokens) → same tokens, on any replica.
+
+Faults are set per engine (`MockConfig`) or per request by directives in the prompt, so
+tests can hold a slot busy or break a stream at an exact token without timing:
+`[[stall:N]]` hangs after N tokens until cancelled; `[[fail:N]]` resets the connection
+after N tokens.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -46,6 +52,9 @@ class MockConfig:
     stall_after_tokens: int | None = None
     overloaded: bool = False
     fail_start: bool = False
+
+
+_DIRECTIVE = re.compile(r"\[\[(stall|fail):(\d+)\]\]")
 
 
 def token_stream(seed: int, prompt: str, n: int) -> list[str]:
@@ -88,13 +97,19 @@ class MockAdapter:
             seed = request.seed if request.seed is not None else 0
             words = token_stream(seed, request.prompt, request.max_tokens)
             delay = 1.0 / cfg.token_rate if cfg.token_rate > 0 else 0.0
+            fail_after, stall_after = cfg.fail_after_tokens, cfg.stall_after_tokens
+            for kind, n in _DIRECTIVE.findall(request.prompt):
+                if kind == "fail":
+                    fail_after = int(n)
+                else:
+                    stall_after = int(n)
             sent = 0
             for word in words:
-                if cfg.fail_after_tokens is not None and sent >= cfg.fail_after_tokens:
+                if fail_after is not None and sent >= fail_after:
                     raise AdapterError(
                         ErrorCode.WORKER_RESET, "mock engine connection reset", engine=ENGINE
                     )
-                if cfg.stall_after_tokens is not None and sent >= cfg.stall_after_tokens:
+                if stall_after is not None and sent >= stall_after:
                     await asyncio.Future()  # hangs until cancelled, like a wedged engine
                 if delay:
                     await asyncio.sleep(delay)  # the engine's own decode time

@@ -1,0 +1,137 @@
+"""A real orchestratord on 127.0.0.1 (port 0) with mock pools, in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orchestratord.config import parse_config
+from orchestratord.daemon import Daemon
+
+
+def mock_pool(id: str = "mock", **overrides: Any) -> dict[str, Any]:
+    pool: dict[str, Any] = {
+        "id": id,
+        "engine": "mock",
+        "model": f"{id}-model",
+        "queue": {"capacity": 64, "policy": "reject"},
+        "replicas": {"managed": {"count": 1, "slots": 2}},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(pool.get(key), dict):
+            pool[key] = {**pool[key], **value}
+        else:
+            pool[key] = value
+    return pool
+
+
+class Api:
+    """A thin raw-HTTP helper: tests see exactly what a client sees."""
+
+    def __init__(self, base: str, session: aiohttp.ClientSession, daemon: Daemon) -> None:
+        self.base = base
+        self.http = session
+        self.daemon = daemon
+
+    async def submit(
+        self, expect: int | None = 202, **body: Any
+    ) -> tuple[int, dict[str, Any], Any]:
+        async with self.http.post(f"{self.base}/v1/tasks", json=body) as r:
+            data = await r.json()
+            if expect is not None:
+                assert r.status == expect, data
+            return r.status, data, r.headers
+
+    async def events(
+        self, task_id: str, last_event_id: int | None = None, until: str | None = None
+    ) -> list[tuple[str, int, dict[str, Any]]]:
+        """Read a task's SSE stream to its end (or until event `until`)."""
+        headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+        out: list[tuple[str, int, dict[str, Any]]] = []
+        async with self.http.get(f"{self.base}/v1/tasks/{task_id}/stream", headers=headers) as r:
+            assert r.status == 200, await r.text()
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            event: dict[str, str] = {}
+            async for raw in r.content:
+                line = raw.decode().rstrip("\n")
+                if line == "":
+                    if event:
+                        out.append((event["event"], int(event["id"]), json.loads(event["data"])))
+                        if until and event["event"] == until:
+                            return out
+                    event = {}
+                    continue
+                key, _, value = line.partition(": ")
+                event[key] = value
+        return out
+
+    async def status(self, task_id: str) -> dict[str, Any]:
+        async with self.http.get(f"{self.base}/v1/tasks/{task_id}") as r:
+            assert r.status == 200
+            return await r.json()
+
+    async def cancel(self, task_id: str) -> int:
+        async with self.http.post(f"{self.base}/v1/tasks/{task_id}/cancel") as r:
+            return r.status
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.http.get(f"{self.base}{path}") as r:
+            body = await r.read()
+            ctype = r.headers.get("Content-Type", "")
+            return r.status, json.loads(body) if "json" in ctype else body.decode()
+
+    async def wait_state(self, task_id: str, state: str) -> dict[str, Any]:
+        """Follow the stream until the task reaches `state` (running: its `started`)."""
+        if state == "running":
+            await self.events(task_id, until="started")
+        else:
+            await self.events(task_id)
+        status = await self.status(task_id)
+        assert status["state"] == state, status
+        return status
+
+
+async def wait_ready(api: Api) -> None:
+    """Wait for every replica to be Ready, on the daemon's own change notifications."""
+    service = api.daemon.service
+    assert service is not None
+    changed = asyncio.Event()
+    for pool in service.pools.values():
+        hook = pool.manager.on_change
+
+        def wrapped(replica, what, hook=hook):
+            hook(replica, what)
+            changed.set()
+
+        pool.manager.on_change = wrapped
+    while not all(
+        r.state.value == "ready" for p in service.pools.values() for r in p.manager.replicas
+    ):
+        changed.clear()
+        await changed.wait()
+
+
+@pytest.fixture
+async def start_daemon() -> AsyncIterator[Any]:
+    started: list[tuple[Daemon, aiohttp.ClientSession]] = []
+
+    async def start(*pools: dict[str, Any], ready: bool = True, **server: Any) -> Api:
+        config = parse_config({"server": {"port": 0, **server}, "pools": list(pools)})
+        daemon = Daemon(config)
+        await daemon.start()
+        session = aiohttp.ClientSession()
+        started.append((daemon, session))
+        api = Api(f"http://127.0.0.1:{daemon.port}", session, daemon)
+        if ready:
+            await wait_ready(api)
+        return api
+
+    yield start
+    for daemon, session in started:
+        await session.close()
+        await daemon.stop(grace_s=0)
