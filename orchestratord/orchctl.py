@@ -302,7 +302,8 @@ async def batch(
     from tqdm import tqdm
 
     bodies: list[dict[str, Any]] = []
-    for n, line in enumerate(jobs.read_text().splitlines(), 1):
+    lines = await asyncio.to_thread(jobs.read_text)
+    for n, line in enumerate(lines.splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -11,7 +11,7 @@ from worker_adapters.mock import MockAdapter, token_stream
 async def test_admission_stream_end_and_status(start_daemon):
     """OC-CTRL-2001, OC-CTRL-2002, OC-CTRL-2003, OC-CTRL-2013"""
     api = await start_daemon(mock_pool())
-    status, body, headers = await api.submit(
+    _status, body, headers = await api.submit(
         model="mock-model", prompt="hello", max_tokens=6, seed=7
     )
     assert set(body) == {"task_id", "queue_position", "predicted_start_ms", "stream_url"}
@@ -66,7 +66,7 @@ async def test_reject_policy_answers_429_with_backoff_headers(start_daemon):
     _, running, _ = await api.submit(model="mock-model", prompt="[[stall:0]]")
     await api.wait_state(running["task_id"], "running")
     await api.submit(model="mock-model", prompt="queued")
-    status, body, headers = await api.submit(expect=429, model="mock-model", prompt="one more")
+    _status, body, headers = await api.submit(expect=429, model="mock-model", prompt="one more")
     assert body["code"] == "ADMISSION_REJECT" and body["retriable"] is True
     assert body["policy_label"] == "reject" and body["retry_after_ms"] >= 0
     assert int(headers["Retry-After"]) >= 1
