@@ -81,8 +81,14 @@ class PoolConfig(_Cfg):
     bytes_per_token: Annotated[float, Field(gt=0)] = 4.0
     #: A stream that sends nothing for this long fails with DECODE_TIMEOUT.
     token_timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    #: How often a replica that died before its first token may be retried elsewhere.
+    #: How often a task whose replica died before its first token is retried elsewhere.
     max_retries: Annotated[int, Field(ge=0)] = 2
+    #: How long a starting replica may take to become Ready.
+    start_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    #: Consecutive failed restarts after which a replica stays down (FAILED).
+    max_restarts: Annotated[int, Field(ge=0)] = 5
+    #: First restart delay; doubles per consecutive failure (with jitter), up to 30 s.
+    restart_backoff_s: Annotated[float, Field(gt=0)] = 0.5
     mock: MockEngineConfig = MockEngineConfig()
 
     @model_validator(mode="after")

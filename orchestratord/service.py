@@ -174,7 +174,9 @@ class Orchestrator:
                 replicas=count,
                 slots=1 if pc.determinism == "strict" else slots,
                 deterministic=pc.determinism == "strict",
-                max_restarts=5,
+                start_timeout_s=pc.start_timeout_s,
+                max_restarts=pc.max_restarts,
+                backoff_base_s=pc.restart_backoff_s,
             )
             manager = PoolManager(spec, launcher_for(pc), self._on_replica_change(pc.id))
             self.pools[pc.id] = PoolRuntime(pc, manager)

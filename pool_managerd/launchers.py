@@ -31,21 +31,21 @@ class Launcher(Protocol):
 
 class MockLauncher:
     """In-process mock engines (tests, benchmarks, demos without llama.cpp). A model ref
-    starting with `fail:` never becomes Ready (to exercise reload rollback)."""
+    starting with `fail:` (or `fail_start`) exits while loading, as an engine does on a bad
+    model file (to exercise restarts and reload rollback)."""
 
     def __init__(self, template: MockConfig) -> None:
         self.template = template
 
     async def launch(self, replica_id: str, model: str) -> Launched:
-        config = replace(
-            self.template,
-            model=model,
-            fail_start=self.template.fail_start or model.startswith("fail:"),
-        )
+        fail = self.template.fail_start or model.startswith("fail:")
+        config = replace(self.template, model=model, fail_start=fail)
         adapter = MockAdapter(config)
         stopped = asyncio.Event()
 
         async def gone() -> str:
+            if fail:  # like an engine that exits while loading a bad model
+                return f"failed to load model {model!r}"
             await stopped.wait()
             return "stopped"
 

@@ -41,6 +41,12 @@ class ReloadFailed(Exception):
     pass
 
 
+def describe(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out waiting for the engine to become Ready"
+    return str(e) or type(e).__name__
+
+
 #: on_change(replica, what): what ∈ ready, down, failed, restart, removed, idle
 ChangeHook = Callable[[Replica, str], None]
 
@@ -171,7 +177,7 @@ class PoolManager:
                         await launched.stop()
                 raise
             except Exception as e:  # launch failed, timed out, or died while loading
-                reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                reason = describe(e)
             if launched is not None:
                 with contextlib.suppress(Exception):
                     await launched.stop()
@@ -229,7 +235,7 @@ class PoolManager:
                 for result in results:
                     if not isinstance(result, BaseException):
                         await result.stop()
-                self.last_error = f"reload to {model!r} failed, rolled back: {errors[0]}"
+                self.last_error = f"reload to {model!r} failed, rolled back: {describe(errors[0])}"
                 log.error(
                     "reload failed; rolled back",
                     pool_id=self.spec.id,

@@ -109,11 +109,12 @@ async def wait_ready(api: Api) -> None:
             changed.set()
 
         pool.manager.on_change = wrapped
-    while not all(
-        r.state.value == "ready" for p in service.pools.values() for r in p.manager.replicas
-    ):
-        changed.clear()
-        await changed.wait()
+    async with asyncio.timeout(30):  # fail clearly, never hang, if replicas cannot start
+        while not all(
+            r.state.value == "ready" for p in service.pools.values() for r in p.manager.replicas
+        ):
+            changed.clear()
+            await changed.wait()
 
 
 @pytest.fixture
