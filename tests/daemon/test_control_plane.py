@@ -6,6 +6,7 @@ import asyncio
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestratord.app import BACKGROUND
 from tests.daemon.conftest import mock_pool, wait_ready
 
 
@@ -84,7 +85,7 @@ async def test_reload_switches_atomically_and_rolls_back_on_failure(start_daemon
     # a model that cannot start: rolled back, the old replicas keep serving
     async with api.http.post(f"{api.base}/v1/pools/mock/reload", json={"model": "fail:x"}) as r:
         assert r.status == 202
-    await asyncio.gather(*api.daemon.runner.app[__import__("orchestratord.app").app.BACKGROUND])
+    await asyncio.gather(*api.daemon.runner.app[BACKGROUND])
     _, pool = await api.get("/v1/pools/mock")
     assert {r["replica_id"] for r in pool["replicas"]} == old_ids
     assert "rolled back" in pool["last_error"]

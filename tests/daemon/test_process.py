@@ -1,0 +1,233 @@
+"""The real `orchestratord` and `orchctl` executables, as a person or CI runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from tests.daemon.conftest import mock_pool
+from worker_adapters.mock import token_stream
+
+BIN = Path(sys.executable).parent
+
+
+async def start_serve(config_path: Path) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchestratord",
+        "serve",
+        "--config",
+        str(config_path),
+        "--port",
+        "0",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            assert line, "daemon exited before serving"
+            if "serving on" in line:
+                return proc, line.split("serving on", 1)[1].strip()
+
+
+async def wait_log(proc: asyncio.subprocess.Process, needle: str) -> None:
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while needle not in (await proc.stderr.readline()).decode():
+            pass
+
+
+async def read_events(session: aiohttp.ClientSession, url: str, until: str | None = None):
+    out = []
+    async with session.get(url) as r:
+        event = {}
+        async for raw in r.content:
+            line = raw.decode().rstrip("\n")
+            if not line:
+                if event:
+                    out.append((event["event"], json.loads(event["data"])))
+                    if event["event"] == until:
+                        return out
+                event = {}
+            else:
+                key, _, value = line.partition(": ")
+                event[key] = value
+    return out
+
+
+async def test_sigterm_drains_running_tasks_then_cancels_the_rest(tmp_path):
+    """OC-CTRL-2017"""
+    config = {"server": {"shutdown_grace_s": 2}, "pools": [mock_pool(mock={"token_rate": 20})]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc, url = await start_serve(tmp_path / "c.yaml")
+    async with aiohttp.ClientSession() as http:
+
+        async def submit(prompt: str, n: int) -> str:
+            async with http.post(
+                f"{url}/v1/tasks", json={"model": "mock-model", "prompt": prompt, "max_tokens": n}
+            ) as r:
+                assert r.status == 202
+                return (await r.json())["task_id"]
+
+        finishing = await submit("finishes within the grace period", 10)
+        stuck = await submit("[[stall:1]]", 10)
+        for tid in (finishing, stuck):
+            await read_events(http, f"{url}/v1/tasks/{tid}/stream", until="started")
+        proc.send_signal(signal.SIGTERM)
+        await wait_log(proc, "signal received")
+        async with http.post(f"{url}/v1/tasks", json={"model": "mock-model", "prompt": "x"}) as r:
+            assert r.status == 503
+            body = await r.json()
+            assert body["code"] == "POOL_UNAVAILABLE" and body["retriable"] is True
+        done = await read_events(http, f"{url}/v1/tasks/{finishing}/stream")
+        assert done[-1][0] == "end" and done[-1][1]["finish_reason"] == "length"
+        cut = await read_events(http, f"{url}/v1/tasks/{stuck}/stream")
+        assert cut[-1][0] == "error" and cut[-1][1]["code"] == "POOL_UNAVAILABLE"
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_bad_config_exits_nonzero_naming_each_key(tmp_path):
+    """OC-CTRL-2019"""
+    bad = {
+        "server": {"port": "eighty"},
+        "pools": [
+            {"id": "p", "engine": "nope", "model": "m", "replicas": {"managed": {"count": 0}}}
+        ],
+    }
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchestratord",
+        "serve",
+        "--config",
+        str(tmp_path / "bad.yaml"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert any("server.port" in line for line in lines)
+    assert any("pools[0].engine" in line for line in lines)
+    assert any("pools[0].replicas.managed.count" in line for line in lines)
+    assert all(line.startswith("error: ") for line in lines)
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchestratord",
+        "serve",
+        "--config",
+        str(tmp_path / "missing.yaml"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and "cannot read" in err.decode()
+
+
+async def orchctl(url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchctl",
+        "--url",
+        url,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_orchctl_submit_and_exit_codes(start_daemon):
+    """OC-CLI-5001, OC-CLI-5002"""
+    api = await start_daemon(mock_pool(), mock_pool("full", queue={"capacity": 0}))
+    code, out, err = await orchctl(
+        api.base, "submit", "--model", "mock-model", "--seed", "3", "--max-tokens", "5", "hello"
+    )
+    assert code == 0, err
+    assert out.strip() == "".join(token_stream(3, "hello", 5))
+    assert "length: 5 tokens" in err
+    code, out, _ = await orchctl(
+        api.base, "submit", "--model", "mock-model", "--json", "--max-tokens", "2", "hi"
+    )
+    events = [json.loads(line)["event"] for line in out.splitlines()]
+    assert events == ["admitted", "started", "token", "token", "end"]
+    assert (await orchctl(api.base, "submit", "--model", "nope", "x"))[0] == 4
+    code, _, err = await orchctl(api.base, "submit", "--model", "full-model", "x")
+    assert code == 3 and "ADMISSION_REJECT" in err
+    code, _, err = await orchctl(api.base, "submit", "--model", "mock-model", "[[fail:1]]")
+    assert code == 4 and "WORKER_RESET" in err
+    assert (await orchctl("http://127.0.0.1:9", "pools"))[0] == 5
+    assert (await orchctl(api.base, "submit"))[0] == 2
+    code, out, _ = await orchctl(api.base, "--help")
+    assert "5  the daemon is unreachable" in out
+    # the environment variable picks the daemon too
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchctl",
+        "pools",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "ORCH_URL": api.base},
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and "mock-model" in out.decode()
+
+
+async def test_orchctl_status_cancel_drain_reload(start_daemon):
+    """OC-CLI-5001"""
+    api = await start_daemon(mock_pool())
+    _, task, _ = await api.submit(model="mock-model", prompt="[[stall:0]]")
+    await api.wait_state(task["task_id"], "running")
+    code, out, _ = await orchctl(api.base, "status", task["task_id"])
+    assert code == 0 and json.loads(out)["state"] == "running"
+    assert (await orchctl(api.base, "cancel", task["task_id"]))[0] == 0
+    assert (await api.status(task["task_id"]))["state"] == "canceled"
+    assert (await orchctl(api.base, "status", "missing"))[0] == 4
+    assert (await orchctl(api.base, "reload", "mock", "mock-v2"))[0] == 0
+    assert (await orchctl(api.base, "drain", "mock", "--deadline-ms", "10"))[0] == 0
+    code, out, _ = await orchctl(api.base, "pools", "--json")
+    assert code == 0 and json.loads(out)[0]["draining"] is True
+
+
+async def test_orchctl_batch_honours_backpressure_and_writes_jsonl(start_daemon, tmp_path):
+    """OC-CLI-5003"""
+    api = await start_daemon(
+        mock_pool(
+            queue={"capacity": 2},
+            replicas={"managed": {"count": 1, "slots": 1}},
+            mock={"token_rate": 500},
+        )
+    )
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(
+        "".join(
+            json.dumps({"prompt": f"job {i}", "max_tokens": 4, "seed": i}) + "\n" for i in range(8)
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    code, _, err = await orchctl(
+        api.base,
+        "batch",
+        str(jobs),
+        "--out",
+        str(out),
+        "--model",
+        "mock-model",
+        "--concurrency",
+        "6",
+    )
+    assert code == 0, err
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in results] == list(range(1, 9))
+    for i, r in enumerate(results):
+        assert r["state"] == "completed"
+        assert r["output"] == "".join(token_stream(i, f"job {i}", 4))
+    assert "8 jobs: 8 completed" in err
+    # concurrency 6 against room for 3 means the daemon pushed back and the CLI retried
+    rejected = api.daemon.service.metrics.tasks_rejected.labels("mock", "queue_full")._value.get()
+    assert rejected > 0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    assert (await orchctl(api.base, "batch", str(bad), "--out", str(out)))[0] == 2
