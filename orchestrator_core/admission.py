@@ -94,7 +94,7 @@ def check(
             "placement.replica_id",
         )
     if not could_ever_serve(PlacementRequest(req.determinism, req.placement), pool.replicas):
-        what = "a deterministic replica" if req.determinism is Determinism.STRICT else "a replica"
+        what = "deterministic replica" if req.determinism is Determinism.STRICT else "replica"
         return Denied(
             ErrorCode.POOL_UNAVAILABLE, f"pool {pool.pool_id!r} has no {what} that can serve"
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -90,6 +90,12 @@ class PoolConfig(_Cfg):
     #: First restart delay; doubles per consecutive failure (with jitter), up to 30 s.
     restart_backoff_s: Annotated[float, Field(gt=0)] = 0.5
     mock: MockEngineConfig = MockEngineConfig()
+    #: Engine-specific request fields merged into every request (e.g. llama.cpp
+    #: `logit_bias`); the orchestrator's own fields (prompt, seed, limits) win.
+    engine_params: dict[str, Any] = {}
+    #: How often replicas are health-probed once Ready, and misses before one is down.
+    health_interval_s: Annotated[float, Field(gt=0)] = 2.0
+    health_misses: Annotated[int, Field(ge=1)] = 3
 
     @model_validator(mode="after")
     def _engine_fits(self) -> PoolConfig:

@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 from orchestratord.config import PoolConfig
-from pool_managerd.launchers import Launcher, MockLauncher
+from pool_managerd.launchers import (
+    AttachLauncher,
+    Launcher,
+    LlamaServerLauncher,
+    LlamaServerOptions,
+    MockLauncher,
+)
+from worker_adapters.base import WorkerAdapter
+from worker_adapters.llamacpp_http import LlamaCppAdapter
 from worker_adapters.mock import MockConfig
 
 
+def adapter_for_endpoint(pool: PoolConfig, url: str) -> WorkerAdapter:
+    """The adapter that speaks `pool.engine`'s protocol to an external endpoint."""
+    if pool.engine == "llamacpp":
+        return LlamaCppAdapter(url, extra_params=pool.engine_params)
+    raise NotImplementedError(f"engine {pool.engine!r} cannot be attached in this build")
+
+
 def launcher_for(pool: PoolConfig) -> Launcher:
+    strict = pool.determinism == "strict"
+    if pool.replicas.endpoints is not None:
+        return AttachLauncher(
+            pool.replicas.endpoints, lambda url: adapter_for_endpoint(pool, url),
+            pool.health_interval_s, pool.health_misses,
+        )  # fmt: skip
     managed = pool.replicas.managed
+    assert managed is not None
+    slots = 1 if strict else managed.slots
     if pool.engine == "mock":
-        assert managed is not None
         m = pool.mock
         return MockLauncher(MockConfig(
-            slots=1 if pool.determinism == "strict" else managed.slots,
-            ctx_per_slot=m.ctx_per_slot, token_rate=m.token_rate, model=pool.model,
+            slots=slots, ctx_per_slot=m.ctx_per_slot, token_rate=m.token_rate, model=pool.model,
             start_delay_s=m.start_delay_s, fail_after_tokens=m.fail_after_tokens,
             stall_after_tokens=m.stall_after_tokens, fail_start=m.fail_start,
         ))  # fmt: skip
-    raise NotImplementedError(f"engine {pool.engine!r} is not available in this build")
+    if pool.engine == "llamacpp":
+        return LlamaServerLauncher(LlamaServerOptions(
+            slots=slots, ctx=managed.ctx, threads=managed.threads, args=tuple(managed.args),
+            deterministic=strict, extra_params=dict(pool.engine_params),
+            health_interval_s=pool.health_interval_s, health_misses=pool.health_misses,
+        ))  # fmt: skip
+    raise NotImplementedError(f"engine {pool.engine!r} cannot be managed in this build")

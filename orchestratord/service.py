@@ -166,7 +166,7 @@ class Orchestrator:
         for pc in config.pools:
             managed = pc.replicas.managed
             count = managed.count if managed else len(pc.replicas.endpoints or [])
-            slots = managed.slots if managed else 1
+            slots = managed.slots if managed else 0  # attached: as the engine reports
             spec = PoolSpec(
                 id=pc.id,
                 engine=pc.engine,
@@ -525,6 +525,9 @@ class Orchestrator:
                     end = ev
             if end is not None and task.state is running:
                 rec.tokens_in = end.tokens_in
+                # the engine's count is authoritative (bytes of a cut-off UTF-8 sequence
+                # at the very end are tokens without text)
+                rec.tokens_out = max(rec.tokens_out, end.tokens_out)
                 task.transition(TaskState.COMPLETED)
                 self._close_with_end(rec, end.finish_reason)
         except AdapterError as e:
@@ -576,6 +579,8 @@ class Orchestrator:
             retry=retry,
             correlation_id=rec.correlation_id,
         )
+        if e.code is ErrorCode.WORKER_RESET:
+            pool.manager.suspect(replica, e.message)
         if retry:
             # Nothing reached the client yet: run it elsewhere, ahead of never-run work.
             pool.queue.requeue_front(task)

@@ -18,6 +18,7 @@ import structlog
 
 from orchestrator_core.placement import ReplicaSnapshot
 from pool_managerd.launchers import Launched, Launcher
+from pool_managerd.probe import Aborted, poll_until
 from pool_managerd.replica import Lease, Replica, ReplicaState
 
 log = structlog.get_logger("pool_managerd")
@@ -63,6 +64,7 @@ class PoolManager:
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._retiring: dict[str, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._suspected: dict[str, asyncio.Event] = {}
         self._next_index = 0
         self._stopping = False
         self._reloading = False
@@ -129,6 +131,7 @@ class PoolManager:
         """Launch one engine and wait until it is Ready; stops it again on failure."""
         launched = await self.launcher.launch(replica.id, model)
         replica.endpoint = launched.endpoint
+        replica.pid = launched.pid
         try:
             async with asyncio.timeout(self.spec.start_timeout_s):
                 await self._wait_ready(launched)
@@ -141,16 +144,11 @@ class PoolManager:
         return launched
 
     async def _wait_ready(self, launched: Launched) -> None:
-        # Engines offer no readiness push, so this probes their health endpoint, backing off
-        # from 10 ms to 0.5 s; it also returns early when the engine dies while loading.
         gone = asyncio.ensure_future(launched.gone())
         try:
-            delay = 0.01
-            while not await launched.adapter.ready():
-                done, _ = await asyncio.wait({gone}, timeout=delay)
-                if done:
-                    raise RuntimeError(f"engine exited while loading: {gone.result()}")
-                delay = min(delay * 2, 0.5)
+            await poll_until(launched.adapter.ready, abort=gone)
+        except Aborted as e:
+            raise RuntimeError(f"engine exited while loading: {e}") from None
         finally:
             gone.cancel()
 
@@ -170,7 +168,7 @@ class PoolManager:
                     engine_version=replica.engine_version,
                 )
                 self.on_change(replica, "ready")
-                reason = await launched.gone()
+                reason = await self._watch(replica, launched)
             except asyncio.CancelledError:
                 if launched is not None:
                     with contextlib.suppress(Exception):
@@ -183,6 +181,7 @@ class PoolManager:
                     await launched.stop()
                 launched = None
             replica.adapter = None
+            replica.pid = None
             replica.last_error = reason
             self.last_error = f"{replica.id}: {reason}"
             if self._stopping or replica.id in self._retiring:
@@ -207,6 +206,41 @@ class PoolManager:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: no thundering herd
             replica.restarts += 1
             self.on_change(replica, "restart")
+
+    def suspect(self, replica: Replica, why: str) -> None:
+        """A client of the engine saw it fail (connection reset): stop leasing it at once
+        and let its supervisor check it; it comes back Ready if it still answers."""
+        if replica.state is not ReplicaState.READY:
+            return
+        replica.state = ReplicaState.UNREADY
+        replica.last_error = why
+        self.on_change(replica, "down")
+        event = self._suspected.get(replica.id)
+        if event is not None:
+            event.set()
+
+    async def _watch(self, replica: Replica, launched: Launched) -> str:
+        """Until the engine is gone; re-checks it at once when it is suspected."""
+        suspected = self._suspected.setdefault(replica.id, asyncio.Event())
+        while True:
+            suspected.clear()
+            gone = asyncio.ensure_future(launched.gone())
+            flagged = asyncio.ensure_future(suspected.wait())
+            try:
+                await asyncio.wait({gone, flagged}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                flagged.cancel()
+                if not gone.done():
+                    gone.cancel()
+            if gone.done() and not gone.cancelled():
+                return gone.result()
+            if launched.exited is not None and launched.exited.done():
+                return launched.exited.result()
+            if not await launched.adapter.ready():
+                return f"stopped answering after: {replica.last_error}"
+            if replica.state is ReplicaState.UNREADY:  # a false alarm: serve again
+                replica.state = ReplicaState.READY
+                self.on_change(replica, "ready")
 
     # -- drain and reload ----------------------------------------------------------
 

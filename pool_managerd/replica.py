@@ -34,14 +34,20 @@ class Replica:
     last_error: str | None = None
     endpoint: str | None = None
     kv_free_fraction: float | None = None
+    #: The engine process, when pool_managerd spawned it.
+    pid: int | None = None
 
     def mark_ready(self, adapter: WorkerAdapter, caps: Capabilities) -> None:
         self.adapter = adapter
         self.engine_version = caps.engine_version
         self.model_digest = caps.model_digest
         self.ctx_per_slot = caps.ctx_per_slot
-        # Never lease more than both we configured and the engine reports.
-        self.slots_total = min(self.slots_total, caps.slots) if caps.slots else self.slots_total
+        # Never lease more than both we configured and the engine reports; 0 configured
+        # (attached engines) means as many as the engine reports.
+        if self.slots_total == 0:
+            self.slots_total = caps.slots
+        elif caps.slots:
+            self.slots_total = min(self.slots_total, caps.slots)
         if self.state is not ReplicaState.DRAINING:
             self.state = ReplicaState.READY
 

@@ -7,7 +7,7 @@ import asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestratord.app import BACKGROUND
-from tests.daemon.conftest import mock_pool, wait_ready
+from tests.helpers import mock_pool, wait_ready
 
 
 async def test_pools_health_and_capabilities(start_daemon):

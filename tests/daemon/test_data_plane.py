@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.daemon.conftest import mock_pool
+from tests.helpers import mock_pool
 from worker_adapters.mock import MockAdapter, token_stream
 
 

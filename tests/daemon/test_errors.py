@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.daemon.conftest import mock_pool
+from tests.helpers import mock_pool
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from tests.daemon.conftest import mock_pool
+from tests.helpers import mock_pool
 from worker_adapters.mock import token_stream
 
 BIN = Path(sys.executable).parent

@@ -1,0 +1,34 @@
+"""Shared fixtures: a real orchestratord on 127.0.0.1 (port 0), in the test's event loop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orchestratord.config import parse_config
+from orchestratord.daemon import Daemon
+from tests.helpers import Api, wait_ready
+
+
+@pytest.fixture
+async def start_daemon() -> AsyncIterator[Any]:
+    started: list[tuple[Daemon, aiohttp.ClientSession]] = []
+
+    async def start(*pools: dict[str, Any], ready: bool = True, **server: Any) -> Api:
+        config = parse_config({"server": {"port": 0, **server}, "pools": list(pools)})
+        daemon = Daemon(config)
+        await daemon.start()
+        session = aiohttp.ClientSession()
+        started.append((daemon, session))
+        api = Api(f"http://127.0.0.1:{daemon.port}", session, daemon)
+        if ready:
+            await wait_ready(api)
+        return api
+
+    yield start
+    for daemon, session in started:
+        await session.close()
+        await daemon.stop(grace_s=0)
