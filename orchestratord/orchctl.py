@@ -350,3 +350,22 @@ async def capabilities(ctx: click.Context) -> None:
     async with _client(ctx) as client:
         caps: api.CapabilitiesResponse = await client.capabilities()
     click.echo(caps.model_dump_json(indent=2))
+
+
+@main.group()
+def models() -> None:
+    """Model files the project writes itself."""
+
+
+@models.command("make-tiny")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--slow", is_flag=True, help="The larger (~68 MB, ~150 tokens/s) variant.")
+def make_tiny(path: Path, seed: int, slow: bool) -> None:
+    """Write a tiny llama-architecture GGUF with seeded random weights to PATH
+    (same seed, byte-identical file; nothing is downloaded)."""
+    from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
+
+    spec = TinyModelSpec.slow(seed) if slow else TinyModelSpec(seed=seed)
+    written = write_tiny_model(path, spec)
+    click.echo(f"wrote {written} ({written.stat().st_size:,} bytes, seed {seed})")

@@ -12,3 +12,15 @@ def test_same_seed_writes_byte_identical_model(tmp_path):
     assert digest[0] == digest[1] != digest[2]
     assert 100_000 < a.stat().st_size < 1_000_000
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_orchctl_models_make_tiny(tmp_path):
+    """OC-CLI-5004"""
+    from click.testing import CliRunner
+
+    from orchestratord.orchctl import main
+
+    result = CliRunner().invoke(main, ["models", "make-tiny", str(tmp_path / "m.gguf")])
+    assert result.exit_code == 0 and "seed 0" in result.output
+    same = write_tiny_model(tmp_path / "ref.gguf")
+    assert (tmp_path / "m.gguf").read_bytes() == same.read_bytes()
