@@ -51,13 +51,13 @@ class TaskRequest(_Strict):
     prompt: str
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 128
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
-    sampling: Sampling = Sampling()
+    sampling: Sampling = Field(default_factory=Sampling)
     priority: Priority = Priority.INTERACTIVE
     deadline_ms: Annotated[int, Field(ge=1)] | None = Field(
         None, description="Budget in ms from submission; the task expires if not done by then."
     )
     determinism: Determinism = Determinism.BEST_EFFORT
-    placement: PlacementSpec = PlacementSpec()
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
 
 class AdmissionResponse(BaseModel):

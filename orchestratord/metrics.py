@@ -6,6 +6,8 @@ Nothing here runs per token: token counters are added once per task at its end.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _MS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
@@ -13,6 +15,7 @@ _MS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30
 
 class Metrics:
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry = CollectorRegistry()
         self.tasks_enqueued = Counter(
             "tasks_enqueued", "Tasks admitted to a queue", ["pool_id", "priority"], registry=r
@@ -95,3 +98,12 @@ class Metrics:
         self.replica_restarts = Counter(
             "replica_restarts", "Engine restarts", ["pool_id", "replica_id"], registry=r
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: prometheus-client validates and locks on every
+        `labels()` call, which this avoids on the request path."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

@@ -221,11 +221,11 @@ class Orchestrator:
         for task in list(pool.queue):
             pool.queue.cancel(task.id)
             rec = self.tasks[task.id]
-            self.metrics.tasks_canceled.labels(pool.id, "pool_unavailable").inc()
+            self.metrics.child(self.metrics.tasks_canceled, pool.id, "pool_unavailable").inc()
             self._close_with_error(rec, err)
         for rec in list(pool.running.values()):
             rec.task.transition(TaskState.CANCELED, ErrorCode.POOL_UNAVAILABLE)
-            self.metrics.tasks_canceled.labels(pool.id, "pool_unavailable").inc()
+            self.metrics.child(self.metrics.tasks_canceled, pool.id, "pool_unavailable").inc()
             self._close_with_error(rec, err)
             if rec.runner is not None:
                 rec.runner.cancel()
@@ -322,8 +322,8 @@ class Orchestrator:
         )
         result = pool.queue.offer(task, backoff_ms=pool.estimator.backoff_ms(total))
         if not isinstance(result, Admitted):
-            self.metrics.tasks_rejected.labels(pool.id, "queue_full").inc()
-            self.metrics.backpressure.labels(pool.id, pool.config.queue.policy).inc()
+            self.metrics.child(self.metrics.tasks_rejected, pool.id, "queue_full").inc()
+            self.metrics.child(self.metrics.backpressure, pool.id, pool.config.queue.policy).inc()
             retry_after = max(1, ceil(result.backoff_ms / 1000))
             raise ApiError(
                 429,
@@ -343,7 +343,7 @@ class Orchestrator:
         )  # fmt: skip
         self.tasks[task_id] = rec
         self._idle.clear()
-        self.metrics.tasks_enqueued.labels(pool.id, priority.value).inc()
+        self.metrics.child(self.metrics.tasks_enqueued, pool.id, priority.value).inc()
         if result.evicted is not None:
             self._report_evicted(pool, result.evicted)
         self.pump(pool)
@@ -357,7 +357,9 @@ class Orchestrator:
     def _deny(self, denied: Denied, pool: PoolRuntime | None) -> None:
         status = _DENIED_STATUS.get(denied.code, 400)
         pool_id = pool.id if pool else None
-        self.metrics.tasks_rejected.labels(pool_id or "none", denied.code.value.lower()).inc()
+        self.metrics.child(
+            self.metrics.tasks_rejected, pool_id or "none", denied.code.value.lower()
+        ).inc()
         headers = {"Retry-After": "1"} if status == 503 else None
         raise ApiError(
             status,
@@ -370,8 +372,8 @@ class Orchestrator:
 
     def _report_evicted(self, pool: PoolRuntime, victim: Task) -> None:
         rec = self.tasks[victim.id]
-        self.metrics.tasks_rejected.labels(pool.id, "drop_lru").inc()
-        self.metrics.backpressure.labels(pool.id, pool.config.queue.policy).inc()
+        self.metrics.child(self.metrics.tasks_rejected, pool.id, "drop_lru").inc()
+        self.metrics.child(self.metrics.backpressure, pool.id, pool.config.queue.policy).inc()
         self._close_with_error(rec, api.ErrorEnvelope(
             code=ErrorCode.QUEUE_FULL_DROP_LRU.value,
             message=f"evicted from the full queue of pool {pool.id!r} by a newer task",
@@ -394,7 +396,9 @@ class Orchestrator:
                 if step.unplaceable is not None:
                     task, reason = step.unplaceable
                     task.transition(TaskState.FAILED, ErrorCode.POOL_UNAVAILABLE)
-                    self.metrics.placement_decisions.labels(pool.id, reason.value).inc()
+                    self.metrics.child(
+                        self.metrics.placement_decisions, pool.id, reason.value
+                    ).inc()
                     self._close_with_error(self.tasks[task.id], api.ErrorEnvelope(
                         code=ErrorCode.POOL_UNAVAILABLE.value, retriable=True, pool_id=pool.id,
                         message=f"no replica can serve this task: {reason.value}",
@@ -405,7 +409,7 @@ class Orchestrator:
                 assert step.replica_id is not None
                 rec = self.tasks[step.task.id]
                 lease = pool.manager.lease(step.replica_id)
-                self.metrics.placement_decisions.labels(pool.id, "placed").inc()
+                self.metrics.child(self.metrics.placement_decisions, pool.id, "placed").inc()
                 pool.running[rec.task.id] = rec
                 rec.runner = asyncio.create_task(self._run(rec, lease))
             self._update_depth(pool)
@@ -424,10 +428,10 @@ class Orchestrator:
 
     def _update_depth(self, pool: PoolRuntime) -> None:
         for p in PRIORITIES:
-            self.metrics.queue_depth.labels(pool.id, p.value).set(pool.queue.depth(p))
+            self.metrics.child(self.metrics.queue_depth, pool.id, p.value).set(pool.queue.depth(p))
 
     def _report_expired(self, pool: PoolRuntime, task: Task) -> None:
-        self.metrics.tasks_rejected.labels(pool.id, "deadline_unmet").inc()
+        self.metrics.child(self.metrics.tasks_rejected, pool.id, "deadline_unmet").inc()
         self._close_with_error(self.tasks[task.id], api.ErrorEnvelope(
             code=ErrorCode.DEADLINE_UNMET.value, retriable=False, pool_id=pool.id,
             message="the deadline passed before a slot was free",
@@ -437,12 +441,12 @@ class Orchestrator:
         def changed(replica: Replica, what: str) -> None:
             pool = self.pools[pool_id]
             m = self.metrics
-            m.replica_ready.labels(pool_id, replica.id).set(
+            m.child(m.replica_ready, pool_id, replica.id).set(
                 1 if replica.state is ReplicaState.READY else 0
             )
-            m.slots_total.labels(pool_id, replica.id).set(replica.slots_total)
+            m.child(m.slots_total, pool_id, replica.id).set(replica.slots_total)
             if what == "restart":
-                m.replica_restarts.labels(pool_id, replica.id).inc()
+                m.child(m.replica_restarts, pool_id, replica.id).inc()
             if what in ("down", "removed"):
                 self.sessions.forget_replica(replica.id)
             if what == "ready":
@@ -478,7 +482,7 @@ class Orchestrator:
         rec.engine = replica.engine
         rec.started_at = now
         m = self.metrics
-        m.tasks_started.labels(pool.id, replica.id, replica.engine, replica.engine_version).inc()
+        m.child(m.tasks_started, pool.id, replica.id, replica.engine, replica.engine_version).inc()
         if task.session_id:
             self.sessions.record_turn(task.session_id, replica.id, now)
         rec.stream.emit("started", api.StartedEvent(
@@ -555,7 +559,7 @@ class Orchestrator:
                 ))  # fmt: skip
             pool.running.pop(task.id, None)
             pool.manager.release(lease)
-            m.slots_busy.labels(pool.id, replica.id).set(replica.busy)
+            m.child(m.slots_busy, pool.id, replica.id).set(replica.busy)
             if not pool.pumping:
                 self.pump(pool)
             self._check_idle()
@@ -606,17 +610,17 @@ class Orchestrator:
         pool = rec.pool
         m = self.metrics
         engine = rec.engine or pool.config.engine
-        m.tokens_out.labels(pool.id, engine).inc(rec.tokens_out)
+        m.child(m.tokens_out, pool.id, engine).inc(rec.tokens_out)
         if rec.tokens_in:
-            m.tokens_in.labels(pool.id, engine).inc(rec.tokens_in)
+            m.child(m.tokens_in, pool.id, engine).inc(rec.tokens_in)
         prio = rec.task.priority.value
         if rec.first_token_at is not None:
-            m.latency_first_token.labels(pool.id, prio).observe(
+            m.child(m.latency_first_token, pool.id, prio).observe(
                 rec.first_token_at - rec.admitted_at
             )
-            m.latency_decode.labels(pool.id, prio).observe(now - rec.first_token_at)
+            m.child(m.latency_decode, pool.id, prio).observe(now - rec.first_token_at)
         if finish_reason == "canceled":
-            m.tasks_canceled.labels(pool.id, "client").inc()
+            m.child(m.tasks_canceled, pool.id, "client").inc()
         elif rec.started_at is not None:
             pool.estimator.observe(now - rec.started_at, rec.tokens_out)
         self._retire(rec)
@@ -629,7 +633,7 @@ class Orchestrator:
     def _retire(self, rec: TaskRecord) -> None:
         rec.stream.close()
         rec.request = None
-        self.metrics.tasks_finished.labels(rec.pool.id, rec.task.state.value).inc()
+        self.metrics.child(self.metrics.tasks_finished, rec.pool.id, rec.task.state.value).inc()
         self._finished[rec.task.id] = self.now_ms()
         retention = self.config.server.retention_s
         self._loop.call_later(retention, self._forget, rec.task.id)
