@@ -7,14 +7,15 @@ CONFIG  ?=
 
 .PHONY: setup run test lint typecheck bench determinism clean
 
-$(STAMP): pyproject.toml ci/llama-wheel.sh
+$(STAMP): pyproject.toml ci/llama-wheel.sh ci/triton-venv.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	bash ci/llama-wheel.sh $(BIN)/python
+	bash ci/triton-venv.sh > $(VENV)/triton-python
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv with the project, dev tools and llama-server
+setup: $(STAMP)  ## .venv with the project, dev tools and llama-server; a Triton venv
 
 run: setup  ## serve the embedded default (or CONFIG=file.yaml)
 	$(BIN)/orchestratord serve $(if $(CONFIG),--config $(CONFIG))

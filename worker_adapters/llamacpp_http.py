@@ -20,11 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from orchestrator_core.errors import ErrorCode
 from worker_adapters.base import (
-    AdapterError,
     Capabilities,
     End,
     FinishReason,
@@ -32,8 +28,8 @@ from worker_adapters.base import (
     StreamEvent,
     Token,
 )
-from worker_adapters.http_errors import CONNECTION_ERRORS, connection_error, status_error
-from worker_adapters.sse import sse_data
+from worker_adapters.http_engine import HttpEngine
+from worker_adapters.http_errors import status_error
 
 ENGINE = "llamacpp"
 _FINISH: dict[str, FinishReason] = {"limit": "length", "eos": "stop", "word": "stop"}
@@ -58,7 +54,7 @@ def model_digest(path: str | Path) -> str:
     return _file_digest(str(p), st.st_size, st.st_mtime_ns)
 
 
-class LlamaCppAdapter:
+class LlamaCppAdapter(HttpEngine):
     """One llama-server endpoint."""
 
     engine = ENGINE
@@ -70,37 +66,14 @@ class LlamaCppAdapter:
         model_path: str | None = None,
         engine_version: str | None = None,
         extra_params: Mapping[str, Any] | None = None,
-        probe_timeout_s: float = 2.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url)
         self.model_path = model_path
         self._version = engine_version
         self.extra_params = dict(extra_params or {})
-        self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
-        # force_close: llama-server drops the connection after each streamed response.
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True, limit=0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-        )
-
-    async def close(self) -> None:
-        await self._session.close()
-
-    async def _get_json(self, path: str) -> Any:
-        async with self._session.get(self.base_url + path, timeout=self._probe_timeout) as r:
-            body = await r.read()
-            if r.status != 200:
-                raise status_error(r.status, body, ENGINE)
-            return json.loads(body)
 
     async def ready(self) -> bool:
-        try:
-            async with self._session.get(
-                self.base_url + "/health", timeout=self._probe_timeout
-            ) as r:
-                return r.status == 200
-        except (*CONNECTION_ERRORS, TimeoutError):
-            return False
+        return await self._probe("/health")
 
     async def capabilities(self) -> Capabilities:
         props = await self._get_json("/props")
@@ -141,38 +114,21 @@ class LlamaCppAdapter:
         return body
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        try:
-            async with self._session.post(
-                self.base_url + "/completion", json=self._body(request)
-            ) as r:
-                if r.status != 200:
-                    raise status_error(r.status, await r.read(), ENGINE)
-                predicted = 0  # tokens counted so far, from the engine's own tally
-                async for data in sse_data(r.content):
-                    event = json.loads(data)
-                    if "error" in event:  # an error after the stream started
-                        err = event["error"]
-                        code = err.get("code", 500) if isinstance(err, dict) else 500
-                        raise status_error(int(code), data.encode(), ENGINE)
-                    # One event may carry several tokens (incomplete UTF-8 is held back), so
-                    # count by `tokens_predicted`, not by events.
-                    total = int(event.get("tokens_predicted", predicted + 1))
-                    content = event.get("content", "")
-                    if content:
-                        yield Token(
-                            content, max(total - predicted, 0), tuple(event.get("tokens") or ())
-                        )
-                        predicted = total
-                    if event.get("stop"):
-                        reason = _FINISH.get(event.get("stop_type", ""), "stop")
-                        yield End(reason, total, event.get("tokens_evaluated"))
-                        return
-            raise AdapterError(
-                ErrorCode.WORKER_RESET, "llama-server ended the stream early", engine=ENGINE
-            )
-        except CONNECTION_ERRORS as e:
-            raise connection_error(e, ENGINE) from e
-        except json.JSONDecodeError as e:
-            raise AdapterError(
-                ErrorCode.WORKER_RESET, f"llama-server sent a malformed event: {e}", engine=ENGINE
-            ) from e
+        predicted = 0  # tokens counted so far, from the engine's own tally
+        async for event in self._post_sse("/completion", self._body(request)):
+            if "error" in event:  # an error after the stream started
+                err = event["error"]
+                code = err.get("code", 500) if isinstance(err, dict) else 500
+                raise status_error(int(code), json.dumps(event).encode(), ENGINE)
+            # One event may carry several tokens (incomplete UTF-8 is held back), so count
+            # by `tokens_predicted`, not by events.
+            total = int(event.get("tokens_predicted", predicted + 1))
+            content = event.get("content", "")
+            if content:
+                yield Token(content, max(total - predicted, 0), tuple(event.get("tokens") or ()))
+                predicted = total
+            if event.get("stop"):
+                reason = _FINISH.get(event.get("stop_type", ""), "stop")
+                yield End(reason, total, event.get("tokens_evaluated"))
+                return
+        raise self.ended_early()

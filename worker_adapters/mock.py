@@ -7,7 +7,7 @@ overload, slow start. Same (seed, prompt, max_tokens) → same tokens, on any re
 Faults are set per engine (`MockConfig`) or per request by directives in the prompt, so
 tests can hold a slot busy or break a stream at an exact token without timing:
 `[[stall:N]]` hangs after N tokens until cancelled; `[[fail:N]]` resets the connection
-after N tokens.
+after N tokens; `[[big:K]]` makes every token K bytes long (large outputs).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import random
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -54,7 +55,7 @@ class MockConfig:
     fail_start: bool = False
 
 
-_DIRECTIVE = re.compile(r"\[\[(stall|fail):(\d+)\]\]")
+_DIRECTIVE = re.compile(r"\[\[(stall|fail|big):(\d+)\]\]")
 
 
 def token_stream(seed: int, prompt: str, n: int) -> list[str]:
@@ -72,12 +73,12 @@ class MockAdapter:
     def __init__(self, config: MockConfig | None = None) -> None:
         self.config = config or MockConfig()
         self.active = 0
-        self._born = asyncio.get_running_loop().time()
+        self._born = time.monotonic()
 
     async def ready(self) -> bool:
         if self.config.fail_start:
             return False
-        return asyncio.get_running_loop().time() - self._born >= self.config.start_delay_s
+        return time.monotonic() - self._born >= self.config.start_delay_s
 
     async def capabilities(self) -> Capabilities:
         digest = hashlib.sha256(self.config.model.encode()).hexdigest()
@@ -98,11 +99,14 @@ class MockAdapter:
             words = token_stream(seed, request.prompt, request.max_tokens)
             delay = 1.0 / cfg.token_rate if cfg.token_rate > 0 else 0.0
             fail_after, stall_after = cfg.fail_after_tokens, cfg.stall_after_tokens
+            big = 0
             for kind, n in _DIRECTIVE.findall(request.prompt):
                 if kind == "fail":
                     fail_after = int(n)
-                else:
+                elif kind == "stall":
                     stall_after = int(n)
+                else:
+                    big = int(n)
             sent = 0
             for word in words:
                 if fail_after is not None and sent >= fail_after:
@@ -119,7 +123,7 @@ class MockAdapter:
                     yield End("stop", sent, len(request.prompt.split()))
                     return
                 sent += 1
-                yield Token(word)
+                yield Token((word * (big // len(word) + 1))[:big] if big else word)
             yield End("length", sent, len(request.prompt.split()))
         finally:
             self.active -= 1

@@ -29,8 +29,13 @@ TOKENS = 200
 async def direct_run(http: aiohttp.ClientSession, engine: str, seed: int) -> tuple[float, int]:
     t0 = time.perf_counter()
     ttft, tokens = 0.0, 0
-    body = {"prompt": "bench", "n_predict": TOKENS, "stream": True, "seed": seed,
-            "ignore_eos": True}
+    body = {
+        "prompt": "bench",
+        "n_predict": TOKENS,
+        "stream": True,
+        "seed": seed,
+        "ignore_eos": True,
+    }
     async with http.post(f"{engine}/completion", json=body) as r:
         async for line in r.content:
             if line.startswith(b"data: ") and b'"content":""' not in line:
@@ -42,8 +47,10 @@ async def direct_run(http: aiohttp.ClientSession, engine: str, seed: int) -> tup
 
 async def daemon_run(http: aiohttp.ClientSession, daemon: str, seed: int) -> tuple[float, int]:
     t0 = time.perf_counter()
-    async with http.post(f"{daemon}/v1/tasks", json={
-        "model": "tiny", "prompt": "bench", "max_tokens": TOKENS, "seed": seed}) as r:
+    async with http.post(
+        f"{daemon}/v1/tasks",
+        json={"model": "tiny", "prompt": "bench", "max_tokens": TOKENS, "seed": seed},
+    ) as r:
         url = daemon + (await r.json())["stream_url"]
     ttft, tokens = 0.0, 0
     async with http.get(url) as r:
@@ -61,8 +68,9 @@ async def measure(run, target: str, streams: int, rounds: int) -> tuple[list[flo
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         t0 = time.perf_counter()
         for r in range(rounds):
-            results = await asyncio.gather(*(run(http, target, r * 100 + s)
-                                             for s in range(streams)))
+            results = await asyncio.gather(
+                *(run(http, target, r * 100 + s) for s in range(streams))
+            )
             ttfts += [t for t, _ in results]
             tokens += sum(n for _, n in results)
         elapsed = time.perf_counter() - t0
@@ -73,8 +81,10 @@ async def cancel_latency(daemon: str, engine: str, samples: int) -> list[float]:
     out = []
     async with aiohttp.ClientSession() as http:
         for i in range(samples):
-            async with http.post(f"{daemon}/v1/tasks", json={
-                    "model": "slow", "prompt": "cancel", "max_tokens": 1500, "seed": i}) as r:
+            async with http.post(
+                f"{daemon}/v1/tasks",
+                json={"model": "slow", "prompt": "cancel", "max_tokens": 1500, "seed": i},
+            ) as r:
                 task = await r.json()
             async with http.get(daemon + task["stream_url"]) as r:
                 async for line in r.content:
@@ -97,19 +107,55 @@ async def main() -> None:
     tiny = write_tiny_model(tmp / "tiny.gguf")
     slow = write_tiny_model(tmp / "slow.gguf", TinyModelSpec.slow())
     port = free_port()
-    config = {"server": {"port": port}, "pools": [
-        {"id": "tiny", "engine": "llamacpp", "model": "tiny", "bytes_per_token": 1,
-         "engine_params": {"ignore_eos": True},
-         "replicas": {"managed": {"count": 1, "slots": 16, "model_path": str(tiny),
-                                  "ctx": 16 * 256, "threads": 1}}},
-        {"id": "slow", "engine": "llamacpp", "model": "slow", "bytes_per_token": 1,
-         "replicas": {"managed": {"count": 1, "slots": 1, "model_path": str(slow),
-                                  "ctx": 2048, "threads": 1}}},
-    ]}
+    config = {
+        "server": {"port": port},
+        "pools": [
+            {
+                "id": "tiny",
+                "engine": "llamacpp",
+                "model": "tiny",
+                "bytes_per_token": 1,
+                "engine_params": {"ignore_eos": True},
+                "replicas": {
+                    "managed": {
+                        "count": 1,
+                        "slots": 16,
+                        "model_path": str(tiny),
+                        "ctx": 16 * 256,
+                        "threads": 1,
+                    }
+                },
+            },
+            {
+                "id": "slow",
+                "engine": "llamacpp",
+                "model": "slow",
+                "bytes_per_token": 1,
+                "replicas": {
+                    "managed": {
+                        "count": 1,
+                        "slots": 1,
+                        "model_path": str(slow),
+                        "ctx": 2048,
+                        "threads": 1,
+                    }
+                },
+            },
+        ],
+    }
     (tmp / "c.yaml").write_text(yaml.safe_dump(config))
     bin_dir = Path(sys.executable).parent
-    proc = await start([str(bin_dir / "orchestratord"), "serve", "--config",
-                        str(tmp / "c.yaml"), "--log-level", "warning"], "serving on")
+    proc = await start(
+        [
+            str(bin_dir / "orchestratord"),
+            "serve",
+            "--config",
+            str(tmp / "c.yaml"),
+            "--log-level",
+            "warning",
+        ],
+        "serving on",
+    )
     daemon = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -122,20 +168,27 @@ async def main() -> None:
         engines = {k: p["replicas"][0]["endpoint"] for k, p in pools.items()}
         await measure(direct_run, engines["tiny"], 4, 2)  # warm up
         await measure(daemon_run, daemon, 4, 2)
-        print("| streams | direct TTFT p50 / p99 ms | daemon TTFT p50 / p99 ms "
-              "| added p50 ms | direct tok/s | daemon tok/s | ratio |")
+        print(
+            "| streams | direct TTFT p50 / p99 ms | daemon TTFT p50 / p99 ms "
+            "| added p50 ms | direct tok/s | daemon tok/s | ratio |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for streams in (1, 4, 16):
             rounds = max(4, 64 // streams)
             d_ttft, d_rate = await measure(direct_run, engines["tiny"], streams, rounds)
             o_ttft, o_rate = await measure(daemon_run, daemon, streams, rounds)
-            print(f"| {streams} | {pct(d_ttft, 50):.2f} / {pct(d_ttft, 99):.2f} "
-                  f"| {pct(o_ttft, 50):.2f} / {pct(o_ttft, 99):.2f} "
-                  f"| {pct(o_ttft, 50) - pct(d_ttft, 50):+.2f} | {d_rate:,.0f} | {o_rate:,.0f} "
-                  f"| {o_rate / d_rate:.2f} |", flush=True)
+            print(
+                f"| {streams} | {pct(d_ttft, 50):.2f} / {pct(d_ttft, 99):.2f} "
+                f"| {pct(o_ttft, 50):.2f} / {pct(o_ttft, 99):.2f} "
+                f"| {pct(o_ttft, 50) - pct(d_ttft, 50):+.2f} | {d_rate:,.0f} | {o_rate:,.0f} "
+                f"| {o_rate / d_rate:.2f} |",
+                flush=True,
+            )
         lat = await cancel_latency(daemon, engines["slow"], 30)
-        print(f"\ncancel → slot free (slow model, 30 samples): p50 {pct(lat, 50):.1f} ms, "
-              f"p99 {pct(lat, 99):.1f} ms")
+        print(
+            f"\ncancel → slot free (slow model, 30 samples): p50 {pct(lat, 50):.1f} ms, "
+            f"p99 {pct(lat, 99):.1f} ms"
+        )
     finally:
         proc.terminate()
         await proc.wait()

@@ -1,0 +1,250 @@
+"""Servers for the conformance suite, started once per session on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import sysconfig
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from pool_managerd.launchers import (
+    LlamaServerLauncher,
+    LlamaServerOptions,
+    free_port,
+    llama_server_binary,
+)
+from pool_managerd.probe import poll_until
+from pool_managerd.tiny_gguf import EOS_ID, write_tiny_model
+from tests.conformance.engines import Engine
+from worker_adapters.base import GenerateRequest
+from worker_adapters.llamacpp_http import LlamaCppAdapter
+from worker_adapters.mock import MockAdapter, MockConfig
+from worker_adapters.openai_http import OpenAIAdapter
+from worker_adapters.tgi_http import TGIAdapter
+from worker_adapters.triton_grpc import TritonAdapter
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, what: str) -> None:
+    """Block until the server prints `needle`; then keep draining its output in the
+    background so a chatty server never blocks on a full pipe."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if needle in line:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return
+    raise RuntimeError(f"{what} exited before it was ready (code {proc.wait()})")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory) -> Iterator[Server]:
+    """A real llama-server (2 slots) on the project's tiny model."""
+    model = write_tiny_model(tmp_path_factory.mktemp("conf") / "tiny.gguf")
+    binary, _ = llama_server_binary()
+    port = free_port()
+    cmd = LlamaServerLauncher(LlamaServerOptions(slots=2, ctx=512, threads=1)).command(
+        binary, str(model), port
+    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_line(proc, b"listening on", "llama-server")
+    asyncio.run(_until_ready(f"http://127.0.0.1:{port}"))
+    yield Server(f"http://127.0.0.1:{port}", proc.pid)
+    _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def tgi_server() -> Iterator[str]:
+    """The project's TGI protocol server, framing `data:` without a space (the variant
+    TGI's own client tolerates) — the adapter must accept both."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "test_harness.engines.tgi_server",
+            "--port",
+            str(port),
+            "--max-concurrent",
+            "2",
+            "--no-space",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    _wait_line(proc, b"ready", "tgi test server")
+    yield f"http://127.0.0.1:{port}"
+    _stop(proc)
+
+
+def triton_python() -> str:
+    """The venv with nvidia-pytriton, made by `make setup` (ci/triton-venv.sh)."""
+    recorded = ROOT / ".venv" / "triton-python"
+    path = os.environ.get("ORCH_TRITON_PYTHON") or (
+        recorded.read_text().strip() if recorded.exists() else ""
+    )
+    if not path or not Path(path).exists():
+        path = subprocess.run(
+            ["bash", str(ROOT / "ci" / "triton-venv.sh")],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    return path
+
+
+@pytest.fixture(scope="session")
+def triton_server() -> Iterator[str]:
+    """A real Triton (pytriton) serving the decoupled test model over gRPC."""
+    python = triton_python()
+    libdir = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # pyenv Pythons need their libpython on the path, or Triton's python backend fails
+    # with "'_thread.RLock' object has no attribute '_recursion_count'" (ENGINES.md).
+    env = {**os.environ, "LD_LIBRARY_PATH": libdir or sysconfig.get_config_var("LIBDIR")}
+    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            python,
+            str(ROOT / "test_harness" / "engines" / "triton_server.py"),
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    _wait_line(proc, b"ready", "triton")
+    yield f"127.0.0.1:{grpc_port}"
+    _stop(proc)
+
+
+async def _until_ready(url: str) -> None:
+    adapter = LlamaCppAdapter(url)
+    try:
+        async with asyncio.timeout(60):
+            await poll_until(adapter.ready)  # the model loads after the port opens
+    finally:
+        await adapter.close()
+
+
+async def _busy_slots(url: str) -> int:
+    adapter = LlamaCppAdapter(url)
+    try:
+        return await adapter.busy_slots()
+    finally:
+        await adapter.close()
+
+
+async def _count(url: str, metric: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith(metric + " "):
+                return int(float(line.split()[1]))
+    return 0
+
+
+ENGINE_NAMES = ["mock", "llamacpp", "openai", "tgi", "triton"]
+
+
+@pytest.fixture
+def engine(request, tmp_path) -> Engine:
+    """The Engine registration for `request.param` (see ENGINE_NAMES)."""
+    name = request.param
+    if name == "mock":
+        shared = MockAdapter(MockConfig(slots=2))
+        return Engine(
+            "mock",
+            lambda: shared,
+            busy=lambda: _async(shared.active),
+            faults={"seed", "overload", "die", "stall", "big", "invalid"},
+            prompts={"die": "[[fail:2]]", "stall": "[[stall:2]]", "big": "[[big:65536]]"},
+            invalid=lambda a: GenerateRequest("x", max_tokens=-1),
+        )
+    if name in ("llamacpp", "openai"):
+        server = request.getfixturevalue("llama_server")
+        url = server.url
+
+        def make() -> LlamaCppAdapter | OpenAIAdapter:
+            if name == "llamacpp":
+                return LlamaCppAdapter(url)
+            return OpenAIAdapter(url, model="tiny", slots=2)
+
+        def eos(adapter) -> None:
+            adapter.extra_params = {"logit_bias": [[EOS_ID, 100.0]]}
+
+        def invalid(adapter) -> GenerateRequest:
+            adapter.extra_params = {"n_probs": "many"}
+            return GenerateRequest("x", max_tokens=2)
+
+        return Engine(
+            name,
+            make,
+            busy=lambda: _busy_slots(url),
+            pid=lambda: server.pid,
+            faults={"seed", "stall", "invalid", "stop"},
+            tweaks={"stop": eos},
+            invalid=invalid,
+            slots=2,
+        )
+    if name == "tgi":
+        url = request.getfixturevalue("tgi_server")
+        return Engine(
+            "tgi",
+            lambda: TGIAdapter(url),
+            slots=2,
+            busy=lambda: _count(f"{url}/metrics", "tgi_batch_current_size"),
+            faults={"seed", "overload", "die", "stall", "big", "invalid", "stop"},
+            prompts={
+                "die": "[[fail:2]]",
+                "stall": "[[stall:2]]",
+                "big": "[[big:65536]]",
+                "stop": "[[eos:3]]",
+            },
+            invalid=lambda a: GenerateRequest("x", max_tokens=2, temperature=-1.0),
+        )
+    if name == "triton":
+        url = request.getfixturevalue("triton_server")
+        return Engine(
+            "triton",
+            lambda: TritonAdapter(url, model="tiny_llm"),
+            faults={"seed", "die", "stall", "stop"},
+            prompts={"die": "[[error:2]]", "stall": "[[stall:2]]", "stop": "[[eos:3]]"},
+        )
+    raise ValueError(name)
+
+
+async def _async(value: int) -> int:
+    return value

@@ -1,0 +1,193 @@
+"""One conformance suite for every adapter (OC-ADAPT-30xx), against the most real server
+that runs here: mock (in-process), llama.cpp and OpenAI routes (real llama-server), TGI
+(the project's protocol server), Triton (real Triton via nvidia-pytriton).
+
+A check runs for every engine whose registration lists the behaviour; none is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+
+import pytest
+
+from orchestrator_core.errors import ErrorCode
+from pool_managerd.probe import poll_until
+from tests.conformance.conftest import ENGINE_NAMES
+from tests.conformance.engines import Engine, pause, resume
+from worker_adapters.base import (
+    AdapterError,
+    End,
+    GenerateRequest,
+    Token,
+    WorkerAdapter,
+    guard_stalls,
+)
+
+LOCAL_FAULTS = {
+    "mock": {"seed", "overload", "die", "stall", "big", "invalid"},
+    "llamacpp": {"seed", "stall", "invalid", "stop"},
+    "openai": {"seed", "stall", "invalid", "stop"},
+    "tgi": {"seed", "overload", "die", "stall", "big", "invalid", "stop"},
+    "triton": {"seed", "die", "stall", "stop"},
+}
+
+
+def engines_with(fault: str | None = None) -> list[str]:
+    return [n for n in ENGINE_NAMES if fault is None or fault in LOCAL_FAULTS[n]]
+
+
+def over(fault: str | None = None):
+    return pytest.mark.parametrize("engine", engines_with(fault), indirect=True)
+
+
+async def run(adapter: WorkerAdapter, request: GenerateRequest) -> list:
+    return [event async for event in adapter.stream(request)]
+
+
+@pytest.fixture
+async def adapter(engine: Engine):
+    assert engine.faults == LOCAL_FAULTS[engine.name]  # the registry and this table agree
+    made = engine.make_adapter()
+    yield made
+    if engine.name != "mock":
+        await made.close()
+
+
+@over()
+async def test_ready_and_capabilities(engine, adapter):
+    """OC-ADAPT-3001"""
+    assert await adapter.ready()
+    caps = await adapter.capabilities()
+    assert caps.engine == engine.name and caps.slots >= 1 and caps.engine_version
+
+
+@over()
+async def test_stream_complete_in_order_with_length(engine, adapter):
+    """OC-ADAPT-3002"""
+    events = await run(adapter, GenerateRequest("conformance", max_tokens=8, seed=5))
+    *tokens, end = events
+    assert all(isinstance(t, Token) and t.text for t in tokens) and tokens
+    assert isinstance(end, End) and end.finish_reason == "length" and end.tokens_out == 8
+
+
+@over("stop")
+async def test_stream_finishing_early_reports_stop(engine, adapter):
+    """OC-ADAPT-3002"""
+    if "stop" in engine.tweaks:
+        engine.tweaks["stop"](adapter)
+    prompt = engine.prompts.get("stop", "") + "early end"
+    events = await run(adapter, GenerateRequest(prompt, max_tokens=8, seed=5))
+    assert isinstance(events[-1], End) and events[-1].finish_reason == "stop"
+    assert events[-1].tokens_out < 8
+
+
+@over("seed")
+async def test_same_seed_same_tokens(engine, adapter):
+    """OC-ADAPT-3003"""
+    request = GenerateRequest("seeded", max_tokens=12, seed=77, cache_prompt=False)
+    first, second = await run(adapter, request), await run(adapter, request)
+    assert [(t.text, t.ids) for t in first if isinstance(t, Token)] == [
+        (t.text, t.ids) for t in second if isinstance(t, Token)
+    ]
+
+
+@over()
+async def test_cancel_mid_stream_releases_the_engine(engine, adapter):
+    """OC-ADAPT-3005"""
+    prompt = engine.prompts.get("stall", "") + "cancel me"
+    stream = adapter.stream(GenerateRequest(prompt, max_tokens=200, seed=1))
+    first = await anext(stream)
+    assert isinstance(first, Token)
+    await stream.aclose()
+    if engine.busy is not None:  # checked on the engine's side
+        async with asyncio.timeout(10):
+            await poll_until(lambda: _idle(engine))
+    events = await run(adapter, GenerateRequest("after cancel", max_tokens=3, seed=2))
+    assert isinstance(events[-1], End)
+
+
+async def _idle(engine: Engine) -> bool:
+    assert engine.busy is not None
+    return await engine.busy() == 0
+
+
+@over("overload")
+async def test_overload_is_one_retriable_error(engine, adapter):
+    """OC-ADAPT-3004"""
+    holders = [
+        adapter.stream(GenerateRequest(engine.prompts["stall"] + f"hold {i}", max_tokens=50))
+        for i in range(engine.slots)
+    ]
+    try:
+        for holder in holders:
+            await anext(holder)  # each now holds a slot
+        with pytest.raises(AdapterError) as err:
+            await run(adapter, GenerateRequest("one too many", max_tokens=2))
+        assert err.value.code is ErrorCode.REPLICA_EXHAUSTED and err.value.retriable
+    finally:
+        for holder in holders:
+            await holder.aclose()
+
+
+@over("invalid")
+async def test_invalid_params_carry_the_engine_message(engine, adapter):
+    """OC-ADAPT-3004"""
+    assert engine.invalid is not None
+    request = engine.invalid(adapter)
+    with pytest.raises(AdapterError) as err:
+        await run(adapter, request)
+    assert err.value.code is ErrorCode.INVALID_PARAMS and not err.value.retriable
+    assert len(err.value.message) > 10
+
+
+@over("die")
+async def test_engine_dying_mid_stream_is_worker_reset(engine, adapter):
+    """OC-ADAPT-3006"""
+    request = GenerateRequest(engine.prompts["die"] + "doomed", max_tokens=20, seed=3)
+    got: list = []
+    with pytest.raises(AdapterError) as err:
+        async for event in adapter.stream(request):
+            got.append(event)
+    assert err.value.code is ErrorCode.WORKER_RESET and err.value.retriable
+    assert len(got) == 2 and all(isinstance(e, Token) for e in got)
+
+
+@over("big")
+async def test_ten_megabyte_output_streams_in_flat_memory(engine, adapter):
+    """OC-ADAPT-3002"""
+    request = GenerateRequest(engine.prompts["big"] + "large", max_tokens=160, seed=4)
+    tracemalloc.start()
+    try:
+        total = 0
+        tracemalloc.reset_peak()
+        async for event in adapter.stream(request):
+            if isinstance(event, Token):
+                total += len(event.text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total >= 10 * 1024 * 1024
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while streaming {total}"
+
+
+@over("stall")
+async def test_stalled_engine_maps_to_decode_timeout(engine, adapter):
+    """OC-ADAPT-3004, OC-CTRL-2023"""
+    prompt = engine.prompts.get("stall", "") + "stall"
+    events = guard_stalls(
+        adapter.stream(GenerateRequest(prompt, max_tokens=500, seed=6)), 0.3, engine.name
+    )
+    await anext(events)
+    paused = engine.pid is not None
+    if paused:
+        pause(engine)  # freeze the real engine process mid-stream
+    try:
+        with pytest.raises(AdapterError) as err:
+            async for _ in events:
+                pass
+    finally:
+        if paused:
+            resume(engine)
+    assert err.value.code is ErrorCode.DECODE_TIMEOUT and err.value.retriable

@@ -1,0 +1,96 @@
+"""What every HTTP streaming engine adapter shares: one client session with a fresh
+connection per stream, JSON probes, and SSE-over-POST with failures classified into the
+shared taxonomy. Engine modules add only their protocol: request body and event mapping."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+
+from orchestrator_core.errors import ErrorCode
+from worker_adapters.base import AdapterError
+from worker_adapters.http_errors import CONNECTION_ERRORS, connection_error, status_error
+from worker_adapters.sse import Oversized, sse_data
+
+DONE = "[DONE]"
+
+
+class HttpEngine:
+    engine = "http"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        probe_timeout_s: float = 2.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
+        # A fresh connection per request: some engines (llama-server) close the socket
+        # after a streamed response although they advertise keep-alive.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True, limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            headers=dict(headers or {}),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _get_json(self, path: str) -> Any:
+        try:
+            async with self._session.get(self.base_url + path, timeout=self._probe_timeout) as r:
+                body = await r.read()
+                if r.status != 200:
+                    raise status_error(r.status, body, self.engine)
+                return json.loads(body)
+        except CONNECTION_ERRORS as e:
+            raise connection_error(e, self.engine) from e
+
+    async def _probe(self, path: str) -> bool:
+        """Whether `GET path` answers 200 (readiness)."""
+        try:
+            async with self._session.get(self.base_url + path, timeout=self._probe_timeout) as r:
+                return r.status == 200
+        except (*CONNECTION_ERRORS, TimeoutError):
+            return False
+
+    async def _post_sse(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[Any]:
+        """POST and yield each SSE event's JSON until `[DONE]` or the end of the body.
+        HTTP errors, dropped connections and malformed events raise AdapterError."""
+        try:
+            async with self._session.post(self.base_url + path, json=body) as r:
+                if r.status != 200:
+                    raise status_error(r.status, await r.read(), self.engine)
+                async for data in sse_data(r.content.iter_any()):
+                    if data == DONE:
+                        return
+                    yield self._decode(data)
+        except CONNECTION_ERRORS as e:
+            raise connection_error(e, self.engine) from e
+        except json.JSONDecodeError as e:
+            raise AdapterError(
+                ErrorCode.WORKER_RESET,
+                f"{self.engine} sent a malformed event: {e}",
+                engine=self.engine,
+            ) from e
+
+    def _decode(self, data: str) -> Any:
+        """One event's JSON. Engines that send events larger than the SSE bound override
+        this to recover what they need from the kept tail."""
+        if isinstance(data, Oversized):
+            raise AdapterError(
+                ErrorCode.WORKER_RESET,
+                f"{self.engine} sent an event over the size bound",
+                engine=self.engine,
+            )
+        return json.loads(data)
+
+    def ended_early(self) -> AdapterError:
+        return AdapterError(
+            ErrorCode.WORKER_RESET, f"{self.engine} ended the stream early", engine=self.engine
+        )

@@ -1,0 +1,115 @@
+"""OpenAI-compatible engines: vLLM, SGLang, llama.cpp's `/v1` routes, TGI's Messages API.
+
+`POST /v1/completions` (or `/v1/chat/completions` with `chat=True`) with `stream: true` and
+`stream_options.include_usage`; chunks carry `choices[0].text` (or `.delta.content`) and a
+`finish_reason`; usage arrives in a final chunk; the stream ends with `data: [DONE]`.
+vLLM's `priority` is sent only where the pool says the engine runs priority scheduling
+(vLLM rejects a non-zero priority otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from worker_adapters.base import (
+    AdapterError,
+    Capabilities,
+    End,
+    FinishReason,
+    GenerateRequest,
+    StreamEvent,
+    Token,
+)
+from worker_adapters.http_engine import HttpEngine
+
+ENGINE = "openai"
+
+
+class OpenAIAdapter(HttpEngine):
+    engine = ENGINE
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str,
+        chat: bool = False,
+        api_key: str | None = None,
+        slots: int = 8,
+        send_priority: bool = False,
+        extra_params: Mapping[str, Any] | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        super().__init__(base_url, headers=headers)
+        self.model = model
+        self.chat = chat
+        self.slots = slots
+        self.send_priority = send_priority
+        self.extra_params = dict(extra_params or {})
+
+    async def ready(self) -> bool:
+        return await self._probe("/v1/models")
+
+    async def capabilities(self) -> Capabilities:
+        models = (await self._get_json("/v1/models")).get("data") or [{}]
+        entry = next((m for m in models if m.get("id") == self.model), models[0])
+        # vLLM: max_model_len; llama.cpp: meta.n_ctx_train
+        ctx = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
+        try:
+            version = (
+                f"{entry.get('owned_by', 'openai')} {(await self._get_json('/version'))['version']}"
+            )
+        except (AdapterError, KeyError, TypeError):
+            version = str(entry.get("owned_by") or "openai-compatible")
+        return Capabilities(
+            ENGINE,
+            version,
+            self.slots,
+            int(ctx) if ctx else None,
+            str(entry.get("id") or self.model),
+        )
+
+    def _body(self, req: GenerateRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            **self.extra_params,
+            "model": self.model,
+            "max_tokens": req.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.chat:
+            body["messages"] = [{"role": "user", "content": req.prompt}]
+        else:
+            body["prompt"] = req.prompt
+        for key in ("seed", "temperature", "top_p", "top_k"):
+            value = getattr(req, key)
+            if value is not None:
+                body[key] = value
+        if req.stop:
+            body["stop"] = list(req.stop)
+        if self.send_priority and req.priority is not None:
+            body["priority"] = req.priority
+        return body
+
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        path = "/v1/chat/completions" if self.chat else "/v1/completions"
+        finish: FinishReason | None = None
+        sent = 0
+        usage: dict[str, Any] = {}
+        async for chunk in self._post_sse(path, self._body(request)):
+            if "error" in chunk:
+                raise self.ended_early()
+            for choice in chunk.get("choices") or ():
+                text = choice.get("text")
+                if text is None:
+                    text = (choice.get("delta") or {}).get("content")
+                if text:
+                    sent += 1
+                    yield Token(text)
+                if choice.get("finish_reason"):
+                    finish = "length" if choice["finish_reason"] == "length" else "stop"
+            usage = chunk.get("usage") or usage
+        if finish is None:  # [DONE] (or the end) without a finish_reason: cut short
+            raise self.ended_early()
+        yield End(finish, int(usage.get("completion_tokens", sent)), usage.get("prompt_tokens"))

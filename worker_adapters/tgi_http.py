@@ -1,0 +1,105 @@
+"""Hugging Face text-generation-inference, over its native API (design/PROTOCOLS.md A2).
+
+`POST /generate_stream` with `inputs` and `parameters`; SSE events carry
+`token{id,text,logprob,special}`; the last has `generated_text` and
+`details{finish_reason,generated_tokens,seed,input_length}`; `data:` may come with or
+without a space. Errors are `{"error","error_type"}`: 422 validation, 424 generation,
+429 overloaded — in the HTTP status before the stream, in an event after it started.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from orchestrator_core.errors import ErrorCode
+from worker_adapters.base import (
+    AdapterError,
+    Capabilities,
+    End,
+    FinishReason,
+    GenerateRequest,
+    StreamEvent,
+    Token,
+)
+from worker_adapters.http_engine import HttpEngine
+from worker_adapters.sse import Oversized
+
+ENGINE = "tgi"
+_FINISH: dict[str, FinishReason] = {
+    "length": "length",
+    "eos_token": "stop",
+    "stop_sequence": "stop",
+}
+_ERROR_TYPES = {"overloaded": ErrorCode.REPLICA_EXHAUSTED, "validation": ErrorCode.INVALID_PARAMS}
+
+
+class TGIAdapter(HttpEngine):
+    engine = ENGINE
+
+    def _decode(self, data: str) -> Any:
+        # TGI's last event repeats the whole text in `generated_text`; for a large output we
+        # never hold it: only the event's tail is kept, and `details` comes last.
+        if isinstance(data, Oversized):
+            at = data.rfind('"details":')
+            if at < 0:
+                raise self.ended_early()
+            event: dict[str, Any] = json.loads("{" + data[at:])
+            token_at = data.head.find('"token":')
+            if token_at >= 0:
+                start = data.head.index("{", token_at)
+                event["token"] = json.JSONDecoder().raw_decode(data.head, start)[0]
+            return event
+        return super()._decode(data)
+
+    async def ready(self) -> bool:
+        return await self._probe("/health")
+
+    async def capabilities(self) -> Capabilities:
+        info = await self._get_json("/info")
+        return Capabilities(
+            engine=ENGINE,
+            engine_version=f"tgi {info.get('version', 'unknown')}",
+            slots=int(info.get("max_concurrent_requests") or 1),
+            ctx_per_slot=info.get("max_total_tokens"),
+            model=str(info.get("model_id", "")),
+            model_digest=str(info.get("model_sha") or ""),
+        )
+
+    def _body(self, req: GenerateRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {"max_new_tokens": req.max_tokens, "details": True}
+        if req.seed is not None:
+            params["seed"] = req.seed
+        for key in ("temperature", "top_p", "top_k"):
+            value = getattr(req, key)
+            if value is not None:
+                params[key] = value
+        # TGI samples only when asked; temperature 0 means greedy there too.
+        params["do_sample"] = req.temperature != 0 and (
+            req.seed is not None
+            or any(v is not None for v in (req.temperature, req.top_p, req.top_k))
+        )
+        if params["do_sample"] is False:
+            params.pop("temperature", None)
+        if req.stop:
+            params["stop"] = list(req.stop)
+        return {"inputs": req.prompt, "parameters": params}
+
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        async for event in self._post_sse("/generate_stream", self._body(request)):
+            if "error" in event:
+                code = _ERROR_TYPES.get(event.get("error_type", ""), ErrorCode.WORKER_RESET)
+                raise AdapterError(code, f"tgi: {event['error']}", engine=ENGINE)
+            token = event.get("token") or {}
+            if token.get("text") and not token.get("special"):
+                yield Token(token["text"], 1, (int(token.get("id", 0)),))
+            details = event.get("details")
+            if details is not None:
+                yield End(
+                    _FINISH.get(details.get("finish_reason", ""), "stop"),
+                    int(details.get("generated_tokens", 0)),
+                    details.get("input_length"),
+                )
+                return
+        raise self.ended_early()
