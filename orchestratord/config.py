@@ -93,6 +93,18 @@ class PoolConfig(_Cfg):
     #: Engine-specific request fields merged into every request (e.g. llama.cpp
     #: `logit_bias`); the orchestrator's own fields (prompt, seed, limits) win.
     engine_params: dict[str, Any] = {}
+    #: The model's name at the engine (OpenAI `model`, Triton model name); default `model`.
+    engine_model: str | None = None
+    #: OpenAI-compatible engines: use `/v1/chat/completions` instead of `/v1/completions`.
+    chat: bool = False
+    #: Environment variable holding the engine's bearer key (keys never live in configs).
+    api_key_env: str | None = None
+    #: Concurrent requests per attached endpoint for engines that do not report slots
+    #: (OpenAI-compatible servers); others report their own.
+    slots_per_endpoint: Annotated[int, Field(ge=1)] = 8
+    #: Send the task priority to engines that schedule by it (vLLM `--scheduling-policy
+    #: priority`); off by default because vLLM rejects a non-zero priority otherwise.
+    engine_priority: bool = False
     #: How often replicas are health-probed once Ready, and misses before one is down.
     health_interval_s: Annotated[float, Field(gt=0)] = 2.0
     health_misses: Annotated[int, Field(ge=1)] = 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from orchestratord.config import PoolConfig
 from pool_managerd.launchers import (
     AttachLauncher,
@@ -13,13 +15,32 @@ from pool_managerd.launchers import (
 from worker_adapters.base import WorkerAdapter
 from worker_adapters.llamacpp_http import LlamaCppAdapter
 from worker_adapters.mock import MockConfig
+from worker_adapters.openai_http import OpenAIAdapter
+from worker_adapters.tgi_http import TGIAdapter
+from worker_adapters.triton_grpc import TritonAdapter
 
 
 def adapter_for_endpoint(pool: PoolConfig, url: str) -> WorkerAdapter:
     """The adapter that speaks `pool.engine`'s protocol to an external endpoint."""
+    model = pool.engine_model or pool.model
     if pool.engine == "llamacpp":
         return LlamaCppAdapter(url, extra_params=pool.engine_params)
-    raise NotImplementedError(f"engine {pool.engine!r} cannot be attached in this build")
+    if pool.engine == "tgi":
+        return TGIAdapter(url)
+    if pool.engine == "triton":
+        return TritonAdapter(url, model=model)
+    if pool.engine == "openai":
+        key = os.environ.get(pool.api_key_env) if pool.api_key_env else None
+        return OpenAIAdapter(
+            url,
+            model=model,
+            chat=pool.chat,
+            api_key=key,
+            slots=pool.slots_per_endpoint,
+            send_priority=pool.engine_priority,
+            extra_params=pool.engine_params,
+        )
+    raise ValueError(f"engine {pool.engine!r} cannot be attached")
 
 
 def launcher_for(pool: PoolConfig) -> Launcher:
@@ -45,4 +66,5 @@ def launcher_for(pool: PoolConfig) -> Launcher:
             deterministic=strict, extra_params=dict(pool.engine_params),
             health_interval_s=pool.health_interval_s, health_misses=pool.health_misses,
         ))  # fmt: skip
-    raise NotImplementedError(f"engine {pool.engine!r} cannot be managed in this build")
+    # config validation only allows managed replicas for llamacpp and mock
+    raise ValueError(f"engine {pool.engine!r} cannot be managed")

@@ -9,6 +9,7 @@ import sys
 import sysconfig
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def llama_server(tmp_path_factory) -> Iterator[Server]:
     )
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _wait_line(proc, b"listening on", "llama-server")
-    asyncio.run(_until_ready(f"http://127.0.0.1:{port}"))
+    # own thread: this fixture may first be requested from inside a running event loop
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _until_ready(f"http://127.0.0.1:{port}")).result()
     yield Server(f"http://127.0.0.1:{port}", proc.pid)
     _stop(proc)
 
