@@ -32,7 +32,7 @@ async def test_attached_pool_serves_jobs_end_to_end(engine, request, start_daemo
     events = await api.events(task["task_id"])
     assert events[0][0] == "started" and events[0][2]["engine"] == engine
     assert events[-1][0] == "end" and events[-1][2]["tokens_out"] == 6
-    status, caps = await api.get("/v1/capabilities")
+    _, caps = await api.get("/v1/capabilities")
     assert caps["engines"][0]["engine"] == engine and caps["engines"][0]["engine_version"]
     _, info = await api.get(f"/v1/pools/{engine}")
     assert info["replicas"][0]["state"] == "ready" and info["replicas"][0]["slots_total"] >= 1
