@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?=
 
-.PHONY: setup run test lint typecheck bench determinism clean
+.PHONY: setup run test lint typecheck bench regen determinism clean
 
 $(STAMP): pyproject.toml ci/llama-wheel.sh ci/triton-venv.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,8 +30,13 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy orchestrator_core worker_adapters
 
+regen: setup  ## write contracts/ (OpenAPI, config schema) from the pydantic models
+	$(BIN)/python -m orchestratord.openapi contracts
+
 bench: setup  ## benchmarks (not tests); results go to docs/BENCHMARKS.md by hand
 	$(BIN)/python -m test_harness.bench.core_queue
+	$(BIN)/python -m test_harness.bench.daemon_relay
+	$(BIN)/python -m test_harness.bench.llamacpp_relay
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

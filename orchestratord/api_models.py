@@ -140,6 +140,10 @@ class PoolInfo(BaseModel):
     last_error: str | None = None
 
 
+class PoolList(BaseModel):
+    pools: list[PoolInfo]
+
+
 class PoolHealth(BaseModel):
     live: bool
     ready: bool

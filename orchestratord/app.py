@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord import api_models as api
+from orchestratord.openapi import document
 from orchestratord.service import ApiError, Orchestrator
 from orchestratord.streams import StreamGap
 
@@ -23,6 +24,7 @@ SERVICE: web.AppKey[Orchestrator] = web.AppKey("service", Orchestrator)
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body", int)
 BACKGROUND: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("background", set)
 CID: web.RequestKey[str] = web.RequestKey("cid", str)
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 CORRELATION = "X-Correlation-Id"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -178,13 +180,9 @@ async def delete_session(request: web.Request) -> web.Response:
 # -- control plane -------------------------------------------------------------------
 
 
-class PoolList(BaseModel):
-    pools: list[api.PoolInfo]
-
-
 async def list_pools(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
-    return _json(PoolList(pools=[svc.pool_info(p) for p in svc.pools.values()]))
+    return _json(api.PoolList(pools=[svc.pool_info(p) for p in svc.pools.values()]))
 
 
 async def get_pool(request: web.Request) -> web.Response:
@@ -260,6 +258,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
 def build_app(service: Orchestrator) -> web.Application:
     max_body = service.config.server.max_body_bytes
     app = web.Application(client_max_size=max_body, middlewares=[correlation_and_errors])
@@ -281,4 +283,6 @@ def build_app(service: Orchestrator) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app[OPENAPI] = document()
     return app
