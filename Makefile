@@ -33,6 +33,9 @@ typecheck: setup
 regen: setup  ## write contracts/ (OpenAPI, config schema) from the pydantic models
 	$(BIN)/python -m orchestratord.openapi contracts
 
+determinism: setup  ## the byte-exact determinism gate (llama.cpp + mock, across a restart)
+	$(BIN)/python -m test_harness.determinism_suite.run
+
 bench: setup  ## benchmarks (not tests); results go to docs/BENCHMARKS.md by hand
 	$(BIN)/python -m test_harness.bench.core_queue
 	$(BIN)/python -m test_harness.bench.daemon_relay

@@ -369,3 +369,52 @@ def make_tiny(path: Path, seed: int, slow: bool) -> None:
     spec = TinyModelSpec.slow(seed) if slow else TinyModelSpec(seed=seed)
     written = write_tiny_model(path, spec)
     click.echo(f"wrote {written} ({written.stat().st_size:,} bytes, seed {seed})")
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.option("--pool", "pool_id", required=True, help="A strict pool with >= 2 replicas.")
+@click.option("--seeds", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=16, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the proof file (JSON) here.",
+)
+@click.option(
+    "--compare",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also require the same streams as this earlier proof (e.g. before a "
+    "restart of the replicas).",
+)
+@click.pass_context
+@run_async
+async def determinism(
+    ctx: click.Context,
+    pool_id: str,
+    seeds: int,
+    max_tokens: int,
+    out: Path | None,
+    compare: Path | None,
+) -> None:
+    """Run the determinism suite against POOL: every prompt of the corpus x SEEDS seeds in
+    strict mode on each replica, compared byte for byte. Exits 4 on any mismatch, naming
+    the first diverging case and token."""
+    from orchestratord.determinism import run_suite
+
+    earlier = json.loads(await asyncio.to_thread(compare.read_text)) if compare else None
+    async with _client(ctx) as client:
+        try:
+            proof = await run_suite(
+                client, pool_id, seeds=seeds, max_tokens=max_tokens, compare=earlier
+            )
+        except RuntimeError as e:
+            _fail(EXIT_FAILED, str(e))
+    if out is not None:
+        await asyncio.to_thread(out.write_text, json.dumps(proof.to_json(), indent=2) + "\n")
+    cases = len(proof.cases)
+    if proof.divergence is not None:
+        _fail(EXIT_FAILED, f"determinism FAILED on {pool_id}: {proof.divergence.describe()}")
+    click.echo(
+        f"determinism ok: {cases} cases x {len(proof.replicas)} replicas identical "
+        f"({proof.engine} {proof.engine_version}, {proof.model_digest[:19]})"
+    )

@@ -1,0 +1,190 @@
+"""The determinism suite: a corpus of prompts × seeds, run in `strict` mode through a live
+daemon on every Ready replica of a pool, compared byte for byte.
+
+Client-side only (the SDK): `orchctl determinism --pool P` runs it, writes a proof file and
+exits non-zero on any mismatch, naming the first diverging case and token. `--compare
+proof.json` also checks the streams against an earlier proof — how CI proves determinism
+across a restart (reload) of the replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestratord.client import OrchClient
+
+CORPUS: tuple[tuple[str, str], ...] = (
+    ("ascii", "The quick brown fox jumps over the lazy dog."),
+    ("utf8", "naïve café — 東京の夜 🚀 Ωμέγα"),
+    ("emptyish", " "),
+    ("long", "lorem ipsum dolor sit amet, consectetur adipiscing elit; " * 3),
+)
+
+
+def corpus_hash() -> str:
+    return hashlib.sha256(json.dumps(CORPUS).encode()).hexdigest()
+
+
+def stream_hash(tokens: list[str]) -> str:
+    # length-prefixed, so ["ab", "c"] and ["a", "bc"] differ: token boundaries count too
+    h = hashlib.sha256()
+    for token in tokens:
+        data = token.encode()
+        h.update(len(data).to_bytes(4, "big") + data)
+    return h.hexdigest()
+
+
+@dataclass
+class Divergence:
+    case: str
+    seed: int
+    token_index: int
+    expected: str | None
+    got: str | None
+    where: str
+
+    def describe(self) -> str:
+        return (
+            f"case {self.case!r} seed {self.seed}: token {self.token_index} differs "
+            f"({self.where}): {self.expected!r} != {self.got!r}"
+        )
+
+
+@dataclass
+class Proof:
+    pool_id: str
+    engine: str
+    engine_version: str
+    model_digest: str
+    replicas: list[str]
+    max_tokens: int
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    divergence: Divergence | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "fail" if self.divergence else "pass"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool_id": self.pool_id, "engine": self.engine,
+            "engine_version": self.engine_version, "model_digest": self.model_digest,
+            "replicas": self.replicas, "corpus_hash": corpus_hash(),
+            "max_tokens": self.max_tokens, "cases": self.cases, "verdict": self.verdict,
+            "first_divergence": None if self.divergence is None else self.divergence.describe(),
+        }  # fmt: skip
+
+
+def _first_difference(a: list[str], b: list[str]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+async def _collect(
+    client: OrchClient,
+    pool_id: str,
+    replica: str,
+    prompt: str,
+    seed: int,
+    max_tokens: int,
+    model: str,
+    gate: asyncio.Semaphore,
+) -> list[str]:
+    async with gate:
+        admitted = await client.submit({
+            "model": model, "prompt": prompt, "max_tokens": max_tokens, "seed": seed,
+            "determinism": "strict",
+            "placement": {"mode": "pin", "pool_id": pool_id, "replica_id": replica},
+        })  # fmt: skip
+        tokens: list[str] = []
+        async for event in client.stream(admitted.task_id):
+            if event.event == "token":
+                tokens.append(event.data["t"])
+            elif event.event == "error":
+                raise RuntimeError(f"{event.data['code']}: {event.data['message']}")
+            elif event.event == "started" and event.data["replica_id"] != replica:
+                raise RuntimeError(f"pinned to {replica}, ran on {event.data['replica_id']}")
+        return tokens
+
+
+async def run_suite(
+    client: OrchClient,
+    pool_id: str,
+    *,
+    seeds: int = 64,
+    max_tokens: int = 16,
+    compare: dict[str, Any] | None = None,
+    concurrency: int = 8,
+) -> Proof:
+    pool = await client.pool(pool_id)
+    replicas = [r for r in pool.replicas if r.state == "ready" and r.deterministic]
+    if len(replicas) < 2:
+        raise RuntimeError(
+            f"pool {pool_id!r} needs at least two Ready deterministic replicas "
+            f"(has {len(replicas)}); set `determinism: strict` and count >= 2"
+        )
+    first = replicas[0]
+    proof = Proof(
+        pool_id,
+        pool.engine,
+        first.engine_version,
+        first.model_digest,
+        [r.replica_id for r in replicas],
+        max_tokens,
+    )
+    if compare is not None:
+        for key in ("engine_version", "model_digest", "corpus_hash", "max_tokens"):
+            ours = proof.to_json()[key]
+            if compare.get(key) != ours:
+                raise RuntimeError(
+                    f"cannot compare: {key} differs ({compare.get(key)!r} vs {ours!r})"
+                )
+    earlier = {(c["case"], c["seed"]): c for c in (compare or {}).get("cases", [])}
+    gate = asyncio.Semaphore(concurrency)
+    jobs = {
+        (case, seed, r.replica_id): asyncio.create_task(
+            _collect(client, pool_id, r.replica_id, prompt, seed, max_tokens, pool.model, gate)
+        )
+        for case, prompt in CORPUS
+        for seed in range(seeds)
+        for r in replicas
+    }
+    try:
+        await asyncio.gather(*jobs.values())
+    finally:
+        for job in jobs.values():
+            job.cancel()
+    for case, _prompt in CORPUS:
+        for seed in range(seeds):
+            streams = {r.replica_id: jobs[(case, seed, r.replica_id)].result() for r in replicas}
+            reference = streams[first.replica_id]
+            digest = stream_hash(reference)
+            proof.cases.append(
+                {"case": case, "seed": seed, "tokens": len(reference), "hash": digest}
+            )
+            if proof.divergence is not None:
+                continue
+            for rid, tokens in streams.items():
+                if tokens != reference:
+                    i = _first_difference(reference, tokens)
+                    proof.divergence = Divergence(
+                        case,
+                        seed,
+                        i,
+                        reference[i] if i < len(reference) else None,
+                        tokens[i] if i < len(tokens) else None,
+                        f"{first.replica_id} vs {rid}",
+                    )
+                    break
+            before = earlier.get((case, seed))
+            if proof.divergence is None and before is not None and before["hash"] != digest:
+                proof.divergence = Divergence(
+                    case, seed, -1, before["hash"][:12], digest[:12], "against the earlier proof"
+                )
+    return proof

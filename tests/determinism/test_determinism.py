@@ -1,0 +1,76 @@
+"""The determinism gate: strict pools, two replicas, 64 seeds, byte for byte; and across a
+restart of the replicas (reload onto the same model)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from tests.engines.conftest import llama_pool
+from tests.helpers import mock_pool
+
+BIN = Path(sys.executable).parent
+
+
+async def orchctl(url: str, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchctl",
+        "--url",
+        url,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_llamacpp_and_mock_pools_are_deterministic_across_replicas_and_restart(
+    start_daemon, tiny_model, tmp_path
+):
+    """OC-CTRL-2025, OC-POOL-4003"""
+    api = await start_daemon(
+        llama_pool(tiny_model, determinism="strict", replicas={"managed": {"count": 2}}),
+        mock_pool("mock", determinism="strict", replicas={"managed": {"count": 2}}),
+    )
+    service = api.daemon.service
+    for pool in ("llama", "mock"):
+        proof_path = tmp_path / f"{pool}.json"
+        code, out, err = await orchctl(
+            api.base, "determinism", "--pool", pool, "--out", str(proof_path)
+        )
+        assert code == 0, err
+        proof = json.loads(proof_path.read_text())
+        assert proof["verdict"] == "pass" and len(proof["cases"]) == 4 * 64
+        assert proof["engine"] == {"llama": "llamacpp", "mock": "mock"}[pool]
+        assert proof["model_digest"].startswith("sha256:") and proof["corpus_hash"]
+        # a restart: fresh engine processes on the same model, then compare
+        model = str(tiny_model) if pool == "llama" else "mock-model"
+        await service.reload(service.pools[pool], model)
+        code, _, err = await orchctl(
+            api.base, "determinism", "--pool", pool, "--compare", str(proof_path)
+        )
+        assert code == 0, err
+        # a doctored proof is caught, naming the first diverging case
+        proof["cases"][5]["hash"] = "0" * 64
+        (tmp_path / "bad.json").write_text(json.dumps(proof))
+        code, _, err = await orchctl(
+            api.base,
+            "determinism",
+            "--pool",
+            pool,
+            "--compare",
+            str(tmp_path / "bad.json"),
+            "--seeds",
+            "64",
+        )
+        assert code == 4 and "case 'ascii' seed 5" in err
+
+
+async def test_best_effort_pool_is_refused_by_the_gate(start_daemon):
+    """OC-CTRL-2025"""
+    api = await start_daemon(mock_pool(replicas={"managed": {"count": 2}}))
+    code, _, err = await orchctl(api.base, "determinism", "--pool", "mock", "--seeds", "2")
+    assert code == 4 and "deterministic replicas" in err
