@@ -1,4 +1,4 @@
-"""The determinism suite: a corpus of prompts × seeds, run in `strict` mode through a live
+"""The determinism suite: a corpus of prompts x seeds, run in `strict` mode through a live
 daemon on every Ready replica of a pool, compared byte for byte.
 
 Client-side only (the SDK): `orchctl determinism --pool P` runs it, writes a proof file and
