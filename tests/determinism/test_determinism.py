@@ -38,7 +38,7 @@ async def test_llamacpp_and_mock_pools_are_deterministic_across_replicas_and_res
     service = api.daemon.service
     for pool in ("llama", "mock"):
         proof_path = tmp_path / f"{pool}.json"
-        code, out, err = await orchctl(
+        code, _, err = await orchctl(
             api.base, "determinism", "--pool", pool, "--out", str(proof_path)
         )
         assert code == 0, err
