@@ -5,7 +5,9 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?=
 
-.PHONY: setup run test lint typecheck bench regen determinism clean
+.PHONY: setup run test lint typecheck bench regen pact determinism clean
+
+export PACT_DO_NOT_TRACK := true
 
 $(STAMP): pyproject.toml ci/llama-wheel.sh ci/triton-venv.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +34,10 @@ typecheck: setup
 
 regen: setup  ## write contracts/ (OpenAPI, config schema) from the pydantic models
 	$(BIN)/python -m orchestratord.openapi contracts
+
+pact: setup  ## record the consumer pact (contracts/pacts/), then verify every pact
+	$(BIN)/python -m tests.pact.consumer
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/pact
 
 determinism: setup  ## the byte-exact determinism gate (llama.cpp + mock, across a restart)
 	$(BIN)/python -m test_harness.determinism_suite.run

@@ -285,4 +285,8 @@ def build_app(service: Orchestrator) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
     app[OPENAPI] = document()
+    if service.config.server.enable_test_endpoints:
+        from orchestratord.provider_states import mount
+
+        mount(app)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,9 @@ import pytest
 from orchestratord.config import parse_config
 from orchestratord.daemon import Daemon
 from tests.helpers import Api, wait_ready
+
+# pact's FFI otherwise tries to send usage statistics out (there is no network here)
+os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
 
 
 @pytest.fixture
