@@ -213,19 +213,20 @@ class Orchestrator:
     def active_count(self) -> int:
         return sum(len(p.queue) + len(p.running) for p in self.pools.values())
 
-    def _abort_pool(self, pool: PoolRuntime, why: str) -> None:
-        """End every queued and running task of `pool` with POOL_UNAVAILABLE."""
+    def _abort_pool(self, pool: PoolRuntime, why: str, *, running: bool = True) -> None:
+        """End every queued (and, with `running`, every running) task of `pool` with the
+        retriable POOL_UNAVAILABLE."""
         err = api.ErrorEnvelope(
             code=ErrorCode.POOL_UNAVAILABLE.value, message=why, retriable=True, pool_id=pool.id
         )
+        canceled = self.metrics.child(self.metrics.tasks_canceled, pool.id, "pool_unavailable")
         for task in list(pool.queue):
             pool.queue.cancel(task.id)
-            rec = self.tasks[task.id]
-            self.metrics.child(self.metrics.tasks_canceled, pool.id, "pool_unavailable").inc()
-            self._close_with_error(rec, err)
-        for rec in list(pool.running.values()):
+            canceled.inc()
+            self._close_with_error(self.tasks[task.id], err)
+        for rec in list(pool.running.values()) if running else ():
             rec.task.transition(TaskState.CANCELED, ErrorCode.POOL_UNAVAILABLE)
-            self.metrics.child(self.metrics.tasks_canceled, pool.id, "pool_unavailable").inc()
+            canceled.inc()
             self._close_with_error(rec, err)
             if rec.runner is not None:
                 rec.runner.cancel()
@@ -453,20 +454,10 @@ class Orchestrator:
                 self.pump(pool)
             if what == "failed" and not pool.manager.could_serve():
                 # Nothing will ever serve the queued work: say so instead of letting it hang.
-                self._abort_queued(
-                    pool, f"no replica of pool {pool_id!r} can start: {pool.manager.last_error}"
-                )
+                why = f"no replica of pool {pool_id!r} can start: {pool.manager.last_error}"
+                self._abort_pool(pool, why, running=False)
 
         return changed
-
-    def _abort_queued(self, pool: PoolRuntime, why: str) -> None:
-        err = api.ErrorEnvelope(
-            code=ErrorCode.POOL_UNAVAILABLE.value, message=why, retriable=True, pool_id=pool.id
-        )
-        for task in list(pool.queue):
-            pool.queue.cancel(task.id)
-            self._close_with_error(self.tasks[task.id], err)
-        self._update_depth(pool)
 
     # -- running a task ------------------------------------------------------------
 

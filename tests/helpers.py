@@ -112,3 +112,22 @@ async def wait_ready(api: Api) -> None:
         ):
             changed.clear()
             await changed.wait()
+
+
+async def orchctl(url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the real `orchctl` executable against `url`: (exit code, stdout, stderr)."""
+    import os
+    import sys
+    from pathlib import Path
+
+    proc = await asyncio.create_subprocess_exec(
+        Path(sys.executable).parent / "orchctl",
+        "--url",
+        url,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await proc.communicate()
+    return proc.returncode or 0, out.decode(), err.decode()

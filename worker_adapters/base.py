@@ -48,6 +48,17 @@ class GenerateRequest:
     #: Engine-side priority where the engine supports one (vLLM `priority`).
     priority: int | None = None
 
+    def sampling(self) -> dict[str, float | int]:
+        """The seed and sampling parameters that were set, under their common names
+        (`seed`, `temperature`, `top_p`, `top_k`: llama.cpp, OpenAI and TGI agree)."""
+        fields = {
+            "seed": self.seed,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
 
 @dataclass(frozen=True, slots=True)
 class Token:

@@ -103,12 +103,7 @@ class LlamaCppAdapter(HttpEngine):
             "cache_prompt": req.cache_prompt,
             "return_tokens": True,
         }
-        if req.seed is not None:
-            body["seed"] = req.seed
-        for key in ("temperature", "top_p", "top_k"):
-            value = getattr(req, key)
-            if value is not None:
-                body[key] = value
+        body.update(req.sampling())
         if req.stop:
             body["stop"] = list(req.stop)
         return body

@@ -82,10 +82,7 @@ class OpenAIAdapter(HttpEngine):
             body["messages"] = [{"role": "user", "content": req.prompt}]
         else:
             body["prompt"] = req.prompt
-        for key in ("seed", "temperature", "top_p", "top_k"):
-            value = getattr(req, key)
-            if value is not None:
-                body[key] = value
+        body.update(req.sampling())
         if req.stop:
             body["stop"] = list(req.stop)
         if self.send_priority and req.priority is not None:

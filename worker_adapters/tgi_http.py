@@ -68,13 +68,11 @@ class TGIAdapter(HttpEngine):
         )
 
     def _body(self, req: GenerateRequest) -> dict[str, Any]:
-        params: dict[str, Any] = {"max_new_tokens": req.max_tokens, "details": True}
-        if req.seed is not None:
-            params["seed"] = req.seed
-        for key in ("temperature", "top_p", "top_k"):
-            value = getattr(req, key)
-            if value is not None:
-                params[key] = value
+        params: dict[str, Any] = {
+            "max_new_tokens": req.max_tokens,
+            "details": True,
+            **req.sampling(),
+        }
         # TGI samples only when asked; temperature 0 means greedy there too.
         params["do_sample"] = req.temperature != 0 and (
             req.seed is not None

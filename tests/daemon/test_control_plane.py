@@ -161,3 +161,18 @@ async def test_metrics_minimum_set(start_daemon):
     for f in families.values():
         for s in f.samples:
             assert "task_id" not in s.labels and "session_id" not in s.labels
+
+
+async def test_queued_work_ends_with_a_typed_error_when_no_replica_can_start(start_daemon):
+    """OC-CTRL-2022, OC-POOL-4006"""
+    api = await start_daemon(
+        mock_pool(mock={"fail_start": True}, max_restarts=1, restart_backoff_s=0.01), ready=False
+    )
+    _, task, _ = await api.submit(model="mock-model", prompt="waits for a replica")
+    events = await api.events(task["task_id"])
+    assert [e[0] for e in events] == ["error"]
+    assert events[0][2]["code"] == "POOL_UNAVAILABLE" and "can start" in events[0][2]["message"]
+    _, err, _ = await api.submit(expect=503, model="mock-model", prompt="after")
+    assert err["code"] == "POOL_UNAVAILABLE"
+    _, pool = await api.get("/v1/pools/mock")
+    assert pool["replicas"][0]["state"] == "failed" and pool["replicas"][0]["last_error"]

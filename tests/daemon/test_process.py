@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from tests.helpers import mock_pool
+from tests.helpers import mock_pool, orchctl
 from worker_adapters.mock import token_stream
 
 BIN = Path(sys.executable).parent
@@ -125,20 +125,6 @@ async def test_bad_config_exits_nonzero_naming_each_key(tmp_path):
     )
     _, err = await proc.communicate()
     assert proc.returncode == 2 and "cannot read" in err.decode()
-
-
-async def orchctl(url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        BIN / "orchctl",
-        "--url",
-        url,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await proc.communicate()
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_orchctl_submit_and_exit_codes(start_daemon):

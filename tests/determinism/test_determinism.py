@@ -3,28 +3,14 @@ restart of the replicas (reload onto the same model)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 from tests.engines.conftest import llama_pool
-from tests.helpers import mock_pool
+from tests.helpers import mock_pool, orchctl
 
 BIN = Path(sys.executable).parent
-
-
-async def orchctl(url: str, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        BIN / "orchctl",
-        "--url",
-        url,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_llamacpp_and_mock_pools_are_deterministic_across_replicas_and_restart(
