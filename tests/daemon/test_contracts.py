@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_regen_is_diff_clean():
-    """OC-CTRL-2024"""
+    """OC-CTRL-2024, OC-CONFIG-7002"""
     for rel, content in artifacts().items():
         path = ROOT / "contracts" / rel
         assert path.exists(), f"{path} missing: run `make regen`"

@@ -94,7 +94,7 @@ async def test_sigterm_drains_running_tasks_then_cancels_the_rest(tmp_path):
 
 
 async def test_bad_config_exits_nonzero_naming_each_key(tmp_path):
-    """OC-CTRL-2019"""
+    """OC-CTRL-2019, OC-CONFIG-7001"""
     bad = {
         "server": {"port": "eighty"},
         "pools": [
