@@ -98,6 +98,12 @@ class Metrics:
         self.slots_total = Gauge(
             "replica_slots_total", "Slots", ["pool_id", "replica_id"], registry=r
         )
+        self.engine_busy = Gauge(
+            "replica_engine_busy",
+            "Requests the engine reports processing (its own view)",
+            ["pool_id", "replica_id"],
+            registry=r,
+        )
         self.replica_ready = Gauge(
             "replica_ready", "1 when the replica is Ready", ["pool_id", "replica_id"], registry=r
         )

@@ -177,6 +177,7 @@ class Orchestrator:
                 start_timeout_s=pc.start_timeout_s,
                 max_restarts=pc.max_restarts,
                 backoff_base_s=pc.restart_backoff_s,
+                stats_interval_s=pc.health_interval_s,
             )
             manager = PoolManager(spec, launcher_for(pc), self._on_replica_change(pc.id))
             self.pools[pc.id] = PoolRuntime(pc, manager)
@@ -448,6 +449,13 @@ class Orchestrator:
             m.child(m.slots_total, pool_id, replica.id).set(replica.slots_total)
             if what == "restart":
                 m.child(m.replica_restarts, pool_id, replica.id).inc()
+            if what == "stats":
+                if replica.kv_free_fraction is not None:
+                    m.child(m.kv_cache_usage, pool_id, replica.id).set(
+                        1.0 - replica.kv_free_fraction
+                    )
+                if replica.engine_busy is not None:
+                    m.child(m.engine_busy, pool_id, replica.id).set(replica.engine_busy)
             if what in ("down", "removed"):
                 self.sessions.forget_replica(replica.id)
             if what == "ready":

@@ -36,6 +36,8 @@ class PoolSpec:
     max_restarts: int = 5
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    #: How often the engine's own load (busy, KV usage) is read while it serves.
+    stats_interval_s: float = 2.0
 
 
 class ReloadFailed(Exception):
@@ -227,7 +229,14 @@ class PoolManager:
             gone = asyncio.ensure_future(launched.gone())
             flagged = asyncio.ensure_future(suspected.wait())
             try:
-                await asyncio.wait({gone, flagged}, return_when=asyncio.FIRST_COMPLETED)
+                while not (gone.done() or flagged.done()):
+                    await asyncio.wait(
+                        {gone, flagged},
+                        timeout=self.spec.stats_interval_s,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if not (gone.done() or flagged.done()):
+                        await self._read_stats(replica, launched)
             finally:
                 flagged.cancel()
                 if not gone.done():
@@ -241,6 +250,15 @@ class PoolManager:
             if replica.state is ReplicaState.UNREADY:  # a false alarm: serve again
                 replica.state = ReplicaState.READY
                 self.on_change(replica, "ready")
+
+    async def _read_stats(self, replica: Replica, launched: Launched) -> None:
+        try:
+            stats = await launched.adapter.stats()
+        except Exception:  # the health watch decides whether the engine is gone
+            return
+        replica.engine_busy = stats.busy
+        replica.kv_free_fraction = None if stats.kv_usage is None else 1.0 - stats.kv_usage
+        self.on_change(replica, "stats")
 
     # -- drain and reload ----------------------------------------------------------
 

@@ -34,6 +34,8 @@ class Replica:
     last_error: str | None = None
     endpoint: str | None = None
     kv_free_fraction: float | None = None
+    #: Requests the engine itself reports processing (its view; `busy` is our leases).
+    engine_busy: int | None = None
     #: The engine process, when pool_managerd spawned it.
     pid: int | None = None
 

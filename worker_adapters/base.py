@@ -91,6 +91,15 @@ class Capabilities:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """What the engine itself reports, where it does: requests it is processing, and the
+    fraction of its KV cache in use."""
+
+    busy: int | None = None
+    kv_usage: float | None = None
+
+
 @runtime_checkable
 class WorkerAdapter(Protocol):
     """One engine endpoint (a replica)."""
@@ -108,6 +117,10 @@ class WorkerAdapter(Protocol):
     def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
         """Generate: zero or more `Token`s, then exactly one `End`; or raise AdapterError.
         Closing the iterator early cancels the request at the engine."""
+        ...
+
+    async def stats(self) -> EngineStats:
+        """The engine's own view of its load (unknown fields stay None)."""
         ...
 
     async def close(self) -> None:

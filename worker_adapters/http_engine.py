@@ -59,6 +59,29 @@ class HttpEngine:
         except (*CONNECTION_ERRORS, TimeoutError):
             return False
 
+    async def _metrics(self, *names: str) -> dict[str, float]:
+        """Values of unlabelled (or summed labelled) samples from the engine's Prometheus
+        `/metrics`; names it does not export are absent."""
+        try:
+            async with self._session.get(
+                self.base_url + "/metrics", timeout=self._probe_timeout
+            ) as r:
+                if r.status != 200:
+                    return {}
+                text = await r.text()
+        except (*CONNECTION_ERRORS, TimeoutError):
+            return {}
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            name, _, rest = line.partition(" ")
+            base = name.split("{", 1)[0]
+            if base in names:
+                try:
+                    found[base] = found.get(base, 0.0) + float(rest.split()[0])
+                except (ValueError, IndexError):
+                    continue
+        return found
+
     async def _post_sse(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[Any]:
         """POST and yield each SSE event's JSON until `[DONE]` or the end of the body.
         HTTP errors, dropped connections and malformed events raise AdapterError."""

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from worker_adapters.base import (
+    AdapterError,
     Capabilities,
     End,
+    EngineStats,
     FinishReason,
     GenerateRequest,
     StreamEvent,
@@ -89,6 +91,17 @@ class LlamaCppAdapter(HttpEngine):
             model=str(props.get("model_alias") or path),
             model_digest=digest,
         )
+
+    async def stats(self) -> EngineStats:
+        # older builds export kv_cache_usage_ratio; every build lists its slots
+        kv = (await self._metrics("llamacpp:kv_cache_usage_ratio")).get(
+            "llamacpp:kv_cache_usage_ratio"
+        )
+        try:
+            busy: int | None = await self.busy_slots()
+        except AdapterError:
+            busy = None
+        return EngineStats(busy, kv)
 
     async def busy_slots(self) -> int:
         """Slots the engine itself reports as processing (for drift checks and metrics)."""

@@ -25,6 +25,7 @@ from worker_adapters.base import (
     AdapterError,
     Capabilities,
     End,
+    EngineStats,
     GenerateRequest,
     StreamEvent,
     Token,
@@ -79,6 +80,9 @@ class MockAdapter:
         if self.config.fail_start:
             return False
         return time.monotonic() - self._born >= self.config.start_delay_s
+
+    async def stats(self) -> EngineStats:
+        return EngineStats(self.active, None)
 
     async def capabilities(self) -> Capabilities:
         digest = hashlib.sha256(self.config.model.encode()).hexdigest()

@@ -16,6 +16,7 @@ from worker_adapters.base import (
     AdapterError,
     Capabilities,
     End,
+    EngineStats,
     FinishReason,
     GenerateRequest,
     StreamEvent,
@@ -50,6 +51,14 @@ class OpenAIAdapter(HttpEngine):
 
     async def ready(self) -> bool:
         return await self._probe("/v1/models")
+
+    async def stats(self) -> EngineStats:
+        # vLLM's names; other OpenAI-compatible servers simply do not have them
+        found = await self._metrics("vllm:num_requests_running", "vllm:kv_cache_usage_perc")
+        busy = found.get("vllm:num_requests_running")
+        return EngineStats(
+            None if busy is None else int(busy), found.get("vllm:kv_cache_usage_perc")
+        )
 
     async def capabilities(self) -> Capabilities:
         models = (await self._get_json("/v1/models")).get("data") or [{}]

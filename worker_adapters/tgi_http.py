@@ -18,6 +18,7 @@ from worker_adapters.base import (
     AdapterError,
     Capabilities,
     End,
+    EngineStats,
     FinishReason,
     GenerateRequest,
     StreamEvent,
@@ -55,6 +56,11 @@ class TGIAdapter(HttpEngine):
 
     async def ready(self) -> bool:
         return await self._probe("/health")
+
+    async def stats(self) -> EngineStats:
+        found = await self._metrics("tgi_batch_current_size")
+        busy = found.get("tgi_batch_current_size")
+        return EngineStats(None if busy is None else int(busy), None)
 
     async def capabilities(self) -> Capabilities:
         info = await self._get_json("/info")

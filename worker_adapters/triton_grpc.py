@@ -32,6 +32,7 @@ from worker_adapters.base import (
     AdapterError,
     Capabilities,
     End,
+    EngineStats,
     GenerateRequest,
     StreamEvent,
     Token,
@@ -76,6 +77,10 @@ class TritonAdapter:
             )
         except InferenceServerException:
             return False
+
+    async def stats(self) -> EngineStats:
+        # Triton's load lives in its separate metrics endpoint, not on the gRPC port
+        return EngineStats()
 
     async def _model_config(self) -> Any:
         if self._config is None:

@@ -191,3 +191,14 @@ async def test_stalled_engine_maps_to_decode_timeout(engine, adapter):
         if paused:
             resume(engine)
     assert err.value.code is ErrorCode.DECODE_TIMEOUT and err.value.retriable
+
+
+@over()
+async def test_stats_report_the_engines_own_view(engine, adapter):
+    """OC-ADAPT-3001"""
+    from worker_adapters.base import EngineStats
+
+    stats = await adapter.stats()
+    assert isinstance(stats, EngineStats)
+    if engine.busy is not None and engine.name != "openai":  # vLLM names only
+        assert stats.busy == await engine.busy()

@@ -318,3 +318,29 @@ async def test_attach_mode_probes_an_external_engine(start_daemon, engine):
     assert info["replicas"][0]["slots_total"] == 2  # as the engine reports
     _, task, _ = await api.submit(model="ext-model", prompt="attached", max_tokens=4)
     assert (await api.events(task["task_id"]))[-1][0] == "end"
+
+
+async def test_engine_reported_load_feeds_gauges(start_daemon, slow_model):
+    """OC-POOL-4010"""
+    api = await start_daemon(
+        llama_pool(
+            slow_model, health_interval_s=0.05, replicas={"managed": {"slots": 1, "ctx": 2048}}
+        )
+    )
+    manager = api.daemon.service.pools["llama"].manager
+    _, task, _ = await api.submit(model="llama-model", prompt="busy", max_tokens=1500)
+    await api.events(task["task_id"], until="token")
+    seen = asyncio.Event()
+    hook = manager.on_change
+
+    def watch(replica, what):
+        hook(replica, what)
+        if what == "stats" and replica.engine_busy == 1:
+            seen.set()
+
+    manager.on_change = watch
+    async with asyncio.timeout(10):
+        await seen.wait()  # the engine's own /slots says one request is processing
+    _, metrics = await api.get("/metrics")
+    assert 'replica_engine_busy{pool_id="llama",replica_id="llama-r0"} 1.0' in metrics
+    await api.cancel(task["task_id"])

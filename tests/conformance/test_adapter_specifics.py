@@ -1,0 +1,40 @@
+"""Engine-specific behaviour beyond the shared suite."""
+
+from __future__ import annotations
+
+import grpc
+
+from orchestrator_core.errors import ErrorCode
+from worker_adapters.base import End, GenerateRequest, Token
+from worker_adapters.http_errors import status_error
+from worker_adapters.openai_http import OpenAIAdapter
+from worker_adapters.triton_grpc import _classify
+
+
+def test_overload_signals_map_to_one_retriable_error():
+    """OC-ADAPT-3004"""
+    for status in (429, 503):
+        err = status_error(status, b'{"error":"Model is overloaded"}', "x")
+        assert err.code is ErrorCode.REPLICA_EXHAUSTED and err.retriable
+        assert "overloaded" in err.message
+    err = _classify("Exceeds maximum queue size", grpc.StatusCode.UNAVAILABLE)
+    assert err.code is ErrorCode.REPLICA_EXHAUSTED and err.retriable
+    assert _classify("bad input", grpc.StatusCode.INVALID_ARGUMENT).code is (
+        ErrorCode.INVALID_PARAMS
+    )
+    assert _classify("connection lost", grpc.StatusCode.UNAVAILABLE).code is (
+        ErrorCode.WORKER_RESET
+    )
+    err = status_error(422, b'{"error":"Input validation error","error_type":"validation"}', "tgi")
+    assert err.code is ErrorCode.INVALID_PARAMS and "Input validation error" in err.message
+
+
+async def test_openai_chat_route_streams_from_real_llama_server(llama_server):
+    """OC-ADAPT-3002"""
+    adapter = OpenAIAdapter(llama_server.url, model="tiny", chat=True)
+    try:
+        events = [e async for e in adapter.stream(GenerateRequest("hi", max_tokens=5, seed=1))]
+    finally:
+        await adapter.close()
+    assert all(isinstance(e, Token) for e in events[:-1]) and isinstance(events[-1], End)
+    assert events[-1].tokens_out == 5 and events[-1].finish_reason == "length"
