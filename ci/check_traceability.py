@@ -1,7 +1,9 @@
 """Traceability gate: every MUST in .specs/ has an ID, a requirements/*.yaml entry, and at
 least one test that names it; every mapped test and code file exists.
 
-    python ci/check_traceability.py        # exit 1 with one line per problem
+    python ci/check_traceability.py            # exit 1 with one line per problem
+    python ci/check_traceability.py --refresh  # rewrite each ID's `tests` list from the
+                                               # tests that name it (spec and code stay)
 """
 
 from __future__ import annotations
@@ -56,7 +58,20 @@ def named_by_tests() -> dict[str, set[str]]:
     return found
 
 
+def refresh() -> None:
+    tests = named_by_tests()
+    for path in sorted((ROOT / "requirements").glob("*.yaml")):
+        text = path.read_text()
+        header = "".join(line for line in text.splitlines(True) if line.startswith("#"))
+        data = yaml.safe_load(text) or {}
+        for req_id, entry in data.items():
+            entry["tests"] = sorted(tests.get(req_id, set()))
+        path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
+
+
 def main() -> int:
+    if "--refresh" in sys.argv:
+        refresh()
     ids, problems = spec_requirements()
     tests = named_by_tests()
     mapped: dict[str, dict[str, object]] = {}

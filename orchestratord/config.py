@@ -54,6 +54,8 @@ class MockEngineConfig(_Cfg):
     start_delay_s: Annotated[float, Field(ge=0)] = 0.0
     fail_after_tokens: Annotated[int, Field(ge=0)] | None = None
     stall_after_tokens: Annotated[int, Field(ge=0)] | None = None
+    #: Answer every request with the engine's overload error (retriable backpressure).
+    overloaded: bool = False
     fail_start: bool = False
 
 

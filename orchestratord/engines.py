@@ -59,6 +59,7 @@ def launcher_for(pool: PoolConfig) -> Launcher:
             slots=slots, ctx_per_slot=m.ctx_per_slot, token_rate=m.token_rate, model=pool.model,
             start_delay_s=m.start_delay_s, fail_after_tokens=m.fail_after_tokens,
             stall_after_tokens=m.stall_after_tokens, fail_start=m.fail_start,
+            overloaded=m.overloaded,
         ))  # fmt: skip
     if pool.engine == "llamacpp":
         return LlamaServerLauncher(LlamaServerOptions(

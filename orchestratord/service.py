@@ -630,6 +630,20 @@ class Orchestrator:
         self._retire(rec)
 
     def _retire(self, rec: TaskRecord) -> None:
+        # one line per task (never per token), with everything needed to follow it
+        log.info(
+            "task ended",
+            task_id=rec.task.id,
+            state=rec.task.state.value,
+            pool_id=rec.pool.id,
+            replica_id=rec.replica_id,
+            engine=rec.engine,
+            tokens_out=rec.tokens_out,
+            finish_reason=rec.finish_reason,
+            error=rec.error.code if rec.error else None,
+            session_id=rec.task.session_id,
+            correlation_id=rec.correlation_id,
+        )
         rec.stream.close()
         rec.request = None
         self.metrics.child(self.metrics.tasks_finished, rec.pool.id, rec.task.state.value).inc()

@@ -99,7 +99,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     # Linux: the engine gets SIGKILL when the daemon dies, even by SIGKILL, so no
     # llama-server outlives orchestratord.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -171,7 +171,7 @@ class LlamaServerLauncher:
             *self.command(binary, model, port),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )  # fmt: skip
         logs = asyncio.create_task(_relay_stderr(proc, replica_id))
         url = f"http://127.0.0.1:{port}"

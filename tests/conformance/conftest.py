@@ -19,6 +19,7 @@ import pytest
 from pool_managerd.launchers import (
     LlamaServerLauncher,
     LlamaServerOptions,
+    die_with_parent,
     free_port,
     llama_server_binary,
 )
@@ -70,7 +71,9 @@ def llama_server(tmp_path_factory) -> Iterator[Server]:
     cmd = LlamaServerLauncher(LlamaServerOptions(slots=2, ctx=512, threads=1)).command(
         binary, str(model), port
     )
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+    )
     _wait_line(proc, b"listening on", "llama-server")
     # own thread: this fixture may first be requested from inside a running event loop
     with ThreadPoolExecutor(1) as pool:
@@ -98,6 +101,7 @@ def tgi_server() -> Iterator[str]:
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
     )
     _wait_line(proc, b"ready", "tgi test server")
     yield f"http://127.0.0.1:{port}"
@@ -120,8 +124,7 @@ def triton_python() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def triton_server() -> Iterator[str]:
+def _triton() -> Iterator[str]:
     """A real Triton (pytriton) serving the decoupled test model over gRPC."""
     python = triton_python()
     libdir = subprocess.run(
@@ -148,10 +151,22 @@ def triton_server() -> Iterator[str]:
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
     )
     _wait_line(proc, b"ready", "triton")
     yield f"127.0.0.1:{grpc_port}"
     _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def triton_server() -> Iterator[str]:
+    yield from _triton()
+
+
+@pytest.fixture(scope="session")
+def triton_server_b() -> Iterator[str]:
+    """A second, independent Triton: two replicas for the determinism gate."""
+    yield from _triton()
 
 
 async def _until_ready(url: str) -> None:

@@ -217,3 +217,46 @@ async def test_orchctl_batch_honours_backpressure_and_writes_jsonl(start_daemon,
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
     assert (await orchctl(api.base, "batch", str(bad), "--out", str(out)))[0] == 2
+
+
+async def test_json_logs_follow_a_task_by_correlation_id(tmp_path):
+    """OC-CTRL-2028"""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"pools": [mock_pool()]}))
+    proc, url = await start_serve(tmp_path / "c.yaml")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{url}/v1/tasks",
+                headers={"X-Correlation-Id": "trace-42"},
+                json={
+                    "model": "mock-model",
+                    "prompt": "log me",
+                    "max_tokens": 3,
+                    "session_id": "s-1",
+                },
+            ) as r:
+                task_id = (await r.json())["task_id"]
+            await read_events(http, f"{url}/v1/tasks/{task_id}/stream")
+        assert proc.stderr is not None
+        async with asyncio.timeout(30):
+            while True:
+                line = (await proc.stderr.readline()).decode()
+                if '"task ended"' in line:
+                    break
+        record = json.loads(line)
+        assert record["correlation_id"] == "trace-42" and record["task_id"] == task_id
+        assert record["pool_id"] == "mock" and record["replica_id"] == "mock-r0"
+        assert record["engine"] == "mock" and record["state"] == "completed"
+        assert record["session_id"] == "s-1" and record["level"] == "info"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def test_mock_overload_fault_answers_with_backpressure_error(start_daemon):
+    """OC-CTRL-2021"""
+    api = await start_daemon(mock_pool(mock={"overloaded": True}, max_retries=0))
+    _, task, _ = await api.submit(model="mock-model", prompt="x", max_tokens=2)
+    events = await api.events(task["task_id"])
+    assert events[-1][0] == "error" and events[-1][2]["code"] == "REPLICA_EXHAUSTED"
+    assert events[-1][2]["retriable"] is True

@@ -60,3 +60,25 @@ async def test_best_effort_pool_is_refused_by_the_gate(start_daemon):
     api = await start_daemon(mock_pool(replicas={"managed": {"count": 2}}))
     code, _, err = await orchctl(api.base, "determinism", "--pool", "mock", "--seeds", "2")
     assert code == 4 and "deterministic replicas" in err
+
+
+async def test_triton_pool_is_deterministic_across_two_real_servers(
+    start_daemon, triton_server, triton_server_b, tmp_path
+):
+    """OC-CTRL-2025"""
+    pool = {
+        "id": "triton",
+        "engine": "triton",
+        "model": "tiny",
+        "engine_model": "tiny_llm",
+        "determinism": "strict",
+        "replicas": {"endpoints": [f"grpc://{triton_server}", f"grpc://{triton_server_b}"]},
+    }
+    api = await start_daemon(pool)
+    code, _, err = await orchctl(
+        api.base, "determinism", "--pool", "triton", "--out", str(tmp_path / "triton.json")
+    )
+    assert code == 0, err
+    proof = json.loads((tmp_path / "triton.json").read_text())
+    assert proof["verdict"] == "pass" and proof["engine"] == "triton"
+    assert len(proof["replicas"]) == 2 and len(proof["cases"]) == 4 * 64

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestrator_core.errors import ErrorCode
 from pool_managerd.launchers import LlamaServerLauncher, LlamaServerOptions
@@ -297,11 +300,10 @@ async def test_no_llama_server_survives_the_daemon(start_daemon, tiny_model):
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        # a zombie still answers; check its state
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    # a zombie still answers; check its state
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split()[2] != "Z"
 
 
 async def test_attach_mode_probes_an_external_engine(start_daemon, engine):
@@ -344,3 +346,50 @@ async def test_engine_reported_load_feeds_gauges(start_daemon, slow_model):
     _, metrics = await api.get("/metrics")
     assert 'replica_engine_busy{pool_id="llama",replica_id="llama-r0"} 1.0' in metrics
     await api.cancel(task["task_id"])
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def test_no_llama_server_survives_a_sigkilled_daemon(tiny_model, tmp_path):
+    """OC-POOL-4008"""
+    config = {
+        "server": {"port": 0},
+        "pools": [llama_pool(tiny_model, replicas={"managed": {"count": 2}})],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    daemon = await asyncio.create_subprocess_exec(
+        Path(sys.executable).parent / "orchestratord",
+        "serve",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--port",
+        "0",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert daemon.stderr is not None
+    ready = 0
+    async with asyncio.timeout(60):
+        while ready < 2:
+            line = await daemon.stderr.readline()
+            assert line, "daemon exited"
+            ready += b'"replica ready"' in line
+    engines = _children(daemon.pid)
+    assert len(engines) == 2 and all(_alive(p) for p in engines)
+    daemon.kill()  # SIGKILL: no shutdown code runs in the daemon
+    await daemon.wait()
+
+    async def all_gone() -> bool:
+        return not any(_alive(p) for p in engines)
+
+    async with asyncio.timeout(10):
+        await poll_until(all_gone)  # the kernel's parent-death signal, not our cleanup
