@@ -193,8 +193,11 @@ class StartedEvent(BaseModel):
 
 
 class TokenEvent(BaseModel):
-    i: int
-    t: str
+    i: int = Field(description="Index of the first token in this event (0-based).")
+    t: str = Field(description="Text.")
+    ids: list[int] | None = Field(
+        None, description="The engine's token ids, where it reports them."
+    )
 
 
 class EndEvent(BaseModel):

@@ -38,6 +38,12 @@ def stream_hash(tokens: list[str]) -> str:
     return h.hexdigest()
 
 
+def _token(data: dict[str, Any]) -> str:
+    """One token event as compared: its text, and its ids where the engine gives them."""
+    ids = data.get("ids")
+    return data["t"] if not ids else f"{data['t']}\x00{','.join(map(str, ids))}"
+
+
 @dataclass
 class Divergence:
     case: str
@@ -105,7 +111,7 @@ async def _collect(
         tokens: list[str] = []
         async for event in client.stream(admitted.task_id):
             if event.event == "token":
-                tokens.append(event.data["t"])
+                tokens.append(_token(event.data))
             elif event.event == "error":
                 raise RuntimeError(f"{event.data['code']}: {event.data['message']}")
             elif event.event == "started" and event.data["replica_id"] != replica:

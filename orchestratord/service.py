@@ -517,7 +517,7 @@ class Orchestrator:
                     # the hot path: a few attribute updates and one frame
                     if rec.first_token_at is None:
                         rec.first_token_at = self.now_ms()
-                    emit_token(rec.tokens_out, ev.text)
+                    emit_token(rec.tokens_out, ev.text, ev.ids)
                     rec.tokens_out += ev.count
                     if rec.output_bytes < cap:
                         rec.output.append(ev.text)

@@ -51,9 +51,11 @@ class TaskStream:
         """Append an event whose `data` is already JSON text."""
         self._append(frame(event, self._next, data))
 
-    def emit_token(self, index: int, text: str) -> None:
-        data = b'{"i":%d,"t":%s}' % (index, json.dumps(text, ensure_ascii=False).encode())
-        self._append(b"event: token\nid: %d\ndata: %s\n\n" % (self._next, data))
+    def emit_token(self, index: int, text: str, ids: tuple[int, ...] = ()) -> None:
+        data = b'{"i":%d,"t":%s' % (index, json.dumps(text, ensure_ascii=False).encode())
+        if ids:  # the engine's token ids, where it gives them (determinism proofs use them)
+            data += b',"ids":[%s]' % ",".join(map(str, ids)).encode()
+        self._append(b"event: token\nid: %d\ndata: %s}\n\n" % (self._next, data))
 
     def _append(self, payload: bytes) -> None:
         if self._closed:

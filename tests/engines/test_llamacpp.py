@@ -126,6 +126,8 @@ async def test_daemon_streams_real_tokens_end_to_end(start_daemon, tiny_model):
     assert events[0][0] == "started" and events[-1][0] == "end"
     assert events[0][2]["engine"] == "llamacpp"
     assert events[-1][2]["tokens_out"] == 16 and events[-1][2]["finish_reason"] == "length"
+    # the engine's token ids travel with the text (byte tokens: ids 3..258)
+    assert all(3 <= i <= 258 for e in events if e[0] == "token" for i in e[2]["ids"])
     status = await api.status(task["task_id"])
     assert status["output"] == "".join(e[2]["t"] for e in events if e[0] == "token")
     _, pool = await api.get("/v1/pools/llama")
