@@ -9,20 +9,25 @@ CONFIG  ?=
 
 export PACT_DO_NOT_TRACK := true
 
-$(STAMP): pyproject.toml ci/llama-wheel.sh ci/triton-venv.sh
+TRITON  := $(VENV)/triton-python
+
+$(STAMP): pyproject.toml ci/llama-wheel.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	bash ci/llama-wheel.sh $(BIN)/python
-	bash ci/triton-venv.sh > $(VENV)/triton-python
 	touch $(STAMP)
 
-setup: $(STAMP)  ## .venv with the project, dev tools and llama-server; a Triton venv
+# Tests only: a real Triton (nvidia-pytriton) in its own cached venv (it pins numpy<2).
+$(TRITON): ci/triton-venv.sh $(STAMP)
+	bash ci/triton-venv.sh > $(TRITON)
+
+setup: $(STAMP)  ## .venv with the project, dev tools and llama-server
 
 run: setup  ## serve the embedded default (or CONFIG=file.yaml)
 	$(BIN)/orchestratord serve $(if $(CONFIG),--config $(CONFIG))
 
-test: setup lint typecheck  ## everything CI gates on
+test: setup $(TRITON) lint typecheck  ## everything CI gates on
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup
@@ -35,11 +40,11 @@ typecheck: setup
 regen: setup  ## write contracts/ (OpenAPI, config schema) from the pydantic models
 	$(BIN)/python -m orchestratord.openapi contracts
 
-pact: setup  ## record the consumer pact (contracts/pacts/), then verify every pact
+pact: setup $(TRITON)  ## record the consumer pact (contracts/pacts/), then verify every pact
 	$(BIN)/python -m tests.pact.consumer
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/pact
 
-determinism: setup  ## the byte-exact determinism gate (llama.cpp + mock, across a restart)
+determinism: setup $(TRITON)  ## the byte-exact determinism gate (llama.cpp + mock, across a restart)
 	$(BIN)/python -m test_harness.determinism_suite.run
 
 bench: setup  ## benchmarks (not tests); results go to docs/BENCHMARKS.md by hand
