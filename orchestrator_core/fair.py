@@ -94,7 +94,7 @@ class _TenantQueue:
         self.cost = cost
         self.next_tag = 0
         self.finish = 0
-        # Bumped whenever the tenant's heap entry must be considered stale.
+        # The stamp of the tenant's one valid heap entry; see FairClass._stamp.
         self.gen = 0
         self.fifo = _RankedFifo()
 
@@ -114,10 +114,17 @@ class FairClass:
         self._heap: list[tuple[int, int, int, str]] = []
         self._vclock = 0
         self._ordinals = 0
+        self._stamps = 0
         self._len = 0
 
     def __len__(self) -> int:
         return self._len
+
+    def _stamp(self) -> int:
+        # One counter for the whole class, never per tenant: a tenant that is forgotten and
+        # created again must not revive a stale heap entry from its earlier life.
+        self._stamps += 1
+        return self._stamps
 
     def _tenant(self, name: str) -> _TenantQueue:
         tq = self._tenants.get(name)
@@ -128,7 +135,7 @@ class FairClass:
         return tq
 
     def _push_entry(self, tq: _TenantQueue) -> None:
-        tq.gen += 1
+        tq.gen = self._stamp()
         heapq.heappush(self._heap, (tq.next_tag, tq.ordinal, tq.gen, tq.name))
 
     def push(self, task: Task) -> None:
@@ -173,7 +180,7 @@ class FairClass:
         tq.next_tag += tq.cost
         tq.finish = tq.next_tag
         if tq.fifo:
-            tq.gen += 1
+            tq.gen = self._stamp()
             heapq.heapreplace(self._heap, (tq.next_tag, tq.ordinal, tq.gen, tq.name))
         else:
             heapq.heappop(self._heap)
@@ -187,7 +194,7 @@ class FairClass:
         tq.fifo.remove(task)
         self._len -= 1
         if not tq.fifo:
-            tq.gen += 1  # its heap entry is now stale
+            tq.gen = self._stamp()  # its heap entry is now stale
             self._idle[tq.name] = None
 
     def _sweep_idle(self) -> None:

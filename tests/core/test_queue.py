@@ -214,3 +214,19 @@ def test_offer_of_non_queued_or_duplicate_task_raises():
         q.offer(t(1))
     with pytest.raises(ValueError):
         q.offer(Task("x", "p", state=TaskState.RUNNING))
+
+
+def test_a_forgotten_tenant_does_not_revive_a_stale_turn():
+    """OC-CORE-1026, OC-CORE-1027: found by the state machine — a tenant forgotten after
+    emptying and created again must not jump the fair order with its old ordinal."""
+    q = PoolQueue(2)
+    q.offer(t(1, tenant="a"))
+    q.cancel("t1")
+    q.offer(t(2, tenant="b"))
+    q.cancel("t2")
+    q.offer(t(3, tenant="a"))
+    q.take_next([ANY_LANE], 0)
+    q.offer(t(4, tenant="c"))
+    q.offer(t(5, tenant="b"))
+    assert (q.position("t4"), q.position("t5")) == (0, 1)
+    assert drain(q) == ["t4", "t5"]
