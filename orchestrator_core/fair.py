@@ -141,7 +141,7 @@ class FairClass:
     def push(self, task: Task) -> None:
         """Append `task` at the end of its tenant's FIFO."""
         tq = self._tenant(task.tenant)
-        if not tq.fifo:
+        if not tq.fifo.tasks:
             self._idle.pop(tq.name, None)
             tq.next_tag = max(tq.finish, self._vclock)
             self._push_entry(tq)
@@ -153,7 +153,7 @@ class FairClass:
         while heap:
             _tag, _ord, gen, name = heap[0]
             tq = self._tenants.get(name)
-            if tq is not None and tq.gen == gen and tq.fifo:
+            if tq is not None and tq.gen == gen and tq.fifo.tasks:
                 return tq
             heapq.heappop(heap)  # stale entry: the tenant emptied or was re-entered
         return None
@@ -179,7 +179,7 @@ class FairClass:
         self._vclock = tq.next_tag
         tq.next_tag += tq.cost
         tq.finish = tq.next_tag
-        if tq.fifo:
+        if tq.fifo.tasks:
             tq.gen = self._stamp()
             heapq.heapreplace(self._heap, (tq.next_tag, tq.ordinal, tq.gen, tq.name))
         else:
@@ -193,7 +193,7 @@ class FairClass:
         tq = self._tenants[task.tenant]
         tq.fifo.remove(task)
         self._len -= 1
-        if not tq.fifo:
+        if not tq.fifo.tasks:
             tq.gen = self._stamp()  # its heap entry is now stale
             self._idle[tq.name] = None
 
@@ -225,7 +225,7 @@ class FairClass:
         tag = me.next_tag + rank * me.cost
         ahead = rank
         for tq in self._tenants.values():
-            if tq is me or not tq.fifo:
+            if tq is me or not tq.fifo.tasks:
                 continue
             gap = tag - tq.next_tag
             if gap < 0:

@@ -162,9 +162,10 @@ class PoolQueue:
     def _position_of_newest(self, task: Task, own_lane: _Lane) -> int:
         # The newest task arrived after everything in the other lanes: all of them count.
         ahead = self._depth_ahead(task.priority)
-        for lane in self._lanes.values():
-            if lane is not own_lane:
-                ahead += len(lane.retries[task.priority]) + len(lane.classes[task.priority])
+        if len(self._lanes) > 1:
+            for lane in self._lanes.values():
+                if lane is not own_lane:
+                    ahead += len(lane.retries[task.priority]) + len(lane.classes[task.priority])
         fair = own_lane.classes[task.priority].position_of_last(task.tenant)
         return ahead + len(own_lane.retries[task.priority]) + fair
 
@@ -248,6 +249,8 @@ class PoolQueue:
         """
         expired = self.expire_due(now_ms) if self._deadlines else []
         keys = [key for key in lanes if key in self._lanes]
+        if len(keys) == 1:  # the common case: one lane has work, no comparison needed
+            return self._take_from(self._lanes[keys[0]]), expired
         for priority in PRIORITIES:
             best: tuple[int, int] | None = None
             best_lane: _Lane | None = None
@@ -277,6 +280,22 @@ class PoolQueue:
             task.transition(TaskState.RUNNING)
             return task, expired
         return None, expired
+
+    def _take_from(self, lane: _Lane) -> Task | None:
+        for priority in PRIORITIES:
+            retries = lane.retries[priority]
+            if retries:
+                task = retries.popitem(last=False)[1]
+                self._forget(task, lane, retry=True)
+            else:
+                popped = lane.classes[priority].pop()
+                if popped is None:
+                    continue
+                task = popped
+                self._forget(task, lane, retry=False)
+            task.transition(TaskState.RUNNING)
+            return task
+        return None
 
     # -- internals -----------------------------------------------------------------
 
