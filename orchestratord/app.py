@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -90,6 +92,26 @@ async def correlation_and_errors(request: web.Request, handler: Handler) -> web.
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def require_key(key: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Bearer-key auth for the API routes (compared in constant time)."""
+    expected = f"Bearer {key}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise ApiError(
+                    401,
+                    ErrorCode.UNAUTHORIZED,
+                    "missing or wrong API key (Authorization: Bearer <key>)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    return auth
 
 
 async def _parse(request: web.Request, model: type[M], *, optional: bool = False) -> M:
@@ -263,8 +285,15 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def build_app(service: Orchestrator) -> web.Application:
-    max_body = service.config.server.max_body_bytes
-    app = web.Application(client_max_size=max_body, middlewares=[correlation_and_errors])
+    server = service.config.server
+    max_body = server.max_body_bytes
+    middlewares: list[Any] = [correlation_and_errors]
+    if server.api_key_env:
+        key = os.environ.get(server.api_key_env)
+        if not key:
+            raise RuntimeError(f"server.api_key_env: ${server.api_key_env} is not set")
+        middlewares.append(require_key(key))
+    app = web.Application(client_max_size=max_body, middlewares=middlewares)
     app[SERVICE] = service
     app[MAX_BODY] = max_body
     app[BACKGROUND] = set()

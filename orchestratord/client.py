@@ -71,9 +71,13 @@ class OrchClient:
         *,
         timeout: float = 30.0,
         headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
     ) -> None:
+        all_headers = dict(headers or {})
+        if api_key:
+            all_headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=dict(headers or {}),
+            base_url=base_url.rstrip("/"), headers=all_headers,
             timeout=httpx.Timeout(timeout, read=None),
         )  # fmt: skip
         self.base_url = base_url

@@ -28,6 +28,9 @@ class ServerConfig(_Cfg):
     stream_buffer_events: Annotated[int, Field(ge=16)] = 4096
     #: Output kept per task for `GET /v1/tasks/{id}`.
     max_output_bytes: Annotated[int, Field(ge=0)] = 1 << 20
+    #: Environment variable holding the API key; when set, every `/v1/` request needs
+    #: `Authorization: Bearer <key>` (health, readiness, metrics and the OpenAPI stay open).
+    api_key_env: str | None = None
     #: Enables the test-only provider-state endpoint (pact verification). Never in production.
     enable_test_endpoints: bool = False
 

@@ -273,7 +273,10 @@ def document(plane: str | None = None) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": f"orchestratord {title}", "version": api.API_VERSION},
         "paths": paths,
-        "components": {"schemas": _schemas(list(dict.fromkeys(models)))},
+        "components": {
+            "schemas": _schemas(list(dict.fromkeys(models))),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 

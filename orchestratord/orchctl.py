@@ -63,7 +63,7 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 
 def _client(ctx: click.Context) -> OrchClient:
-    return OrchClient(ctx.obj["url"])
+    return OrchClient(ctx.obj["url"], api_key=ctx.obj["api_key"])
 
 
 @click.group(epilog=EXIT_CODES_HELP)
@@ -74,11 +74,18 @@ def _client(ctx: click.Context) -> OrchClient:
     show_default=True,
     help="Daemon URL (env ORCH_URL).",
 )
+@click.option(
+    "--api-key",
+    envvar="ORCH_API_KEY",
+    default=None,
+    help="Bearer key, when the daemon requires one (env ORCH_API_KEY).",
+)
 @click.pass_context
-def main(ctx: click.Context, url: str) -> None:
+def main(ctx: click.Context, url: str, api_key: str | None) -> None:
     """orchctl: talk to an orchestratord daemon."""
     ctx.ensure_object(dict)
     ctx.obj["url"] = url
+    ctx.obj["api_key"] = api_key
 
 
 def _task_body(
