@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from pool_managerd.launchers import die_with_parent
 from tests.helpers import mock_pool, orchctl
 from worker_adapters.mock import token_stream
 
@@ -27,6 +28,7 @@ async def start_serve(config_path: Path) -> tuple[asyncio.subprocess.Process, st
         "--port",
         "0",
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent,  # never outlives a killed test run
     )
     assert proc.stderr is not None
     async with asyncio.timeout(30):

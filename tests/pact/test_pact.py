@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from pact import Verifier
 
+from pool_managerd.launchers import die_with_parent
 from tests.helpers import mock_pool
 from tests.pact.consumer import write
 
@@ -63,6 +64,7 @@ def test_provider_honours_every_pact(tmp_path):
             "warning",
         ],
         stderr=subprocess.PIPE,
+        preexec_fn=die_with_parent,
     )
     try:
         assert proc.stderr is not None
