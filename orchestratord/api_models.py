@@ -5,11 +5,15 @@ The client SDK and `orchctl` import this module and nothing else of the server.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# The wire uses the domain's own enums (pure, no I/O): one definition, no conversions.
+from orchestrator_core.model import Determinism, PlacementMode, Priority, TaskState
+
+__all__ = ["Determinism", "PlacementMode", "Priority", "TaskState"]  # re-exported for clients
 
 API_VERSION = "1.0"
 
@@ -17,16 +21,6 @@ API_VERSION = "1.0"
 class _Strict(BaseModel):
     # Requests: unknown fields and wrong types are errors, never silently coerced.
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class Priority(StrEnum):
-    INTERACTIVE = "interactive"
-    BATCH = "batch"
-
-
-class Determinism(StrEnum):
-    STRICT = "strict"
-    BEST_EFFORT = "best_effort"
 
 
 class Sampling(_Strict):
@@ -37,7 +31,7 @@ class Sampling(_Strict):
 
 
 class PlacementSpec(_Strict):
-    mode: Literal["auto", "prefer", "pin"] = "auto"
+    mode: PlacementMode = PlacementMode.AUTO
     pool_id: str | None = None
     replica_id: str | None = None
 
@@ -65,16 +59,6 @@ class AdmissionResponse(BaseModel):
     queue_position: int = Field(description="0-based: 0 means next to dispatch.")
     predicted_start_ms: int
     stream_url: str
-
-
-class TaskState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    EVICTED = "evicted"
-    EXPIRED = "expired"
 
 
 class ErrorEnvelope(BaseModel):

@@ -250,7 +250,7 @@ class Orchestrator:
             raise ApiError(
                 400, ErrorCode.INVALID_PARAMS, f"task_id {task_id} already exists", field="task_id"
             )
-        placement = Placement(PlacementMode(req.placement.mode), req.placement.replica_id)
+        placement = Placement(req.placement.mode, req.placement.replica_id)
         if placement.mode is not PlacementMode.AUTO and not placement.replica_id:
             raise ApiError(
                 400,
@@ -277,7 +277,7 @@ class Orchestrator:
             model=req.model,
             prompt_tokens=ceil(prompt_bytes / bpt),
             max_tokens=req.max_tokens,
-            determinism=Determinism(req.determinism.value),
+            determinism=req.determinism,
             placement=placement,
             pool_id=req.placement.pool_id,
             deadline_ms=now + req.deadline_ms if req.deadline_ms else None,
@@ -287,7 +287,7 @@ class Orchestrator:
             self._deny(resolved, None)
         assert not isinstance(resolved, Denied)
         pool = self.pools[resolved.pool_id]
-        priority = Priority(req.priority.value)
+        priority = req.priority
         ahead = (
             pool.queue.depth(Priority.INTERACTIVE)
             if priority is Priority.INTERACTIVE
@@ -677,10 +677,10 @@ class Orchestrator:
         done = task.state.terminal
         return api.TaskStatus(
             task_id=task.id,
-            state=api.TaskState(task.state.value),
+            state=task.state,
             model=rec.pool.config.model,
             pool_id=rec.pool.id,
-            priority=api.Priority(task.priority.value),
+            priority=task.priority,
             queue_position=rec.pool.queue.position(task.id),
             replica_id=rec.replica_id,
             tokens_out=rec.tokens_out,
