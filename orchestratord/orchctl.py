@@ -88,29 +88,6 @@ def main(ctx: click.Context, url: str, api_key: str | None) -> None:
     ctx.obj["api_key"] = api_key
 
 
-def _task_body(
-    prompt: str,
-    model: str,
-    priority: str,
-    seed: int | None,
-    max_tokens: int,
-    session: str | None,
-    determinism: str,
-    deadline_ms: int | None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "priority": priority,
-        "determinism": determinism,
-    }
-    for key, value in (("seed", seed), ("session_id", session), ("deadline_ms", deadline_ms)):
-        if value is not None:
-            body[key] = value
-    return body
-
-
 @main.command(epilog=EXIT_CODES_HELP)
 @click.argument("prompt")
 @click.option("--model", required=True, help="Model ref a pool serves.")
@@ -146,7 +123,11 @@ async def submit(
     as_json: bool,
 ) -> None:
     """Submit PROMPT and print tokens as they arrive."""
-    body = _task_body(prompt, model, priority, seed, max_tokens, session, determinism, deadline_ms)
+    optional = {"seed": seed, "session_id": session, "deadline_ms": deadline_ms}
+    body: dict[str, Any] = {
+        "model": model, "prompt": prompt, "max_tokens": max_tokens, "priority": priority,
+        "determinism": determinism, **{k: v for k, v in optional.items() if v is not None},
+    }  # fmt: skip
     async with _client(ctx) as client:
         admitted = await client.submit(body)
         if as_json:

@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from pool_managerd.probe import poll_until
 from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
 from test_harness.bench.daemon_relay import free_port, pct, start
 
@@ -93,11 +94,13 @@ async def cancel_latency(daemon: str, engine: str, samples: int) -> list[float]:
             t0 = time.perf_counter()
             async with http.post(f"{daemon}/v1/tasks/{task['task_id']}/cancel") as r:
                 assert r.status == 204
-            while True:
+
+            async def slot_free(http: aiohttp.ClientSession = http) -> bool:
                 async with http.get(f"{engine}/slots") as r:
-                    if not any(s["is_processing"] for s in await r.json()):
-                        break
-                await asyncio.sleep(0.001)
+                    return not any(s["is_processing"] for s in await r.json())
+
+            # a fixed 1 ms probe: the resolution of this measurement
+            await poll_until(slot_free, first_delay_s=0.001, max_delay_s=0.001)
             out.append(time.perf_counter() - t0)
     return out
 
@@ -158,13 +161,15 @@ async def main() -> None:
     )
     daemon = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            while True:  # both pools Ready
-                async with http.get(f"{daemon}/v1/pools") as r:
-                    pools = {p["pool_id"]: p for p in (await r.json())["pools"]}
-                if all(p["ready"] for p in pools.values()):
-                    break
-                await asyncio.sleep(0.1)
+        pools: dict[str, dict] = {}
+
+        async def all_ready() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(f"{daemon}/v1/pools") as r:
+                pools.update({p["pool_id"]: p for p in (await r.json())["pools"]})
+            return all(p["ready"] for p in pools.values())
+
+        async with asyncio.timeout(120):
+            await poll_until(all_ready)
         engines = {k: p["replicas"][0]["endpoint"] for k, p in pools.items()}
         await measure(direct_run, engines["tiny"], 4, 2)  # warm up
         await measure(daemon_run, daemon, 4, 2)

@@ -6,37 +6,44 @@ to `determinism-proofs/`; the exit code is the gate.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import yaml
 
 from pool_managerd.launchers import free_port
+from pool_managerd.probe import poll_until
 from pool_managerd.tiny_gguf import write_tiny_model
 
 BIN = Path(sys.executable).parent
 
 
-def wait_ready(url: str, expect_model: str | None = None) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+def wait_ready(url: str, *, after_reload: bool = False) -> None:
+    """Until every pool has two Ready replicas (and, after a reload, only the new two)."""
+
+    async def ready(http: httpx.AsyncClient) -> bool:
         try:
-            pools = httpx.get(f"{url}/v1/pools").json()["pools"]
-            if all(
-                sum(r["state"] == "ready" for r in p["replicas"]) >= 2
-                and not any(r["state"] == "draining" for r in p["replicas"])
-                and (expect_model is None or len(p["replicas"]) == 2)
-                for p in pools
-            ):
-                return
+            pools = (await http.get(f"{url}/v1/pools")).json()["pools"]
         except httpx.TransportError:
-            pass
-        time.sleep(0.2)  # a standalone gate script, not a test: poll the daemon
-    raise SystemExit("pools did not become ready")
+            return False  # still starting
+        return all(
+            sum(r["state"] == "ready" for r in p["replicas"]) >= 2
+            and (not after_reload or len(p["replicas"]) == 2)
+            for p in pools
+        )
+
+    async def wait() -> None:
+        async with httpx.AsyncClient() as http, asyncio.timeout(120):
+            await poll_until(lambda: ready(http), first_delay_s=0.1)
+
+    try:
+        asyncio.run(wait())
+    except TimeoutError:
+        raise SystemExit("pools did not become ready") from None
 
 
 def main() -> int:
@@ -89,7 +96,7 @@ def main() -> int:
             )
             reload_to = str(model) if pool == "llama" else "mock"
             httpx.post(f"{url}/v1/pools/{pool}/reload", json={"model": reload_to})
-        wait_ready(url, expect_model="reloaded")
+        wait_ready(url, after_reload=True)
         for pool in ("llama", "mock"):
             status |= subprocess.call(
                 [
