@@ -35,10 +35,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy orchestrator_core worker_adapters
+	$(BIN)/mypy orchestrator_core worker_adapters pool_managerd orchestratord
 
 regen: setup  ## write contracts/ (OpenAPI, config schema) from the pydantic models
-	$(BIN)/python -m orchestratord.openapi contracts
+	$(BIN)/python -m orchestratord.api.openapi contracts
 
 pact: setup $(TRITON)  ## record the consumer pact (contracts/pacts/), then verify every pact
 	$(BIN)/python -m tests.pact.consumer

@@ -7,7 +7,7 @@ can serve at all, and whether a deadline is reachable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator_core.errors import ErrorCode
@@ -35,7 +35,6 @@ class AdmissionRequest:
     max_tokens: int
     determinism: Determinism = Determinism.BEST_EFFORT
     placement: Placement = AUTO
-    pool_id: str | None = None
     #: Absolute deadline on the caller's clock, in ms.
     deadline_ms: float | None = None
 
@@ -48,17 +47,24 @@ class Denied:
     field: str | None = None
 
 
-def resolve_pool(req: AdmissionRequest, pools: Sequence[PoolView]) -> PoolView | Denied:
-    """The pool that serves `req.model` (and `req.pool_id` when given)."""
-    serving = [p for p in pools if p.model == req.model]
-    if req.pool_id is not None:
-        serving = [p for p in serving if p.pool_id == req.pool_id]
+def resolve_pool(
+    model: str,
+    pool_id: str | None,
+    pools: Sequence[PoolView],
+    known_models: Iterable[str] | None = None,
+) -> PoolView | Denied:
+    """The pool that serves `model` (and is `pool_id`, when given) among `pools` — the
+    candidates, in config order; `known_models` (default: theirs) names the alternatives
+    when none fits."""
+    serving = [p for p in pools if p.model == model]
+    if pool_id is not None:
+        serving = [p for p in serving if p.pool_id == pool_id]
     if not serving:
-        known = sorted({p.model for p in pools})
-        where = f" in pool {req.pool_id!r}" if req.pool_id else ""
+        known = sorted(set(known_models if known_models is not None else (p.model for p in pools)))
+        where = f" in pool {pool_id!r}" if pool_id else ""
         return Denied(
             ErrorCode.UNKNOWN_MODEL,
-            f"model {req.model!r} is not served{where}; known models: {', '.join(known)}",
+            f"model {model!r} is not served{where}; known models: {', '.join(known)}",
             "model",
         )
     # Several pools may serve one model: take the first that is not draining (config order).

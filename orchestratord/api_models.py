@@ -1,6 +1,8 @@
-"""The HTTP API's models: the single source of the wire shapes (design/API.md).
+"""The HTTP API's models: the single source of the wire shapes (design/API.md) and of the
+generated OpenAPI documents.
 
-The client SDK and `orchctl` import this module and nothing else of the server.
+A leaf: it imports only the core's enums. The service stages build SSE payloads and error
+envelopes with it; the client SDK and `orchctl` import it and nothing else of the server.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 # The wire uses the domain's own enums (pure, no I/O): one definition, no conversions.
+from orchestrator_core.errors import RETRIABLE, ErrorCode
 from orchestrator_core.model import Determinism, PlacementMode, Priority, TaskState
 
 __all__ = ["Determinism", "PlacementMode", "Priority", "TaskState"]  # re-exported for clients
@@ -70,6 +73,28 @@ class ErrorEnvelope(BaseModel):
     engine: str | None = None
     pool_id: str | None = None
     field: str | None = Field(None, description="The offending request field, as a dotted path.")
+
+    @classmethod
+    def of(
+        cls,
+        code: ErrorCode,
+        message: str,
+        *,
+        retriable: bool | None = None,
+        engine: str | None = None,
+        pool_id: str | None = None,
+        field: str | None = None,
+        retry_after_ms: int | None = None,
+        policy_label: str | None = None,
+    ) -> ErrorEnvelope:
+        """The one way an envelope is made; `retriable` defaults to the taxonomy's table
+        (`orchestrator_core.errors.RETRIABLE`)."""
+        return cls(
+            code=code.value, message=message,
+            retriable=code in RETRIABLE if retriable is None else retriable,
+            engine=engine, pool_id=pool_id, field=field, retry_after_ms=retry_after_ms,
+            policy_label=policy_label,
+        )  # fmt: skip
 
 
 class TaskStatus(BaseModel):

@@ -1,15 +1,18 @@
-"""`orchestratord` — the daemon's command line."""
+"""`orchestratord` — the daemon's command line: serve, and write the project's own models
+for the engines this host runs (`orchctl` is the client's)."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import click
 
 from orchestratord.config import ConfigError, load_config
 from orchestratord.defaults import default_config
-from orchestratord.logging import configure
+from orchestratord.telemetry.logging import configure
+from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
 
 
 @click.group()
@@ -57,3 +60,20 @@ def serve(config_path: str | None, port: int | None, log_level: str, pretty_logs
         uvloop.run(run(config, ready))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         asyncio.run(run(config, ready))
+
+
+@main.group()
+def models() -> None:
+    """Model files the project writes itself (no model hub needed)."""
+
+
+@models.command("make-tiny")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--slow", is_flag=True, help="The larger (~68 MB, ~150 tokens/s) variant.")
+def make_tiny(path: Path, seed: int, slow: bool) -> None:
+    """Write a tiny llama-architecture GGUF with seeded random weights to PATH
+    (same seed, byte-identical file; nothing is downloaded)."""
+    spec = TinyModelSpec.slow(seed) if slow else TinyModelSpec(seed=seed)
+    written = write_tiny_model(path, spec)
+    click.echo(f"wrote {written} ({written.stat().st_size:,} bytes, seed {seed})")

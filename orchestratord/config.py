@@ -1,14 +1,39 @@
-"""The daemon's configuration: one YAML file, validated by pydantic (design/API.md)."""
+"""The daemon's configuration: one YAML file, validated by pydantic (design/API.md).
+
+Enumerations are the core's own (`QueuePolicy`, `Determinism`); engine names and what each
+engine allows come from the engine registry (`orchestratord.engines`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
-Engine = Literal["llamacpp", "tgi", "triton", "openai", "mock"]
+from orchestrator_core.model import Determinism
+from orchestrator_core.queue import QueuePolicy
+from orchestratord.engines import ENGINES
+
+
+def _known_engine(name: str) -> str:
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; one of: {', '.join(ENGINES)}")
+    return name
+
+
+EngineName = Annotated[
+    str, AfterValidator(_known_engine), WithJsonSchema({"type": "string", "enum": list(ENGINES)})
+]
 
 
 class _Cfg(BaseModel):
@@ -37,7 +62,7 @@ class ServerConfig(_Cfg):
 
 class QueueConfig(_Cfg):
     capacity: Annotated[int, Field(ge=0)] = 256
-    policy: Literal["reject", "drop-lru"] = "reject"
+    policy: QueuePolicy = QueuePolicy.REJECT
     tenant_weights: dict[str, Annotated[int, Field(ge=1)]] = {}
 
 
@@ -77,11 +102,11 @@ class ReplicasConfig(_Cfg):
 
 class PoolConfig(_Cfg):
     id: Annotated[str, Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")]
-    engine: Engine
+    engine: EngineName
     model: Annotated[str, Field(min_length=1)]
     queue: QueueConfig = QueueConfig()
     replicas: ReplicasConfig
-    determinism: Literal["strict", "best_effort"] = "best_effort"
+    determinism: Determinism = Determinism.BEST_EFFORT
     #: Prompt bytes per token, to estimate prompt length at admission without a tokenizer.
     bytes_per_token: Annotated[float, Field(gt=0)] = 4.0
     #: A stream that sends nothing for this long fails with DECODE_TIMEOUT.
@@ -116,14 +141,34 @@ class PoolConfig(_Cfg):
 
     @model_validator(mode="after")
     def _engine_fits(self) -> PoolConfig:
-        if self.replicas.managed is not None and self.engine not in ("llamacpp", "mock"):
-            raise ValueError(f"engine {self.engine!r} cannot be managed here; use 'endpoints'")
-        if self.replicas.endpoints is not None and self.engine == "mock":
-            raise ValueError("engine 'mock' runs in-process; use 'managed'")
+        kind = ENGINES[self.engine]
         managed = self.replicas.managed
-        if self.engine == "llamacpp" and managed is not None and not managed.model_path:
-            raise ValueError("managed llamacpp replicas need 'replicas.managed.model_path'")
+        if managed is not None and kind.manage is None:
+            raise ValueError(f"engine {self.engine!r} cannot be managed here; use 'endpoints'")
+        if self.replicas.endpoints is not None and kind.attach is None:
+            raise ValueError(f"engine {self.engine!r} cannot attach to endpoints; use 'managed'")
+        if managed is not None and kind.needs_model_path and not managed.model_path:
+            raise ValueError(f"managed {self.engine} replicas need 'replicas.managed.model_path'")
         return self
+
+    @property
+    def strict(self) -> bool:
+        """Every task runs deterministically: single-slot replicas, prompt cache off."""
+        return self.determinism is Determinism.STRICT
+
+    @property
+    def replica_count(self) -> int:
+        managed = self.replicas.managed
+        return managed.count if managed is not None else len(self.replicas.endpoints or ())
+
+    @property
+    def slots_per_replica(self) -> int:
+        """Slots each replica offers: one in a strict pool, the configured number for
+        managed replicas, and 0 for attached ones (as many as the engine reports)."""
+        managed = self.replicas.managed
+        if self.strict:
+            return 1
+        return managed.slots if managed is not None else 0
 
 
 class Config(_Cfg):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
-from orchestratord.app import build_app
+from orchestratord.api.app import build_app
 from orchestratord.config import Config
 from orchestratord.engines import launcher_for
 from orchestratord.service import LauncherFactory, Orchestrator
@@ -36,14 +35,11 @@ class Daemon:
         )
         await self.runner.setup()
         host = self.config.server.host
-        # A large backlog: bursts of connects must not drop SYNs (see PERFORMANCE.md).
+        # A large backlog: bursts of connects must not drop SYNs (see PERFORMANCE.md);
+        # aiohttp sets TCP_NODELAY on every accepted connection.
         site = web.TCPSite(self.runner, host, self.port, backlog=4096, reuse_address=True)
         await site.start()
-        server = site._server
-        if server is not None and server.sockets:  # learn the port when 0 was asked
-            self.port = server.sockets[0].getsockname()[1]
-            for sock in server.sockets:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.port = self.runner.addresses[0][1]  # the port bound, when 0 was asked
         log.info(
             "listening", url=f"http://{host}:{self.port}", pools=[p.id for p in self.config.pools]
         )

@@ -19,7 +19,7 @@ import structlog
 from orchestrator_core.placement import ReplicaSnapshot
 from pool_managerd.launchers import Launched, Launcher
 from pool_managerd.probe import Aborted, poll_until
-from pool_managerd.replica import Lease, Replica, ReplicaState
+from pool_managerd.replica import Lease, Replica, ReplicaEvent, ReplicaState
 
 log = structlog.get_logger("pool_managerd")
 
@@ -50,8 +50,8 @@ def describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-#: on_change(replica, what): what ∈ ready, down, failed, restart, removed, idle
-ChangeHook = Callable[[Replica, str], None]
+#: on_change(replica, event): called on the event loop for every change, synchronously
+ChangeHook = Callable[[Replica, ReplicaEvent], None]
 
 
 class PoolManager:
@@ -70,6 +70,7 @@ class PoolManager:
         self._next_index = 0
         self._stopping = False
         self._reloading = False
+        self._waiters: list[asyncio.Future[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -97,6 +98,21 @@ class PoolManager:
         self.replicas.append(replica)
         task = asyncio.create_task(self._supervise(replica, model, launched))
         self._supervisors[replica.id] = task
+
+    def _changed(self, replica: Replica, event: ReplicaEvent) -> None:
+        self.on_change(replica, event)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds, checked again after every replica change (wait
+        on state, never on time). Bound it with `asyncio.timeout`."""
+        while not predicate():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
 
     # -- queries -------------------------------------------------------------------
 
@@ -169,7 +185,7 @@ class PoolManager:
                     engine=replica.engine,
                     engine_version=replica.engine_version,
                 )
-                self.on_change(replica, "ready")
+                self._changed(replica, ReplicaEvent.READY)
                 reason = await self._watch(replica, launched)
             except asyncio.CancelledError:
                 if launched is not None:
@@ -191,7 +207,7 @@ class PoolManager:
                 return
             replica.state = ReplicaState.UNREADY
             log.warning("replica down", pool_id=self.spec.id, replica_id=replica.id, error=reason)
-            self.on_change(replica, "down")
+            self._changed(replica, ReplicaEvent.DOWN)
             failures += 1
             if failures > self.spec.max_restarts:
                 replica.state = ReplicaState.FAILED
@@ -202,12 +218,12 @@ class PoolManager:
                     failures=failures,
                     error=reason,
                 )
-                self.on_change(replica, "failed")
+                self._changed(replica, ReplicaEvent.FAILED)
                 return
             delay = min(self.spec.backoff_max_s, self.spec.backoff_base_s * 2 ** (failures - 1))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: no thundering herd
             replica.restarts += 1
-            self.on_change(replica, "restart")
+            self._changed(replica, ReplicaEvent.RESTART)
 
     def suspect(self, replica: Replica, why: str) -> None:
         """A client of the engine saw it fail (connection reset): stop leasing it at once
@@ -216,7 +232,7 @@ class PoolManager:
             return
         replica.state = ReplicaState.UNREADY
         replica.last_error = why
-        self.on_change(replica, "down")
+        self._changed(replica, ReplicaEvent.DOWN)
         event = self._suspected.get(replica.id)
         if event is not None:
             event.set()
@@ -249,7 +265,7 @@ class PoolManager:
                 return f"stopped answering after: {replica.last_error}"
             if replica.state is ReplicaState.UNREADY:  # a false alarm: serve again
                 replica.state = ReplicaState.READY
-                self.on_change(replica, "ready")
+                self._changed(replica, ReplicaEvent.READY)
 
     async def _read_stats(self, replica: Replica, launched: Launched) -> None:
         try:
@@ -258,7 +274,7 @@ class PoolManager:
             return
         replica.engine_busy = stats.busy
         replica.kv_free_fraction = None if stats.kv_usage is None else 1.0 - stats.kv_usage
-        self.on_change(replica, "stats")
+        self._changed(replica, ReplicaEvent.STATS)
 
     # -- drain and reload ----------------------------------------------------------
 
@@ -268,7 +284,7 @@ class PoolManager:
         for replica in self.replicas:
             if replica.state is ReplicaState.READY:
                 replica.state = ReplicaState.DRAINING
-            self.on_change(replica, "draining")
+            self._changed(replica, ReplicaEvent.DRAINING)
 
     async def reload(self, model: str) -> None:
         """Start a full set of replicas on `model`; switch over only when all are Ready,
@@ -314,7 +330,7 @@ class PoolManager:
             replica.state = ReplicaState.DRAINING
         if replica.busy == 0:
             idle.set()
-        self.on_change(replica, "draining")
+        self._changed(replica, ReplicaEvent.DRAINING)
         task = asyncio.create_task(self._remove_when_idle(replica, idle))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -328,4 +344,4 @@ class PoolManager:
         self.replicas.remove(replica)
         self._retiring.pop(replica.id, None)
         replica.state = ReplicaState.STOPPED
-        self.on_change(replica, "removed")
+        self._changed(replica, ReplicaEvent.REMOVED)

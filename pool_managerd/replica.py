@@ -18,6 +18,18 @@ class ReplicaState(StrEnum):
     FAILED = "failed"  # gave up restarting; see last_error
 
 
+class ReplicaEvent(StrEnum):
+    """What changed about a replica, as its pool manager tells its owner."""
+
+    READY = "ready"  # serving (first start, restart, or a suspicion that proved false)
+    DOWN = "down"  # stopped serving; its supervisor restarts it
+    FAILED = "failed"  # down for good after `max_restarts`
+    RESTART = "restart"  # a restart is about to begin
+    DRAINING = "draining"  # takes no new leases (drain, or retired by a reload)
+    REMOVED = "removed"  # retired and stopped
+    STATS = "stats"  # the engine's own load was read
+
+
 @dataclass(slots=True, eq=False)
 class Replica:
     id: str

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from orchestratord.daemon import Daemon
+from pool_managerd.launchers import die_with_parent
+
+BIN = Path(sys.executable).parent
 
 
 def mock_pool(id: str = "mock", **overrides: Any) -> dict[str, Any]:
@@ -94,34 +100,19 @@ class Api:
 
 
 async def wait_ready(api: Api) -> None:
-    """Wait for every replica to be Ready, on the daemon's own change notifications."""
+    """Wait for every replica to be Ready, on the pools' own change notifications."""
     service = api.daemon.service
     assert service is not None
-    changed = asyncio.Event()
-    for pool in service.pools.values():
-        hook = pool.manager.on_change
-
-        def wrapped(replica, what, hook=hook):
-            hook(replica, what)
-            changed.set()
-
-        pool.manager.on_change = wrapped
     async with asyncio.timeout(30):  # fail clearly, never hang, if replicas cannot start
-        while not all(
-            r.state.value == "ready" for p in service.pools.values() for r in p.manager.replicas
-        ):
-            changed.clear()
-            await changed.wait()
+        for pool in service.pools.values():
+            replicas = pool.manager.replicas
+            await pool.manager.wait_for(lambda r=replicas: all(x.state == "ready" for x in r))
 
 
 async def orchctl(url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run the real `orchctl` executable against `url`: (exit code, stdout, stderr)."""
-    import os
-    import sys
-    from pathlib import Path
-
     proc = await asyncio.create_subprocess_exec(
-        Path(sys.executable).parent / "orchctl",
+        BIN / "orchctl",
         "--url",
         url,
         *args,
@@ -131,3 +122,35 @@ async def orchctl(url: str, *args: str, env: dict[str, str] | None = None) -> tu
     )
     out, err = await proc.communicate()
     return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def start_serve(config_path: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """Run the real `orchestratord serve` on a free port: (process, its URL)."""
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchestratord",
+        "serve",
+        "--config",
+        str(config_path),
+        "--port",
+        "0",
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent,  # never outlives a killed test run
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            assert line, "daemon exited before serving"
+            if "serving on" in line:
+                return proc, line.split("serving on", 1)[1].strip()
+
+
+async def wait_log(proc: asyncio.subprocess.Process, needle: str) -> str:
+    """Read the daemon's log until a line containing `needle`; return that line."""
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            assert line, f"the daemon exited before logging {needle!r}"
+            if needle in line:
+                return line

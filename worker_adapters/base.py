@@ -13,7 +13,7 @@ consuming it) must release the engine's slot — close the connection, cancel th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -130,7 +130,7 @@ class WorkerAdapter(Protocol):
 
 async def guard_stalls(
     events: AsyncIterator[StreamEvent], timeout_s: float, engine: str
-) -> AsyncIterator[StreamEvent]:
+) -> AsyncGenerator[StreamEvent, None]:
     """Relay `events`, failing with DECODE_TIMEOUT when the engine sends nothing for
     `timeout_s`; the engine request is closed either way.
 

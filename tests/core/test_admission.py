@@ -22,18 +22,20 @@ def run_check(req, pool=POOL, ahead=0, est=None, now=0.0):
 
 def test_unknown_model():
     """OC-CORE-1040"""
-    got = resolve_pool(AdmissionRequest("nope", 1, 1), [POOL])
+    got = resolve_pool("nope", None, [POOL])
     assert isinstance(got, Denied) and got.code is ErrorCode.UNKNOWN_MODEL
     assert "tiny-llama" in got.message and got.field == "model"
-    assert resolve_pool(AdmissionRequest("tiny-llama", 1, 1), [POOL]) is POOL
-    got = resolve_pool(AdmissionRequest("tiny-llama", 1, 1, pool_id="other"), [POOL])
+    assert resolve_pool("tiny-llama", None, [POOL]) is POOL
+    got = resolve_pool("tiny-llama", "other", [POOL])
     assert isinstance(got, Denied) and got.code is ErrorCode.UNKNOWN_MODEL
+    got = resolve_pool("nope", None, [], known_models=["a", "b"])
+    assert isinstance(got, Denied) and got.message.endswith("known models: a, b")
 
 
 def test_resolve_prefers_a_pool_that_is_not_draining():
     draining = PoolView("a", "m", 10, draining=True)
     live = PoolView("b", "m", 10)
-    assert resolve_pool(AdmissionRequest("m", 1, 1), [draining, live]) is live
+    assert resolve_pool("m", None, [draining, live]) is live
 
 
 def test_context_overflow_names_the_limit():

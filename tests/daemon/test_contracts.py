@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestratord.app import build_app
-from orchestratord.openapi import OPERATIONS, artifacts, document
+from orchestratord.api.app import build_app
+from orchestratord.api.openapi import OPERATIONS, artifacts, document
 from tests.helpers import mock_pool
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestratord.app import BACKGROUND
 from tests.helpers import mock_pool, wait_ready
 
 
@@ -73,19 +70,10 @@ async def test_reload_switches_atomically_and_rolls_back_on_failure(start_daemon
     _, running, _ = await api.submit(model="mock-model", prompt="[[stall:1]]")
     await api.wait_state(running["task_id"], "running")
 
-    removed = asyncio.Event()
-    hook = manager.on_change
-
-    def watch(replica, what):
-        hook(replica, what)
-        if what == "removed":
-            removed.set()
-
-    manager.on_change = watch
     # a model that cannot start: rolled back, the old replicas keep serving
     async with api.http.post(f"{api.base}/v1/pools/mock/reload", json={"model": "fail:x"}) as r:
         assert r.status == 202
-    await asyncio.gather(*api.daemon.runner.app[BACKGROUND])
+    await service.pools["mock"].reload_task
     _, pool = await api.get("/v1/pools/mock")
     assert {r["replica_id"] for r in pool["replicas"]} == old_ids
     assert "rolled back" in pool["last_error"]
@@ -93,7 +81,7 @@ async def test_reload_switches_atomically_and_rolls_back_on_failure(start_daemon
     assert (await api.events(ok["task_id"]))[-1][0] == "end"
 
     # a good model: new replicas take over; the busy old one finishes its task first
-    await service.reload(service.pools["mock"], "mock-model-v2")
+    await service.pools["mock"].reload("mock-model-v2")
     _, pool = await api.get("/v1/pools/mock")
     states = {r["replica_id"]: r["state"] for r in pool["replicas"]}
     new_ids = set(states) - old_ids
@@ -102,9 +90,7 @@ async def test_reload_switches_atomically_and_rolls_back_on_failure(start_daemon
     started = (await api.events(fresh["task_id"]))[0][2]
     assert started["replica_id"] in new_ids
     assert (await api.cancel(running["task_id"])) == 204
-    while any(r.id in old_ids for r in manager.replicas):
-        removed.clear()
-        await removed.wait()
+    await manager.wait_for(lambda: not any(r.id in old_ids for r in manager.replicas))
     assert {r.id for r in manager.replicas} == new_ids
 
 

@@ -174,8 +174,9 @@ async def test_stream_memory_is_bounded_and_gap_is_reported(start_daemon):
     api = await start_daemon(mock_pool(), stream_buffer_events=16)
     _, task, _ = await api.submit(model="mock-model", prompt="long", max_tokens=200)
     tid = task["task_id"]
-    rec = api.daemon.service.tasks[tid]
-    await rec.runner  # the whole output went through the 16-event buffer
+    service = api.daemon.service
+    await service.pools["mock"].wait_idle()  # the whole output went through the buffer
+    rec = service.book.get(tid)
     assert (await api.status(tid))["state"] == "completed"
     assert len(rec.stream._frames) == 16
     async with api.http.get(

@@ -6,44 +6,12 @@ import asyncio
 import json
 import os
 import signal
-import sys
-from pathlib import Path
 
 import aiohttp
 import yaml
 
-from pool_managerd.launchers import die_with_parent
-from tests.helpers import mock_pool, orchctl
+from tests.helpers import BIN, mock_pool, orchctl, start_serve, wait_log
 from worker_adapters.mock import token_stream
-
-BIN = Path(sys.executable).parent
-
-
-async def start_serve(config_path: Path) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        BIN / "orchestratord",
-        "serve",
-        "--config",
-        str(config_path),
-        "--port",
-        "0",
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=die_with_parent,  # never outlives a killed test run
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "daemon exited before serving"
-            if "serving on" in line:
-                return proc, line.split("serving on", 1)[1].strip()
-
-
-async def wait_log(proc: asyncio.subprocess.Process, needle: str) -> None:
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while needle not in (await proc.stderr.readline()).decode():
-            pass
 
 
 async def read_events(session: aiohttp.ClientSession, url: str, until: str | None = None):
@@ -214,7 +182,9 @@ async def test_orchctl_batch_honours_backpressure_and_writes_jsonl(start_daemon,
         assert r["output"] == "".join(token_stream(i, f"job {i}", 4))
     assert "8 jobs: 8 completed" in err
     # concurrency 6 against room for 3 means the daemon pushed back and the CLI retried
-    rejected = api.daemon.service.metrics.tasks_rejected.labels("mock", "queue_full")._value.get()
+    rejected = api.daemon.service.metrics.registry.get_sample_value(
+        "tasks_rejected_total", {"pool_id": "mock", "reason": "queue_full"}
+    )
     assert rejected > 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")

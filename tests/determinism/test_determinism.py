@@ -34,7 +34,7 @@ async def test_llamacpp_and_mock_pools_are_deterministic_across_replicas_and_res
         assert proof["model_digest"].startswith("sha256:") and proof["corpus_hash"]
         # a restart: fresh engine processes on the same model, then compare
         model = str(tiny_model) if pool == "llama" else "mock-model"
-        await service.reload(service.pools[pool], model)
+        await service.pools[pool].reload(model)
         code, _, err = await orchctl(
             api.base, "determinism", "--pool", pool, "--compare", str(proof_path)
         )

@@ -187,24 +187,14 @@ async def test_cancel_through_the_daemon_frees_the_engine_slot(start_daemon, slo
 async def wait_replica(api, pool_id: str, replica_id: str, states: set[str]) -> dict:
     service = api.daemon.service
     manager = service.pools[pool_id].manager
-    changed = asyncio.Event()
-    hook = manager.on_change
 
-    def watch(replica, what):
-        hook(replica, what)
-        changed.set()
+    def reached() -> bool:
+        replica = manager.get(replica_id)
+        return replica is not None and replica.state.value in states
 
-    manager.on_change = watch
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                replica = manager.get(replica_id)
-                if replica is not None and replica.state.value in states:
-                    return replica
-                changed.clear()
-                await changed.wait()
-    finally:
-        manager.on_change = hook
+    async with asyncio.timeout(60):
+        await manager.wait_for(reached)
+    return manager.get(replica_id)
 
 
 async def test_kill9_replica_mid_stream(start_daemon, slow_model):
@@ -274,11 +264,11 @@ async def test_drain_and_reload_with_rollback(start_daemon, tiny_model, tiny_mod
     api = await start_daemon(llama_pool(tiny_model))
     service = api.daemon.service
     pool = service.pools["llama"]
-    await service.reload(pool, str(tmp_path / "missing.gguf"))
+    await pool.reload(str(tmp_path / "missing.gguf"))
     _, info = await api.get("/v1/pools/llama")
     assert [r["replica_id"] for r in info["replicas"]] == ["llama-r0"]
     assert "rolled back" in info["last_error"] and "missing.gguf" in info["last_error"]
-    await service.reload(pool, str(tiny_model_b))
+    await pool.reload(str(tiny_model_b))
     _, info = await api.get("/v1/pools/llama")
     ready = [r for r in info["replicas"] if r["state"] == "ready"]
     assert [r["model_digest"] for r in ready] == [model_digest(tiny_model_b)]
@@ -334,17 +324,8 @@ async def test_engine_reported_load_feeds_gauges(start_daemon, slow_model):
     manager = api.daemon.service.pools["llama"].manager
     _, task, _ = await api.submit(model="llama-model", prompt="busy", max_tokens=1500)
     await api.events(task["task_id"], until="token")
-    seen = asyncio.Event()
-    hook = manager.on_change
-
-    def watch(replica, what):
-        hook(replica, what)
-        if what == "stats" and replica.engine_busy == 1:
-            seen.set()
-
-    manager.on_change = watch
-    async with asyncio.timeout(10):
-        await seen.wait()  # the engine's own /slots says one request is processing
+    async with asyncio.timeout(10):  # the engine's own /slots says one request is processing
+        await manager.wait_for(lambda: manager.replicas[0].engine_busy == 1)
     _, metrics = await api.get("/metrics")
     assert 'replica_engine_busy{pool_id="llama",replica_id="llama-r0"} 1.0' in metrics
     await api.cancel(task["task_id"])

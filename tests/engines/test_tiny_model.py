@@ -14,11 +14,11 @@ def test_same_seed_writes_byte_identical_model(tmp_path):
     assert not list(tmp_path.glob("*.part"))
 
 
-def test_orchctl_models_make_tiny(tmp_path):
+def test_orchestratord_models_make_tiny(tmp_path):
     """OC-CLI-5004"""
     from click.testing import CliRunner
 
-    from orchestratord.orchctl import main
+    from orchestratord.cli import main
 
     result = CliRunner().invoke(main, ["models", "make-tiny", str(tmp_path / "m.gguf")])
     assert result.exit_code == 0 and "seed 0" in result.output

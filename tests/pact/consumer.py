@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pact import Pact, match
 
+from orchestratord.api.provider_states import FINISHED_TASK, RUNNING_TASK
 from orchestratord.client import Backpressure, ClientError, OrchClient
-from orchestratord.provider_states import FINISHED_TASK, RUNNING_TASK
 
 UUID = "8c3b5c0e-6d4e-4f7a-9a8b-1c2d3e4f5a6b"
 ENVELOPE = {

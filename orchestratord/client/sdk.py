@@ -1,4 +1,4 @@
-"""Async Python client for the orchestratord HTTP API.
+"""The async Python SDK for the orchestratord HTTP API.
 
 Imports only the API models, never server internals, so it can ship on its own.
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestratord.client import OrchClient
+from orchestratord.client.sdk import OrchClient
 
 CORPUS: tuple[tuple[str, str], ...] = (
     ("ascii", "The quick brown fox jumps over the lazy dog."),

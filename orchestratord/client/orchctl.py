@@ -340,25 +340,6 @@ async def capabilities(ctx: click.Context) -> None:
     click.echo(caps.model_dump_json(indent=2))
 
 
-@main.group()
-def models() -> None:
-    """Model files the project writes itself."""
-
-
-@models.command("make-tiny")
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--slow", is_flag=True, help="The larger (~68 MB, ~150 tokens/s) variant.")
-def make_tiny(path: Path, seed: int, slow: bool) -> None:
-    """Write a tiny llama-architecture GGUF with seeded random weights to PATH
-    (same seed, byte-identical file; nothing is downloaded)."""
-    from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
-
-    spec = TinyModelSpec.slow(seed) if slow else TinyModelSpec(seed=seed)
-    written = write_tiny_model(path, spec)
-    click.echo(f"wrote {written} ({written.stat().st_size:,} bytes, seed {seed})")
-
-
 @main.command(epilog=EXIT_CODES_HELP)
 @click.option("--pool", "pool_id", required=True, help="A strict pool with >= 2 replicas.")
 @click.option("--seeds", type=click.IntRange(1), default=64, show_default=True)
@@ -387,7 +368,7 @@ async def determinism(
     """Run the determinism suite against POOL: every prompt of the corpus x SEEDS seeds in
     strict mode on each replica, compared byte for byte. Exits 4 on any mismatch, naming
     the first diverging case and token."""
-    from orchestratord.determinism import run_suite
+    from orchestratord.client.determinism import run_suite
 
     earlier = json.loads(await asyncio.to_thread(compare.read_text)) if compare else None
     async with _client(ctx) as client:

@@ -3,8 +3,8 @@ config JSON Schema, from the pydantic models (the single source) and the operati
 below. `make regen` writes them to `contracts/`; a test keeps them diff-clean and keeps
 the table equal to the daemon's routes.
 
-    python -m orchestratord.openapi contracts/     # write
-    python -m orchestratord.openapi --check contracts/
+    python -m orchestratord.api.openapi contracts/     # write
+    python -m orchestratord.api.openapi --check contracts/
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from orchestratord import api_models as api
 from orchestratord.config import Config
 
 ENVELOPE = "ErrorEnvelope"
-SSE_EVENTS = {
+SSE_EVENTS: dict[str, type[BaseModel]] = {
     "started": api.StartedEvent,
     "token": api.TokenEvent,
     "end": api.EndEvent,
@@ -280,15 +280,18 @@ def document(plane: str | None = None) -> dict[str, Any]:
     }
 
 
+def _yaml(doc: dict[str, Any]) -> str:
+    return yaml.safe_dump(doc, sort_keys=False, width=100)
+
+
 def artifacts() -> dict[str, str]:
     """Relative path -> file content, for everything `make regen` writes."""
-    dump = lambda doc: yaml.safe_dump(doc, sort_keys=False, width=100)  # noqa: E731
     schema = Config.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "orchestratord config"
     return {
-        "openapi/data.yaml": dump(document("data")),
-        "openapi/control.yaml": dump(document("control")),
+        "openapi/data.yaml": _yaml(document("data")),
+        "openapi/control.yaml": _yaml(document("control")),
         "config-schema/config.schema.json": json.dumps(schema, indent=2, sort_keys=True) + "\n",
     }
 
@@ -296,12 +299,12 @@ def artifacts() -> dict[str, str]:
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     root = Path(next((a for a in argv if not a.startswith("--")), "contracts"))
-    stale = []
+    stale: list[Path] = []
     for rel, content in artifacts().items():
         path = root / rel
         if check:
             if not path.exists() or path.read_text() != content:
-                stale.append(str(path))
+                stale.append(path)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(content)

@@ -1,0 +1,92 @@
+"""The aiohttp application: the middleware every request passes (correlation id, error
+envelopes, optional bearer key) and the routes of both planes."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from orchestrator_core.errors import ErrorCode
+from orchestratord.api import control_plane, data_plane, provider_states
+from orchestratord.api.errors import code_for_http, error_response, refusal_response
+from orchestratord.api.http import CID, CORRELATION
+from orchestratord.api.openapi import document
+from orchestratord.api_models import ErrorEnvelope
+from orchestratord.service import Orchestrator, Refusal
+
+log = structlog.get_logger("orchestratord.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def correlation_and_errors(max_body: int) -> Middleware:
+    """Echo or assign X-Correlation-Id; turn every failure into the error envelope; never
+    let a traceback reach a client."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        cid = request.headers.get(CORRELATION) or str(uuid.uuid4())
+        request[CID] = cid
+        try:
+            response = await handler(request)
+        except Refusal as refusal:
+            response = refusal_response(refusal)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            message = e.reason
+            if e.status == 413:
+                message = f"request body too large (limit {max_body} bytes)"
+            response = error_response(ErrorEnvelope.of(code_for_http(e.status), message), e.status)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error", path=request.path, correlation_id=cid)
+            response = error_response(ErrorEnvelope.of(ErrorCode.INTERNAL, "internal error"), 500)
+        if not response.prepared:
+            response.headers[CORRELATION] = cid
+        return response
+
+    return middleware
+
+
+def require_key(key: str) -> Middleware:
+    """Bearer-key auth for the API routes (compared in constant time)."""
+    expected = f"Bearer {key}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                raise Refusal(
+                    ErrorCode.UNAUTHORIZED,
+                    "missing or wrong API key (Authorization: Bearer <key>)",
+                )
+        return await handler(request)
+
+    return auth
+
+
+def build_app(service: Orchestrator) -> web.Application:
+    server = service.config.server
+    middlewares: list[Any] = [correlation_and_errors(server.max_body_bytes)]
+    if server.api_key_env:
+        key = os.environ.get(server.api_key_env)
+        if not key:
+            raise RuntimeError(f"server.api_key_env: ${server.api_key_env} is not set")
+        middlewares.append(require_key(key))
+    app = web.Application(client_max_size=server.max_body_bytes, middlewares=middlewares)
+    app.add_routes(data_plane.routes(service))
+    app.add_routes(control_plane.routes(service, document()))
+    if server.enable_test_endpoints:
+        app.add_routes(provider_states.routes(service))
+    return app

@@ -1,0 +1,90 @@
+"""Errors become HTTP here, once (after TGI's `impl From<InferError> for (StatusCode, ...)`):
+the one `ErrorCode → status` table, and the headers each status carries.
+
+Everything below the API raises typed errors (`Refusal`); no other module picks a status.
+"""
+
+from __future__ import annotations
+
+from math import ceil
+
+from aiohttp import web
+
+from orchestrator_core.errors import ErrorCode
+from orchestratord.api_models import ErrorEnvelope
+from orchestratord.service import Refusal
+
+STATUS: dict[ErrorCode, int] = {
+    ErrorCode.INVALID_PARAMS: 400,
+    ErrorCode.DEADLINE_UNMET: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.UNKNOWN_MODEL: 404,
+    ErrorCode.ADMISSION_REJECT: 429,
+    ErrorCode.QUEUE_FULL_DROP_LRU: 429,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.POOL_UNAVAILABLE: 503,
+    ErrorCode.POOL_UNREADY: 503,
+    ErrorCode.REPLICA_EXHAUSTED: 503,
+    ErrorCode.WORKER_RESET: 502,
+    ErrorCode.DECODE_TIMEOUT: 504,
+    ErrorCode.CANCELED: 409,
+}
+
+#: aiohttp's own refusals (routing, body size, method) in the taxonomy.
+_HTTP_CODES = {
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    413: ErrorCode.INVALID_PARAMS,
+}
+
+
+def code_for_http(status: int) -> ErrorCode:
+    """The code of an error aiohttp raised itself (404 route, 405 method, 413 body...)."""
+    if status in _HTTP_CODES:
+        return _HTTP_CODES[status]
+    return ErrorCode.INVALID_PARAMS if status < 500 else ErrorCode.INTERNAL
+
+
+def _retry_after(ms: int | None) -> str:
+    """`Retry-After` in whole seconds, at least 1."""
+    return str(max(1, ceil((ms or 1000) / 1000)))
+
+
+def headers_for(status: int, retry_after_ms: int | None = None) -> dict[str, str]:
+    if status == 429:
+        ms = retry_after_ms or 1000
+        return {"Retry-After": _retry_after(ms), "X-Backoff-Ms": str(ms)}
+    if status == 503:
+        return {"Retry-After": _retry_after(retry_after_ms)}
+    if status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
+def error_response(
+    envelope: ErrorEnvelope, status: int, retry_after_ms: int | None = None
+) -> web.Response:
+    return web.Response(
+        body=envelope.model_dump_json(exclude_none=True),
+        status=status,
+        headers=headers_for(status, retry_after_ms),
+        content_type="application/json",
+    )
+
+
+def refusal_response(refusal: Refusal) -> web.Response:
+    envelope = ErrorEnvelope.of(
+        refusal.code, refusal.message, retriable=refusal.retriable, field=refusal.field,
+        pool_id=refusal.pool_id, retry_after_ms=refusal.retry_after_ms,
+        policy_label=refusal.policy_label,
+    )  # fmt: skip
+    return error_response(envelope, STATUS[refusal.code], refusal.retry_after_ms)
+
+
+def gone(message: str) -> web.Response:
+    """410: what was asked for existed but is no longer retained (a `Last-Event-ID` resume
+    after events that left the buffer)."""
+    return error_response(ErrorEnvelope.of(ErrorCode.NOT_FOUND, message), 410)

@@ -1,0 +1,39 @@
+"""What every handler shares: the correlation id, JSON bodies in (validated into the API
+models, with errors naming the field) and JSON responses out."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from orchestrator_core.errors import ErrorCode
+from orchestratord.service import Refusal
+
+CORRELATION = "X-Correlation-Id"
+#: The request's correlation id (echoed or assigned by the middleware).
+CID: web.RequestKey[str] = web.RequestKey("cid", str)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_response(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        body=model.model_dump_json(), status=status, content_type="application/json"
+    )
+
+
+async def parse(request: web.Request, model: type[M], *, optional: bool = False) -> M:
+    """The body as `model`; a Refusal naming the offending field otherwise."""
+    body = await request.read()
+    if not body and optional:
+        body = b"{}"
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        if err["type"] == "json_invalid":
+            raise Refusal(ErrorCode.INVALID_PARAMS, f"malformed JSON: {err['msg']}") from None
+        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+        raise Refusal(ErrorCode.INVALID_PARAMS, f"{loc}: {err['msg']}", field=loc) from None

@@ -1,0 +1,104 @@
+"""The runner: relays one task's engine stream into its task stream.
+
+It runs as an asyncio task of its own, started by the pool's dispatcher once a slot lease is
+taken. It ends the task itself when the engine finishes (`completed`), when it is cancelled
+while the task still runs (the daemon is going away: `canceled`), and on a bug (`failed`,
+`INTERNAL`). An engine failure is *returned* instead, for the dispatcher to decide: run the
+task elsewhere (nothing reached the client yet) or fail it.
+
+The runner never calls back into the dispatcher: the dispatcher releases the lease and pumps
+again in the runner task's done-callback — which runs even when the runner was cancelled
+before its first step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import structlog
+
+from orchestrator_core.errors import ErrorCode
+from orchestrator_core.model import TaskState
+from orchestratord.api_models import StartedEvent
+from orchestratord.service.tasks import TaskBook, TaskRecord
+from pool_managerd.replica import Replica
+from worker_adapters.base import AdapterError, End, Token, guard_stalls
+
+log = structlog.get_logger("orchestratord")
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    #: A stream that sends nothing for this long fails with DECODE_TIMEOUT.
+    token_timeout_s: float
+    #: Output kept per task for its status (the stream itself is bounded separately).
+    max_output_bytes: int
+
+
+async def run_task(
+    rec: TaskRecord,
+    replica: Replica,
+    limits: RunLimits,
+    book: TaskBook,
+    now_ms: Callable[[], float],
+) -> AdapterError | None:
+    """Relay the engine's answer to `rec`; return the engine's failure, if one struck while
+    the task still ran, without ending the task."""
+    task, request, adapter = rec.task, rec.request, replica.adapter
+    assert request is not None and adapter is not None
+    rec.replica_id, rec.engine, rec.started_at = replica.id, replica.engine, now_ms()
+    rec.stream.emit("started", StartedEvent(
+        queue_position=rec.queue_position, predicted_start_ms=rec.predicted_start_ms,
+        pool_id=task.pool_id, replica_id=replica.id, engine=replica.engine,
+        engine_version=replica.engine_version, seed=rec.seed,
+    ).model_dump_json())  # fmt: skip
+    running = TaskState.RUNNING
+    end: End | None = None
+    try:
+        events = guard_stalls(adapter.stream(request), limits.token_timeout_s, replica.engine)
+        async with aclosing(events):
+            # the hot path: per event, a few attribute updates and one frame
+            emit_token, cap = rec.stream.emit_token, limits.max_output_bytes
+            async for event in events:
+                if task.state is not running:  # canceled meanwhile: stop reading
+                    break
+                if isinstance(event, Token):
+                    if rec.first_token_at is None:
+                        rec.first_token_at = now_ms()
+                    emit_token(rec.tokens_out, event.text, event.ids)
+                    rec.tokens_out += event.count
+                    if rec.output_bytes < cap:
+                        rec.output.append(event.text)
+                        rec.output_bytes += len(event.text)
+                    else:
+                        rec.output_truncated = True
+                else:
+                    end = event
+    except AdapterError as e:
+        return e if task.state is running else None
+    except asyncio.CancelledError:
+        # A client cancel ends the task before cancelling this; here the daemon goes away.
+        book.finish(rec, TaskState.CANCELED, ErrorCode.CANCELED)
+        raise
+    except Exception as e:  # a bug: never leave the task hanging, never leak a traceback
+        log.exception("runner crashed", task_id=task.id, pool_id=task.pool_id)
+        why = f"internal error: {type(e).__name__}"
+        book.finish(rec, TaskState.FAILED, ErrorCode.INTERNAL, why)
+        return None
+    if task.state is not running:
+        return None
+    if end is None:
+        return AdapterError(
+            ErrorCode.WORKER_RESET,
+            "the engine closed the stream without finishing",
+            engine=replica.engine,
+        )
+    rec.tokens_in = end.tokens_in
+    # the engine's count is authoritative (bytes of a cut-off UTF-8 sequence at the very
+    # end are tokens without text)
+    rec.tokens_out = max(rec.tokens_out, end.tokens_out)
+    book.finish(rec, TaskState.COMPLETED, finish_reason=end.finish_reason)
+    return None

@@ -1,0 +1,181 @@
+"""The task book: every task the daemon knows — live ones, and finished ones for
+`retention_s` (at most `max_retained_tasks`) — and `finish`, the single terminal path.
+
+`finish` is the only place a task's stream gets its last event. How it ends is derived from
+its terminal (state, code) by one table: an `end` event with a finish reason, or an `error`
+event carrying the envelope. It is idempotent, so paths that race to end a task (a client
+cancel and an engine error, a drain deadline and a SIGTERM) may all call it; the first wins.
+
+The last stage of the daemon: it imports no other stage (streams aside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from orchestrator_core.errors import ErrorCode
+from orchestrator_core.model import Task, TaskState
+from orchestratord.api_models import EndEvent, ErrorEnvelope
+from orchestratord.service.streams import TaskStream
+from orchestratord.telemetry import Metrics
+from worker_adapters.base import FinishReason, GenerateRequest
+
+log = structlog.get_logger("orchestratord")
+
+#: Terminal (state, code) pairs that end a stream with `end`, and their finish reason
+#: (None: the engine's own, `stop` or `length`). Every other ending is an `error` event.
+_CLEAN_ENDINGS: dict[tuple[TaskState, ErrorCode | None], FinishReason | None] = {
+    (TaskState.COMPLETED, None): None,
+    (TaskState.CANCELED, ErrorCode.CANCELED): "canceled",
+}
+
+
+@dataclass(eq=False, slots=True)
+class TaskRecord:
+    """One accepted task as the daemon tracks it, from admission until it is forgotten."""
+
+    task: Task
+    #: What the engine is asked, built once at admission; dropped when the task ends.
+    request: GenerateRequest | None
+    model: str
+    #: The pool's engine until a replica takes the task, then that replica's.
+    engine: str
+    stream: TaskStream
+    correlation_id: str
+    admitted_at: float
+    seed: int | None = None
+    queue_position: int = 0
+    predicted_start_ms: int = 0
+    replica_id: str | None = None
+    tokens_out: int = 0
+    tokens_in: int | None = None
+    started_at: float | None = None
+    first_token_at: float | None = None
+    ended_at: float | None = None
+    finish_reason: FinishReason | None = None
+    error: ErrorEnvelope | None = None
+    output: list[str] = field(default_factory=list)
+    output_bytes: int = 0
+    output_truncated: bool = False
+    #: The coroutine relaying the engine's stream (its owner is the pool's dispatcher).
+    runner: asyncio.Task[Any] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+
+class TaskBook:
+    def __init__(
+        self,
+        metrics: Metrics,
+        now_ms: Callable[[], float],
+        *,
+        retention_s: float,
+        max_retained: int,
+    ) -> None:
+        self._metrics = metrics
+        self._now_ms = now_ms
+        self._retention_ms = retention_s * 1000.0
+        self._max_retained = max_retained
+        self._tasks: dict[str, TaskRecord] = {}
+        #: Finished task ids, oldest first (insertion order is end order).
+        self._finished: dict[str, float] = {}
+        self._expiry: asyncio.TimerHandle | None = None
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._tasks
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self._tasks.get(task_id)
+
+    def add(self, rec: TaskRecord) -> None:
+        self._tasks[rec.task.id] = rec
+
+    def finish(
+        self,
+        rec: TaskRecord,
+        state: TaskState,
+        code: ErrorCode | None = None,
+        message: str = "",
+        *,
+        finish_reason: FinishReason | None = None,
+        engine: str | None = None,
+        retriable: bool | None = None,
+        policy_label: str | None = None,
+    ) -> bool:
+        """End `rec` in terminal `state` with `code` (None: completed), report it on its
+        stream, count and log it once. False, and nothing done, if it had already ended."""
+        if rec.ended:
+            return False
+        task = rec.task
+        if task.state is not state:  # the queue has already moved tasks that left it unrun
+            task.transition(state, code)
+        task.error = code
+        now = self._now_ms()
+        rec.ended_at = now
+        if (state, code) in _CLEAN_ENDINGS:
+            rec.finish_reason = _CLEAN_ENDINGS[state, code] or finish_reason or "stop"
+            decode_ms = round(now - (rec.first_token_at or rec.started_at or now))
+            rec.stream.emit("end", EndEvent(
+                tokens_out=rec.tokens_out, decode_ms=decode_ms, finish_reason=rec.finish_reason
+            ).model_dump_json())  # fmt: skip
+        else:
+            assert code is not None, f"{state} needs an error code"
+            rec.error = ErrorEnvelope.of(
+                code, message, retriable=retriable, engine=engine, pool_id=task.pool_id,
+                policy_label=policy_label,
+            )  # fmt: skip
+            rec.stream.emit("error", rec.error.model_dump_json(exclude_none=True))
+        rec.stream.close()
+        rec.request = None
+        self._metrics.on_finished(rec)
+        # one line per task (never per token), with everything needed to follow it
+        log.info(
+            "task ended", task_id=task.id, state=state.value, pool_id=task.pool_id,
+            replica_id=rec.replica_id, engine=rec.engine, tokens_out=rec.tokens_out,
+            finish_reason=rec.finish_reason, error=rec.error.code if rec.error else None,
+            session_id=task.session_id, correlation_id=rec.correlation_id,
+        )  # fmt: skip
+        self._retain(task.id, now)
+        return True
+
+    # -- retention ---------------------------------------------------------------------
+
+    def _retain(self, task_id: str, now: float) -> None:
+        self._finished[task_id] = now
+        while len(self._finished) > self._max_retained:
+            self.forget(next(iter(self._finished)))
+        if self._expiry is None:
+            self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        """One timer for the oldest finished task (retention is first in, first out)."""
+        self._expiry = None
+        if self._finished:
+            oldest = next(iter(self._finished.values()))
+            delay_s = max(0.0, (oldest + self._retention_ms - self._now_ms()) / 1000.0)
+            self._expiry = asyncio.get_running_loop().call_later(delay_s, self._expire)
+
+    def _expire(self) -> None:
+        horizon = self._now_ms() - self._retention_ms
+        for task_id, ended in list(self._finished.items()):
+            if ended > horizon:
+                break
+            self.forget(task_id)
+        self._arm_expiry()
+
+    def forget(self, task_id: str) -> None:
+        """Drop a finished task's record (its status and events are gone: 404)."""
+        if self._finished.pop(task_id, None) is not None:
+            self._tasks.pop(task_id, None)
+
+    def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None

@@ -1,0 +1,84 @@
+"""Read models: what the API shows of tasks, sessions, pools and engines, built from the
+task book and the dispatchers' public state. Nothing here changes anything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from orchestrator_core.model import PRIORITIES
+from orchestrator_core.sessions import SessionInfo as Session
+from orchestratord import api_models as api
+from orchestratord.service.dispatcher import PoolDispatcher
+from orchestratord.service.tasks import TaskRecord
+
+#: What the daemon offers beyond the core API (`GET /v1/capabilities`).
+FEATURES = (
+    "sse", "last-event-id", "priorities", "drop-lru", "tenant-fairness", "session-affinity",
+    "determinism-strict", "drain", "reload",
+)  # fmt: skip
+
+
+def task_status(rec: TaskRecord, pool: PoolDispatcher) -> api.TaskStatus:
+    task = rec.task
+    return api.TaskStatus(
+        task_id=task.id, state=task.state, model=rec.model, pool_id=task.pool_id,
+        priority=task.priority, queue_position=pool.queue.position(task.id),
+        replica_id=rec.replica_id, tokens_out=rec.tokens_out, finish_reason=rec.finish_reason,
+        seed=rec.seed, output="".join(rec.output) if rec.ended else None,
+        output_truncated=rec.output_truncated, error=rec.error,
+    )  # fmt: skip
+
+
+def session_info(session_id: str, info: Session, ttl_ms: int, kv_warmth: float) -> api.SessionInfo:
+    return api.SessionInfo(
+        session_id=session_id, ttl_ms=ttl_ms, turns=info.turns, replica_id=info.replica_id,
+        kv_warmth=round(kv_warmth, 3),
+    )  # fmt: skip
+
+
+def pool_info(pool: PoolDispatcher) -> api.PoolInfo:
+    manager = pool.manager
+    replicas = [
+        api.ReplicaInfo(
+            replica_id=r.id, state=r.state.value, slots_total=r.slots_total,
+            slots_free=max(r.slots_total - r.busy, 0), engine=r.engine,
+            engine_version=r.engine_version, model_digest=r.model_digest,
+            deterministic=r.deterministic, restarts=r.restarts, last_error=r.last_error,
+            endpoint=r.endpoint,
+        )
+        for r in manager.replicas
+    ]  # fmt: skip
+    config = pool.config
+    return api.PoolInfo(
+        pool_id=pool.id, engine=config.engine, model=config.model, ready=manager.ready,
+        draining=pool.draining, queue_depth={p.value: pool.queue.depth(p) for p in PRIORITIES},
+        queue_capacity=pool.queue.capacity, policy=config.queue.policy.value,
+        ctx_max=pool.ctx_max(), replicas=replicas, last_error=manager.last_error,
+    )  # fmt: skip
+
+
+def pool_health(pool: PoolDispatcher) -> api.PoolHealth:
+    total, busy = pool.slot_counts()
+    return api.PoolHealth(
+        live=True, ready=pool.manager.ready, draining=pool.draining,
+        metrics={"queue_depth": len(pool.queue), "slots_total": total, "slots_busy": busy,
+                 "running": len(pool.running)},
+    )  # fmt: skip
+
+
+def capabilities(pools: Iterable[PoolDispatcher]) -> api.CapabilitiesResponse:
+    """One entry per (engine, engine version), listing the pools that run it."""
+    engines: dict[tuple[str, str], api.EngineCapability] = {}
+    for pool in pools:
+        engine = pool.config.engine
+        versions = {r.engine_version for r in pool.manager.replicas if r.engine_version} or {""}
+        ctx = pool.ctx_max()
+        for version in sorted(versions):
+            cap = engines.setdefault(
+                (engine, version),
+                api.EngineCapability(engine=engine, engine_version=version, pools=[], ctx_max=None),
+            )
+            cap.pools.append(pool.id)
+            if ctx is not None:
+                cap.ctx_max = max(cap.ctx_max or 0, ctx)
+    return api.CapabilitiesResponse(engines=list(engines.values()), features=list(FEATURES))

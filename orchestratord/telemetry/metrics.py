@@ -1,0 +1,171 @@
+"""Prometheus metrics (.specs/metrics/otel-prom.md), declared by one table and changed only
+through named hooks (`on_admitted`, `on_rejected`, `on_finished`, ...) called by the service
+stages at the moments they name. Label values are bounded: pools, replicas, priorities,
+engines and fixed reasons — never task or session ids.
+
+Nothing here runs per token: token counts are added once per task, when it ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+
+from orchestrator_core.errors import ErrorCode
+from orchestrator_core.model import PRIORITIES, Priority, Task, TaskState
+from orchestrator_core.queue import PoolQueue, QueuePolicy
+from pool_managerd.replica import Replica, ReplicaEvent, ReplicaState
+
+# `*_created` series double the exposition and are not in the metrics contract.
+disable_created_metrics()
+
+_MS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+_POOL_REPLICA = ("pool_id", "replica_id")
+
+#: attribute, kind, family name, help, labels
+_FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
+    ("tasks_enqueued", Counter, "tasks_enqueued", "Tasks admitted to a queue",
+     ("pool_id", "priority")),
+    ("tasks_started", Counter, "tasks_started", "Tasks dispatched to a replica",
+     ("pool_id", "replica_id", "engine", "engine_version")),
+    ("tasks_canceled", Counter, "tasks_canceled", "Tasks canceled", ("pool_id", "reason")),
+    ("tasks_rejected", Counter, "tasks_rejected",
+     "Tasks refused at admission or dropped from a queue", ("pool_id", "reason")),
+    ("tasks_finished", Counter, "tasks_finished", "Tasks that reached a terminal state",
+     ("pool_id", "state")),
+    ("queue_depth", Gauge, "queue_depth", "Queued tasks", ("pool_id", "priority")),
+    ("tokens_in", Counter, "tokens_in", "Prompt tokens processed", ("pool_id", "engine")),
+    ("tokens_out", Counter, "tokens_out", "Tokens generated", ("pool_id", "engine")),
+    ("latency_first_token", Histogram, "latency_first_token_ms",
+     "Admission to first token, ms", ("pool_id", "priority")),
+    ("latency_decode", Histogram, "latency_decode_ms", "First token to end, ms",
+     ("pool_id", "priority")),
+    ("backpressure", Counter, "admission_backpressure_events", "429 answers",
+     ("pool_id", "policy")),
+    ("kv_cache_usage", Gauge, "kv_cache_usage_ratio", "KV cache in use, from the engine",
+     _POOL_REPLICA),
+    ("vram_used", Gauge, "vram_used_bytes", "GPU memory in use, from the engine", _POOL_REPLICA),
+    ("gpu_utilization", Gauge, "gpu_utilization", "GPU utilisation 0..1, from the engine",
+     _POOL_REPLICA),
+    ("slots_busy", Gauge, "replica_slots_busy", "Leased slots", _POOL_REPLICA),
+    ("slots_total", Gauge, "replica_slots_total", "Slots", _POOL_REPLICA),
+    ("engine_busy", Gauge, "replica_engine_busy",
+     "Requests the engine reports processing (its own view)", _POOL_REPLICA),
+    ("replica_ready", Gauge, "replica_ready", "1 when the replica is Ready", _POOL_REPLICA),
+    ("placement_decisions", Counter, "placement_decisions", "Placement outcomes",
+     ("pool_id", "outcome")),
+    ("replica_restarts", Counter, "replica_restarts", "Engine restarts", _POOL_REPLICA),
+)  # fmt: skip
+
+#: How a terminal (state, code) is counted beyond `tasks_finished`: (family, reason).
+_ENDINGS: dict[tuple[TaskState, ErrorCode | None], tuple[str, str]] = {
+    (TaskState.CANCELED, ErrorCode.CANCELED): ("tasks_canceled", "client"),
+    (TaskState.CANCELED, ErrorCode.POOL_UNAVAILABLE): ("tasks_canceled", "pool_unavailable"),
+    (TaskState.EVICTED, ErrorCode.QUEUE_FULL_DROP_LRU): ("tasks_rejected", "drop_lru"),
+    (TaskState.EXPIRED, ErrorCode.DEADLINE_UNMET): ("tasks_rejected", "deadline_unmet"),
+}
+
+
+class EndedTask(Protocol):
+    """What `on_finished` reads of a task record (service.tasks.TaskRecord)."""
+
+    task: Task
+    engine: str
+    tokens_in: int | None
+    tokens_out: int
+    admitted_at: float
+    first_token_at: float | None
+    ended_at: float | None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._families: dict[str, Any] = {}
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        for attr, kind, name, help_text, labels in _FAMILIES:
+            extra = {"buckets": _MS_BUCKETS} if kind is Histogram else {}
+            self._families[attr] = kind(name, help_text, labels, registry=self.registry, **extra)
+
+    def _child(self, family: str, labels: tuple[str, ...]) -> Any:
+        """`family.labels(*labels)`, memoised: prometheus-client validates and locks on every
+        `labels()` call, which this avoids on the request path."""
+        key = (family, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = self._families[family].labels(*labels)
+        return found
+
+    def _inc(self, family: str, *labels: str, by: float = 1) -> None:
+        self._child(family, labels).inc(by)
+
+    def _set(self, family: str, value: float, *labels: str) -> None:
+        self._child(family, labels).set(value)
+
+    # -- admission and queues ----------------------------------------------------------
+
+    def on_admitted(self, pool_id: str, priority: Priority) -> None:
+        self._inc("tasks_enqueued", pool_id, priority.value)
+
+    def on_rejected(self, pool_id: str, reason: str, policy: QueuePolicy | None = None) -> None:
+        """A request refused at admission; `policy` when it was the queue's backpressure."""
+        self._inc("tasks_rejected", pool_id, reason)
+        if policy is not None:
+            self._inc("backpressure", pool_id, policy.value)
+
+    def on_queue(self, pool_id: str, queue: PoolQueue) -> None:
+        for priority in PRIORITIES:
+            self._set("queue_depth", queue.depth(priority), pool_id, priority.value)
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def on_placement(self, pool_id: str, outcome: str) -> None:
+        self._inc("placement_decisions", pool_id, outcome)
+
+    def on_started(self, pool_id: str, replica: Replica) -> None:
+        self._inc("tasks_started", pool_id, replica.id, replica.engine, replica.engine_version)
+        self._set("slots_busy", replica.busy, pool_id, replica.id)
+
+    def on_released(self, pool_id: str, replica: Replica) -> None:
+        self._set("slots_busy", replica.busy, pool_id, replica.id)
+
+    def on_finished(self, ended: EndedTask) -> None:
+        """Once per task, at its terminal state."""
+        task = ended.task
+        pool_id = task.pool_id
+        self._inc("tasks_finished", pool_id, task.state.value)
+        counted = _ENDINGS.get((task.state, task.error))
+        if counted is not None:
+            self._inc(counted[0], pool_id, counted[1])
+            if task.state is TaskState.EVICTED:
+                self._inc("backpressure", pool_id, QueuePolicy.DROP_LRU.value)
+        if ended.tokens_out:
+            self._inc("tokens_out", pool_id, ended.engine, by=ended.tokens_out)
+        if ended.tokens_in:
+            self._inc("tokens_in", pool_id, ended.engine, by=ended.tokens_in)
+        first, end = ended.first_token_at, ended.ended_at
+        if first is not None and end is not None:
+            labels = (pool_id, task.priority.value)
+            self._child("latency_first_token", labels).observe(first - ended.admitted_at)
+            self._child("latency_decode", labels).observe(end - first)
+
+    # -- replicas ----------------------------------------------------------------------
+
+    def on_replica(self, pool_id: str, replica: Replica, event: ReplicaEvent) -> None:
+        rid = replica.id
+        self._set("replica_ready", int(replica.state is ReplicaState.READY), pool_id, rid)
+        self._set("slots_total", replica.slots_total, pool_id, rid)
+        if event is ReplicaEvent.RESTART:
+            self._inc("replica_restarts", pool_id, rid)
+        elif event is ReplicaEvent.STATS:
+            if replica.kv_free_fraction is not None:
+                self._set("kv_cache_usage", 1.0 - replica.kv_free_fraction, pool_id, rid)
+            if replica.engine_busy is not None:
+                self._set("engine_busy", replica.engine_busy, pool_id, rid)
