@@ -19,7 +19,7 @@ CHECKS = (
 
 
 @pytest.mark.parametrize("plane", ["data", "control"])
-async def test_generated_requests_get_conforming_answers(start_daemon, plane):
+async def test_generated_requests_get_conforming_answers(start_daemon, plane, tmp_path):
     """OC-CTRL-2027"""
     api = await start_daemon(
         mock_pool("tiny", model="tiny-llama"), mock_pool("spare", model="spare-model")
@@ -39,6 +39,7 @@ async def test_generated_requests_get_conforming_answers(start_daemon, plane):
         "5",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,  # its crash cache (.schemathesis/) stays out of the checkout
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0, out.decode()[-3000:]
