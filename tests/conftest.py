@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 
 from orchestratord.config import parse_config
 from orchestratord.daemon import Daemon
@@ -15,6 +16,12 @@ from tests.helpers import Api, wait_ready
 
 # pact's FFI otherwise tries to send usage statistics out (there is no network here)
 os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    # The loop production runs (`orchestratord serve` uses uvloop): its callback order is
+    # what a race meets in the field; the default loop hid the submit/cancel race.
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
