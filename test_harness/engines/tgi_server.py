@@ -10,6 +10,11 @@ document and router (`router/src/server.rs`, `router/src/lib.rs`; design/PROTOCO
   non-null only on the last event; an error during the stream is an event
   `{error, error_type}`;
 - `POST /generate`: `{generated_text, details}`;
+- `POST /v1/chat/completions` (the Messages API) with `stream: true`: OpenAI chat chunks
+  (`delta.content`, a last chunk with `finish_reason`, `usage` with
+  `stream_options.include_usage`), then `data: [DONE]`; the conversation is rendered with
+  a fixed template (`<|role|>content` lines, then `<|assistant|>`), as TGI renders with the
+  model's;
 - `GET /info`, `GET /health` (200 empty / 503 `healthcheck`), `GET /metrics`;
 - errors `{error, error_type}`: 422 `validation`, 424 `generation`, 429 `overloaded` when
   more than `max_concurrent_requests` requests are in flight.
@@ -172,6 +177,50 @@ class TGIServer:
         finally:
             self.in_flight -= 1
 
+    async def chat_stream(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(422, "Failed to deserialize the JSON body", "validation")
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages or not body.get("stream"):
+            return _error(422, "Input validation error: `messages` and `stream` are required",
+                          "validation")  # fmt: skip
+        inputs = "".join(f"<|{m.get('role')}|>{m.get('content')}\n" for m in messages)
+        params = {
+            "max_new_tokens": body.get("max_tokens") or 20, "seed": body.get("seed"),
+            "stop": body.get("stop") or [], "input_length": len(inputs.encode()),
+        }  # fmt: skip
+        if self.in_flight >= self.max_concurrent:
+            return _error(429, "Model is overloaded", "overloaded")
+        tokens, meta = self.tokens(inputs + "<|assistant|>", params)
+        self.in_flight += 1
+        try:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            head = {"object": "chat.completion.chunk", "id": "", "created": 0,
+                    "model": "orchestratord/tgi-test-model",
+                    "system_fingerprint": f"{VERSION}-native"}  # fmt: skip
+            for i, token in enumerate(tokens):
+                if "stall" in meta["faults"] and i >= meta["faults"]["stall"]:
+                    await self._until_disconnected(request)
+                    return response
+                last = i == len(tokens) - 1
+                delta = {"role": "assistant", "content": "" if token["special"] else token["text"]}
+                choice = {"index": 0, "delta": delta, "logprobs": None,
+                          "finish_reason": meta["finish_reason"] if last else None}  # fmt: skip
+                await self._event(response, {**head, "choices": [choice], "usage": None})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                usage = {"prompt_tokens": params["input_length"],
+                         "completion_tokens": len(tokens),
+                         "total_tokens": params["input_length"] + len(tokens)}  # fmt: skip
+                await self._event(response, {**head, "choices": [], "usage": usage})
+            await response.write(self.prefix + b"[DONE]\n\n")
+            await response.write_eof()
+            return response
+        finally:
+            self.in_flight -= 1
+
     async def _until_disconnected(self, request: web.Request) -> None:
         # aiohttp does not cancel a handler whose stream is already prepared, so watch the
         # transport (this is the engine's own work loop noticing the closed socket)
@@ -234,6 +283,7 @@ def make_app(max_concurrent: int = 4, space: bool = True) -> web.Application:
     app = web.Application()
     app.router.add_post("/generate_stream", server.generate_stream)
     app.router.add_post("/generate", server.generate)
+    app.router.add_post("/v1/chat/completions", server.chat_stream)
     app.router.add_get("/info", server.info)
     app.router.add_get("/health", server.health)
     app.router.add_get("/metrics", server.metrics)

@@ -6,11 +6,17 @@ generator, so the adapter can be checked end to end against real Triton gRPC.
 
 Runs in its own virtualenv (pytriton pins numpy<2):
 
-    python -m test_harness.engines.triton_server --grpc-port P --http-port Q --metrics-port R
+    python -m test_harness.engines.triton_server --grpc-port P --http-port Q \
+        --metrics-port R --busy-port S
 
-Prompt directives for fault tests: `[[stall:N]]` stops sending after N tokens;
-`[[error:N]]` fails the request after N tokens (an in-stream error); `[[eos:N]]` ends
-after N tokens, as an end-of-sequence would.
+Prompt directives for fault tests: `[[stall:N]]` sends nothing after N tokens for 3 s, then
+ends the request; `[[error:N]]` fails the request after N tokens (an in-stream error);
+`[[eos:N]]` ends after N tokens, as an end-of-sequence would.
+
+pytriton never tells the model that a client cancelled: the generator runs on, holding a
+model instance, while Triton's own metrics already count the request as done. So the model
+counts its running generators itself and serves that count on `--busy-port`
+(`GET /busy` → `tiny_llm_busy N`, test-only): tests that share this server wait for 0.
 Prints "ready" once the model is loaded; exits cleanly on SIGTERM.
 """
 
@@ -23,6 +29,7 @@ import re
 import signal
 import sys
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 from pytriton.model_config import ModelConfig, Tensor
@@ -32,6 +39,39 @@ WORDS = ["alpha", "beta", "gamma", "delta", "kappa", "lambda", "sigma", "omega"]
 DIRECTIVE = re.compile(r"\[\[(stall|error|eos):(\d+)\]\]")
 MODEL = "tiny_llm"
 STOP = threading.Event()
+STALL_S = 3.0
+
+
+class Busy:
+    """Generators running now (they outlive cancelled requests, see above)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+BUSY = Busy()
+
+
+class BusyHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = f"{MODEL}_busy {BUSY.count}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 def _scalar(inputs, name: str, default):
@@ -46,6 +86,11 @@ def generate(requests):
     """Decoupled: one request, many responses (one per token). Batching is off, so each
     call carries one request; every yield is the list of responses for `requests`."""
     (request,) = requests
+    with BUSY:
+        yield from _tokens(request)
+
+
+def _tokens(request):
     prompt = _scalar(request, "text_input", "")
     max_tokens = int(_scalar(request, "max_tokens", 16))
     seed = int(_scalar(request, "random_seed", 0))
@@ -58,9 +103,9 @@ def generate(requests):
         if "error" in faults and i >= faults["error"]:
             raise RuntimeError("injected generation failure")
         if "stall" in faults and i >= faults["stall"]:
-            # a bounded stall: pytriton does not tell the model that the client cancelled,
-            # so an endless one would hold a model instance until shutdown
-            STOP.wait(3.0)
+            # bounded, then over: the model cannot learn that the client gave up
+            STOP.wait(STALL_S)
+            return
         word = (" " if i else "") + rng.choice(WORDS)
         yield [{"text_output": np.array([word.encode()], dtype=object)}]
 
@@ -70,6 +115,7 @@ def main() -> int:
     ap.add_argument("--grpc-port", type=int, required=True)
     ap.add_argument("--http-port", type=int, required=True)
     ap.add_argument("--metrics-port", type=int, required=True)
+    ap.add_argument("--busy-port", type=int, required=True)
     ap.add_argument("--instances", type=int, default=2)
     args = ap.parse_args()
     config = TritonConfig(
@@ -81,6 +127,8 @@ def main() -> int:
         metrics_port=args.metrics_port,
     )
     signal.signal(signal.SIGTERM, lambda *_: STOP.set())
+    busy = ThreadingHTTPServer(("127.0.0.1", args.busy_port), BusyHandler)
+    threading.Thread(target=busy.serve_forever, daemon=True).start()
     with Triton(config=config) as triton:
         triton.bind(
             model_name=MODEL,
@@ -102,6 +150,7 @@ def main() -> int:
         triton.run()
         print("ready", flush=True)
         STOP.wait()
+    busy.shutdown()
     return 0
 
 

@@ -1,4 +1,10 @@
-"""Servers for the conformance suite, started once per session on 127.0.0.1."""
+"""Servers for the conformance suite, started once per session on 127.0.0.1.
+
+A shared server carries what an earlier test did into the next one: a request whose client
+hung up still runs until the server notices (TGI's loop, llama.cpp's slot, a pytriton
+generator that is never told). Every test that shares a server therefore starts from an
+idle one, by condition: `Server.wait_idle()` reads the server's own in-flight count.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,6 @@ import sysconfig
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -25,7 +30,7 @@ from pool_managerd.launchers import (
 )
 from pool_managerd.probe import poll_until
 from pool_managerd.tiny_gguf import EOS_ID, write_tiny_model
-from tests.conformance.engines import Engine
+from tests.conformance.engines import Engine, Server
 from worker_adapters.base import GenerateRequest
 from worker_adapters.llamacpp_http import LlamaCppAdapter
 from worker_adapters.mock import MockAdapter, MockConfig
@@ -56,12 +61,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    pid: int
-
-
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory) -> Iterator[Server]:
     """A real llama-server (2 slots) on the project's tiny model."""
@@ -78,12 +77,13 @@ def llama_server(tmp_path_factory) -> Iterator[Server]:
     # own thread: this fixture may first be requested from inside a running event loop
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, _until_ready(f"http://127.0.0.1:{port}")).result()
-    yield Server(f"http://127.0.0.1:{port}", proc.pid)
+    url = f"http://127.0.0.1:{port}"
+    yield Server(url, lambda: _busy_slots(url), proc.pid)
     _stop(proc)
 
 
 @pytest.fixture(scope="session")
-def tgi_server() -> Iterator[str]:
+def tgi_server() -> Iterator[Server]:
     """The project's TGI protocol server, framing `data:` without a space (the variant
     TGI's own client tolerates) — the adapter must accept both."""
     port = free_port()
@@ -104,7 +104,9 @@ def tgi_server() -> Iterator[str]:
         preexec_fn=die_with_parent,
     )
     _wait_line(proc, b"ready", "tgi test server")
-    yield f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    # TGI's own gauge of requests in the running batch (the server mirrors it)
+    yield Server(url, lambda: _count(f"{url}/metrics", "tgi_batch_current_size"), proc.pid)
     _stop(proc)
 
 
@@ -124,7 +126,7 @@ def triton_python() -> str:
     return path
 
 
-def _triton() -> Iterator[str]:
+def _triton() -> Iterator[Server]:
     """A real Triton (pytriton) serving the decoupled test model over gRPC."""
     python = triton_python()
     libdir = subprocess.run(
@@ -135,7 +137,7 @@ def _triton() -> Iterator[str]:
     # pyenv Pythons need their libpython on the path, or Triton's python backend fails
     # with "'_thread.RLock' object has no attribute '_recursion_count'" (ENGINES.md).
     env = {**os.environ, "LD_LIBRARY_PATH": libdir or sysconfig.get_config_var("LIBDIR")}
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
+    grpc_port, http_port, metrics_port, busy_port = (free_port() for _ in range(4))
     proc = subprocess.Popen(
         [
             python,
@@ -146,6 +148,8 @@ def _triton() -> Iterator[str]:
             str(http_port),
             "--metrics-port",
             str(metrics_port),
+            "--busy-port",
+            str(busy_port),
         ],
         cwd=ROOT,
         env=env,
@@ -154,17 +158,18 @@ def _triton() -> Iterator[str]:
         preexec_fn=die_with_parent,
     )
     _wait_line(proc, b"ready", "triton")
-    yield f"127.0.0.1:{grpc_port}"
+    busy = f"http://127.0.0.1:{busy_port}/busy"  # test-only: see triton_server.py
+    yield Server(f"127.0.0.1:{grpc_port}", lambda: _count(busy, "tiny_llm_busy"), proc.pid)
     _stop(proc)
 
 
 @pytest.fixture(scope="session")
-def triton_server() -> Iterator[str]:
+def triton_server() -> Iterator[Server]:
     yield from _triton()
 
 
 @pytest.fixture(scope="session")
-def triton_server_b() -> Iterator[str]:
+def triton_server_b() -> Iterator[Server]:
     """A second, independent Triton: two replicas for the determinism gate."""
     yield from _triton()
 
@@ -230,7 +235,8 @@ def engine(request, tmp_path) -> Engine:
         return Engine(
             name,
             make,
-            busy=lambda: _busy_slots(url),
+            server=server,
+            busy=server.busy,
             pid=lambda: server.pid,
             faults={"seed", "stall", "invalid", "stop"},
             tweaks={"stop": eos},
@@ -238,12 +244,13 @@ def engine(request, tmp_path) -> Engine:
             slots=2,
         )
     if name == "tgi":
-        url = request.getfixturevalue("tgi_server")
+        server = request.getfixturevalue("tgi_server")
         return Engine(
             "tgi",
-            lambda: TGIAdapter(url),
+            lambda: TGIAdapter(server.url),
+            server=server,
             slots=2,
-            busy=lambda: _count(f"{url}/metrics", "tgi_batch_current_size"),
+            busy=server.busy,
             faults={"seed", "overload", "die", "stall", "big", "invalid", "stop"},
             prompts={
                 "die": "[[fail:2]]",
@@ -254,10 +261,13 @@ def engine(request, tmp_path) -> Engine:
             invalid=lambda a: GenerateRequest("x", max_tokens=2, temperature=-1.0),
         )
     if name == "triton":
-        url = request.getfixturevalue("triton_server")
+        server = request.getfixturevalue("triton_server")
+        # no `busy`: the model's generators outlive cancelled requests (pytriton never
+        # tells them), so Triton's side of a cancel cannot be checked by that count
         return Engine(
             "triton",
-            lambda: TritonAdapter(url, model="tiny_llm"),
+            lambda: TritonAdapter(server.url, model="tiny_llm"),
+            server=server,
             faults={"seed", "die", "stall", "stop"},
             prompts={"die": "[[error:2]]", "stall": "[[stall:2]]", "stop": "[[eos:3]]"},
         )

@@ -9,13 +9,43 @@ example, has no overload reply — it queues (design/PROTOCOLS.md A6).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pool_managerd.probe import poll_until
 from worker_adapters.base import GenerateRequest, WorkerAdapter
+
+
+@dataclass(frozen=True)
+class Server:
+    """A test engine shared by the session."""
+
+    url: str
+    #: How many requests the server itself says it is processing.
+    busy: Callable[[], Awaitable[int]]
+    pid: int | None = None
+
+    async def wait_idle(self) -> None:
+        """Until nothing an earlier test started still runs here (bounded): the
+        precondition of every test that shares this server."""
+
+        last: list[int] = []
+
+        async def idle() -> bool:
+            last.append(await self.busy())
+            return last[-1] == 0
+
+        try:
+            async with asyncio.timeout(60):
+                await poll_until(idle)
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.url} still reports {last[-1:] or '?'} requests in flight after 60 s"
+            ) from None
 
 
 @dataclass
@@ -34,14 +64,20 @@ class Engine:
     #: concurrent requests the engine admits before it answers "overloaded"
     slots: int = 2
     #: pause / resume / kill the engine process (process engines)
-    pid: Callable[[], int] | None = None
+    pid: Callable[[], int | None] | None = None
+    #: the shared server behind it (None: an in-process engine made per test)
+    server: Server | None = None
+
+
+def _signal(engine: Engine, sig: signal.Signals) -> None:
+    pid = engine.pid() if engine.pid is not None else None
+    assert pid is not None
+    os.kill(pid, sig)
 
 
 def pause(engine: Engine) -> None:
-    assert engine.pid is not None
-    os.kill(engine.pid(), signal.SIGSTOP)
+    _signal(engine, signal.SIGSTOP)
 
 
 def resume(engine: Engine) -> None:
-    assert engine.pid is not None
-    os.kill(engine.pid(), signal.SIGCONT)
+    _signal(engine, signal.SIGCONT)

@@ -49,6 +49,8 @@ async def run(adapter: WorkerAdapter, request: GenerateRequest) -> list:
 @pytest.fixture
 async def adapter(engine: Engine):
     assert engine.faults == LOCAL_FAULTS[engine.name]  # the registry and this table agree
+    if engine.server is not None:  # start from an idle engine, whatever ran before
+        await engine.server.wait_idle()
     made = engine.make_adapter()
     yield made
     if engine.name != "mock":

@@ -66,13 +66,15 @@ async def test_triton_pool_is_deterministic_across_two_real_servers(
     start_daemon, triton_server, triton_server_b, tmp_path
 ):
     """OC-CTRL-2025"""
+    for server in (triton_server, triton_server_b):
+        await server.wait_idle()
     pool = {
         "id": "triton",
         "engine": "triton",
         "model": "tiny",
         "engine_model": "tiny_llm",
         "determinism": "strict",
-        "replicas": {"endpoints": [f"grpc://{triton_server}", f"grpc://{triton_server_b}"]},
+        "replicas": {"endpoints": [f"grpc://{s.url}" for s in (triton_server, triton_server_b)]},
     }
     api = await start_daemon(pool)
     code, _, err = await orchctl(
