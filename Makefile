@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?=
 
-.PHONY: setup run test lint typecheck bench regen pact determinism clean
+.PHONY: setup run test stress lint typecheck bench regen pact determinism clean
 
 export PACT_DO_NOT_TRACK := true
 
@@ -27,8 +27,15 @@ setup: $(STAMP)  ## .venv with the project, dev tools and llama-server
 run: setup  ## serve the embedded default (or CONFIG=file.yaml)
 	$(BIN)/orchestratord serve $(if $(CONFIG),--config $(CONFIG))
 
-test: setup $(TRITON) lint typecheck  ## everything CI gates on
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+test: setup $(TRITON) lint typecheck  ## everything CI gates on (in file order)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly
+
+# Flakiness hunt: every core busy, random order, fresh sessions (see ci/stress.sh).
+STRESS_CONFORMANCE ?= 20
+STRESS_SUITE ?= 5
+stress: setup $(TRITON)  ## tests/conformance 20x, then the whole suite 5x, random order, under CPU load
+	bash ci/stress.sh $(STRESS_CONFORMANCE) tests/conformance
+	bash ci/stress.sh $(STRESS_SUITE)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -51,6 +58,8 @@ bench: setup  ## benchmarks (not tests); results go to docs/BENCHMARKS.md by han
 	$(BIN)/python -m test_harness.bench.core_queue
 	$(BIN)/python -m test_harness.bench.daemon_relay
 	$(BIN)/python -m test_harness.bench.llamacpp_relay
+	$(BIN)/python -m test_harness.bench.routers --engine mock
+	$(BIN)/python -m test_harness.bench.routers --engine llamacpp --streams 1 16 64
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -55,6 +55,11 @@ class TaskRequest(_Strict):
     )
     determinism: Determinism = Determinism.BEST_EFFORT
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    stream: bool = Field(
+        False,
+        description="Answer with the task's SSE stream (as `Accept: text/event-stream` does) "
+        "instead of 202; the task is canceled if the client leaves and does not resume.",
+    )
 
 
 class AdmissionResponse(BaseModel):
@@ -192,6 +197,7 @@ class CapabilitiesResponse(BaseModel):
 
 
 class StartedEvent(BaseModel):
+    task_id: str
     queue_position: int
     predicted_start_ms: int
     pool_id: str
@@ -213,3 +219,4 @@ class EndEvent(BaseModel):
     tokens_out: int
     decode_ms: int
     finish_reason: Literal["stop", "length", "canceled"]
+    tokens_in: int | None = Field(None, description="Prompt tokens, where the engine counts them.")

@@ -17,11 +17,13 @@ from pydantic import (
     Field,
     ValidationError,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
 from orchestrator_core.model import Determinism
 from orchestrator_core.queue import QueuePolicy
+from orchestratord.chat_template import ChatTemplate
 from orchestratord.engines import ENGINES
 
 
@@ -53,6 +55,13 @@ class ServerConfig(_Cfg):
     stream_buffer_events: Annotated[int, Field(ge=16)] = 4096
     #: Output kept per task for `GET /v1/tasks/{id}`.
     max_output_bytes: Annotated[int, Field(ge=0)] = 1 << 20
+    #: A stream with nothing to send for this long sends an SSE comment (with the queue
+    #: position while the task waits), so clients and proxies do not time out.
+    stream_heartbeat_s: Annotated[float, Field(gt=0)] = 5.0
+    #: A task whose stream is its request's answer (OpenAI `stream: true`, one-request
+    #: native streaming, non-streamed OpenAI requests) is canceled when its client goes
+    #: away and no reader comes back (Last-Event-ID resume) within this many seconds.
+    abandon_grace_s: Annotated[float, Field(ge=0)] = 3.0
     #: Environment variable holding the API key; when set, every `/v1/` request needs
     #: `Authorization: Bearer <key>` (health, readiness, metrics and the OpenAPI stay open).
     api_key_env: str | None = None
@@ -127,6 +136,10 @@ class PoolConfig(_Cfg):
     engine_model: str | None = None
     #: OpenAI-compatible engines: use `/v1/chat/completions` instead of `/v1/completions`.
     chat: bool = False
+    #: A Hugging Face style Jinja chat template (over `messages`, `add_generation_prompt`)
+    #: for conversations sent to this pool: required where the engine has no chat route
+    #: (triton); elsewhere it replaces the engine's own template.
+    chat_template: str | None = None
     #: Environment variable holding the engine's bearer key (keys never live in configs).
     api_key_env: str | None = None
     #: Concurrent requests per attached endpoint for engines that do not report slots
@@ -150,6 +163,13 @@ class PoolConfig(_Cfg):
         if managed is not None and kind.needs_model_path and not managed.model_path:
             raise ValueError(f"managed {self.engine} replicas need 'replicas.managed.model_path'")
         return self
+
+    @field_validator("chat_template")
+    @classmethod
+    def _compiles(cls, source: str | None) -> str | None:
+        if source is not None:
+            ChatTemplate(source)  # raises ChatTemplateError (a ValueError) naming the problem
+        return source
 
     @property
     def strict(self) -> bool:

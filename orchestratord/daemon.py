@@ -30,9 +30,12 @@ class Daemon:
     async def start(self) -> None:
         self.service = Orchestrator(self.config, self.launchers)
         self.service.start()
+        # handler_cancellation: a client that goes away cancels its handler at once, so a
+        # streamed request's task is canceled (or waits for a resume) without delay
         self.runner = web.AppRunner(
-            build_app(self.service), access_log=None, handle_signals=False, shutdown_timeout=1.0
-        )
+            build_app(self.service), access_log=None, handle_signals=False,
+            shutdown_timeout=1.0, handler_cancellation=True,
+        )  # fmt: skip
         await self.runner.setup()
         host = self.config.server.host
         # A large backlog: bursts of connects must not drop SYNs (see PERFORMANCE.md);

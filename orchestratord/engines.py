@@ -40,6 +40,8 @@ class EngineKind:
     manage: Callable[[PoolConfig], Launcher] | None = None
     #: Managed replicas need `replicas.managed.model_path` (a model file on this host).
     needs_model_path: bool = False
+    #: The engine renders conversations with its own chat template (a chat route).
+    chat: bool = True
 
 
 def _llamacpp_endpoint(pool: PoolConfig, url: str) -> WorkerAdapter:
@@ -81,7 +83,9 @@ ENGINES: dict[str, EngineKind] = {
         EngineKind("llamacpp", _llamacpp_endpoint, _llama_server, needs_model_path=True),
         EngineKind("tgi", lambda pool, url: TGIAdapter(url)),
         EngineKind(
-            "triton", lambda pool, url: TritonAdapter(url, model=pool.engine_model or pool.model)
+            "triton",
+            lambda pool, url: TritonAdapter(url, model=pool.engine_model or pool.model),
+            chat=False,
         ),
         EngineKind("openai", _openai_endpoint),
         EngineKind("mock", manage=_mock),  # in-process: tests, benchmarks, demos

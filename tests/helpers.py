@@ -69,6 +69,8 @@ class Api:
                             return out
                     event = {}
                     continue
+                if line.startswith(":"):
+                    continue  # an SSE comment (queue position, keep-alive)
                 key, _, value = line.partition(": ")
                 event[key] = value
         return out

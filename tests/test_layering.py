@@ -28,8 +28,11 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.daemon", "orchestratord.defaults"),
     ("orchestratord.api.app",),
     ("orchestratord.api.data_plane", "orchestratord.api.control_plane",
-     "orchestratord.api.provider_states"),
+     "orchestratord.api.openai_door", "orchestratord.api.provider_states"),
+    ("orchestratord.api.streaming",),
+    ("orchestratord.api.sse",),
     ("orchestratord.api.errors", "orchestratord.api.http", "orchestratord.api.openapi"),
+    ("orchestratord.api.operations",),
     ("orchestratord.api",),
     ("orchestratord.service", "orchestratord.service.orchestrator"),
     ("orchestratord.service.admission", "orchestratord.service.views"),
@@ -38,10 +41,10 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.service.tasks",),
     ("orchestratord.service.refusal", "orchestratord.service.streams"),
     ("orchestratord.config",),
-    ("orchestratord.engines",),
+    ("orchestratord.engines", "orchestratord.chat_template"),
     ("orchestratord.telemetry", "orchestratord.telemetry.metrics",
      "orchestratord.telemetry.logging"),
-    ("orchestratord.api_models", "orchestratord"),
+    ("orchestratord.api_models", "orchestratord.openai_models", "orchestratord"),
 )  # fmt: skip
 
 #: The client wing (SDK, orchctl, determinism suite) ships apart from the server.

@@ -13,7 +13,7 @@ consuming it) must release the engine's slot — close the connection, cancel th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -33,8 +33,21 @@ class AdapterError(OrchestratorError):
 
 
 @dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One turn of a conversation (OpenAI roles: system, developer, user, assistant)."""
+
+    role: str
+    content: str
+
+
+def chat_dicts(messages: Iterable[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateRequest:
-    """What an engine is asked to do, engine-neutral."""
+    """What an engine is asked to do, engine-neutral: a `prompt`, or — for engines that
+    render conversations with their own chat template — `messages` (the prompt unused)."""
 
     prompt: str
     max_tokens: int
@@ -47,6 +60,12 @@ class GenerateRequest:
     cache_prompt: bool = True
     #: Engine-side priority where the engine supports one (vLLM `priority`).
     priority: int | None = None
+    #: A conversation for the engine's chat route to template; empty for plain prompts.
+    messages: tuple[ChatMessage, ...] = ()
+
+    def chat(self) -> list[dict[str, str]]:
+        """`messages` as OpenAI-style dicts (every engine's chat route takes these)."""
+        return chat_dicts(self.messages)
 
     def sampling(self) -> dict[str, float | int]:
         """The seed and sampling parameters that were set, under their common names

@@ -1,21 +1,29 @@
-"""What every HTTP streaming engine adapter shares: one client session with a fresh
-connection per stream, JSON probes, and SSE-over-POST with failures classified into the
-shared taxonomy. Engine modules add only their protocol: request body and event mapping."""
+"""What every HTTP streaming engine adapter shares: one client session whose connections
+are reused where the engine keeps them alive, JSON probes, and SSE-over-POST with failures
+classified into the shared taxonomy. Engine modules add only their protocol: request body
+and event mapping.
+
+Reuse meets engines that close a connection after a stream although they advertise
+keep-alive (llama-server): a request that finds its pooled connection dead before any
+response byte is sent again on another — the engine never saw it — instead of failing."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 
 from orchestrator_core.errors import ErrorCode
 from worker_adapters.base import AdapterError
 from worker_adapters.http_errors import CONNECTION_ERRORS, connection_error, status_error
 from worker_adapters.sse import Oversized, sse_data
 
-DONE = "[DONE]"
+DONE = b"[DONE]"
+JSON = {"Content-Type": "application/json"}
+#: Tries of a request whose connection turns out dead before the engine answered.
+_STALE_TRIES = 3
 
 
 class HttpEngine:
@@ -30,10 +38,8 @@ class HttpEngine:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
-        # A fresh connection per request: some engines (llama-server) close the socket
-        # after a streamed response although they advertise keep-alive.
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(force_close=True, limit=0),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             headers=dict(headers or {}),
         )
@@ -47,7 +53,7 @@ class HttpEngine:
                 body = await r.read()
                 if r.status != 200:
                     raise status_error(r.status, body, self.engine)
-                return json.loads(body)
+                return orjson.loads(body)
         except CONNECTION_ERRORS as e:
             raise connection_error(e, self.engine) from e
 
@@ -82,11 +88,21 @@ class HttpEngine:
                     continue
         return found
 
+    async def _post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+        """POST, sending again on another connection when a pooled one was dead."""
+        for attempt in range(1, _STALE_TRIES + 1):
+            try:
+                return await self._session.post(self.base_url + path, data=body, headers=JSON)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if attempt == _STALE_TRIES:
+                    raise
+        raise AssertionError("unreachable")
+
     async def _post_sse(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[Any]:
         """POST and yield each SSE event's JSON until `[DONE]` or the end of the body.
         HTTP errors, dropped connections and malformed events raise AdapterError."""
         try:
-            async with self._session.post(self.base_url + path, json=body) as r:
+            async with await self._post(path, orjson.dumps(body)) as r:
                 if r.status != 200:
                     raise status_error(r.status, await r.read(), self.engine)
                 async for data in sse_data(r.content.iter_any()):
@@ -95,14 +111,14 @@ class HttpEngine:
                     yield self._decode(data)
         except CONNECTION_ERRORS as e:
             raise connection_error(e, self.engine) from e
-        except json.JSONDecodeError as e:
+        except orjson.JSONDecodeError as e:
             raise AdapterError(
                 ErrorCode.WORKER_RESET,
                 f"{self.engine} sent a malformed event: {e}",
                 engine=self.engine,
             ) from e
 
-    def _decode(self, data: str) -> Any:
+    def _decode(self, data: bytes | Oversized) -> Any:
         """One event's JSON. Engines that send events larger than the SSE bound override
         this to recover what they need from the kept tail."""
         if isinstance(data, Oversized):
@@ -111,7 +127,7 @@ class HttpEngine:
                 f"{self.engine} sent an event over the size bound",
                 engine=self.engine,
             )
-        return json.loads(data)
+        return orjson.loads(data)
 
     def ended_early(self) -> AdapterError:
         return AdapterError(

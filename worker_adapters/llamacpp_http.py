@@ -4,10 +4,14 @@ Protocol notes (design/PROTOCOLS.md A1, ENGINES.md):
 - stream events are `data: {json}` with no terminator; the last has `stop: true`,
   `stop_type` (eos | word | limit), `tokens_predicted`, `tokens_evaluated`, `timings`;
 - the server closes the TCP connection after a streamed response although it advertises
-  keep-alive, so every stream uses a fresh connection (`force_close`);
+  keep-alive; a request that meets such a closed pooled connection is sent again on
+  another before any byte was answered (`HttpEngine._post`);
 - cancel = close the connection: generation stops and the slot frees at once;
 - readiness is `GET /health` (503 while loading, 200 when ready); slots and context come
-  from `/props` and `/slots`.
+  from `/props` and `/slots`;
+- conversations go to its OpenAI chat route (`/v1/chat/completions`), which renders them
+  with the model's own chat template (llama.cpp's default where the model has none) and
+  takes the same native extras (`cache_prompt`, `logit_bias`, ...); it gives no token ids.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from worker_adapters.base import (
 )
 from worker_adapters.http_engine import HttpEngine
 from worker_adapters.http_errors import status_error
+from worker_adapters.openai_http import CHAT_PATH, openai_events
 
 ENGINE = "llamacpp"
 _FINISH: dict[str, FinishReason] = {"limit": "length", "eos": "stop", "word": "stop"}
@@ -110,20 +115,28 @@ class LlamaCppAdapter(HttpEngine):
     def _body(self, req: GenerateRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             **self.extra_params,
-            "prompt": req.prompt,
             "n_predict": req.max_tokens,
             "stream": True,
             "cache_prompt": req.cache_prompt,
-            "return_tokens": True,
         }
+        if req.messages:
+            body.update(messages=req.chat(), stream_options={"include_usage": True})
+        else:
+            body.update(prompt=req.prompt, return_tokens=True)
         body.update(req.sampling())
         if req.stop:
             body["stop"] = list(req.stop)
         return body
 
-    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        body = self._body(request)
+        if request.messages:
+            return openai_events(self._post_sse(CHAT_PATH, body), self.ended_early())
+        return self._completion(body)
+
+    async def _completion(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
         predicted = 0  # tokens counted so far, from the engine's own tally
-        async for event in self._post_sse("/completion", self._body(request)):
+        async for event in self._post_sse("/completion", body):
             if "error" in event:  # an error after the stream started
                 err = event["error"]
                 code = err.get("code", 500) if isinstance(err, dict) else 500

@@ -59,6 +59,15 @@ class MockConfig:
 _DIRECTIVE = re.compile(r"\[\[(stall|fail|big):(\d+)\]\]")
 
 
+def render_chat(request: GenerateRequest) -> str:
+    """The mock's own chat template (engines with a chat route render conversations
+    themselves): one `<|role|>content` line per message, then the assistant's turn."""
+    if not request.messages:
+        return request.prompt
+    turns = "".join(f"<|{m.role}|>{m.content}\n" for m in request.messages)
+    return turns + "<|assistant|>"
+
+
 def token_stream(seed: int, prompt: str, n: int) -> list[str]:
     """The mock's output for a request: a pure function of (seed, prompt, n)."""
     digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
@@ -100,11 +109,12 @@ class MockAdapter:
         self.active += 1
         try:
             seed = request.seed if request.seed is not None else 0
-            words = token_stream(seed, request.prompt, request.max_tokens)
+            prompt = render_chat(request)
+            words = token_stream(seed, prompt, request.max_tokens)
             delay = 1.0 / cfg.token_rate if cfg.token_rate > 0 else 0.0
             fail_after, stall_after = cfg.fail_after_tokens, cfg.stall_after_tokens
             big = 0
-            for kind, n in _DIRECTIVE.findall(request.prompt):
+            for kind, n in _DIRECTIVE.findall(prompt):
                 if kind == "fail":
                     fail_after = int(n)
                 elif kind == "stall":
@@ -124,11 +134,11 @@ class MockAdapter:
                 elif sent % 64 == 63:
                     await asyncio.sleep(0)  # let other streams run, as a real engine would
                 if request.stop and any(word.strip() == s for s in request.stop):
-                    yield End("stop", sent, len(request.prompt.split()))
+                    yield End("stop", sent, len(prompt.split()))
                     return
                 sent += 1
                 yield Token((word * (big // len(word) + 1))[:big] if big else word)
-            yield End("length", sent, len(request.prompt.split()))
+            yield End("length", sent, len(prompt.split()))
         finally:
             self.active -= 1
 

@@ -1,15 +1,16 @@
 """OpenAI-compatible engines: vLLM, SGLang, llama.cpp's `/v1` routes, TGI's Messages API.
 
-`POST /v1/completions` (or `/v1/chat/completions` with `chat=True`) with `stream: true` and
-`stream_options.include_usage`; chunks carry `choices[0].text` (or `.delta.content`) and a
-`finish_reason`; usage arrives in a final chunk; the stream ends with `data: [DONE]`.
-vLLM's `priority` is sent only where the pool says the engine runs priority scheduling
-(vLLM rejects a non-zero priority otherwise).
+`POST /v1/completions` (or `/v1/chat/completions` for conversations, and for plain prompts
+with `chat=True`) with `stream: true` and `stream_options.include_usage`; chunks carry
+`choices[0].text` (or `.delta.content`) and a `finish_reason`; usage arrives in a final
+chunk; the stream ends with `data: [DONE]`. `openai_events` turns such a stream into our
+events for every adapter that speaks it. vLLM's `priority` is sent only where the pool says
+the engine runs priority scheduling (vLLM rejects a non-zero priority otherwise).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import Any
 
 from worker_adapters.base import (
@@ -25,6 +26,33 @@ from worker_adapters.base import (
 from worker_adapters.http_engine import HttpEngine
 
 ENGINE = "openai"
+CHAT_PATH = "/v1/chat/completions"
+
+
+async def openai_events(
+    chunks: AsyncIterable[Any], ended_early: AdapterError
+) -> AsyncIterator[StreamEvent]:
+    """OpenAI completion or chat chunks (already JSON-decoded) as Tokens and one End;
+    `ended_early` is raised for a stream cut short or an in-stream error."""
+    finish: FinishReason | None = None
+    sent = 0
+    usage: dict[str, Any] = {}
+    async for chunk in chunks:
+        if "error" in chunk:
+            raise ended_early
+        for choice in chunk.get("choices") or ():
+            text = choice.get("text")
+            if text is None:
+                text = (choice.get("delta") or {}).get("content")
+            if text:
+                sent += 1
+                yield Token(text)
+            if choice.get("finish_reason"):
+                finish = "length" if choice["finish_reason"] == "length" else "stop"
+        usage = chunk.get("usage") or usage
+    if finish is None:  # [DONE] (or the end) without a finish_reason: cut short
+        raise ended_early
+    yield End(finish, int(usage.get("completion_tokens", sent)), usage.get("prompt_tokens"))
 
 
 class OpenAIAdapter(HttpEngine):
@@ -87,7 +115,9 @@ class OpenAIAdapter(HttpEngine):
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if self.chat:
+        if req.messages:
+            body["messages"] = req.chat()
+        elif self.chat:
             body["messages"] = [{"role": "user", "content": req.prompt}]
         else:
             body["prompt"] = req.prompt
@@ -98,24 +128,6 @@ class OpenAIAdapter(HttpEngine):
             body["priority"] = req.priority
         return body
 
-    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        path = "/v1/chat/completions" if self.chat else "/v1/completions"
-        finish: FinishReason | None = None
-        sent = 0
-        usage: dict[str, Any] = {}
-        async for chunk in self._post_sse(path, self._body(request)):
-            if "error" in chunk:
-                raise self.ended_early()
-            for choice in chunk.get("choices") or ():
-                text = choice.get("text")
-                if text is None:
-                    text = (choice.get("delta") or {}).get("content")
-                if text:
-                    sent += 1
-                    yield Token(text)
-                if choice.get("finish_reason"):
-                    finish = "length" if choice["finish_reason"] == "length" else "stop"
-            usage = chunk.get("usage") or usage
-        if finish is None:  # [DONE] (or the end) without a finish_reason: cut short
-            raise self.ended_early()
-        yield End(finish, int(usage.get("completion_tokens", sent)), usage.get("prompt_tokens"))
+    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        path = CHAT_PATH if request.messages or self.chat else "/v1/completions"
+        return openai_events(self._post_sse(path, self._body(request)), self.ended_early())

@@ -20,7 +20,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 
 
 class Oversized(str):
-    """An event too large to keep whole: the str is its tail; `head` its beginning."""
+    """An event too large to keep whole: the str is its tail; `head` its beginning.
+    (Events of normal size come as bytes, ready for a JSON parser.)"""
 
     head: str = ""
 
@@ -45,7 +46,7 @@ async def sse_data(
     max_event_bytes: int = 256 * 1024,
     head_bytes: int = 128 * 1024,
     tail_bytes: int = 8192,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes | Oversized]:
     """Yield the `data` of each event (multi-line data joined with newlines)."""
     buffer = b""
     data: list[bytes] = []
@@ -71,8 +72,8 @@ async def sse_data(
             line, buffer = buffer[:cut].rstrip(b"\r"), buffer[cut + 1 :]
             if not line:
                 if data or head is not None:
-                    joined = b"\n".join(data)
-                    yield joined.decode() if head is None else Oversized.of(head, joined)
+                    joined = data[0] if len(data) == 1 else b"\n".join(data)
+                    yield joined if head is None else Oversized.of(head, joined)
                 data, size, head = [], 0, None
                 continue
             value = _field(line) if head is None else line
@@ -88,4 +89,4 @@ async def sse_data(
         data.append(value)
     if data:  # a stream cut right after its last data line
         joined = b"\n".join(data)
-        yield joined.decode() if head is None else Oversized.of(head, joined)
+        yield joined if head is None else Oversized.of(head, joined)

@@ -5,6 +5,8 @@
 `details{finish_reason,generated_tokens,seed,input_length}`; `data:` may come with or
 without a space. Errors are `{"error","error_type"}`: 422 validation, 424 generation,
 429 overloaded — in the HTTP status before the stream, in an event after it started.
+Conversations go to TGI's Messages API (`POST /v1/chat/completions`, OpenAI chat chunks,
+rendered with the model's chat template by TGI).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from worker_adapters.base import (
     Token,
 )
 from worker_adapters.http_engine import HttpEngine
+from worker_adapters.openai_http import CHAT_PATH, openai_events
 from worker_adapters.sse import Oversized
 
 ENGINE = "tgi"
@@ -39,7 +42,7 @@ _ERROR_TYPES = {"overloaded": ErrorCode.REPLICA_EXHAUSTED, "validation": ErrorCo
 class TGIAdapter(HttpEngine):
     engine = ENGINE
 
-    def _decode(self, data: str) -> Any:
+    def _decode(self, data: bytes | Oversized) -> Any:
         # TGI's last event repeats the whole text in `generated_text`; for a large output we
         # never hold it: only the event's tail is kept, and `details` comes last.
         if isinstance(data, Oversized):
@@ -90,7 +93,22 @@ class TGIAdapter(HttpEngine):
             params["stop"] = list(req.stop)
         return {"inputs": req.prompt, "parameters": params}
 
-    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+    def _chat_body(self, req: GenerateRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": "tgi", "messages": req.chat(), "max_tokens": req.max_tokens,
+            "stream": True, "stream_options": {"include_usage": True}, **req.sampling(),
+        }  # fmt: skip
+        if req.stop:
+            body["stop"] = list(req.stop)
+        return body
+
+    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+        if request.messages:
+            chunks = self._post_sse(CHAT_PATH, self._chat_body(request))
+            return openai_events(chunks, self.ended_early())
+        return self._generate(request)
+
+    async def _generate(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
         async for event in self._post_sse("/generate_stream", self._body(request)):
             if "error" in event:
                 code = _ERROR_TYPES.get(event.get("error_type", ""), ErrorCode.WORKER_RESET)

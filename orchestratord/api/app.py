@@ -1,5 +1,6 @@
 """The aiohttp application: the middleware every request passes (correlation id, error
-envelopes, optional bearer key) and the routes of both planes."""
+envelopes — OpenAI-shaped on the OpenAI door —, optional bearer key) and the routes of the
+data plane, the control plane and the OpenAI-compatible door."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
-from orchestratord.api import control_plane, data_plane, provider_states
+from orchestratord.api import control_plane, data_plane, openai_door, provider_states
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
 from orchestratord.api.http import CID, CORRELATION
 from orchestratord.api.openapi import document
@@ -35,22 +36,25 @@ def correlation_and_errors(max_body: int) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         cid = request.headers.get(CORRELATION) or str(uuid.uuid4())
         request[CID] = cid
+        openai = request.path in openai_door.PATHS
         try:
             response = await handler(request)
         except Refusal as refusal:
-            response = refusal_response(refusal)
+            response = refusal_response(refusal, openai=openai)
         except web.HTTPException as e:
             if e.status < 400:
                 raise
             message = e.reason
             if e.status == 413:
                 message = f"request body too large (limit {max_body} bytes)"
-            response = error_response(ErrorEnvelope.of(code_for_http(e.status), message), e.status)
+            envelope = ErrorEnvelope.of(code_for_http(e.status), message)
+            response = error_response(envelope, e.status, openai=openai)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("unhandled error", path=request.path, correlation_id=cid)
-            response = error_response(ErrorEnvelope.of(ErrorCode.INTERNAL, "internal error"), 500)
+            envelope = ErrorEnvelope.of(ErrorCode.INTERNAL, "internal error")
+            response = error_response(envelope, 500, openai=openai)
         if not response.prepared:
             response.headers[CORRELATION] = cid
         return response
@@ -86,6 +90,7 @@ def build_app(service: Orchestrator) -> web.Application:
         middlewares.append(require_key(key))
     app = web.Application(client_max_size=server.max_body_bytes, middlewares=middlewares)
     app.add_routes(data_plane.routes(service))
+    app.add_routes(openai_door.routes(service))
     app.add_routes(control_plane.routes(service, document()))
     if server.enable_test_endpoints:
         app.add_routes(provider_states.routes(service))

@@ -1,21 +1,20 @@
-"""The data plane's routes: admit tasks, follow them (SSE with `Last-Event-ID` resume),
-read their status, cancel them; sessions."""
+"""The data plane's routes: admit tasks (202, or their stream at once), follow them (SSE
+with `Last-Event-ID` resume, native or OpenAI chunk format), read their status, cancel
+them; sessions."""
 
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
+from orchestrator_core.model import Placement
 from orchestratord import api_models as api
 from orchestratord.api.errors import gone
-from orchestratord.api.http import CID, CORRELATION, json_response, parse
+from orchestratord.api.http import CID, json_response, parse, tenant_of
+from orchestratord.api.sse import NativeEvents, renderer_for
+from orchestratord.api.streaming import stream_task
 from orchestratord.service import Orchestrator, Refusal, StreamGap
-
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-}  # fmt: skip
+from orchestratord.service.admission import Submission
 
 
 def _last_event_id(request: web.Request) -> int | None:
@@ -30,13 +29,35 @@ def _last_event_id(request: web.Request) -> int | None:
         ) from None
 
 
+def submission(req: api.TaskRequest, request: web.Request, *, streamed: bool) -> Submission:
+    """A native task request as admission takes it."""
+    s = req.sampling
+    return Submission(
+        model=req.model, tenant=tenant_of(request), correlation_id=request[CID],
+        prompt=req.prompt, max_tokens=req.max_tokens, seed=req.seed,
+        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, stop=tuple(s.stop),
+        priority=req.priority, deadline_ms=req.deadline_ms, determinism=req.determinism,
+        placement=Placement(req.placement.mode, req.placement.replica_id),
+        pool_id=req.placement.pool_id, session_id=req.session_id,
+        task_id=str(req.task_id) if req.task_id else None, cancel_when_abandoned=streamed,
+    )  # fmt: skip
+
+
 def routes(svc: Orchestrator) -> list[web.RouteDef]:
-    async def submit(request: web.Request) -> web.Response:
+    async def submit(request: web.Request) -> web.StreamResponse:
         req = await parse(request, api.TaskRequest)
-        tenant = request.headers.get("X-Tenant-Id", "default")[:64]
-        admitted = svc.submit(req, tenant=tenant, correlation_id=request[CID])
+        streamed = req.stream or "text/event-stream" in request.headers.get("Accept", "")
+        rec = svc.submit(submission(req, request, streamed=streamed))
+        task_id = rec.task.id
+        where = {"Location": f"/v1/tasks/{task_id}", "X-Task-Id": task_id}
+        if streamed:  # one request: the answer is the stream itself
+            return await stream_task(request, svc, rec, NativeEvents(), headers=where)
+        admitted = api.AdmissionResponse(
+            task_id=task_id, queue_position=rec.queue_position,
+            predicted_start_ms=rec.predicted_start_ms, stream_url=f"/v1/tasks/{task_id}/stream",
+        )  # fmt: skip
         response = json_response(admitted, 202)
-        response.headers["Location"] = f"/v1/tasks/{admitted.task_id}"
+        response.headers.update(where)
         return response
 
     async def status(request: web.Request) -> web.Response:
@@ -47,25 +68,12 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         return web.Response(status=204)
 
     async def stream(request: web.Request) -> web.StreamResponse:
-        frames = svc.events(request.match_info["task_id"], _last_event_id(request))
+        rec = svc.task(request.match_info["task_id"])
+        render = renderer_for(rec, request.headers.get("Accept", ""))
         try:
-            first = await anext(frames, None)
-        except StreamGap as gap:
+            return await stream_task(request, svc, rec, render, after=_last_event_id(request))
+        except StreamGap as gap:  # resuming after events no longer retained
             return gone(str(gap))
-        response = web.StreamResponse(headers={**_SSE_HEADERS, CORRELATION: request[CID]})
-        await response.prepare(request)
-        try:
-            if first is not None:
-                await response.write(first)
-            async for chunk in frames:
-                await response.write(chunk)
-        except StreamGap as gap:
-            envelope = api.ErrorEnvelope.of(ErrorCode.INTERNAL, f"reader fell behind: {gap}")
-            await response.write(f"event: error\ndata: {envelope.model_dump_json()}\n\n".encode())
-        except (ConnectionResetError, asyncio.CancelledError):
-            return response  # the client went away; the task carries on
-        await response.write_eof()
-        return response
 
     async def get_session(request: web.Request) -> web.Response:
         return json_response(svc.session(request.match_info["session_id"]))

@@ -1,5 +1,7 @@
 """Errors become HTTP here, once (after TGI's `impl From<InferError> for (StatusCode, ...)`):
-the one `ErrorCode → status` table, and the headers each status carries.
+the one `ErrorCode → status` table, the headers each status carries, and the two bodies —
+our envelope, or OpenAI's `{"error": {message, type, code, param}}` (with our code in
+`code`) on the OpenAI-compatible door.
 
 Everything below the API raises typed errors (`Refusal`); no other module picks a status.
 """
@@ -7,7 +9,9 @@ Everything below the API raises typed errors (`Refusal`); no other module picks 
 from __future__ import annotations
 
 from math import ceil
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
@@ -64,24 +68,52 @@ def headers_for(status: int, retry_after_ms: int | None = None) -> dict[str, str
     return {}
 
 
+#: OpenAI's error `type` for a status (its SDKs pick the exception class by status).
+_OPENAI_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 409: "invalid_request_error", 410: "invalid_request_error",
+    413: "invalid_request_error", 429: "rate_limit_error",
+}  # fmt: skip
+
+
+def openai_error(envelope: ErrorEnvelope, status: int) -> dict[str, Any]:
+    """The envelope in OpenAI's error shape."""
+    error_type = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+    return {
+        "error": {
+            "message": envelope.message, "type": error_type, "code": envelope.code,
+            "param": envelope.field,
+        }
+    }  # fmt: skip
+
+
 def error_response(
-    envelope: ErrorEnvelope, status: int, retry_after_ms: int | None = None
+    envelope: ErrorEnvelope,
+    status: int,
+    retry_after_ms: int | None = None,
+    *,
+    openai: bool = False,
 ) -> web.Response:
+    body = (
+        orjson.dumps(openai_error(envelope, status))
+        if openai
+        else envelope.model_dump_json(exclude_none=True).encode()
+    )
     return web.Response(
-        body=envelope.model_dump_json(exclude_none=True),
+        body=body,
         status=status,
         headers=headers_for(status, retry_after_ms),
         content_type="application/json",
     )
 
 
-def refusal_response(refusal: Refusal) -> web.Response:
+def refusal_response(refusal: Refusal, *, openai: bool = False) -> web.Response:
     envelope = ErrorEnvelope.of(
         refusal.code, refusal.message, retriable=refusal.retriable, field=refusal.field,
         pool_id=refusal.pool_id, retry_after_ms=refusal.retry_after_ms,
         policy_label=refusal.policy_label,
     )  # fmt: skip
-    return error_response(envelope, STATUS[refusal.code], refusal.retry_after_ms)
+    return error_response(envelope, STATUS[refusal.code], refusal.retry_after_ms, openai=openai)
 
 
 def gone(message: str) -> web.Response:

@@ -18,6 +18,11 @@ CID: web.RequestKey[str] = web.RequestKey("cid", str)
 M = TypeVar("M", bound=BaseModel)
 
 
+def tenant_of(request: web.Request) -> str:
+    """Who a task is accounted to for fairness (`X-Tenant-Id`)."""
+    return request.headers.get("X-Tenant-Id", "default")[:64]
+
+
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(
         body=model.model_dump_json(), status=status, content_type="application/json"

@@ -1,7 +1,7 @@
-"""The API contracts, generated: OpenAPI 3.1 for the data and control planes and the
-config JSON Schema, from the pydantic models (the single source) and the operation table
-below. `make regen` writes them to `contracts/`; a test keeps them diff-clean and keeps
-the table equal to the daemon's routes.
+"""The API contracts, generated: OpenAPI 3.1 for the data plane, the control plane and the
+OpenAI-compatible door, and the config JSON Schema, from the pydantic models (the single
+source) and the operation table (`api.operations`). `make regen` writes them to
+`contracts/`; a test keeps them diff-clean and keeps the table equal to the daemon's routes.
 
     python -m orchestratord.api.openapi contracts/     # write
     python -m orchestratord.api.openapi --check contracts/
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,10 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from orchestratord import api_models as api
+from orchestratord.api.operations import OPERATIONS, Operation
 from orchestratord.config import Config
 
-ENVELOPE = "ErrorEnvelope"
+PLANES = {"data": "data plane", "control": "control plane", "openai": "OpenAI-compatible door"}
 SSE_EVENTS: dict[str, type[BaseModel]] = {
     "started": api.StartedEvent,
     "token": api.TokenEvent,
@@ -30,117 +30,6 @@ SSE_EVENTS: dict[str, type[BaseModel]] = {
     "error": api.ErrorEnvelope,
 }
 
-
-@dataclass(frozen=True)
-class Operation:
-    method: str
-    path: str
-    plane: str  # data | control
-    summary: str
-    request: type[BaseModel] | None = None
-    #: status -> response model (None: no body); 4xx/5xx answer with the envelope
-    ok: dict[int, type[BaseModel] | None] = field(default_factory=dict)
-    errors: tuple[int, ...] = ()
-    stream: bool = False
-    content: str = "application/json"
-
-
-OPERATIONS: tuple[Operation, ...] = (
-    Operation(
-        "post",
-        "/v1/tasks",
-        "data",
-        "Admit a task into its pool's queue",
-        api.TaskRequest,
-        {202: api.AdmissionResponse},
-        (400, 404, 413, 429, 503),
-    ),
-    Operation(
-        "get",
-        "/v1/tasks/{task_id}",
-        "data",
-        "A task's state (and output once ended)",
-        None,
-        {200: api.TaskStatus},
-        (404,),
-    ),
-    Operation(
-        "get",
-        "/v1/tasks/{task_id}/stream",
-        "data",
-        "The task's SSE stream; Last-Event-ID resumes after that event",
-        None,
-        {200: None},
-        (400, 404, 410),
-        stream=True,
-    ),
-    Operation(
-        "post",
-        "/v1/tasks/{task_id}/cancel",
-        "data",
-        "Cancel a task (idempotent)",
-        None,
-        {204: None},
-        (404,),
-    ),
-    Operation(
-        "get",
-        "/v1/sessions/{session_id}",
-        "data",
-        "Session affinity and KV warmth",
-        None,
-        {200: api.SessionInfo},
-        (404,),
-    ),
-    Operation("delete", "/v1/sessions/{session_id}", "data", "Forget a session", None, {204: None}),
-    Operation("get", "/v1/pools", "control", "Pools and their replicas", None, {200: api.PoolList}),
-    Operation(
-        "get", "/v1/pools/{pool_id}", "control", "One pool", None, {200: api.PoolInfo}, (404,)
-    ),
-    Operation(
-        "get",
-        "/v1/pools/{pool_id}/health",
-        "control",
-        "A pool's health",
-        None,
-        {200: api.PoolHealth},
-        (404,),
-    ),
-    Operation(
-        "post",
-        "/v1/pools/{pool_id}/drain",
-        "control",
-        "Stop admitting; end what remains at the deadline",
-        api.DrainRequest,
-        {202: api.Accepted},
-        (400, 404),
-    ),
-    Operation(
-        "post",
-        "/v1/pools/{pool_id}/reload",
-        "control",
-        "Swap the model atomically; rolled back on failure",
-        api.ReloadRequest,
-        {202: api.Accepted},
-        (400, 404),
-    ),
-    Operation(
-        "get",
-        "/v1/capabilities",
-        "control",
-        "Engines, versions and context limits",
-        None,
-        {200: api.CapabilitiesResponse},
-    ),
-    Operation("get", "/healthz", "control", "Liveness", None, {200: None}),
-    Operation(
-        "get", "/readyz", "control", "Readiness: a replica is Ready", None, {200: None}, (503,)
-    ),
-    Operation(
-        "get", "/metrics", "control", "Prometheus metrics", None, {200: None}, content="text/plain"
-    ),
-    Operation("get", "/openapi.json", "control", "This API's OpenAPI document", None, {200: None}),
-)
 
 _BACKPRESSURE_HEADERS = {
     "Retry-After": {
@@ -168,9 +57,16 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _sse_description() -> str:
+def _sse_description(op: Operation) -> str:
+    if op.plane == "openai":
+        return (
+            "JSON, or with `stream: true` server-sent events: `data:` OpenAI chunks, each "
+            "with an `id:`, a usage chunk when `stream_options.include_usage`, then "
+            "`data: [DONE]`"
+        )
     lines = ["Server-sent events, each `event: NAME`, `id: N`, `data: JSON`:"]
     lines += [f"- `{name}`: `{model.__name__}`" for name, model in SSE_EVENTS.items()]
+    lines.append("While the task is queued, SSE comments give its position.")
     return "\n".join(lines)
 
 
@@ -181,38 +77,19 @@ def _operation(op: Operation) -> dict[str, Any]:
         .replace("}", "")
         .replace(".", "_"),
     }
-    params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    string = {"type": "string"}
+    params: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": string}
         for name in ("task_id", "session_id", "pool_id")
         if f"{{{name}}}" in op.path
     ]
-    params.append(
-        {
-            "name": "X-Correlation-Id",
-            "in": "header",
-            "required": False,
-            "schema": {"type": "string"},
-        }
-    )
-    if op.path == "/v1/tasks":
+    params.append({"name": "X-Correlation-Id", "in": "header", "required": False, "schema": string})
+    for name, description in op.headers:
+        schema = {"type": "string", "pattern": "^[0-9]+$"} if name == "Last-Event-ID" else string
         params.append(
-            {
-                "name": "X-Tenant-Id",
-                "in": "header",
-                "required": False,
-                "description": "Who the task is accounted to for fairness",
-                "schema": {"type": "string"},
-            }
-        )
-    if op.stream:
-        params.append(
-            {
-                "name": "Last-Event-ID",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string", "pattern": "^[0-9]+$"},
-            }
-        )
+            {"name": name, "in": "header", "required": False, "description": description,
+             "schema": schema}
+        )  # fmt: skip
     doc["parameters"] = params
     if op.request is not None:
         doc["requestBody"] = {
@@ -222,53 +99,41 @@ def _operation(op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, model in op.ok.items():
         entry: dict[str, Any] = {"description": "OK", "headers": _CORRELATION}
-        if op.stream:
-            entry["description"] = _sse_description()
-            entry["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
-        elif model is not None:
-            entry["content"] = {"application/json": {"schema": _ref(model)}}
-        elif status != 204:
-            entry["content"] = {
-                op.content: {
-                    "schema": {"type": "object"}
-                    if op.content == "application/json"
-                    else {"type": "string"}
-                }
-            }
+        content: dict[str, Any] = {}
+        if model is not None:
+            content["application/json"] = {"schema": _ref(model)}
+        if status in op.sse:
+            entry["description"] = _sse_description(op)
+            content["text/event-stream"] = {"schema": {"type": "string"}}
+        elif model is None and status != 204:
+            plain = op.content != "application/json"
+            content[op.content] = {"schema": {"type": "string" if plain else "object"}}
+        if content:
+            entry["content"] = content
         responses[str(status)] = entry
+    error = {"application/json": {"schema": _ref(op.error)}}
     for status in op.errors:
         headers = dict(_CORRELATION)
-        if status in (429, 503):
-            headers.update(
-                _BACKPRESSURE_HEADERS
-                if status == 429
-                else {"Retry-After": _BACKPRESSURE_HEADERS["Retry-After"]}
-            )
-        responses[str(status)] = {
-            "description": "Error",
-            "headers": headers,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{ENVELOPE}"}}
-            },
-        }
-    responses["500"] = {
-        "description": "Internal error (never a traceback)",
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ENVELOPE}"}}},
-    }
+        if status == 429:
+            headers.update(_BACKPRESSURE_HEADERS)
+        elif status == 503:
+            headers["Retry-After"] = _BACKPRESSURE_HEADERS["Retry-After"]
+        responses[str(status)] = {"description": "Error", "headers": headers, "content": error}
+    responses["500"] = {"description": "Internal error (never a traceback)", "content": error}
     doc["responses"] = responses
     return doc
 
 
 def document(plane: str | None = None) -> dict[str, Any]:
-    """The OpenAPI document of one plane, or of both."""
+    """The OpenAPI document of one plane, or of all."""
     ops = [op for op in OPERATIONS if plane is None or op.plane == plane]
-    models: list[type[BaseModel]] = [api.ErrorEnvelope, *SSE_EVENTS.values()]
+    models: list[type[BaseModel]] = [*SSE_EVENTS.values()]
     for op in ops:
-        models += [m for m in (op.request, *op.ok.values()) if m is not None]
+        models += [m for m in (op.request, op.error, *op.ok.values()) if m is not None]
     paths: dict[str, Any] = {}
     for op in ops:
         paths.setdefault(op.path, {})[op.method] = _operation(op)
-    title = {"data": "data plane", "control": "control plane", None: "API"}[plane]
+    title = PLANES[plane] if plane is not None else "API"
     return {
         "openapi": "3.1.0",
         "info": {"title": f"orchestratord {title}", "version": api.API_VERSION},
@@ -280,8 +145,15 @@ def document(plane: str | None = None) -> dict[str, Any]:
     }
 
 
+class _Plain(yaml.SafeDumper):
+    """Writes shared parts out in full: contracts are read and diffed, not parsed only."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def _yaml(doc: dict[str, Any]) -> str:
-    return yaml.safe_dump(doc, sort_keys=False, width=100)
+    return yaml.dump(doc, Dumper=_Plain, sort_keys=False, width=100)
 
 
 def artifacts() -> dict[str, str]:
@@ -290,8 +162,7 @@ def artifacts() -> dict[str, str]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "orchestratord config"
     return {
-        "openapi/data.yaml": _yaml(document("data")),
-        "openapi/control.yaml": _yaml(document("control")),
+        **{f"openapi/{plane}.yaml": _yaml(document(plane)) for plane in PLANES},
         "config-schema/config.schema.json": json.dumps(schema, indent=2, sort_keys=True) + "\n",
     }
 

@@ -9,33 +9,29 @@ interactions.
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 from aiohttp import web
 
-from orchestratord import api_models as api
 from orchestratord.service import Orchestrator
+from orchestratord.service.admission import Submission
+from orchestratord.service.streams import END, STARTED, TOKEN
 
 #: Fixed ids the consumer pacts refer to.
 RUNNING_TASK = "00000000-0000-4000-8000-000000000001"
 FINISHED_TASK = "00000000-0000-4000-8000-000000000002"
 
 
-async def _submit(svc: Orchestrator, task_id: str | None, prompt: str, wait: str) -> None:
-    body: dict[str, Any] = {"model": svc.config.pools[0].model, "prompt": prompt, "max_tokens": 4}
+async def _submit(svc: Orchestrator, task_id: str | None, prompt: str, wait: int | None) -> None:
     if task_id:
         svc.forget(task_id)  # a previous interaction's task with the same fixed id
-        body["task_id"] = task_id
-    admitted = svc.submit(
-        api.TaskRequest.model_validate_json(json.dumps(body)),
-        tenant="pact",
-        correlation_id="provider-state",
-    )
-    if not wait:
+    rec = svc.submit(Submission(
+        model=svc.config.pools[0].model, tenant="pact", correlation_id="provider-state",
+        prompt=prompt, max_tokens=4, task_id=task_id,
+    ))  # fmt: skip
+    if wait is None:
         return
-    async for chunk in svc.events(admitted.task_id):
-        if f"event: {wait}".encode() in chunk:
+    async for batch in rec.stream.read():
+        if any(event[0] == wait for event in batch):
             return
 
 
@@ -54,14 +50,14 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         if action == "teardown":
             await _teardown(svc)
         elif state == "task running":
-            await _submit(svc, RUNNING_TASK, "[[stall:1]]", "token")
+            await _submit(svc, RUNNING_TASK, "[[stall:1]]", TOKEN)
         elif state == "task finished":
-            await _submit(svc, FINISHED_TASK, "done", "end")
+            await _submit(svc, FINISHED_TASK, "done", END)
         elif state == "queue full":
-            await _submit(svc, None, "[[stall:0]]", "started")  # holds the only slot
+            await _submit(svc, None, "[[stall:0]]", STARTED)  # holds the only slot
             capacity = svc.config.pools[0].queue.capacity
             for i in range(capacity):
-                await _submit(svc, None, f"queued {i}", "")  # fills the queue
+                await _submit(svc, None, f"queued {i}", None)  # fills the queue
         return web.json_response({})
 
     return [web.post("/_test/provider-states", provider_states)]

@@ -1,28 +1,66 @@
-"""Admission: a validated `TaskRequest` becomes an accepted task in one pool's queue, or a
-typed `Refusal`.
+"""Admission: a `Submission` — what every door (native tasks, the OpenAI API) turns its
+request into — becomes an accepted task in one pool's queue, or a typed `Refusal`.
 
 It resolves the pool once — through a `model → pools` index, viewing only the pools that
 serve the model — asks the core whether the request fits, and builds what the rest of the
-daemon works with: the core's `Task` and the engine-ready `GenerateRequest`. Nothing after
-admission sees the API model (after TGI's `validation.rs`).
+daemon works with: the core's `Task` and the engine-ready `GenerateRequest` (a conversation
+rendered by the pool's chat template, or left for the engine's own). Nothing after
+admission sees a wire model (after TGI's `validation.rs`).
 """
 
 from __future__ import annotations
 
 import random
+import time
+import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from math import ceil
 
 from orchestrator_core.admission import AdmissionRequest, Denied, check, resolve_pool
 from orchestrator_core.errors import ErrorCode
-from orchestrator_core.model import Determinism, Placement, PlacementMode, Task
-from orchestratord.api_models import TaskRequest
+from orchestrator_core.model import AUTO, Determinism, Placement, PlacementMode, Priority, Task
+from orchestratord.chat_template import ChatTemplateError
 from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.streams import TaskStream
-from orchestratord.service.tasks import TaskBook, TaskRecord
+from orchestratord.service.tasks import Door, TaskBook, TaskRecord
 from orchestratord.telemetry import Metrics
-from worker_adapters.base import GenerateRequest
+from worker_adapters.base import ChatMessage, GenerateRequest, chat_dicts
+
+#: max_tokens when the request names none and the pool's context is not known yet.
+DEFAULT_MAX_TOKENS = 256
+#: Tokens a conversation's template adds per message, for the admission estimate.
+_TOKENS_PER_TURN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One task to run, as a door hands it to admission: a `prompt`, or `messages`."""
+
+    model: str
+    tenant: str
+    correlation_id: str
+    door: Door = Door.NATIVE
+    prompt: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+    #: None: as many as the pool's context leaves.
+    max_tokens: int | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    priority: Priority = Priority.INTERACTIVE
+    #: Budget in ms from now.
+    deadline_ms: int | None = None
+    determinism: Determinism = Determinism.BEST_EFFORT
+    placement: Placement = AUTO
+    pool_id: str | None = None
+    session_id: str | None = None
+    task_id: str | None = None
+    #: See TaskRecord.cancel_when_abandoned.
+    cancel_when_abandoned: bool = False
 
 
 class Admission:
@@ -45,15 +83,14 @@ class Admission:
         for pool in pools.values():
             self._by_model.setdefault(pool.config.model, []).append(pool)
 
-    def admit(
-        self, req: TaskRequest, *, task_id: str, tenant: str, correlation_id: str
-    ) -> TaskRecord:
-        """Queue `req` as task `task_id`, or raise Refusal."""
+    def admit(self, sub: Submission) -> TaskRecord:
+        """Queue `sub` as a task, or raise Refusal."""
+        task_id = sub.task_id or str(uuid.uuid4())
         if task_id in self._book:
             raise Refusal(
                 ErrorCode.INVALID_PARAMS, f"task_id {task_id} already exists", field="task_id"
             )
-        placement = Placement(req.placement.mode, req.placement.replica_id)
+        placement = sub.placement
         if placement.mode is not PlacementMode.AUTO and not placement.replica_id:
             raise Refusal(
                 ErrorCode.INVALID_PARAMS,
@@ -61,22 +98,29 @@ class Admission:
                 field="placement.replica_id",
             )
         now = self._now_ms()
-        candidates = [p.view() for p in self._by_model.get(req.model, ())]
-        resolved = resolve_pool(req.model, req.placement.pool_id, candidates, self._by_model)
+        candidates = [p.view() for p in self._by_model.get(sub.model, ())]
+        resolved = resolve_pool(sub.model, sub.pool_id, candidates, self._by_model)
         if isinstance(resolved, Denied):
             raise self._refused(resolved, None)
         pool = self._pools[resolved.pool_id]
-        prompt_tokens = ceil(len(req.prompt.encode()) / pool.config.bytes_per_token)
-        strict = req.determinism is Determinism.STRICT or pool.config.strict
+        prompt, messages = self._render(pool, sub)
+        text_bytes = len(prompt.encode()) + sum(len(m.content.encode()) for m in messages)
+        prompt_tokens = ceil(text_bytes / pool.config.bytes_per_token)
+        prompt_tokens += _TOKENS_PER_TURN * len(messages)
+        max_tokens = sub.max_tokens
+        if max_tokens is None:
+            ctx = resolved.ctx_max
+            max_tokens = max(ctx - prompt_tokens, 1) if ctx else DEFAULT_MAX_TOKENS
+        strict = sub.determinism is Determinism.STRICT or pool.config.strict
         determinism = Determinism.STRICT if strict else Determinism.BEST_EFFORT
-        deadline = now + req.deadline_ms if req.deadline_ms else None
+        deadline = now + sub.deadline_ms if sub.deadline_ms else None
         total, busy = pool.slot_counts()
         denied = check(
             AdmissionRequest(
-                req.model, prompt_tokens, req.max_tokens, determinism, placement, deadline
+                sub.model, prompt_tokens, max_tokens, determinism, placement, deadline
             ),
             resolved,
-            ahead=pool.ahead_of(req.priority),
+            ahead=pool.ahead_of(sub.priority),
             slots_total=total,
             slots_busy=busy,
             estimator=pool.estimator,
@@ -84,27 +128,47 @@ class Admission:
         )
         if denied is not None:
             raise self._refused(denied, pool.id)
-        seed = req.seed
+        seed = sub.seed
         if seed is None and strict:
             seed = random.getrandbits(31)  # reported in `started`, so the run can be replayed
         task = Task(
-            id=task_id, pool_id=pool.id, priority=req.priority, tenant=tenant,
-            session_id=req.session_id, deadline_ms=deadline, determinism=determinism,
-            prompt_tokens=prompt_tokens, max_tokens=req.max_tokens, placement=placement,
+            id=task_id, pool_id=pool.id, priority=sub.priority, tenant=sub.tenant,
+            session_id=sub.session_id, deadline_ms=deadline, determinism=determinism,
+            prompt_tokens=prompt_tokens, max_tokens=max_tokens, placement=placement,
         )  # fmt: skip
-        sampling = req.sampling
         request = GenerateRequest(
-            prompt=req.prompt, max_tokens=req.max_tokens, seed=seed,
-            temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-            stop=tuple(sampling.stop), cache_prompt=not strict, priority=req.priority.rank,
+            prompt=prompt, max_tokens=max_tokens, seed=seed, temperature=sub.temperature,
+            top_p=sub.top_p, top_k=sub.top_k, stop=sub.stop, cache_prompt=not strict,
+            priority=sub.priority.rank, messages=messages,
         )  # fmt: skip
         rec = TaskRecord(
-            task=task, request=request, model=pool.config.model, engine=pool.config.engine,
-            stream=TaskStream(self._stream_buffer_events), correlation_id=correlation_id,
-            admitted_at=now, seed=seed,
+            task=task, request=request, model=pool.config.model, door=sub.door,
+            engine=pool.config.engine, stream=TaskStream(self._stream_buffer_events),
+            correlation_id=sub.correlation_id, admitted_at=now, created=int(time.time()),
+            seed=seed, cancel_when_abandoned=sub.cancel_when_abandoned,
         )  # fmt: skip
         pool.admit(rec)
         return rec
+
+    def _render(self, pool: PoolDispatcher, sub: Submission) -> tuple[str, tuple[ChatMessage, ...]]:
+        """(prompt, messages) for the engine: a conversation rendered by the pool's chat
+        template, or left for an engine that templates it itself."""
+        if not sub.messages:
+            return sub.prompt, ()
+        template = pool.chat_template
+        if template is None:
+            if not pool.engine_renders_chat:
+                raise Refusal(
+                    ErrorCode.INVALID_PARAMS,
+                    f"pool {pool.id!r} ({pool.config.engine}) cannot render a conversation: "
+                    "its engine has no chat route and the pool sets no chat_template",
+                    field="messages", pool_id=pool.id,
+                )  # fmt: skip
+            return "", sub.messages
+        try:
+            return template.render(chat_dicts(sub.messages)), ()
+        except ChatTemplateError as e:
+            raise Refusal(ErrorCode.INVALID_PARAMS, str(e), field="messages") from None
 
     def _refused(self, denied: Denied, pool_id: str | None) -> Refusal:
         self._metrics.on_rejected(pool_id or "none", denied.code.value.lower())

@@ -26,7 +26,9 @@ from orchestrator_core.estimator import ServiceEstimator
 from orchestrator_core.model import Priority, TaskState
 from orchestrator_core.queue import Admitted, PoolQueue
 from orchestrator_core.sessions import SessionTable
+from orchestratord.chat_template import ChatTemplate
 from orchestratord.config import PoolConfig
+from orchestratord.engines import ENGINES
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.runner import RunLimits, run_task
 from orchestratord.service.tasks import TaskBook, TaskRecord
@@ -84,6 +86,9 @@ class PoolDispatcher:
         self.reload_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Renders conversations for this pool (else the engine's own chat route does).
+        self.chat_template = ChatTemplate(config.chat_template) if config.chat_template else None
+        self.engine_renders_chat = ENGINES[config.engine].chat
         managed = config.replicas.managed
         self._configured_ctx = (
             managed.ctx // managed.slots if managed is not None and managed.ctx else None

@@ -7,18 +7,20 @@ never chooses an HTTP status or header.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import structlog
 
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.sessions import SessionTable
 from orchestratord import api_models as api
+from orchestratord import openai_models as oai
 from orchestratord.config import Config, PoolConfig
 from orchestratord.engines import launcher_for
 from orchestratord.service import views
-from orchestratord.service.admission import Admission
+from orchestratord.service.admission import Admission, Submission
 from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.runner import RunLimits
@@ -43,6 +45,8 @@ class Orchestrator:
         self.config = config
         self.metrics = metrics or Metrics()
         self.accepting = True
+        #: Wall-clock start, unix seconds (the `created` of `GET /v1/models`).
+        self.started = int(time.time())
         loop = asyncio.get_running_loop()
 
         def now_ms() -> float:  # the event loop's monotonic clock, in ms
@@ -97,19 +101,11 @@ class Orchestrator:
 
     # -- tasks ---------------------------------------------------------------------
 
-    def submit(
-        self, req: api.TaskRequest, *, tenant: str, correlation_id: str
-    ) -> api.AdmissionResponse:
+    def submit(self, submission: Submission) -> TaskRecord:
+        """Admit a task (queued, maybe already running), or raise Refusal."""
         if not self.accepting:
             raise Refusal(ErrorCode.POOL_UNAVAILABLE, "the daemon is shutting down")
-        task_id = str(req.task_id or uuid.uuid4())
-        rec = self.admission.admit(
-            req, task_id=task_id, tenant=tenant, correlation_id=correlation_id
-        )
-        return api.AdmissionResponse(
-            task_id=task_id, queue_position=rec.queue_position,
-            predicted_start_ms=rec.predicted_start_ms, stream_url=f"/v1/tasks/{task_id}/stream",
-        )  # fmt: skip
+        return self.admission.admit(submission)
 
     def task(self, task_id: str) -> TaskRecord:
         rec = self.book.get(task_id)
@@ -121,10 +117,31 @@ class Orchestrator:
         rec = self.task(task_id)
         return views.task_status(rec, self.pools[rec.task.pool_id])
 
-    def events(self, task_id: str, after: int | None = None) -> AsyncIterator[bytes]:
-        """The task's SSE frames after event `after` (all when None), as they come; the
-        iterator raises StreamGap when those events are no longer retained."""
-        return self.task(task_id).stream.read(after)
+    def queue_position(self, rec: TaskRecord) -> int | None:
+        """Where a queued task stands (0: next); None once it left the queue."""
+        return self.pools[rec.task.pool_id].queue.position(rec.task.id)
+
+    @contextmanager
+    def reading(self, rec: TaskRecord) -> Iterator[None]:
+        """Count a stream reader of `rec` while it reads. A task whose stream is its
+        request's answer is canceled when its last reader leaves before the end and none
+        comes back within `abandon_grace_s` (a Last-Event-ID resume)."""
+        rec.readers += 1
+        try:
+            yield
+        finally:
+            rec.readers -= 1
+            if rec.cancel_when_abandoned and not rec.readers and not rec.ended:
+                grace = self.config.server.abandon_grace_s
+                if grace:
+                    asyncio.get_running_loop().call_later(grace, self._cancel_abandoned, rec)
+                else:
+                    self._cancel_abandoned(rec)
+
+    def _cancel_abandoned(self, rec: TaskRecord) -> None:
+        if not rec.readers and not rec.ended:
+            log.info("client went away; canceling", task_id=rec.task.id)
+            self.pools[rec.task.pool_id].cancel(rec)
 
     def cancel(self, task_id: str) -> None:
         """Cancel a task; idempotent. No token event follows once this returns."""
@@ -167,6 +184,9 @@ class Orchestrator:
 
     def capabilities(self) -> api.CapabilitiesResponse:
         return views.capabilities(self.pools.values())
+
+    def models(self) -> oai.ModelList:
+        return views.models(self.pools.values(), self.started)
 
     def drain(self, pool_id: str, deadline_ms: int) -> None:
         self.pool(pool_id).drain(deadline_ms)

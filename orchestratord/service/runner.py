@@ -50,18 +50,18 @@ async def run_task(
     task, request, adapter = rec.task, rec.request, replica.adapter
     assert request is not None and adapter is not None
     rec.replica_id, rec.engine, rec.started_at = replica.id, replica.engine, now_ms()
-    rec.stream.emit("started", StartedEvent(
-        queue_position=rec.queue_position, predicted_start_ms=rec.predicted_start_ms,
-        pool_id=task.pool_id, replica_id=replica.id, engine=replica.engine,
-        engine_version=replica.engine_version, seed=rec.seed,
-    ).model_dump_json())  # fmt: skip
+    rec.stream.started(StartedEvent(
+        task_id=task.id, queue_position=rec.queue_position,
+        predicted_start_ms=rec.predicted_start_ms, pool_id=task.pool_id, replica_id=replica.id,
+        engine=replica.engine, engine_version=replica.engine_version, seed=rec.seed,
+    ))  # fmt: skip
     running = TaskState.RUNNING
     end: End | None = None
     try:
         events = guard_stalls(adapter.stream(request), limits.token_timeout_s, replica.engine)
         async with aclosing(events):
             # the hot path: per event, a few attribute updates and one frame
-            emit_token, cap = rec.stream.emit_token, limits.max_output_bytes
+            emit_token, cap = rec.stream.token, limits.max_output_bytes
             async for event in events:
                 if task.state is not running:  # canceled meanwhile: stop reading
                     break

@@ -1,20 +1,30 @@
-"""One task's event stream: SSE frames built once, fanned out to any number of readers.
+"""One task's event stream: events kept once, read by any number of readers, each of which
+renders them in its own wire format (native SSE, OpenAI chunks: `orchestratord.api.sse`).
 
-Memory is bounded per task whatever the output length: the last `max_events` frames are
-kept for `Last-Event-ID` resume; a reader that falls further behind than that is told so
-with an `error` event instead of silently losing tokens.
+An event is a plain tuple, `(kind, id, ...)`, cheap to make on the hot path:
+`(STARTED, id, StartedEvent)`, `(TOKEN, id, index, text, ids)`, `(END, id, EndEvent)`,
+`(ERROR, id, ErrorEnvelope)`. Ids count from 0 and are what `Last-Event-ID` resumes after.
 
-Hot path: a token costs one small bytes format and a deque append; readers are woken through
-one shared future (no task switch per token per reader) and write everything that arrived
-since they last ran in one write — bursts are batched for free.
+Memory is bounded per task whatever the output length: the last `max_events` events are
+kept for resume; a reader that falls further behind is told so (`StreamGap`) instead of
+silently losing tokens. A reader is woken once for everything that arrived since it last
+ran and gets it in one batch; waking costs no timer work per event (the idle heartbeat is
+one periodic timer per reader).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
+
+from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
+
+STARTED, TOKEN, END, ERROR = 0, 1, 2, 3
+
+#: (kind, id, ...) — see the module docstring.
+Event = tuple[Any, ...]
 
 
 class StreamGap(Exception):
@@ -25,81 +35,110 @@ class StreamGap(Exception):
         self.first_retained = first_retained
 
 
-def frame(event: str, event_id: int, data: str) -> bytes:
-    return f"event: {event}\nid: {event_id}\ndata: {data}\n\n".encode()
-
-
 class TaskStream:
-    __slots__ = ("_closed", "_first", "_frames", "_next", "_waiter")
+    __slots__ = ("_closed", "_events", "_first", "_next", "_waiters")
 
     def __init__(self, max_events: int) -> None:
-        self._frames: deque[bytes] = deque(maxlen=max_events)
-        self._first = 0  # id of _frames[0]
+        self._events: deque[Event] = deque(maxlen=max_events)
+        self._first = 0  # id of _events[0]
         self._next = 0  # id the next event gets
         self._closed = False
-        self._waiter: asyncio.Future[None] | None = None
+        #: One future per waiting reader; resolved True when there is news.
+        self._waiters: list[asyncio.Future[bool]] = []
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    @property
-    def next_id(self) -> int:
-        return self._next
+    def started(self, event: StartedEvent) -> None:
+        self._append((STARTED, self._next, event))
 
-    def emit(self, event: str, data: str) -> None:
-        """Append an event whose `data` is already JSON text."""
-        self._append(frame(event, self._next, data))
+    def token(self, index: int, text: str, ids: tuple[int, ...] = ()) -> None:
+        """The hot path: one tuple and a wake-up."""
+        self._append((TOKEN, self._next, index, text, ids))
 
-    def emit_token(self, index: int, text: str, ids: tuple[int, ...] = ()) -> None:
-        data = b'{"i":%d,"t":%s' % (index, json.dumps(text, ensure_ascii=False).encode())
-        if ids:  # the engine's token ids, where it gives them (determinism proofs use them)
-            data += b',"ids":[%s]' % ",".join(map(str, ids)).encode()
-        self._append(b"event: token\nid: %d\ndata: %s}\n\n" % (self._next, data))
+    def end(self, event: EndEvent) -> None:
+        self._append((END, self._next, event))
+        self._close()
 
-    def _append(self, payload: bytes) -> None:
+    def error(self, envelope: ErrorEnvelope) -> None:
+        self._append((ERROR, self._next, envelope))
+        self._close()
+
+    def _append(self, event: Event) -> None:
         if self._closed:
             raise RuntimeError("stream is closed")
-        frames = self._frames
-        if len(frames) == frames.maxlen:
+        events = self._events
+        if len(events) == events.maxlen:
             self._first += 1
-        frames.append(payload)
+        events.append(event)
         self._next += 1
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
 
-    def close(self) -> None:
-        """No more events (after the terminal `end` or `error`)."""
+    def _close(self) -> None:
         self._closed = True
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
-    def _chunk_from(self, cursor: int) -> bytes:
+    def _wake(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def check_resume(self, after: int | None) -> None:
+        """Raise StreamGap if the events after `after` are no longer all retained."""
+        if after is not None and after + 1 < self._first:
+            raise StreamGap(self._first)
+
+    def _since(self, cursor: int) -> list[Event]:
         if cursor < self._first:
             raise StreamGap(self._first)
+        events = self._events
         start = cursor - self._first
-        frames = self._frames
-        if start == len(frames) - 1:
-            return frames[start]
-        return b"".join(frames[i] for i in range(start, len(frames)))
+        if start == len(events) - 1:
+            return [events[start]]
+        return [events[i] for i in range(start, len(events))]
 
-    async def read(self, after: int | None = None) -> AsyncIterator[bytes]:
-        """Yield frames with id > `after` (all when None) as they arrive, joined into one
-        chunk per wake-up, until the stream closes. Raises StreamGap when the requested
-        events were dropped from the buffer."""
+    async def read(
+        self, after: int | None = None, *, idle_s: float | None = None
+    ) -> AsyncIterator[list[Event]]:
+        """Yield the events with id > `after` (all when None) as they arrive, in batches,
+        until the stream closes; with `idle_s`, also an empty batch whenever a period of
+        `idle_s` passed without news (the caller's cue for a keep-alive). Raises StreamGap
+        when the requested events were dropped from the buffer."""
         cursor = 0 if after is None else after + 1
-        while True:
-            if cursor < self._next:
-                chunk = self._chunk_from(cursor)
-                cursor = self._next
-                yield chunk
-                continue
-            if self._closed:
-                return
-            if self._waiter is None:
-                self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._waiter)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] | None = None
+        news = False  # since the last tick
+        timer: asyncio.TimerHandle | None = None
+
+        def tick() -> None:
+            nonlocal timer, news
+            if not news and waiter is not None and not waiter.done():
+                self._waiters.remove(waiter)
+                waiter.set_result(False)
+            news = False
+            timer = loop.call_later(idle_s or 0, tick)
+
+        if idle_s:
+            timer = loop.call_later(idle_s, tick)
+        try:
+            while True:
+                if cursor < self._next:
+                    batch = self._since(cursor)
+                    cursor = self._next
+                    news = True
+                    yield batch
+                    continue
+                if self._closed:
+                    return
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+                woken = await waiter
+                waiter = None
+                if not woken:
+                    yield []
+        finally:
+            if timer is not None:
+                timer.cancel()

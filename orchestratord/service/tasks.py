@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -27,8 +28,17 @@ from worker_adapters.base import FinishReason, GenerateRequest
 
 log = structlog.get_logger("orchestratord")
 
+
 #: Terminal (state, code) pairs that end a stream with `end`, and their finish reason
 #: (None: the engine's own, `stop` or `length`). Every other ending is an `error` event.
+class Door(StrEnum):
+    """The API a task came through."""
+
+    NATIVE = "native"
+    OPENAI_CHAT = "openai-chat"
+    OPENAI_COMPLETION = "openai-completion"
+
+
 _CLEAN_ENDINGS: dict[tuple[TaskState, ErrorCode | None], FinishReason | None] = {
     (TaskState.COMPLETED, None): None,
     (TaskState.CANCELED, ErrorCode.CANCELED): "canceled",
@@ -43,11 +53,15 @@ class TaskRecord:
     #: What the engine is asked, built once at admission; dropped when the task ends.
     request: GenerateRequest | None
     model: str
+    #: Which API the task came through (how its stream renders by default).
+    door: Door
     #: The pool's engine until a replica takes the task, then that replica's.
     engine: str
     stream: TaskStream
     correlation_id: str
     admitted_at: float
+    #: Wall-clock admission time, unix seconds (OpenAI's `created`).
+    created: int = 0
     seed: int | None = None
     queue_position: int = 0
     predicted_start_ms: int = 0
@@ -64,6 +78,11 @@ class TaskRecord:
     output_truncated: bool = False
     #: The coroutine relaying the engine's stream (its owner is the pool's dispatcher).
     runner: asyncio.Task[Any] | None = None
+    #: Stream readers attached now.
+    readers: int = 0
+    #: The task's stream is its request's answer (one-request and OpenAI streaming): when
+    #: its last reader leaves before the end, the task is canceled after a grace period.
+    cancel_when_abandoned: bool = False
 
     @property
     def ended(self) -> bool:
@@ -122,17 +141,17 @@ class TaskBook:
         if (state, code) in _CLEAN_ENDINGS:
             rec.finish_reason = _CLEAN_ENDINGS[state, code] or finish_reason or "stop"
             decode_ms = round(now - (rec.first_token_at or rec.started_at or now))
-            rec.stream.emit("end", EndEvent(
-                tokens_out=rec.tokens_out, decode_ms=decode_ms, finish_reason=rec.finish_reason
-            ).model_dump_json())  # fmt: skip
+            rec.stream.end(EndEvent(
+                tokens_out=rec.tokens_out, decode_ms=decode_ms, finish_reason=rec.finish_reason,
+                tokens_in=rec.tokens_in,
+            ))  # fmt: skip
         else:
             assert code is not None, f"{state} needs an error code"
             rec.error = ErrorEnvelope.of(
                 code, message, retriable=retriable, engine=engine, pool_id=task.pool_id,
                 policy_label=policy_label,
             )  # fmt: skip
-            rec.stream.emit("error", rec.error.model_dump_json(exclude_none=True))
-        rec.stream.close()
+            rec.stream.error(rec.error)
         rec.request = None
         self._metrics.on_finished(rec)
         # one line per task (never per token), with everything needed to follow it

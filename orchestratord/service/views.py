@@ -4,10 +4,12 @@ task book and the dispatchers' public state. Nothing here changes anything."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from orchestrator_core.model import PRIORITIES
 from orchestrator_core.sessions import SessionInfo as Session
 from orchestratord import api_models as api
+from orchestratord import openai_models as oai
 from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.tasks import TaskRecord
 
@@ -82,3 +84,23 @@ def capabilities(pools: Iterable[PoolDispatcher]) -> api.CapabilitiesResponse:
             if ctx is not None:
                 cap.ctx_max = max(cap.ctx_max or 0, ctx)
     return api.CapabilitiesResponse(engines=list(engines.values()), features=list(FEATURES))
+
+
+def models(pools: Iterable[PoolDispatcher], created: int) -> oai.ModelList:
+    """`GET /v1/models`: one card per served model, with our extensions."""
+    by_model: dict[str, list[PoolDispatcher]] = {}
+    for pool in pools:
+        by_model.setdefault(pool.config.model, []).append(pool)
+    cards = []
+    for model, serving in by_model.items():
+        template: Literal["engine", "config", "none"] = "none"
+        if any(p.chat_template is not None for p in serving):
+            template = "config"
+        elif any(p.engine_renders_chat for p in serving):
+            template = "engine"
+        cards.append(oai.ModelCard(
+            id=model, created=created, pools=[p.id for p in serving],
+            ready=any(p.manager.ready for p in serving),
+            queue_depth=sum(len(p.queue) for p in serving), chat_template=template,
+        ))  # fmt: skip
+    return oai.ModelList(data=cards)

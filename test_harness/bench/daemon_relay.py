@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -26,23 +25,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def start(cmd: list[str], ready: str) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        while ready not in (await proc.stdout.readline()).decode():
-            pass
-    asyncio.get_running_loop().create_task(proc.stdout.read())  # drain
-    return proc
+from pool_managerd.launchers import free_port
+from test_harness.bench.common import pct, start, stop
 
 
 class Target:
@@ -110,11 +94,6 @@ async def relay_run(target: Target, streams: int, tokens_each: int) -> float:
     return streams * tokens_each / elapsed
 
 
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=4.0)
@@ -169,9 +148,7 @@ async def main() -> None:
                 flush=True,
             )
     finally:
-        for proc in (direct, daemon):
-            proc.terminate()
-            await proc.wait()
+        await stop(direct, daemon)
         await asyncio.to_thread(Path(f.name).unlink)
     print(json.dumps({"note": "TTFT: submit to first token; tokens/s: delivered to clients"}))
 

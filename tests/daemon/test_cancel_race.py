@@ -11,7 +11,7 @@ import aiohttp
 import yaml
 
 from orchestrator_core.model import TaskState
-from orchestratord.api_models import TaskRequest
+from orchestratord.service.admission import Submission
 from tests.helpers import mock_pool, start_serve, wait_log
 
 #: Holds its slot until canceled, so a missed cancel or a leaked lease cannot go unseen.
@@ -24,20 +24,21 @@ async def test_runner_cancelled_before_its_first_step_frees_its_slot(start_daemo
     service = api.daemon.service
     pool = service.pools["mock"]
     (replica,) = pool.manager.replicas
-    request = TaskRequest(model="mock-model", prompt=HOLD, max_tokens=4)
+    submission = Submission(
+        model="mock-model", tenant="t", correlation_id="race", prompt=HOLD, max_tokens=4
+    )
     # Submit and cancel with no await between: the dispatcher has leased the slot and
     # created the runner, which has not run a single step when the cancel lands.
-    admitted = service.submit(request, tenant="t", correlation_id="race")
-    rec = service.task(admitted.task_id)
+    rec = service.submit(submission)
     assert rec.task.state is TaskState.RUNNING and rec.runner is not None
     assert replica.busy == 1
-    service.cancel(admitted.task_id)
+    service.cancel(rec.task.id)
     await pool.wait_idle()
     assert replica.busy == 0 and not pool.running
-    events = await api.events(admitted.task_id)
+    events = await api.events(rec.task.id)
     assert [name for name, _, _ in events] == ["end"]
     assert events[0][2]["finish_reason"] == "canceled"
-    assert (await api.status(admitted.task_id))["state"] == "canceled"
+    assert (await api.status(rec.task.id))["state"] == "canceled"
     # the slot serves the next task
     _, after, _ = await api.submit(model="mock-model", prompt="after", max_tokens=2)
     assert (await api.events(after["task_id"]))[-1][0] == "end"

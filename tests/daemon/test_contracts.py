@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestratord.api.app import build_app
-from orchestratord.api.openapi import OPERATIONS, artifacts, document
+from orchestratord.api.openapi import artifacts, document
+from orchestratord.api.operations import OPERATIONS
 from tests.helpers import mock_pool
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -178,7 +178,7 @@ async def test_stream_memory_is_bounded_and_gap_is_reported(start_daemon):
     await service.pools["mock"].wait_idle()  # the whole output went through the buffer
     rec = service.book.get(tid)
     assert (await api.status(tid))["state"] == "completed"
-    assert len(rec.stream._frames) == 16
+    assert len(rec.stream._events) == 16
     async with api.http.get(
         f"{api.base}/v1/tasks/{tid}/stream", headers={"Last-Event-ID": "3"}
     ) as r:

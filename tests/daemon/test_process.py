@@ -27,6 +27,8 @@ async def read_events(session: aiohttp.ClientSession, url: str, until: str | Non
                         return out
                 event = {}
             else:
+                if line.startswith(":"):
+                    continue  # an SSE comment (queue position, keep-alive)
                 key, _, value = line.partition(": ")
                 event[key] = value
     return out

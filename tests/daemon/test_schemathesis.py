@@ -18,7 +18,7 @@ CHECKS = (
 )
 
 
-@pytest.mark.parametrize("plane", ["data", "control"])
+@pytest.mark.parametrize("plane", ["data", "control", "openai"])
 async def test_generated_requests_get_conforming_answers(start_daemon, plane, tmp_path):
     """OC-CTRL-2027"""
     api = await start_daemon(

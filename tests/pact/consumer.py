@@ -1,11 +1,13 @@
-"""The consumer side: what the Python client / orchctl expects of orchestratord, recorded
-against pact's real mock server. `make pact` writes contracts/pacts/orchctl-orchestratord.json
-from it; the provider test verifies that file against a live daemon."""
+"""The consumer side, recorded against pact's real mock server: what the Python client /
+orchctl expects of orchestratord (contracts/pacts/orchctl-orchestratord.json), and what the
+official OpenAI SDK expects of its door (openai-sdk-orchestratord.json). `make pact` writes
+both; the provider test verifies every pact against a live daemon."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import openai
 from pact import Pact, match
 
 from orchestratord.api.provider_states import FINISHED_TASK, RUNNING_TASK
@@ -25,7 +27,8 @@ SSE = (
     r"\{[^\n]*\"finish_reason\"[^\n]*\}\n\n$"
 )
 SSE_EXAMPLE = (
-    'event: started\nid: 0\ndata: {"queue_position":0,"predicted_start_ms":0,'
+    'event: started\nid: 0\ndata: {"task_id":"00000000-0000-4000-8000-000000000002",'
+    '"queue_position":0,"predicted_start_ms":0,'
     '"pool_id":"tiny","replica_id":"tiny-r0","engine":"mock","engine_version":'
     '"mock-1","seed":null}\n\nevent: token\nid: 1\ndata: {"i":0,"t":"the"}\n\n'
     'event: end\nid: 2\ndata: {"tokens_out":1,"decode_ms":0,"finish_reason":'
@@ -214,15 +217,88 @@ async def exercise(url: str) -> None:
         await client.drain("spare", 1000)
 
 
-def write(directory: Path) -> Path:
+CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def build_openai() -> Pact:
+    pact = Pact("openai-sdk", "orchestratord").with_specification("V4")
+    (
+        pact.upon_receiving("an OpenAI chat completion")
+        .with_request("POST", "/v1/chat/completions")
+        .with_body(CHAT, "application/json")
+        .will_respond_with(200)
+        .with_header("X-Task-Id", match.uuid(UUID))
+        .with_body(
+            {
+                "id": match.regex(f"chatcmpl-{UUID}", regex=r"^chatcmpl-[0-9a-f-]+$"),
+                "object": "chat.completion",
+                "created": match.int(1767225600),
+                "model": "tiny-llama",
+                "choices": match.each_like(
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": match.str("the queue")},
+                        "finish_reason": match.regex("length", regex="^(stop|length)$"),
+                    }
+                ),
+                "usage": {
+                    "prompt_tokens": match.int(3),
+                    "completion_tokens": match.int(4),
+                    "total_tokens": match.int(7),
+                },
+            },
+            "application/json",
+        )
+    )
+    (
+        pact.upon_receiving("an OpenAI chat completion for an unknown model")
+        .with_request("POST", "/v1/chat/completions")
+        .with_body({**CHAT, "model": "no-such-model"}, "application/json")
+        .will_respond_with(404)
+        .with_body(
+            {
+                "error": {
+                    "message": match.str("explains"),
+                    "type": "not_found_error",
+                    "code": "UNKNOWN_MODEL",
+                    "param": "model",
+                }
+            },
+            "application/json",
+        )
+    )
+    return pact
+
+
+async def exercise_openai(url: str) -> None:
+    """Drive the official OpenAI SDK through its interactions."""
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(**CHAT)
+    chat = raw.parse()
+    assert chat.choices[0].message.content and raw.headers["X-Task-Id"]
+    try:
+        await client.chat.completions.create(**{**CHAT, "model": "no-such-model"})
+        raise AssertionError("expected an error")
+    except openai.NotFoundError as e:
+        assert e.code == "UNKNOWN_MODEL"
+
+
+def write(directory: Path) -> list[Path]:
+    """Record every consumer's pact into `directory`."""
     import asyncio
 
-    pact = build()
-    with pact.serve(addr="127.0.0.1") as server:
-        asyncio.run(exercise(str(server.url).rstrip("/")))
-    pact.write_file(directory, overwrite=True)
-    return directory / "orchctl-orchestratord.json"
+    written = []
+    for pact, exercise_it, name in (
+        (build(), exercise, "orchctl-orchestratord.json"),
+        (build_openai(), exercise_openai, "openai-sdk-orchestratord.json"),
+    ):
+        with pact.serve(addr="127.0.0.1") as server:
+            asyncio.run(exercise_it(str(server.url).rstrip("/")))
+        pact.write_file(directory, overwrite=True)
+        written.append(directory / name)
+    return written
 
 
 if __name__ == "__main__":
-    print(write(Path(__file__).resolve().parents[2] / "contracts" / "pacts"))
+    for path in write(Path(__file__).resolve().parents[2] / "contracts" / "pacts"):
+        print(path)

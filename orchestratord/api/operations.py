@@ -1,0 +1,114 @@
+"""Every operation the daemon serves, as data: what `api.openapi` turns into the OpenAPI
+documents, and what a test holds equal to the daemon's routes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from orchestratord import api_models as api
+from orchestratord import openai_models as oai
+
+TENANT = ("X-Tenant-Id", "Who the task is accounted to for fairness")
+PRIORITY = ("X-Priority", "The queue class, `interactive` (default) or `batch`")
+RESUME = ("Last-Event-ID", "Resume after this event id")
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    plane: str  # data | control | openai
+    summary: str
+    request: type[BaseModel] | None = None
+    #: status -> JSON response model (None: no JSON body)
+    ok: dict[int, type[BaseModel] | None] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    #: statuses that answer (also, or only) with a `text/event-stream`
+    sse: tuple[int, ...] = ()
+    #: optional request headers: (name, description)
+    headers: tuple[tuple[str, str], ...] = ()
+    #: the error body (the OpenAI door answers in OpenAI's shape)
+    error: type[BaseModel] = api.ErrorEnvelope
+    content: str = "application/json"
+
+
+_OPENAI_ERRORS = (400, 401, 404, 409, 413, 429, 502, 503, 504)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "post", "/v1/tasks", "data",
+        "Admit a task into its pool's queue (202); with `stream: true` or "
+        "`Accept: text/event-stream`, answer with its SSE stream at once (200)",
+        api.TaskRequest, {202: api.AdmissionResponse, 200: None}, (400, 404, 413, 429, 503),
+        sse=(200,), headers=(TENANT,),
+    ),
+    Operation(
+        "get", "/v1/tasks/{task_id}", "data", "A task's state (and output once ended)",
+        ok={200: api.TaskStatus}, errors=(404,),
+    ),
+    Operation(
+        "get", "/v1/tasks/{task_id}/stream", "data",
+        "The task's SSE stream; Last-Event-ID resumes after that event; "
+        "`Accept: text/event-stream; format=openai` renders OpenAI chunks",
+        ok={200: None}, errors=(400, 404, 410), sse=(200,), headers=(RESUME,),
+    ),
+    Operation(
+        "post", "/v1/tasks/{task_id}/cancel", "data", "Cancel a task (idempotent)",
+        ok={204: None}, errors=(404,),
+    ),
+    Operation(
+        "get", "/v1/sessions/{session_id}", "data", "Session affinity and KV warmth",
+        ok={200: api.SessionInfo}, errors=(404,),
+    ),
+    Operation("delete", "/v1/sessions/{session_id}", "data", "Forget a session", ok={204: None}),
+    Operation(
+        "post", "/v1/chat/completions", "openai",
+        "OpenAI chat completion through the queue (stream or not); X-Task-Id names its task",
+        oai.ChatCompletionRequest, {200: oai.ChatCompletion}, _OPENAI_ERRORS, sse=(200,),
+        headers=(TENANT, PRIORITY), error=oai.OpenAIError,
+    ),
+    Operation(
+        "post", "/v1/completions", "openai",
+        "OpenAI text completion through the queue (stream or not); X-Task-Id names its task",
+        oai.CompletionRequest, {200: oai.Completion}, _OPENAI_ERRORS, sse=(200,),
+        headers=(TENANT, PRIORITY), error=oai.OpenAIError,
+    ),
+    Operation(
+        "get", "/v1/models", "openai", "Served models, with their pools, readiness and queue",
+        ok={200: oai.ModelList}, error=oai.OpenAIError,
+    ),
+    Operation("get", "/v1/pools", "control", "Pools and their replicas", ok={200: api.PoolList}),
+    Operation(
+        "get", "/v1/pools/{pool_id}", "control", "One pool", ok={200: api.PoolInfo},
+        errors=(404,),
+    ),
+    Operation(
+        "get", "/v1/pools/{pool_id}/health", "control", "A pool's health",
+        ok={200: api.PoolHealth}, errors=(404,),
+    ),
+    Operation(
+        "post", "/v1/pools/{pool_id}/drain", "control",
+        "Stop admitting; end what remains at the deadline", api.DrainRequest,
+        {202: api.Accepted}, (400, 404),
+    ),
+    Operation(
+        "post", "/v1/pools/{pool_id}/reload", "control",
+        "Swap the model atomically; rolled back on failure", api.ReloadRequest,
+        {202: api.Accepted}, (400, 404),
+    ),
+    Operation(
+        "get", "/v1/capabilities", "control", "Engines, versions and context limits",
+        ok={200: api.CapabilitiesResponse},
+    ),
+    Operation("get", "/healthz", "control", "Liveness", ok={200: None}),
+    Operation(
+        "get", "/readyz", "control", "Readiness: a replica is Ready", ok={200: None},
+        errors=(503,),
+    ),
+    Operation(
+        "get", "/metrics", "control", "Prometheus metrics", ok={200: None}, content="text/plain"
+    ),
+    Operation("get", "/openapi.json", "control", "This API's OpenAPI document", ok={200: None}),
+)  # fmt: skip

@@ -1,0 +1,246 @@
+"""OC-OAI-9001..9007: the OpenAI-compatible door, driven by the official `openai` SDK (async
+and sync, stream and not, chat and completions), over a live daemon with mock pools."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import openai
+import pytest
+
+from tests.helpers import mock_pool
+from worker_adapters.base import ChatMessage, GenerateRequest
+from worker_adapters.mock import render_chat, token_stream
+
+CONVERSATION = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": [{"type": "text", "text": "hello"}]},
+]
+RENDERED = render_chat(
+    GenerateRequest(
+        "", 1, messages=(ChatMessage("system", "be brief"), ChatMessage("user", "hello"))
+    )
+)
+
+
+def clients(api, **kw):
+    base = f"{api.base}/v1"
+    return (
+        openai.AsyncOpenAI(base_url=base, api_key="unused", max_retries=0, **kw),
+        openai.OpenAI(base_url=base, api_key="unused", max_retries=0, **kw),
+    )
+
+
+async def test_chat_and_completions_stream_and_not_are_tasks(start_daemon):
+    """OC-OAI-9001, OC-OAI-9003"""
+    api = await start_daemon(mock_pool())
+    client, sync = clients(api)
+    expected = "".join(token_stream(7, RENDERED, 5))
+
+    raw = await client.chat.completions.with_raw_response.create(
+        model="mock-model", messages=CONVERSATION, max_tokens=5, seed=7
+    )
+    chat = raw.parse()
+    assert chat.object == "chat.completion" and chat.model == "mock-model"
+    assert chat.choices[0].message.content == expected
+    assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 5
+    task_id = raw.headers["X-Task-Id"]
+    assert chat.id == f"chatcmpl-{task_id}"
+    status = await api.status(task_id)  # every request is a task
+    assert status["state"] == "completed" and status["output"] == expected
+
+    stream = await client.chat.completions.create(
+        model="mock-model", messages=CONVERSATION, max_tokens=5, seed=7, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 5
+
+    # the sync client, as most scripts use it (in a thread: the daemon runs on this loop)
+    def sync_calls():
+        done = sync.completions.create(model="mock-model", prompt="plain", max_tokens=4, seed=2)
+        streamed = sync.completions.create(
+            model="mock-model", prompt=["plain"], max_tokens=4, seed=2, stream=True
+        )
+        return done, [c.choices[0].text for c in streamed if c.choices]
+
+    done, pieces = await asyncio.to_thread(sync_calls)
+    plain = "".join(token_stream(2, "plain", 4))
+    assert done.object == "text_completion" and done.choices[0].text == plain
+    assert "".join(pieces) == plain
+    models = await client.models.list()
+    (card,) = models.data
+    assert card.id == "mock-model" and card.model_extra["pools"] == ["mock"]
+    assert card.model_extra["ready"] is True and card.model_extra["chat_template"] == "engine"
+
+
+async def test_errors_are_openai_shaped_with_our_codes(start_daemon):
+    """OC-OAI-9002"""
+    api = await start_daemon(
+        mock_pool(queue={"capacity": 1}, replicas={"managed": {"count": 1, "slots": 1}})
+    )
+    client, _ = clients(api)
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.chat.completions.create(model="nope", messages=CONVERSATION)
+    assert err.value.code == "UNKNOWN_MODEL" and err.value.param == "model"
+    refused = {
+        "n": {"n": 2},
+        "tools": {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        "logprobs": {"logprobs": True},
+        "response_format": {"response_format": {"type": "json_object"}},
+    }
+    for field, extra in refused.items():
+        with pytest.raises(openai.BadRequestError) as err:
+            await client.chat.completions.create(model="mock-model", messages=CONVERSATION, **extra)
+        assert err.value.code == "INVALID_PARAMS" and err.value.param == field
+        assert "not supported" in err.value.message
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(model="mock-model", messages=image)
+    assert err.value.param == "messages[0].content[0].type"
+    with pytest.raises(openai.BadRequestError) as err:  # a field OpenAI does not define
+        await client.chat.completions.create(
+            model="mock-model", messages=CONVERSATION, extra_body={"bogus": 1}
+        )
+    assert err.value.param == "bogus"
+    # backpressure: the only slot busy and the queue full: a 429, the SDK's RateLimitError
+    held = [
+        await client.completions.create(
+            model="mock-model", prompt="[[stall:0]]", max_tokens=4, stream=True
+        )
+        for _ in range(2)
+    ]
+    with pytest.raises(openai.RateLimitError) as err:
+        await client.completions.create(model="mock-model", prompt="x", max_tokens=2)
+    assert err.value.code == "ADMISSION_REJECT" and err.value.type == "rate_limit_error"
+    headers = err.value.response.headers
+    assert int(headers["Retry-After"]) >= 1 and int(headers["X-Backoff-Ms"]) > 0
+    for stream in held:
+        await stream.close()
+
+
+async def test_priority_and_a_pool_chat_template(start_daemon):
+    """OC-OAI-9003, OC-OAI-9004"""
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]"
+    api = await start_daemon(
+        mock_pool(), mock_pool("tpl", chat_template=template), abandon_grace_s=0
+    )
+    client, _ = clients(api)
+    raw = await client.chat.completions.with_raw_response.create(
+        model="tpl-model", messages=CONVERSATION, max_tokens=3, seed=4,
+        extra_headers={"X-Priority": "batch", "X-Tenant-Id": "team-a"},
+    )  # fmt: skip
+    rendered = "[system] be brief\n[user] hello\n[assistant]"  # the pool's template, not the mock's
+    assert raw.parse().choices[0].message.content == "".join(token_stream(4, rendered, 3))
+    assert (await api.status(raw.headers["X-Task-Id"]))["priority"] == "batch"
+    _, models = await api.get("/v1/models")
+    assert {m["id"]: m["chat_template"] for m in models["data"]} == {
+        "mock-model": "engine", "tpl-model": "config",
+    }  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(
+            model="mock-model", messages=CONVERSATION, extra_headers={"X-Priority": "urgent"}
+        )
+    assert err.value.param == "X-Priority"
+
+
+async def _sse(response) -> list[tuple[int | None, str]]:
+    """(id, data) of each event, and ("comment", text) of comments, from a raw stream."""
+    out, event_id = [], None
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith(":"):
+            out.append(("comment", line[1:].strip()))
+        elif line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("data: "):
+            out.append((event_id, line[6:]))
+            event_id = None
+    return out
+
+
+async def test_a_queued_stream_answers_at_once_with_its_position(start_daemon):
+    """OC-OAI-9005"""
+    api = await start_daemon(
+        mock_pool(replicas={"managed": {"count": 1, "slots": 1}}), stream_heartbeat_s=0.05
+    )
+    _, holder, _ = await api.submit(model="mock-model", prompt="[[stall:0]]")
+    await api.wait_state(holder["task_id"], "running")
+    body = {"model": "mock-model", "prompt": "queued", "max_tokens": 3, "stream": True}
+    async with api.http.post(f"{api.base}/v1/completions", json=body) as r:
+        assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
+        first = await r.content.readline()  # sent before the task could start
+        assert first == b": queued position=0\n"
+        again = await r.content.readuntil(b": queued position=0\n")  # the heartbeat repeats it
+        assert again.endswith(b"position=0\n")
+        assert await api.cancel(holder["task_id"]) == 204
+        events = await _sse(r)
+    data = [d for i, d in events if i != "comment"]
+    assert data[-1] == "[DONE]"
+    text = "".join(
+        json.loads(d)["choices"][0]["text"] for d in data[:-1] if json.loads(d)["choices"]
+    )
+    assert text == "".join(token_stream(0, "queued", 3))
+
+
+async def test_a_client_that_leaves_cancels_its_task_and_frees_the_slot(start_daemon):
+    """OC-OAI-9006"""
+    api = await start_daemon(
+        mock_pool(replicas={"managed": {"count": 1, "slots": 1}}), abandon_grace_s=0
+    )
+    pool = api.daemon.service.pools["mock"]
+    body = {"model": "mock-model", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "[[stall:2]] stay"}]}  # fmt: skip
+    async with api.http.post(f"{api.base}/v1/chat/completions", json=body) as r:
+        task_id = r.headers["X-Task-Id"]
+        await r.content.readuntil(b'"content":" ')  # a token arrived; then the client leaves
+    await pool.wait_idle()
+    assert pool.manager.replicas[0].busy == 0
+    status = await api.status(task_id)
+    assert status["state"] == "canceled" and status["tokens_out"] == 2
+
+
+async def test_resume_by_last_event_id_gives_the_missing_chunks_once(start_daemon):
+    """OC-OAI-9007"""
+    api = await start_daemon(mock_pool(), abandon_grace_s=600)
+    body = {"model": "mock-model", "prompt": "resume", "max_tokens": 12, "seed": 3,
+            "stream": True}  # fmt: skip
+    async with api.http.post(f"{api.base}/v1/completions", json=body) as r:
+        task_id = r.headers["X-Task-Id"]
+        head = await r.content.readuntil(b"\n\n")  # the first chunk only
+    first_id = int(head.split(b"\n")[0].removeprefix(b"id: "))
+    await api.daemon.service.pools["mock"].wait_idle()  # it ran on without its client
+    headers = {"Last-Event-ID": str(first_id), "Accept": "text/event-stream; format=openai"}
+    async with api.http.get(f"{api.base}/v1/tasks/{task_id}/stream", headers=headers) as r:
+        rest = await _sse(r)
+    ids = [i for i, _ in rest if isinstance(i, int)]
+    assert ids == sorted(set(ids)) and min(ids) > first_id  # nothing twice, nothing old
+    chunks = [json.loads(head.split(b"data: ", 1)[1])] + [
+        json.loads(d) for _, d in rest if d != "[DONE]"
+    ]
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    assert text == "".join(token_stream(3, "resume", 12))
+    assert rest[-1][1] == "[DONE]" and {c["id"] for c in chunks} == {f"cmpl-{task_id}"}
+
+
+async def test_one_request_native_streaming(start_daemon):
+    """OC-OAI-9008"""
+    api = await start_daemon(mock_pool())
+    body = {"model": "mock-model", "prompt": "at once", "max_tokens": 4, "seed": 1}
+    for how in ({"json": {**body, "stream": True}},
+                {"json": body, "headers": {"Accept": "text/event-stream"}}):  # fmt: skip
+        async with api.http.post(f"{api.base}/v1/tasks", **how) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
+            task_id = r.headers["X-Task-Id"]
+            text = (await r.read()).decode()
+        assert text.startswith("event: started\nid: 0\n")
+        started = json.loads(text.split("data: ", 1)[1].split("\n", 1)[0])
+        assert started["task_id"] == task_id
+        assert text.count("event: token") == 4 and "event: end" in text
+    async with api.http.post(f"{api.base}/v1/tasks", json=body) as r:  # still two requests
+        assert r.status == 202
