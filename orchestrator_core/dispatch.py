@@ -63,7 +63,10 @@ def next_dispatch(
     if task is None:
         return step
     request = PlacementRequest(
-        task.determinism, task.placement, sessions.warm_replica(task.session_id, now_ms)
+        task.determinism,
+        task.placement,
+        sessions.warm_replica(task.session_id, now_ms),
+        task.failed_on,
     )
     result = place(request, replicas)
     if isinstance(result, NoFit):

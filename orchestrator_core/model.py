@@ -100,6 +100,8 @@ class Task:
     seq: int = -1
     #: How many times the task was put back after its replica failed before any token.
     retries: int = 0
+    #: The replicas those failures happened on (placement runs the task elsewhere).
+    failed_on: frozenset[str] = frozenset()
     error: ErrorCode | None = None
 
     def transition(self, to: TaskState, error: ErrorCode | None = None) -> None:

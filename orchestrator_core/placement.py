@@ -52,6 +52,9 @@ class PlacementRequest:
     placement: Placement = AUTO
     #: The replica that served this task's session last, while its KV cache is warm.
     warm_replica: str | None = None
+    #: Replicas this task already failed on before its first token: it runs "elsewhere"
+    #: whenever another replica fits, there only when none does.
+    failed_on: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +79,15 @@ def _eligible(req: PlacementRequest, r: ReplicaSnapshot) -> bool:
     return not (pin.mode is PlacementMode.PIN and pin.replica_id != r.id)
 
 
-def _score(req: PlacementRequest, r: ReplicaSnapshot) -> tuple[int, int, float, int, str]:
-    # Sorted ascending: an explicit `prefer` first, then session affinity (warm KV),
-    # then most free KV (unknown counts as none), then fewest busy slots, then id.
+def _score(req: PlacementRequest, r: ReplicaSnapshot) -> tuple[int, int, int, float, int, str]:
+    # Sorted ascending: anywhere the task has not failed before first, then an explicit
+    # `prefer`, session affinity (warm KV), most free KV (unknown counts as none), fewest
+    # busy slots, id.
+    failed = r.id in req.failed_on
     preferred = req.placement.mode is PlacementMode.PREFER and req.placement.replica_id == r.id
     warm = req.warm_replica == r.id
     kv_free = r.kv_free_fraction if r.kv_free_fraction is not None else 0.0
-    return (0 if preferred else 1, 0 if warm else 1, -kv_free, r.slots_busy, r.id)
+    return (int(failed), 0 if preferred else 1, 0 if warm else 1, -kv_free, r.slots_busy, r.id)
 
 
 def _why_not(req: PlacementRequest, replicas: Sequence[ReplicaSnapshot]) -> NoFitReason:

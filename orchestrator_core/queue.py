@@ -208,12 +208,13 @@ class PoolQueue:
                 return next(iter(lru.values()))
         return None
 
-    def requeue_front(self, task: Task) -> None:
-        """Put a RUNNING task back at the front of its priority (its replica failed before
-        it produced a token). Accepted work is never dropped for capacity: a retry neither
-        counts toward capacity nor can be evicted."""
+    def requeue_front(self, task: Task, failed_on: str) -> None:
+        """Put a RUNNING task back at the front of its priority (replica `failed_on` failed
+        before it produced a token). Accepted work is never dropped for capacity: a retry
+        neither counts toward capacity nor can be evicted."""
         task.transition(TaskState.QUEUED)
         task.retries += 1
+        task.failed_on = task.failed_on | {failed_on}
         self._attach(task, retry=True)
 
     # -- leaving the queue ---------------------------------------------------------

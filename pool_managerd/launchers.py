@@ -55,7 +55,7 @@ class MockLauncher:
 
     async def launch(self, replica_id: str, model: str) -> Launched:
         fail = self.template.fail_start or model.startswith("fail:")
-        config = replace(self.template, model=model, fail_start=fail)
+        config = replace(self.template, model=model, fail_start=fail, replica_id=replica_id)
         adapter = MockAdapter(config)
         stopped = asyncio.Event()
 

@@ -7,7 +7,8 @@ overload, slow start. Same (seed, prompt, max_tokens) → same tokens, on any re
 Faults are set per engine (`MockConfig`) or per request by directives in the prompt, so
 tests can hold a slot busy or break a stream at an exact token without timing:
 `[[stall:N]]` hangs after N tokens until cancelled; `[[fail:N]]` resets the connection
-after N tokens; `[[big:K]]` makes every token K bytes long (large outputs).
+after N tokens; `[[big:K]]` makes every token K bytes long (large outputs);
+`[[reject:REPLICA]]` makes that one replica answer "overloaded" (per-replica faults).
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ class MockConfig:
     stall_after_tokens: int | None = None
     overloaded: bool = False
     fail_start: bool = False
+    #: The replica this engine is (for per-replica fault directives).
+    replica_id: str = ""
 
 
 _DIRECTIVE = re.compile(r"\[\[(stall|fail|big):(\d+)\]\]")
+_REJECT = re.compile(r"\[\[reject:([^\]]+)\]\]")
 
 
 def render_chat(request: GenerateRequest) -> str:
@@ -102,7 +106,8 @@ class MockAdapter:
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
         cfg = self.config
-        if cfg.overloaded or self.active >= cfg.slots:
+        rejected = cfg.replica_id in _REJECT.findall(render_chat(request))
+        if cfg.overloaded or rejected or self.active >= cfg.slots:
             raise AdapterError(ErrorCode.REPLICA_EXHAUSTED, "mock engine overloaded", engine=ENGINE)
         if request.max_tokens < 0:
             raise AdapterError(ErrorCode.INVALID_PARAMS, "max_tokens must be >= 0", engine=ENGINE)

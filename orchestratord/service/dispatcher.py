@@ -234,7 +234,7 @@ class PoolDispatcher:
             correlation_id=rec.correlation_id,
         )  # fmt: skip
         if retry:  # nothing reached the client yet: run it elsewhere, ahead of never-run work
-            self.queue.requeue_front(task)
+            self.queue.requeue_front(task, replica.id)
             rec.replica_id = None
             return
         self._book.finish(

@@ -50,6 +50,18 @@ def test_score_order_prefer_affinity_kv_busy_id():
     assert place(PlacementRequest(), flat) == Placed("y")  # fewest busy, then id
 
 
+def test_a_replica_the_task_failed_on_ranks_below_every_other():
+    """OC-CORE-1051"""
+    prefer = Placement(PlacementMode.PREFER, "a")
+    reps = [r("a"), r("b", slots_busy=1, kv_free_fraction=0.1)]
+    failed = PlacementRequest(placement=prefer, warm_replica="a", failed_on=frozenset({"a"}))
+    assert place(failed, reps) == Placed("b")  # elsewhere, over prefer and warm KV
+    assert place(failed, [r("a"), r("b", slots_busy=2)]) == Placed("a")  # the only fit
+    pin = Placement(PlacementMode.PIN, "a")
+    pinned = PlacementRequest(placement=pin, failed_on=frozenset({"a"}))
+    assert place(pinned, reps) == Placed("a")  # a pin is a pin
+
+
 def test_no_fit_reasons():
     """OC-CORE-1052"""
     assert place(PlacementRequest(), []) == NoFit(NoFitReason.NO_READY_REPLICA)

@@ -165,8 +165,9 @@ def test_requeue_front_goes_ahead_of_never_run_tasks_and_ignores_capacity():
     q.offer(t(2))
     running, _ = q.take_next([ANY_LANE], 0)
     q.offer(t(3))
-    q.requeue_front(running)
+    q.requeue_front(running, "r0")
     assert running.state is TaskState.QUEUED and running.retries == 1
+    assert running.failed_on == {"r0"}
     assert q.depth() == 3
     assert q.position("t1") == 0
     assert drain(q) == ["t1", "t2", "t3"]

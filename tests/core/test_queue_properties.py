@@ -196,7 +196,7 @@ class QueueMachine(RuleBasedStateMachine):
         task = data.draw(st.sampled_from(self.running))
         self.running.remove(task)
         if outcome is TaskState.QUEUED:
-            self.q.requeue_front(task)
+            self.q.requeue_front(task, "r0")
             self.retried_queued.add(task.id)
         else:
             task.transition(outcome)

@@ -247,6 +247,21 @@ async def test_engine_reset_before_first_token_is_retried_after_is_reported(star
     assert (await api.status(late["task_id"]))["state"] == "failed"
 
 
+async def test_a_retry_runs_on_another_replica_even_one_ready_and_preferred(start_daemon):
+    """OC-CTRL-2021, OC-CORE-1051"""
+    api = await start_daemon(
+        mock_pool(max_retries=1, replicas={"managed": {"count": 2, "slots": 1}})
+    )
+    # r0 refuses as overloaded: it stays Ready, and the task prefers it
+    _, task, _ = await api.submit(
+        model="mock-model", prompt="[[reject:mock-r0]] x", max_tokens=3,
+        placement={"mode": "prefer", "replica_id": "mock-r0"},
+    )  # fmt: skip
+    events = await api.events(task["task_id"])
+    starts = [data["replica_id"] for name, _, data in events if name == "started"]
+    assert starts == ["mock-r0", "mock-r1"] and events[-1][0] == "end"
+
+
 async def test_stalled_engine_times_out_with_decode_timeout(start_daemon):
     """OC-CTRL-2023"""
     api = await start_daemon(
