@@ -28,17 +28,19 @@ async def test_scrape_after_traffic_conforms(start_daemon):
         ),
         mock_pool("b", queue={"capacity": 1}, replicas={"managed": {"count": 2, "slots": 1}}),
     )
-    # complete, fail, cancel, evict, reject, expire
-    _, done, _ = await api.submit(model="a-model", prompt="ok", max_tokens=3)
-    await api.events(done["task_id"])
+    # fail, cancel, evict, expire, complete, reject
     _, failed, _ = await api.submit(model="b-model", prompt="[[fail:1]]", max_tokens=3)
     await api.events(failed["task_id"])
     _, blocker, _ = await api.submit(model="a-model", prompt="[[stall:0]]")
     await api.wait_state(blocker["task_id"], "running")
     await api.submit(model="a-model", prompt="victim", priority="batch")
+    # admitted while pool a has finished nothing (an unknown service time never refuses a
+    # deadline), then it expires in the queue behind the blocker
     _, late, _ = await api.submit(model="a-model", prompt="evicts", max_tokens=1, deadline_ms=5)
-    await api.events(late["task_id"])  # expires in the queue behind the blocker
+    await api.events(late["task_id"])
     await api.cancel(blocker["task_id"])
+    _, done, _ = await api.submit(model="a-model", prompt="ok", max_tokens=3)
+    await api.events(done["task_id"])
     _, b1, _ = await api.submit(model="b-model", prompt="[[stall:0]]")
     _, b2, _ = await api.submit(model="b-model", prompt="[[stall:0]]")
     await api.wait_state(b1["task_id"], "running")
