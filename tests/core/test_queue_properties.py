@@ -163,7 +163,9 @@ class QueueMachine(RuleBasedStateMachine):
                     okey = (task.priority, other)
                     if other == task.tenant or okey not in self.backlogged_since:
                         continue
-                    if self.backlogged_since[okey] <= prev:
+                    # strictly before: the clock ticks on a serve, so a tenant that turns
+                    # backlogged right after our previous turn carries that same tick
+                    if self.backlogged_since[okey] < prev:
                         assert self.last_served.get(okey, -1) > prev, (
                             f"{task.tenant} served twice while {other} waited"
                         )
