@@ -3,9 +3,12 @@ are reused where the engine keeps them alive, JSON probes, and SSE-over-POST wit
 classified into the shared taxonomy. Engine modules add only their protocol: request body
 and event mapping.
 
-Reuse meets engines that close a connection after a stream although they advertise
-keep-alive (llama-server): a request that finds its pooled connection dead before any
-response byte is sent again on another — the engine never saw it — instead of failing."""
+A pooled connection the engine closed while it sat idle shows as "server disconnected"
+before any response byte: such a request is sent once more, on another connection (the
+engine never saw it). Engines that close every connection after a stream although they
+advertise keep-alive (llama-server) are not pooled at all (`keep_alive=False`). A request
+to a replica that was stopped meanwhile (its session closed) is a connection failure,
+like any other."""
 
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ from worker_adapters.sse import Oversized, sse_data
 
 DONE = b"[DONE]"
 JSON = {"Content-Type": "application/json"}
-#: Tries of a request whose connection turns out dead before the engine answered.
-_STALE_TRIES = 3
+#: Tries of a request whose pooled connection turns out closed before the engine answered.
+_STALE_TRIES = 2
 
 
 class HttpEngine:
@@ -35,11 +38,17 @@ class HttpEngine:
         *,
         headers: Mapping[str, str] | None = None,
         probe_timeout_s: float = 2.0,
+        keep_alive: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
+        connector = (
+            aiohttp.TCPConnector(limit=0, keepalive_timeout=4)  # under uvicorn's 5 s idle close
+            if keep_alive
+            else aiohttp.TCPConnector(limit=0, force_close=True)
+        )
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             headers=dict(headers or {}),
         )
@@ -89,11 +98,13 @@ class HttpEngine:
         return found
 
     async def _post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
-        """POST, sending again on another connection when a pooled one was dead."""
+        """POST, sending once more when a pooled connection was closed under us."""
         for attempt in range(1, _STALE_TRIES + 1):
+            if self._session.closed:  # the replica was stopped while this task waited
+                raise aiohttp.ClientConnectionError(f"{self.engine} replica was stopped")
             try:
                 return await self._session.post(self.base_url + path, data=body, headers=JSON)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            except aiohttp.ServerDisconnectedError:
                 if attempt == _STALE_TRIES:
                     raise
         raise AssertionError("unreachable")

@@ -4,8 +4,7 @@ Protocol notes (design/PROTOCOLS.md A1, ENGINES.md):
 - stream events are `data: {json}` with no terminator; the last has `stop: true`,
   `stop_type` (eos | word | limit), `tokens_predicted`, `tokens_evaluated`, `timings`;
 - the server closes the TCP connection after a streamed response although it advertises
-  keep-alive; a request that meets such a closed pooled connection is sent again on
-  another before any byte was answered (`HttpEngine._post`);
+  keep-alive, so its connections are never pooled (`keep_alive=False`);
 - cancel = close the connection: generation stops and the slot frees at once;
 - readiness is `GET /health` (503 while loading, 200 when ready); slots and context come
   from `/props` and `/slots`;
@@ -74,7 +73,7 @@ class LlamaCppAdapter(HttpEngine):
         engine_version: str | None = None,
         extra_params: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(base_url)
+        super().__init__(base_url, keep_alive=False)
         self.model_path = model_path
         self._version = engine_version
         self.extra_params = dict(extra_params or {})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import grpc
+import pytest
 
 from orchestrator_core.errors import ErrorCode
-from worker_adapters.base import End, GenerateRequest, Token
+from worker_adapters.base import AdapterError, End, GenerateRequest, Token
 from worker_adapters.http_errors import status_error
+from worker_adapters.llamacpp_http import LlamaCppAdapter
 from worker_adapters.openai_http import OpenAIAdapter
 from worker_adapters.triton_grpc import _classify
 
@@ -38,3 +40,12 @@ async def test_openai_chat_route_streams_from_real_llama_server(llama_server):
         await adapter.close()
     assert all(isinstance(e, Token) for e in events[:-1]) and isinstance(events[-1], End)
     assert events[-1].tokens_out == 5 and events[-1].finish_reason == "length"
+
+
+async def test_a_stream_on_a_stopped_replica_is_a_worker_reset():
+    """OC-ADAPT-3006"""
+    for adapter in (OpenAIAdapter("http://127.0.0.1:9", model="m"), LlamaCppAdapter("http://x")):
+        await adapter.close()  # the replica was stopped while a task was on its way to it
+        with pytest.raises(AdapterError) as err:
+            _ = [e async for e in adapter.stream(GenerateRequest("x", max_tokens=1))]
+        assert err.value.code is ErrorCode.WORKER_RESET and err.value.retriable
