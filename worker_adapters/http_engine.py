@@ -3,12 +3,12 @@ are reused where the engine keeps them alive, JSON probes, and SSE-over-POST wit
 classified into the shared taxonomy. Engine modules add only their protocol: request body
 and event mapping.
 
-A pooled connection the engine closed while it sat idle shows as "server disconnected"
-before any response byte: such a request is sent once more, on another connection (the
-engine never saw it). Engines that close every connection after a stream although they
-advertise keep-alive (llama-server) are not pooled at all (`keep_alive=False`). A request
-to a replica that was stopped meanwhile (its session closed) is a connection failure,
-like any other."""
+A pooled connection the engine closed while it sat idle shows as "server disconnected" or
+a failed write before any response byte: such a request is sent once more, on another
+connection (the engine never answered it). llama-server closes every connection after a
+stream although it advertises keep-alive: its own adapter does not pool (`keep_alive=False`);
+an OpenAI-compatible pool in front of it relies on the resend. A request to a replica that
+was stopped meanwhile (its session closed) is a connection failure, like any other."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ class HttpEngine:
                 raise aiohttp.ClientConnectionError(f"{self.engine} replica was stopped")
             try:
                 return await self._session.post(self.base_url + path, data=body, headers=JSON)
-            except aiohttp.ServerDisconnectedError:
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # the pooled connection was closed under us: the request was not answered
                 if attempt == _STALE_TRIES:
                     raise
         raise AssertionError("unreachable")
