@@ -27,6 +27,12 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "slow.gguf", TinyModelSpec.slow())
 
 
+#: For tests that need a stream still running when they act on it: a random-weights model
+#: samples its end-of-sequence token whenever it likes (a 1500-token request once ended
+#: after 19 under `make stress`), so these streams ignore it and run to max_tokens.
+LONG_STREAMS = {"engine_params": {"ignore_eos": True}}
+
+
 def llama_pool(model: Path, id: str = "llama", **overrides):
     pool = {
         "id": id,

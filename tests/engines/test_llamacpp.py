@@ -15,7 +15,7 @@ from orchestrator_core.errors import ErrorCode
 from pool_managerd.launchers import LlamaServerLauncher, LlamaServerOptions
 from pool_managerd.probe import poll_until
 from pool_managerd.tiny_gguf import EOS_ID
-from tests.engines.conftest import llama_pool
+from tests.engines.conftest import LONG_STREAMS, llama_pool
 from worker_adapters.base import AdapterError, End, GenerateRequest, Token
 from worker_adapters.llamacpp_http import model_digest
 
@@ -168,7 +168,7 @@ async def test_strict_same_seed_identical_on_either_replica(start_daemon, tiny_m
 async def test_cancel_through_the_daemon_frees_the_engine_slot(start_daemon, slow_model):
     """OC-POOL-4004"""
     api = await start_daemon(
-        llama_pool(slow_model, replicas={"managed": {"slots": 1, "ctx": 2048}})
+        llama_pool(slow_model, replicas={"managed": {"slots": 1, "ctx": 2048}}, **LONG_STREAMS)
     )
     _, task, _ = await api.submit(model="llama-model", prompt="long", max_tokens=1500)
     tid = task["task_id"]
@@ -205,6 +205,7 @@ async def test_kill9_replica_mid_stream(start_daemon, slow_model):
             replicas={"managed": {"count": 2, "slots": 2, "ctx": 4096}},
             max_retries=2,
             restart_backoff_s=0.05,
+            **LONG_STREAMS,
         )
     )
     service = api.daemon.service
@@ -318,7 +319,10 @@ async def test_engine_reported_load_feeds_gauges(start_daemon, slow_model):
     """OC-POOL-4010"""
     api = await start_daemon(
         llama_pool(
-            slow_model, health_interval_s=0.05, replicas={"managed": {"slots": 1, "ctx": 2048}}
+            slow_model,
+            health_interval_s=0.05,
+            replicas={"managed": {"slots": 1, "ctx": 2048}},
+            **LONG_STREAMS,
         )
     )
     manager = api.daemon.service.pools["llama"].manager
@@ -376,3 +380,4 @@ async def test_no_llama_server_survives_a_sigkilled_daemon(tiny_model, tmp_path)
 
     async with asyncio.timeout(10):
         await poll_until(all_gone)  # the kernel's parent-death signal, not our cleanup
+

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from pool_managerd.probe import poll_until
-from tests.engines.conftest import llama_pool
+from tests.engines.conftest import LONG_STREAMS, llama_pool
 
 pytestmark = pytest.mark.llamacpp
 
@@ -37,7 +37,7 @@ async def test_openai_sdk_over_real_llama_cpp(start_daemon, tiny_model):
 async def test_leaving_mid_stream_frees_the_llama_slot(start_daemon, slow_model):
     """OC-OAI-9006"""
     api = await start_daemon(
-        llama_pool(slow_model, replicas={"managed": {"slots": 1, "ctx": 2048}}),
+        llama_pool(slow_model, replicas={"managed": {"slots": 1, "ctx": 2048}}, **LONG_STREAMS),
         abandon_grace_s=0,
     )
     replica = api.daemon.service.pools["llama"].manager.replicas[0]
