@@ -23,6 +23,10 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "FORBIDDEN"
     NOT_FOUND = "NOT_FOUND"
     INTERNAL = "INTERNAL"
+    #: A task that had streamed tokens when the daemon died (it cannot rerun unseen).
+    DAEMON_RESTART = "DAEMON_RESTART"
+    #: The task store cannot write: nothing new is accepted, nothing accepted is lost.
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
 
 #: Codes a client may retry unchanged (possibly after a backoff).
@@ -35,6 +39,8 @@ RETRIABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.REPLICA_EXHAUSTED,
         ErrorCode.DECODE_TIMEOUT,
         ErrorCode.WORKER_RESET,
+        ErrorCode.DAEMON_RESTART,
+        ErrorCode.STORE_UNAVAILABLE,
     }
 )
 

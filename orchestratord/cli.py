@@ -3,14 +3,15 @@ for the engines this host runs (`orchctl` is the client's)."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 
 import click
+import uvloop
 
 from orchestratord.config import ConfigError, load_config
 from orchestratord.defaults import default_config
+from orchestratord.store import StoreError
 from orchestratord.telemetry.logging import configure
 from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
 
@@ -42,24 +43,27 @@ def serve(config_path: str | None, port: int | None, log_level: str, pretty_logs
     if port is not None:
         config.server.port = port
 
-    def ready(daemon: object) -> None:
-        url = f"http://{config.server.host}:{getattr(daemon, 'port', config.server.port)}"
+    from orchestratord.daemon import Daemon
+    from orchestratord.daemon import serve as run
+
+    def ready(daemon: Daemon) -> None:
+        url = f"http://{config.server.host}:{daemon.port}"
         model = config.pools[0].model
+        assert daemon.service is not None
+        where = daemon.service.store.location or "memory: (accepted work dies with the process)"
         click.echo(
             f"orchestratord serving on {url}\n"
+            f"  task store: {where}\n"
             f"  try: orchctl --url {url} submit --model {model} 'hello'\n"
             f"       curl -N {url}/v1/pools",
             err=True,
         )
 
-    from orchestratord.daemon import serve as run
-
     try:
-        import uvloop
-
         uvloop.run(run(config, ready))
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(run(config, ready))
+    except StoreError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
 
 
 @main.group()

@@ -6,8 +6,9 @@ engine allows come from the engine registry (`orchestratord.engines`).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -67,6 +68,29 @@ class ServerConfig(_Cfg):
     api_key_env: str | None = None
     #: Enables the test-only provider-state endpoint (pact verification). Never in production.
     enable_test_endpoints: bool = False
+    #: Where the daemon keeps its state (the task store); default
+    #: `$XDG_STATE_HOME/orchestratord` (`~/.local/state/orchestratord`).
+    state_dir: str | None = None
+
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        xdg = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+        return Path(xdg) / "orchestratord"
+
+
+class StoreConfig(_Cfg):
+    """Where accepted tasks are journaled, so they survive the daemon."""
+
+    #: `sqlite:` (a file in `server.state_dir`), or `memory:` (durability off: accepted
+    #: work dies with the process).
+    url: Annotated[str, Field(pattern=r"^(sqlite|memory):$")] = "sqlite:"
+    #: SQLite `synchronous`: `normal` survives the daemon being killed; `full` also power
+    #: loss (an fsync per commit group).
+    synchronous: Literal["normal", "full"] = "normal"
+    #: Cap on the store file; past it admissions answer 503 `STORE_UNAVAILABLE` while
+    #: everything already accepted runs on (None: the disk's own limit).
+    max_bytes: Annotated[int, Field(ge=65536)] | None = None
 
 
 class QueueConfig(_Cfg):
@@ -193,6 +217,7 @@ class PoolConfig(_Cfg):
 
 class Config(_Cfg):
     server: ServerConfig = ServerConfig()
+    store: StoreConfig = StoreConfig()
     pools: Annotated[list[PoolConfig], Field(min_length=1)]
 
     @model_validator(mode="after")

@@ -29,7 +29,7 @@ class Daemon:
 
     async def start(self) -> None:
         self.service = Orchestrator(self.config, self.launchers)
-        self.service.start()
+        await self.service.start()
         # handler_cancellation: a client that goes away cancels its handler at once, so a
         # streamed request's task is canceled (or waits for a resume) without delay
         self.runner = web.AppRunner(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,10 +13,21 @@ import uvloop
 
 from orchestratord.config import parse_config
 from orchestratord.daemon import Daemon
-from tests.helpers import Api, wait_ready
+from tests.helpers import Api, Served, wait_ready
 
 # pact's FFI otherwise tries to send usage statistics out (there is no network here)
 os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
+# Daemons keep their task store in the XDG state dir: never the user's own. Session-wide
+# daemons (pact, schemathesis) share this one; every test gets its own (below).
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="orchestratord-tests-")
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test's daemons start from an empty task store (nothing recovered from another)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -28,8 +40,15 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
 async def start_daemon() -> AsyncIterator[Any]:
     started: list[tuple[Daemon, aiohttp.ClientSession]] = []
 
-    async def start(*pools: dict[str, Any], ready: bool = True, **server: Any) -> Api:
-        config = parse_config({"server": {"port": 0, **server}, "pools": list(pools)})
+    async def start(
+        *pools: dict[str, Any],
+        ready: bool = True,
+        store: dict[str, Any] | None = None,
+        **server: Any,
+    ) -> Api:
+        config = parse_config(
+            {"server": {"port": 0, **server}, "store": store or {}, "pools": list(pools)}
+        )
         daemon = Daemon(config)
         await daemon.start()
         session = aiohttp.ClientSession()
@@ -49,3 +68,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     # OC-TEST-8001: a skipped test proves nothing; the run fails instead of passing quietly.
     if report.skipped:
         raise pytest.UsageError(f"{report.nodeid} was skipped; no test may be skipped")
+
+
+@pytest.fixture
+async def served(tmp_path: Any) -> AsyncIterator[Served]:
+    """A real `orchestratord serve`, started (and SIGKILLed) by the test."""
+    async with aiohttp.ClientSession() as http:
+        daemon = Served(tmp_path, http)
+        yield daemon
+        if daemon.proc is not None and daemon.proc.returncode is None:
+            await daemon.kill()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
 from orchestratord.daemon import Daemon
 from pool_managerd.launchers import die_with_parent
@@ -156,3 +157,64 @@ async def wait_log(proc: asyncio.subprocess.Process, needle: str) -> str:
             assert line, f"the daemon exited before logging {needle!r}"
             if needle in line:
                 return line
+
+
+Event = tuple[str, int, str]  # (event, id, raw data)
+
+
+class Served:
+    """One `orchestratord serve` process on the test's state dir."""
+
+    def __init__(self, tmp: Path, http: aiohttp.ClientSession) -> None:
+        self.tmp, self.http = tmp, http
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = ""
+
+    async def start(self, *pools: dict[str, Any]) -> None:
+        path = self.tmp / "config.yaml"
+        path.write_text(yaml.safe_dump({"pools": list(pools)}))
+        self.proc, self.url = await start_serve(path)
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # SIGKILL: no drain, no last write
+        await self.proc.wait()
+
+    async def submit(self, expect: int = 202, **body: Any) -> dict[str, Any]:
+        async with self.http.post(f"{self.url}/v1/tasks", json=body) as r:
+            data = await r.json()
+            assert r.status == expect, data
+            return data
+
+    async def status(self, task_id: str) -> dict[str, Any]:
+        async with self.http.get(f"{self.url}/v1/tasks/{task_id}") as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def events(
+        self, task_id: str, *, after: int | None = None, tokens: int | None = None,
+        until: str | None = None,
+    ) -> list[Event]:  # fmt: skip
+        """The task's SSE events, raw, to its end (or `tokens` token events, or `until`)."""
+        headers = {} if after is None else {"Last-Event-ID": str(after)}
+        out: list[Event] = []
+        async with self.http.get(f"{self.url}/v1/tasks/{task_id}/stream", headers=headers) as r:
+            assert r.status == 200, await r.text()
+            fields: dict[str, str] = {}
+            async for raw in r.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith(":"):
+                    continue
+                if line:
+                    key, _, value = line.partition(": ")
+                    fields[key] = value
+                    continue
+                if not fields:
+                    continue
+                out.append((fields["event"], int(fields["id"]), fields["data"]))
+                fields = {}
+                if out[-1][0] == until or (
+                    tokens is not None and sum(e[0] == "token" for e in out) == tokens
+                ):
+                    break
+        return out

@@ -47,7 +47,7 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
     async def submit(request: web.Request) -> web.StreamResponse:
         req = await parse(request, api.TaskRequest)
         streamed = req.stream or "text/event-stream" in request.headers.get("Accept", "")
-        rec = svc.submit(submission(req, request, streamed=streamed))
+        rec = await svc.submit(submission(req, request, streamed=streamed))
         task_id = rec.task.id
         where = {"Location": f"/v1/tasks/{task_id}", "X-Task-Id": task_id}
         if streamed:  # one request: the answer is the stream itself

@@ -34,6 +34,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.WORKER_RESET: 502,
     ErrorCode.DECODE_TIMEOUT: 504,
     ErrorCode.CANCELED: 409,
+    ErrorCode.DAEMON_RESTART: 503,
+    ErrorCode.STORE_UNAVAILABLE: 503,
 }
 
 #: aiohttp's own refusals (routing, body size, method) in the taxonomy.

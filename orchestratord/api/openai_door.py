@@ -157,7 +157,7 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         sub = _submission(
             request, req, Door.OPENAI_CHAT, messages=_messages(req), max_tokens=max_tokens
         )
-        return await answer(request, svc.submit(sub), req)
+        return await answer(request, await svc.submit(sub), req)
 
     async def completions(request: web.Request) -> web.StreamResponse:
         req = await parse(request, CompletionRequest)
@@ -170,7 +170,7 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         sub = _submission(
             request, req, Door.OPENAI_COMPLETION, prompt=prompt, max_tokens=req.max_tokens or 16
         )
-        return await answer(request, svc.submit(sub), req)
+        return await answer(request, await svc.submit(sub), req)
 
     async def models(request: web.Request) -> web.Response:
         return json_response(svc.models())

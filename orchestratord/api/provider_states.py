@@ -24,7 +24,7 @@ FINISHED_TASK = "00000000-0000-4000-8000-000000000002"
 async def _submit(svc: Orchestrator, task_id: str | None, prompt: str, wait: int | None) -> None:
     if task_id:
         svc.forget(task_id)  # a previous interaction's task with the same fixed id
-    rec = svc.submit(Submission(
+    rec = await svc.submit(Submission(
         model=svc.config.pools[0].model, tenant="pact", correlation_id="provider-state",
         prompt=prompt, max_tokens=4, task_id=task_id,
     ))  # fmt: skip

@@ -120,9 +120,10 @@ class PoolDispatcher:
 
     # -- admission ---------------------------------------------------------------------
 
-    def admit(self, rec: TaskRecord) -> None:
+    def admit(self, rec: TaskRecord, *, recovered: bool = False) -> None:
         """Queue an accepted task (the queue may evict a drop-lru victim for it), record its
-        position and predicted start, and pump; raise Refusal when the queue is full."""
+        position and predicted start, and pump; raise Refusal when the queue is full. A task
+        `recovered` from the store after a restart is journaled already."""
         total, busy = self.slot_counts()
         result = self.queue.offer(rec.task, backoff_ms=self.estimator.backoff_ms(total))
         policy = self.config.queue.policy
@@ -135,7 +136,7 @@ class PoolDispatcher:
             )  # fmt: skip
         rec.queue_position = result.position
         rec.predicted_start_ms = self.estimator.predicted_start_ms(result.position, total, busy)
-        self._book.add(rec)
+        self._book.add(rec, recovered=recovered)
         self._idle.clear()
         self._metrics.on_admitted(self.id, rec.task.priority)
         if result.evicted is not None:
@@ -267,16 +268,17 @@ class PoolDispatcher:
 
     # -- cancel and abort --------------------------------------------------------------
 
-    def cancel(self, rec: TaskRecord) -> None:
-        """End a queued or running task as canceled; idempotent. No token event follows."""
+    def cancel(self, rec: TaskRecord, code: ErrorCode = ErrorCode.CANCELED, why: str = "") -> None:
+        """End a queued or running task as canceled (by the client, or withdrawn with
+        another `code`); idempotent. No token event follows."""
         task = rec.task
         if task.state is TaskState.QUEUED:
             self.queue.cancel(task.id)
-            self._book.finish(rec, TaskState.CANCELED, ErrorCode.CANCELED)
+            self._book.finish(rec, TaskState.CANCELED, code, why)
             self._metrics.on_queue(self.id, self.queue)
             self._check_idle()
         elif task.state is TaskState.RUNNING:
-            self._book.finish(rec, TaskState.CANCELED, ErrorCode.CANCELED)
+            self._book.finish(rec, TaskState.CANCELED, code, why)
             if rec.runner is not None:
                 rec.runner.cancel()  # closes the engine request; the slot frees when it ends
         log.info("canceled task", task_id=task.id, pool_id=self.id, replica_id=rec.replica_id)

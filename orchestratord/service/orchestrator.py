@@ -22,9 +22,11 @@ from orchestratord.engines import launcher_for
 from orchestratord.service import views
 from orchestratord.service.admission import Admission, Submission
 from orchestratord.service.dispatcher import PoolDispatcher
+from orchestratord.service.recovery import recover
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.runner import RunLimits
 from orchestratord.service.tasks import TaskBook, TaskRecord
+from orchestratord.store import StoreError, TaskStore, open_store
 from orchestratord.telemetry import Metrics
 from pool_managerd.launchers import Launcher
 
@@ -41,9 +43,11 @@ class Orchestrator:
         config: Config,
         launchers: LauncherFactory = launcher_for,
         metrics: Metrics | None = None,
+        store: TaskStore | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        self.store = store or open_store(config)
         self.accepting = True
         #: Wall-clock start, unix seconds (the `created` of `GET /v1/models`).
         self.started = int(time.time())
@@ -55,7 +59,7 @@ class Orchestrator:
         self.now_ms = now_ms
         server = config.server
         self.book = TaskBook(
-            self.metrics, now_ms, retention_s=server.retention_s,
+            self.metrics, now_ms, self.store, retention_s=server.retention_s,
             max_retained=server.max_retained_tasks,
         )  # fmt: skip
         self.sessions = SessionTable()
@@ -73,7 +77,16 @@ class Orchestrator:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Open the store, bring back the tasks it journaled, start every pool. Raises
+        StoreError (one clear line) if the store cannot be used."""
+        self.store.on_commit = self.metrics.on_store_commit
+        stored = await self.store.open()
+        server = self.config.server
+        recover(
+            stored, self.pools, self.book, self.now_ms, retention_s=server.retention_s,
+            stream_buffer_events=server.stream_buffer_events,
+        )  # fmt: skip
         for pool in self.pools.values():
             pool.start()
 
@@ -81,8 +94,12 @@ class Orchestrator:
         return sum(pool.active() for pool in self.pools.values())
 
     def ready(self) -> bool:
-        """Admitting, and some replica is Ready."""
-        return self.accepting and any(p.manager.ready for p in self.pools.values())
+        """Admitting, the store writable, and some replica is Ready."""
+        return (
+            self.accepting
+            and self.store.healthy
+            and any(p.manager.ready for p in self.pools.values())
+        )
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop admitting; let queued and running tasks finish for up to `grace_s`; then end
@@ -98,14 +115,23 @@ class Orchestrator:
             pool.abort("the daemon is shutting down")
         await asyncio.gather(*(p.stop() for p in self.pools.values()))
         self.book.close()
+        await self.store.close()
 
     # -- tasks ---------------------------------------------------------------------
 
-    def submit(self, submission: Submission) -> TaskRecord:
-        """Admit a task (queued, maybe already running), or raise Refusal."""
+    async def submit(self, submission: Submission) -> TaskRecord:
+        """Admit a task (queued, maybe already running) and return once it is durable; or
+        raise Refusal."""
         if not self.accepting:
             raise Refusal(ErrorCode.POOL_UNAVAILABLE, "the daemon is shutting down")
-        return self.admission.admit(submission)
+        rec = self.admission.admit(submission)
+        if rec.durable is not None:
+            try:
+                await asyncio.shield(rec.durable)
+            except StoreError as e:  # never acknowledged: withdraw it
+                self.pools[rec.task.pool_id].cancel(rec, ErrorCode.STORE_UNAVAILABLE, str(e))
+                raise Refusal(ErrorCode.STORE_UNAVAILABLE, str(e)) from None
+        return rec
 
     def task(self, task_id: str) -> TaskRecord:
         rec = self.book.get(task_id)
@@ -115,11 +141,12 @@ class Orchestrator:
 
     def status(self, task_id: str) -> api.TaskStatus:
         rec = self.task(task_id)
-        return views.task_status(rec, self.pools[rec.task.pool_id])
+        return views.task_status(rec, self.queue_position(rec))
 
     def queue_position(self, rec: TaskRecord) -> int | None:
         """Where a queued task stands (0: next); None once it left the queue."""
-        return self.pools[rec.task.pool_id].queue.position(rec.task.id)
+        pool = self.pools.get(rec.task.pool_id)  # a task recovered for a pool since removed
+        return pool.queue.position(rec.task.id) if pool is not None else None
 
     @contextmanager
     def reading(self, rec: TaskRecord) -> Iterator[None]:

@@ -24,6 +24,7 @@ from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import TaskState
 from orchestratord.api_models import StartedEvent
 from orchestratord.service.tasks import TaskBook, TaskRecord
+from orchestratord.store import StoreError
 from pool_managerd.replica import Replica
 from worker_adapters.base import AdapterError, End, Token, guard_stalls
 
@@ -50,11 +51,12 @@ async def run_task(
     task, request, adapter = rec.task, rec.request, replica.adapter
     assert request is not None and adapter is not None
     rec.replica_id, rec.engine, rec.started_at = replica.id, replica.engine, now_ms()
-    rec.stream.started(StartedEvent(
+    rec.started_event = StartedEvent(
         task_id=task.id, queue_position=rec.queue_position,
         predicted_start_ms=rec.predicted_start_ms, pool_id=task.pool_id, replica_id=replica.id,
         engine=replica.engine, engine_version=replica.engine_version, seed=rec.seed,
-    ))  # fmt: skip
+    )  # fmt: skip
+    rec.stream.started(rec.started_event)
     running = TaskState.RUNNING
     end: End | None = None
     try:
@@ -62,19 +64,26 @@ async def run_task(
         async with aclosing(events):
             # the hot path: per event, a few attribute updates and one frame
             emit_token, cap = rec.stream.token, limits.max_output_bytes
+            output, output_at = rec.output, rec.output_at
             async for event in events:
                 if task.state is not running:  # canceled meanwhile: stop reading
                     break
                 if isinstance(event, Token):
+                    index = rec.tokens_out
                     if rec.first_token_at is None:
                         rec.first_token_at = now_ms()
-                    emit_token(rec.tokens_out, event.text, event.ids)
-                    rec.tokens_out += event.count
                     if rec.output_bytes < cap:
-                        rec.output.append(event.text)
+                        output.append(event.text)
+                        output_at.append(index)
                         rec.output_bytes += len(event.text)
                     else:
                         rec.output_truncated = True
+                    if len(output) >= rec.checkpoint_at and not await _checkpoint(rec, book):
+                        break
+                    if rec.replay and not _replays(rec, index, event.text, book):
+                        break
+                    emit_token(index, event.text, event.ids)
+                    rec.tokens_out += event.count
                 else:
                     end = event
     except AdapterError as e:
@@ -102,3 +111,32 @@ async def run_task(
     rec.tokens_out = max(rec.tokens_out, end.tokens_out)
     book.finish(rec, TaskState.COMPLETED, finish_reason=end.finish_reason)
     return None
+
+
+async def _checkpoint(rec: TaskRecord, book: TaskBook) -> bool:
+    """Journal the output so far. The first time, wait until it is durable: from then on a
+    restart knows tokens reached a client and never reruns the task unseen. False if the
+    task was canceled meanwhile."""
+    first = rec.chunks == 0
+    durable = book.checkpoint(rec)
+    if first and durable is not None:
+        try:
+            await asyncio.shield(durable)
+        except StoreError as e:
+            book.finish(rec, TaskState.FAILED, ErrorCode.STORE_UNAVAILABLE, str(e))
+    return rec.task.state is TaskState.RUNNING
+
+
+def _replays(rec: TaskRecord, index: int, text: str, book: TaskBook) -> bool:
+    """A strict task resumed after a restart must reproduce the tokens it had journaled;
+    if it does not, it fails loudly instead of continuing a different stream."""
+    assert rec.replay is not None
+    if (index, text) != rec.replay[0]:
+        book.finish(
+            rec, TaskState.FAILED, ErrorCode.DAEMON_RESTART,
+            f"resumed after a daemon restart, the engine diverged at token {index} from "
+            "what was sent before it (same engine, same seed should repeat it)",
+        )  # fmt: skip
+        return False
+    rec.replay.popleft()
+    return True

@@ -36,7 +36,7 @@ class StreamGap(Exception):
 
 
 class TaskStream:
-    __slots__ = ("_closed", "_events", "_first", "_next", "_waiters")
+    __slots__ = ("_closed", "_events", "_first", "_next", "_waiters", "partial")
 
     def __init__(self, max_events: int) -> None:
         self._events: deque[Event] = deque(maxlen=max_events)
@@ -45,6 +45,9 @@ class TaskStream:
         self._closed = False
         #: One future per waiting reader; resolved True when there is news.
         self._waiters: list[asyncio.Future[bool]] = []
+        #: Rebuilt after a restart from what was journaled, which may be less than its
+        #: readers saw: a reader resuming past its end still gets its ending.
+        self.partial = False
 
     @property
     def closed(self) -> bool:
@@ -107,7 +110,7 @@ class TaskStream:
         until the stream closes; with `idle_s`, also an empty batch whenever a period of
         `idle_s` passed without news (the caller's cue for a keep-alive). Raises StreamGap
         when the requested events were dropped from the buffer."""
-        cursor = 0 if after is None else after + 1
+        cursor = start = 0 if after is None else after + 1
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] | None = None
         news = False  # since the last tick
@@ -132,6 +135,8 @@ class TaskStream:
                     yield batch
                     continue
                 if self._closed:
+                    if self.partial and start >= self._next and self._events:
+                        yield [self._events[-1]]  # the reader saw more than was journaled
                     return
                 waiter = loop.create_future()
                 self._waiters.append(waiter)

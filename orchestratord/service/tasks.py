@@ -12,17 +12,22 @@ The last stage of the daemon: it imports no other stage (streams aside).
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import structlog
 
 from orchestrator_core.errors import ErrorCode
-from orchestrator_core.model import Task, TaskState
-from orchestratord.api_models import EndEvent, ErrorEnvelope
+from orchestrator_core.model import Determinism, Task, TaskState
+from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
+from orchestratord.service import journal
 from orchestratord.service.streams import TaskStream
+from orchestratord.store import TaskStore
 from orchestratord.telemetry import Metrics
 from worker_adapters.base import FinishReason, GenerateRequest
 
@@ -74,8 +79,21 @@ class TaskRecord:
     finish_reason: FinishReason | None = None
     error: ErrorEnvelope | None = None
     output: list[str] = field(default_factory=list)
+    #: The token index of each `output` entry (to rebuild the stream after a restart).
+    output_at: list[int] = field(default_factory=list)
     output_bytes: int = 0
     output_truncated: bool = False
+    started_event: StartedEvent | None = None
+    #: Resolves once the task is durable (None: durability is off, or it was recovered).
+    durable: asyncio.Future[None] | None = None
+    #: Output entries journaled so far, in how many chunks, and the entry count at which
+    #: the next checkpoint is due (never, except for strict tasks in a durable store).
+    journaled: int = 0
+    chunks: int = 0
+    checkpoint_at: int = sys.maxsize
+    #: A strict task resumed after a restart: the `(token index, text)` it had journaled,
+    #: which its rerun must reproduce.
+    replay: deque[tuple[int, str]] | None = None
     #: The coroutine relaying the engine's stream (its owner is the pool's dispatcher).
     runner: asyncio.Task[Any] | None = None
     #: Stream readers attached now.
@@ -89,16 +107,26 @@ class TaskRecord:
         return self.ended_at is not None
 
 
+def _publish(durable: asyncio.Future[None], ending: Callable[[], None]) -> None:
+    """Put a task's ending on its stream once journaled — or once journaling failed (the
+    store logged it): a client always hears the end."""
+    if not durable.cancelled():
+        durable.exception()  # retrieved: a failed write is the store's to report
+    ending()
+
+
 class TaskBook:
     def __init__(
         self,
         metrics: Metrics,
         now_ms: Callable[[], float],
+        store: TaskStore,
         *,
         retention_s: float,
         max_retained: int,
     ) -> None:
         self._metrics = metrics
+        self._store = store
         self._now_ms = now_ms
         self._retention_ms = retention_s * 1000.0
         self._max_retained = max_retained
@@ -113,8 +141,36 @@ class TaskBook:
     def get(self, task_id: str) -> TaskRecord | None:
         return self._tasks.get(task_id)
 
-    def add(self, rec: TaskRecord) -> None:
+    def add(self, rec: TaskRecord, *, recovered: bool = False) -> None:
+        """Track a newly accepted task, journaling it (`rec.durable` says when it is
+        durable); a task `recovered` from the store is there already."""
         self._tasks[rec.task.id] = rec
+        if self._store.durable:
+            rec.checkpoint_at = 0  # the first token is journaled before a client sees it
+            if not recovered:
+                rec.durable = self._store.admitted(journal.task_row(rec, self._now_ms()))
+
+    def restore(self, rec: TaskRecord, ended_at: float) -> None:
+        """Track a task that had ended before a restart, for the rest of its retention."""
+        self._tasks[rec.task.id] = rec
+        rec.ended_at = ended_at
+        self._retain(rec.task.id, ended_at)
+
+    def checkpoint(self, rec: TaskRecord) -> asyncio.Future[None] | None:
+        """Journal the output not journaled yet (and that tokens reach clients); None when
+        durability is off. A strict task's next checkpoint is due `STRICT_CHECKPOINT`
+        entries on."""
+        if not self._store.durable:
+            return None
+        started = journal.started(rec) if rec.chunks == 0 else None
+        durable = self._store.output(
+            rec.task.id, rec.chunks, journal.output_chunk(rec, rec.journaled), started
+        )
+        rec.chunks += 1
+        rec.journaled = len(rec.output)
+        strict = rec.task.determinism is Determinism.STRICT
+        rec.checkpoint_at = rec.journaled + journal.STRICT_CHECKPOINT if strict else sys.maxsize
+        return durable
 
     def finish(
         self,
@@ -138,21 +194,34 @@ class TaskBook:
         task.error = code
         now = self._now_ms()
         rec.ended_at = now
+        end = None
         if (state, code) in _CLEAN_ENDINGS:
             rec.finish_reason = _CLEAN_ENDINGS[state, code] or finish_reason or "stop"
             decode_ms = round(now - (rec.first_token_at or rec.started_at or now))
-            rec.stream.end(EndEvent(
+            end = EndEvent(
                 tokens_out=rec.tokens_out, decode_ms=decode_ms, finish_reason=rec.finish_reason,
                 tokens_in=rec.tokens_in,
-            ))  # fmt: skip
+            )  # fmt: skip
+            ending = partial(rec.stream.end, end)
         else:
             assert code is not None, f"{state} needs an error code"
             rec.error = ErrorEnvelope.of(
                 code, message, retriable=retriable, engine=engine, pool_id=task.pool_id,
                 policy_label=policy_label,
             )  # fmt: skip
-            rec.stream.error(rec.error)
+            ending = partial(rec.stream.error, rec.error)
         rec.request = None
+        rec.replay = None
+        durable = None
+        if self._store.durable:
+            if len(rec.output) > rec.journaled:
+                self.checkpoint(rec)
+            result = journal.result(rec, end)
+            durable = self._store.ended(task.id, state.value, journal.unix_ms(), result)
+        if durable is None:
+            ending()
+        else:  # clients hear how it ended once a restart would tell them the same
+            durable.add_done_callback(lambda done: _publish(done, ending))
         self._metrics.on_finished(rec)
         # one line per task (never per token), with everything needed to follow it
         log.info(
@@ -193,6 +262,12 @@ class TaskBook:
         """Drop a finished task's record (its status and events are gone: 404)."""
         if self._finished.pop(task_id, None) is not None:
             self._tasks.pop(task_id, None)
+            self._store.forgotten([task_id])
+
+    def forget_stored(self, task_id: str) -> None:
+        """Delete a journaled task this book never tracked (its retention ended while the
+        daemon was down)."""
+        self._store.forgotten([task_id])
 
     def close(self) -> None:
         if self._expiry is not None:

@@ -62,12 +62,20 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
     ("placement_decisions", Counter, "placement_decisions", "Placement outcomes",
      ("pool_id", "outcome")),
     ("replica_restarts", Counter, "replica_restarts", "Engine restarts", _POOL_REPLICA),
+    ("store_commit", Histogram, "store_commit_latency_ms",
+     "One group commit of the task store, ms", ()),
 )  # fmt: skip
+
+#: Bucket bounds per histogram family (ms): a store commit takes well under a millisecond.
+_BUCKETS = {
+    "store_commit": (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000),
+}
 
 #: How a terminal (state, code) is counted beyond `tasks_finished`: (family, reason).
 _ENDINGS: dict[tuple[TaskState, ErrorCode | None], tuple[str, str]] = {
     (TaskState.CANCELED, ErrorCode.CANCELED): ("tasks_canceled", "client"),
     (TaskState.CANCELED, ErrorCode.POOL_UNAVAILABLE): ("tasks_canceled", "pool_unavailable"),
+    (TaskState.CANCELED, ErrorCode.STORE_UNAVAILABLE): ("tasks_canceled", "store_unavailable"),
     (TaskState.EVICTED, ErrorCode.QUEUE_FULL_DROP_LRU): ("tasks_rejected", "drop_lru"),
     (TaskState.EXPIRED, ErrorCode.DEADLINE_UNMET): ("tasks_rejected", "deadline_unmet"),
 }
@@ -91,7 +99,7 @@ class Metrics:
         self._families: dict[str, Any] = {}
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         for attr, kind, name, help_text, labels in _FAMILIES:
-            extra = {"buckets": _MS_BUCKETS} if kind is Histogram else {}
+            extra = {"buckets": _BUCKETS.get(attr, _MS_BUCKETS)} if kind is Histogram else {}
             self._families[attr] = kind(name, help_text, labels, registry=self.registry, **extra)
 
     def _child(self, family: str, labels: tuple[str, ...]) -> Any:
@@ -169,3 +177,9 @@ class Metrics:
                 self._set("kv_cache_usage", 1.0 - replica.kv_free_fraction, pool_id, rid)
             if replica.engine_busy is not None:
                 self._set("engine_busy", replica.engine_busy, pool_id, rid)
+
+    # -- the task store ----------------------------------------------------------------
+
+    def on_store_commit(self, seconds: float) -> None:
+        """Once per group commit (many admissions and endings each)."""
+        self._families["store_commit"].observe(seconds * 1000.0)

@@ -29,7 +29,7 @@ async def test_runner_cancelled_before_its_first_step_frees_its_slot(start_daemo
     )
     # Submit and cancel with no await between: the dispatcher has leased the slot and
     # created the runner, which has not run a single step when the cancel lands.
-    rec = service.submit(submission)
+    rec = service.admission.admit(submission)
     assert rec.task.state is TaskState.RUNNING and rec.runner is not None
     assert replica.busy == 1
     service.cancel(rec.task.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -381,3 +382,24 @@ async def test_no_llama_server_survives_a_sigkilled_daemon(tiny_model, tmp_path)
     async with asyncio.timeout(10):
         await poll_until(all_gone)  # the kernel's parent-death signal, not our cleanup
 
+
+async def test_a_strict_stream_resumes_byte_identical_after_sigkill(served, tiny_model):
+    """OC-STORE-1003: a real llama-server, the daemon SIGKILLed mid-stream (its engine dies
+    with it), a new daemon and engine: the stream resumes exactly after the last event."""
+    pool = llama_pool(tiny_model, determinism="strict", replicas={"managed": {"ctx": 1024}})
+    pool.update(LONG_STREAMS)
+    task = {"model": "llama-model", "prompt": "resume", "max_tokens": 160, "seed": 11}
+    await served.start(pool)
+    tid = (await served.submit(**task))["task_id"]
+    before = await served.events(tid, tokens=90)
+    await served.kill()
+    await served.start(pool)
+    resumed = await served.events(tid, after=before[-1][1])
+    reference = await served.events((await served.submit(**task))["task_id"])
+
+    def tokens(events):
+        return [e for e in events if e[0] == "token"]
+
+    assert tokens(before + resumed) == tokens(reference)  # ids, texts and token ids
+    assert resumed[-1][0] == reference[-1][0] == "end"
+    assert json.loads(resumed[-1][2])["tokens_out"] == 160

@@ -1,0 +1,123 @@
+"""What the daemon journals about a task, as store rows — and back.
+
+A task is journaled three times at most, plus a checkpoint per `STRICT_CHECKPOINT` tokens
+for strict tasks: at admission (`spec`: everything needed to rebuild the task and its engine
+request), when its first token is about to reach a client (output chunk 0: from then on a
+restart cannot silently rerun it), and at its end (`result`, and the output not yet
+journaled). Tokens are never journaled one by one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from orchestrator_core.model import Determinism, Placement, PlacementMode, Priority, Task
+from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
+from orchestratord.store import TaskRow
+from worker_adapters.base import ChatMessage, GenerateRequest
+
+if TYPE_CHECKING:
+    from orchestratord.service.tasks import TaskRecord
+
+#: Strict tasks journal their output every this many tokens: a restart resumes them after
+#: the last delivered token and checks that the replay matches what was journaled.
+STRICT_CHECKPOINT = 64
+
+
+def unix_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def task_row(rec: TaskRecord, now_ms: float) -> TaskRow:
+    """The admission row of `rec` (`now_ms`: the loop clock, to date its deadline)."""
+    task, request = rec.task, rec.request
+    assert request is not None
+    wall = unix_ms()
+    deadline = None if task.deadline_ms is None else round(wall + task.deadline_ms - now_ms)
+    spec = {
+        "model": rec.model, "door": rec.door.value, "engine": rec.engine,
+        "tenant": task.tenant, "priority": task.priority.value, "session_id": task.session_id,
+        "deadline_unix_ms": deadline, "determinism": task.determinism.value,
+        "placement": [task.placement.mode.value, task.placement.replica_id],
+        "prompt_tokens": task.prompt_tokens, "max_tokens": task.max_tokens,
+        "correlation_id": rec.correlation_id, "created": rec.created, "seed": rec.seed,
+        "request": {
+            "prompt": request.prompt, "max_tokens": request.max_tokens, "seed": request.seed,
+            "temperature": request.temperature, "top_p": request.top_p,
+            "top_k": request.top_k, "stop": list(request.stop),
+            "cache_prompt": request.cache_prompt, "priority": request.priority,
+            "messages": [[m.role, m.content] for m in request.messages],
+        },
+    }  # fmt: skip
+    return TaskRow(task.id, task.pool_id, task.state.value, orjson.dumps(spec).decode(), wall)
+
+
+def output_chunk(rec: TaskRecord, start: int) -> str:
+    """Output entries from `start` on, as `[[token index, text], ...]`."""
+    return orjson.dumps(list(zip(rec.output_at[start:], rec.output[start:], strict=True))).decode()
+
+
+def started(rec: TaskRecord) -> str | None:
+    """The task's `started` event, journaled with its first token."""
+    event = rec.started_event
+    return orjson.dumps(event.model_dump()).decode() if event is not None else None
+
+
+def result(rec: TaskRecord, end: EndEvent | None) -> str:
+    """How `rec` ended, with what its stream needs to be rebuilt after a restart."""
+    return orjson.dumps({
+        "started": rec.started_event.model_dump() if rec.started_event else None,
+        "end": end.model_dump() if end else None,
+        "error": rec.error.model_dump(exclude_none=True) if rec.error else None,
+        "replica_id": rec.replica_id, "engine": rec.engine, "tokens_out": rec.tokens_out,
+        "tokens_in": rec.tokens_in, "finish_reason": rec.finish_reason,
+        "output_truncated": rec.output_truncated,
+    }).decode()  # fmt: skip
+
+
+# -- reading back ------------------------------------------------------------------
+
+
+def task_of(row: TaskRow, spec: dict[str, Any], deadline_ms: float | None) -> Task:
+    mode, replica_id = spec["placement"]
+    return Task(
+        id=row.id, pool_id=row.pool_id, priority=Priority(spec["priority"]),
+        tenant=spec["tenant"], session_id=spec["session_id"], deadline_ms=deadline_ms,
+        determinism=Determinism(spec["determinism"]), prompt_tokens=spec["prompt_tokens"],
+        max_tokens=spec["max_tokens"], placement=Placement(PlacementMode(mode), replica_id),
+    )  # fmt: skip
+
+
+def request_of(spec: dict[str, Any]) -> GenerateRequest:
+    r = spec["request"]
+    return GenerateRequest(
+        prompt=r["prompt"], max_tokens=r["max_tokens"], seed=r["seed"],
+        temperature=r["temperature"], top_p=r["top_p"], top_k=r["top_k"],
+        stop=tuple(r["stop"]), cache_prompt=r["cache_prompt"], priority=r["priority"],
+        messages=tuple(ChatMessage(role, content) for role, content in r["messages"]),
+    )  # fmt: skip
+
+
+def tokens_of(chunks: list[str]) -> list[tuple[int, str]]:
+    """The journaled output, `(token index, text)` per entry."""
+    return [(index, text) for chunk in chunks for index, text in orjson.loads(chunk)]
+
+
+def started_of(started: str | dict[str, Any] | None) -> StartedEvent | None:
+    if started is None:
+        return None
+    return StartedEvent.model_validate(
+        orjson.loads(started) if isinstance(started, str) else started
+    )
+
+
+def ending_of(outcome: dict[str, Any]) -> EndEvent | ErrorEnvelope | None:
+    """The terminal event a finished task's stream ends with."""
+    if outcome["end"]:
+        return EndEvent.model_validate(outcome["end"])
+    if outcome["error"]:
+        return ErrorEnvelope.model_validate(outcome["error"])
+    return None

@@ -1,0 +1,256 @@
+"""The durable task store: a real `orchestratord serve` killed with SIGKILL and started
+again on the same state directory (a real SQLite file), and the store's own refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestratord.service.admission import Submission
+from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
+from tests.helpers import BIN, Event, Served, mock_pool
+
+
+def state_db() -> Path:
+    return Path(os.environ["XDG_STATE_HOME"]) / "orchestratord" / "orchestratord.db"
+
+
+def _pools(*, stall_a: int | None, stall_b: int | None, start_delay_s: float = 0.0):
+    common = {"queue": {"capacity": 128}, "replicas": {"managed": {"count": 1, "slots": 10}}}
+    return tuple(
+        mock_pool(
+            pool, **common, mock={"stall_after_tokens": stall, "start_delay_s": start_delay_s}
+        )
+        for pool, stall in (("a", stall_a), ("b", stall_b))
+    )
+
+
+async def _positions(served: Served, ids: list[str]) -> list[str]:
+    """`ids` in the order their pool's queue holds them."""
+    where = {tid: (await served.status(tid))["queue_position"] for tid in ids}
+    assert all(p is not None for p in where.values()), where
+    return sorted(ids, key=lambda tid: where[tid])
+
+
+async def test_sigkill_loses_nothing_queued_reruns_unstreamed_and_ends_streamed(served):
+    """OC-STORE-1002, OC-STORE-1001"""
+    await served.start(*_pools(stall_a=0, stall_b=2))
+    # 10 running on each pool: a's have streamed nothing, b's have streamed tokens
+    running: dict[str, list[str]] = {"a": [], "b": []}
+    for pool in ("a", "b"):
+        for i in range(10):
+            task = await served.submit(model=f"{pool}-model", prompt=f"r{pool}{i}", max_tokens=5)
+            running[pool].append(task["task_id"])
+    running_a, running_b = running["a"], running["b"]
+    queued: dict[str, list[str]] = {"a": [], "b": []}
+    for i in range(100):  # 200 queued, over two tenants and both priorities
+        for pool in ("a", "b"):
+            body = {"model": f"{pool}-model", "prompt": f"q{pool}{i}", "max_tokens": 5,
+                    "priority": "batch" if i % 3 == 0 else "interactive"}  # fmt: skip
+            async with served.http.post(
+                f"{served.url}/v1/tasks", json=body, headers={"X-Tenant-Id": f"t{i % 2}"}
+            ) as r:
+                assert r.status == 202
+                queued[pool].append((await r.json())["task_id"])
+    for tid in running_a:
+        await served.events(tid, until="started")
+    for tid in running_b:
+        await served.events(tid, tokens=1)
+    order = {pool: await _positions(served, ids) for pool, ids in queued.items()}
+    await served.kill()
+
+    # back, with replicas that never become ready: nothing runs, the queues are as they were
+    await served.start(*_pools(stall_a=None, stall_b=None, start_delay_s=3600))
+    after_a = await _positions(served, running_a + queued["a"])
+    assert [t for t in after_a if t in running_a] == running_a  # reruns keep their order
+    assert [t for t in after_a if t not in running_a] == order["a"]
+    assert await _positions(served, queued["b"]) == order["b"]
+    for tid in running_b:
+        status = await served.status(tid)
+        assert status["state"] == "failed", status
+        assert status["error"]["code"] == "DAEMON_RESTART" and status["error"]["retriable"]
+    await served.kill()  # and once more, mid-recovery
+
+    await served.start(*_pools(stall_a=None, stall_b=None))
+    for tid in running_a + queued["a"] + queued["b"]:
+        events = await served.events(tid)
+        assert [e[0] for e in events] == ["started"] + ["token"] * 5 + ["end"], (tid, events)
+        assert (await served.status(tid))["state"] == "completed"
+    for tid in running_b:  # the stream as journaled (its first token), then the error
+        events = await served.events(tid)
+        assert [e[:2] for e in events] == [("started", 0), ("token", 1), ("error", 2)]
+        assert json.loads(events[-1][2])["code"] == "DAEMON_RESTART"
+        # a client that saw both tokens before the kill resumes straight to the ending
+        assert await served.events(tid, after=2) == events[-1:]
+
+
+def _strict_pool(stall: int | None) -> dict[str, Any]:
+    return mock_pool(
+        "s", determinism="strict", mock={"stall_after_tokens": stall},
+        replicas={"managed": {"count": 1, "slots": 1}},
+    )  # fmt: skip
+
+
+STRICT_TASK = {"model": "s-model", "prompt": "resume me exactly", "max_tokens": 150, "seed": 7}
+
+
+async def test_a_strict_stream_resumes_byte_identical_after_sigkill(served):
+    """OC-STORE-1003"""
+    await served.start(_strict_pool(stall=100))
+    tid = (await served.submit(**STRICT_TASK))["task_id"]
+    before = await served.events(tid, tokens=100)
+    await served.kill()
+    await served.start(_strict_pool(stall=None))
+    resumed = await served.events(tid, after=before[-1][1])
+    reference = await served.events((await served.submit(**STRICT_TASK))["task_id"])
+
+    def tokens(events: list[Event]) -> list[Event]:
+        return [e for e in events if e[0] == "token"]
+
+    assert len(tokens(before)) == 100 and len(tokens(reference)) == 150
+    assert tokens(before + resumed) == tokens(reference)  # ids and data, byte for byte
+    end, ref_end = json.loads(resumed[-1][2]), json.loads(reference[-1][2])
+    assert resumed[-1][:2] == reference[-1][:2] == ("end", 151)
+    assert {**end, "decode_ms": 0} == {**ref_end, "decode_ms": 0}
+
+
+async def test_a_strict_rerun_that_diverges_fails_loudly(served):
+    """OC-STORE-1003"""
+    await served.start(_strict_pool(stall=100))
+    tid = (await served.submit(**STRICT_TASK))["task_id"]
+    before = await served.events(tid, tokens=100)
+    await served.kill()
+    with sqlite3.connect(state_db()) as db:  # what was sent is not what the engine repeats
+        chunk = json.loads(
+            db.execute("SELECT tokens FROM task_output WHERE chunk = 1").fetchone()[0]
+        )
+        chunk[5][1] = "tampered"
+        db.execute("UPDATE task_output SET tokens = ? WHERE chunk = 1", (json.dumps(chunk),))
+    await served.start(_strict_pool(stall=None))
+    resumed = await served.events(tid, after=before[-1][1])
+    assert resumed[-1][0] == "error"
+    error = json.loads(resumed[-1][2])
+    assert error["code"] == "DAEMON_RESTART" and "diverged at token 6" in error["message"]
+
+
+async def test_a_finished_task_keeps_status_and_stream_across_sigkill(served):
+    """OC-STORE-1004"""
+    await served.start(mock_pool())
+    tid = (await served.submit(model="mock-model", prompt="kept", max_tokens=6))["task_id"]
+    events = await served.events(tid)
+    status = await served.status(tid)
+    await served.kill()
+    await served.start(mock_pool())
+    assert await served.status(tid) == status
+    assert await served.events(tid, after=2) == events[3:]
+    assert await served.events(tid) == events
+
+
+async def _serve_fails(tmp_path: Path, config: dict[str, Any]) -> tuple[int, list[str]]:
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchestratord", "serve", "--config", str(tmp_path / "c.yaml"), "--port", "0",
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = [line for line in err.decode().splitlines() if line.startswith("error:")]
+    return proc.returncode or 0, lines
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "not-a-dir", "newer-schema"])
+async def test_an_unusable_store_exits_2_with_one_line(tmp_path, damage):
+    """OC-STORE-1005"""
+    state = tmp_path / "state"
+    if damage == "corrupt":
+        state.mkdir()
+        (state / "orchestratord.db").write_bytes(b"this is not a database, " * 100)
+    elif damage == "not-a-dir":
+        state.write_text("a file where the state dir should be")
+    else:
+        state.mkdir()
+        with sqlite3.connect(state / "orchestratord.db") as db:
+            db.execute("PRAGMA user_version = 99")
+    code, errors = await _serve_fails(
+        tmp_path, {"server": {"state_dir": str(state)}, "pools": [mock_pool()]}
+    )
+    assert code == 2 and len(errors) == 1, errors
+    assert str(state) in errors[0]
+
+
+async def test_a_second_daemon_on_the_same_state_dir_exits_2(served, tmp_path):
+    """OC-STORE-1005"""
+    await served.start(mock_pool())
+    code, errors = await _serve_fails(tmp_path, {"pools": [mock_pool()]})
+    assert code == 2 and errors and "in use by another orchestratord" in errors[0]
+
+
+async def test_a_full_store_refuses_new_work_and_finishes_accepted_work(start_daemon):
+    """OC-STORE-1005"""
+    api = await start_daemon(
+        mock_pool(mock={"stall_after_tokens": 0}, replicas={"managed": {"slots": 64}}),
+        store={"max_bytes": 65536},
+    )
+    accepted, refused = [], None
+    for i in range(64):
+        status, body, _ = await api.submit(
+            expect=None, model="mock-model", prompt=f"{i} " + "x" * 4000, max_tokens=2
+        )
+        if status != 202:
+            refused = (status, body)
+            break
+        accepted.append(body["task_id"])
+    assert accepted and refused is not None, "the store never filled"
+    assert refused[0] == 503 and refused[1]["code"] == "STORE_UNAVAILABLE", refused
+    assert refused[1]["retriable"] is True
+    assert (await api.get("/readyz"))[0] == 503
+    for tid in accepted:  # what was accepted runs on (here: until canceled)
+        assert (await api.status(tid))["state"] == "running"
+        assert await api.cancel(tid) == 204
+
+
+async def test_admission_waits_for_its_commit_and_a_burst_shares_one(start_daemon):
+    """OC-STORE-1001"""
+    api = await start_daemon(mock_pool(replicas={"managed": {"slots": 64}}))
+    service = api.daemon.service
+    commits = service.metrics.registry.get_sample_value
+    before = commits("store_commit_latency_ms_count")
+    burst = [  # admitted in one loop iteration; stalled before any token (nothing else writes)
+        service.admission.admit(
+            Submission(model="mock-model", tenant="t", correlation_id="c", prompt="[[stall:0]]")
+        )
+        for _ in range(50)
+    ]
+    await asyncio.gather(*(rec.durable for rec in burst if rec.durable is not None))
+    assert commits("store_commit_latency_ms_count") == before + 1
+    _, body, _ = await api.submit(model="mock-model", prompt="durable", max_tokens=2)
+    with sqlite3.connect(state_db()) as db:  # once the client heard 202, it is on disk
+        assert db.execute("SELECT state FROM tasks WHERE id = ?", (body["task_id"],)).fetchone()
+
+
+async def test_memory_store_writes_nothing(start_daemon):
+    """OC-STORE-1006"""
+    api = await start_daemon(mock_pool(), store={"url": "memory:"})
+    _, body, _ = await api.submit(model="mock-model", prompt="volatile", max_tokens=2)
+    await api.wait_state(body["task_id"], "completed")
+    assert not state_db().exists()
+    assert api.daemon.service.store.location is None
+
+
+async def test_the_schema_is_versioned_and_migrated(tmp_path):
+    """OC-STORE-1006"""
+    store = SqliteStore(tmp_path)
+    assert await store.open() == []
+    await store.close()
+    with sqlite3.connect(tmp_path / "orchestratord.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again = SqliteStore(tmp_path)  # reopening migrates nothing and loses nothing
+    assert await again.open() == []
+    await again.close()
