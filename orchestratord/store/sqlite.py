@@ -1,10 +1,12 @@
 """The embedded task store: one SQLite file (WAL) in the daemon's state directory.
 
-One writer thread owns the connection. The event loop hands it every write made in one
-loop iteration as a list; the thread commits everything waiting in one transaction (group
-commit) and settles the admissions' futures back on the loop. With `synchronous=NORMAL` a
-commit reaches the OS before the client hears "accepted": it survives the daemon being
-killed; surviving power loss needs `synchronous: full` (an fsync per group).
+Writes made in one event-loop iteration are committed together, in one transaction, at the
+end of that iteration (group commit), and the admissions' futures settle then. With
+`synchronous: normal` (the default) a commit is a write to the OS, tens of microseconds,
+done on the loop itself: it survives the daemon being killed, and a thread hop would cost
+more than the commit. With `synchronous: full` every group also waits for an fsync, so a
+writer thread owns the connection and the loop never blocks on the disk; what arrives
+while it syncs joins the next group.
 
 A lock file keeps a second daemon off the same state directory.
 """
@@ -81,8 +83,9 @@ class SqliteStore(TaskStore):
     async def open(self) -> list[StoredTask]:
         self._loop = asyncio.get_running_loop()
         stored = await asyncio.to_thread(self._open)
-        self._thread = threading.Thread(target=self._write_loop, name="task-store", daemon=True)
-        self._thread.start()
+        if self._synchronous == "full":
+            self._thread = threading.Thread(target=self._write_loop, name="task-store", daemon=True)
+            self._thread.start()
         return stored
 
     def _open(self) -> list[StoredTask]:
@@ -201,20 +204,26 @@ class SqliteStore(TaskStore):
 
     def _hand_over(self) -> None:
         writes, self._pending = self._pending, []
-        self._inbox.put(writes)
+        if self._thread is None:  # inline: commit here, at the end of the loop iteration
+            started = time.perf_counter()
+            failures = self._commit(writes)
+            self._settle(writes, failures, time.perf_counter() - started)
+        else:
+            self._inbox.put(writes)
 
     async def close(self) -> None:
-        if self._thread is None:
-            return
         if self._pending:
             self._hand_over()
-        self._inbox.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
+        if self._thread is not None:
+            self._inbox.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
         if self._conn is not None:
             self._conn.close()
+            self._conn = None
         if self._lock is not None:
             self._lock.close()  # releases the flock
+            self._lock = None
 
     # -- the writer thread -------------------------------------------------------------
 

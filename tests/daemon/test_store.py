@@ -215,9 +215,12 @@ async def test_a_full_store_refuses_new_work_and_finishes_accepted_work(start_da
         assert await api.cancel(tid) == 204
 
 
-async def test_admission_waits_for_its_commit_and_a_burst_shares_one(start_daemon):
+@pytest.mark.parametrize("synchronous", ["normal", "full"])  # inline, or a writer thread
+async def test_admission_waits_for_its_commit_and_a_burst_shares_one(start_daemon, synchronous):
     """OC-STORE-1001"""
-    api = await start_daemon(mock_pool(replicas={"managed": {"slots": 64}}))
+    api = await start_daemon(
+        mock_pool(replicas={"managed": {"slots": 64}}), store={"synchronous": synchronous}
+    )
     service = api.daemon.service
     commits = service.metrics.registry.get_sample_value
     before = commits("store_commit_latency_ms_count")

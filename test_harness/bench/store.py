@@ -1,0 +1,111 @@
+"""What durability costs: the same daemon (a mock pool, 64 slots) with the SQLite task
+store and with `store: {url: "memory:"}`, run one after the other in the same run.
+
+- admissions/s: `clients` concurrent clients submit 1-token tasks (`POST /v1/tasks`, 202)
+  for `seconds`; each admission waits for its commit on the SQLite side;
+- added TTFT p50 at 1 stream: one-request streams (`"stream": true`) one after another,
+  request sent → first `token` event read (the store adds the admission's commit and the
+  first token's checkpoint).
+
+    python -m test_harness.bench.store [--seconds 10] [--clients 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from pool_managerd.launchers import free_port
+from test_harness.bench.common import pct, start, stop
+
+BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
+
+
+def _config(store: str, state: Path) -> dict[str, Any]:
+    return {
+        "server": {"state_dir": str(state), "max_retained_tasks": 100_000},
+        "store": {"url": store},
+        "pools": [{
+            "id": "mock", "engine": "mock", "model": "mock-model",
+            "queue": {"capacity": 4096}, "replicas": {"managed": {"count": 1, "slots": 64}},
+        }],
+    }  # fmt: skip
+
+
+async def _serve(store: str, tmp: Path) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    path = tmp / f"{store.rstrip(':')}.yaml"
+    config = _config(store, tmp / "state")
+    config["server"]["port"] = port
+    path.write_text(yaml.safe_dump(config))
+    proc = await start([str(BIN / "orchestratord"), "serve", "--config", str(path)], "serving on")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def admissions(url: str, clients: int, seconds: float) -> float:
+    count = 0
+    deadline = time.perf_counter() + seconds
+    body = {"model": "mock-model", "prompt": "x", "max_tokens": 1}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as http:
+
+        async def client() -> None:
+            nonlocal count
+            while time.perf_counter() < deadline:
+                async with http.post(f"{url}/v1/tasks", json=body) as r:
+                    assert r.status == 202, await r.text()
+                    await r.read()
+                count += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return count / (time.perf_counter() - started)
+
+
+async def ttft(url: str, n: int) -> list[float]:
+    samples = []
+    body = {"model": "mock-model", "prompt": "x", "max_tokens": 4, "stream": True}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(n):
+            sent = time.perf_counter()
+            async with http.post(f"{url}/v1/tasks", json=body) as r:
+                async for line in r.content:
+                    if line.startswith(b"event: token"):
+                        samples.append(time.perf_counter() - sent)
+                        break
+                await r.read()
+    return samples
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--streams", type=int, default=2000)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for store in ("memory:", "sqlite:"):
+            proc, url = await _serve(store, Path(tmp))
+            try:
+                await ttft(url, 200)  # warm up
+                rate = await admissions(url, args.clients, args.seconds)
+                first = await ttft(url, args.streams)
+            finally:
+                await stop(proc)
+            results[store] = (rate, pct(first, 50), pct(first, 99))
+            print(f"{store:8} admissions/s {rate:8.0f}   TTFT p50 {pct(first, 50):.3f} ms"
+                  f"  p99 {pct(first, 99):.3f} ms", flush=True)  # fmt: skip
+    (mem_rate, mem_p50, _), (sql_rate, sql_p50, _) = results["memory:"], results["sqlite:"]
+    print(f"sqlite/memory admissions: {sql_rate / mem_rate:.2f}  (goal >= 0.9)")
+    print(f"added TTFT p50 at 1 stream: {sql_p50 - mem_p50:+.3f} ms  (goal <= +0.3 ms)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
