@@ -215,9 +215,20 @@ class PoolConfig(_Cfg):
         return managed.slots if managed is not None else 0
 
 
+class BatchConfig(_Cfg):
+    """The Batch API (`/v1/files`, `/v1/batches`); it needs a durable store."""
+
+    #: Items of one batch queued or running at once: a batch is fed into the pool queue a
+    #: window at a time, so it never fills the queue against other clients.
+    window: Annotated[int, Field(ge=1, le=4096)] = 32
+    #: Largest input file accepted.
+    max_file_bytes: Annotated[int, Field(ge=1024)] = 100 << 20
+
+
 class Config(_Cfg):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
+    batch: BatchConfig = BatchConfig()
     pools: Annotated[list[PoolConfig], Field(min_length=1)]
 
     @model_validator(mode="after")

@@ -44,11 +44,13 @@ async def start_daemon() -> AsyncIterator[Any]:
         *pools: dict[str, Any],
         ready: bool = True,
         store: dict[str, Any] | None = None,
+        batch: dict[str, Any] | None = None,
         **server: Any,
     ) -> Api:
         config = parse_config(
-            {"server": {"port": 0, **server}, "store": store or {}, "pools": list(pools)}
-        )
+            {"server": {"port": 0, **server}, "store": store or {}, "batch": batch or {},
+             "pools": list(pools)}
+        )  # fmt: skip
         daemon = Daemon(config)
         await daemon.start()
         session = aiohttp.ClientSession()

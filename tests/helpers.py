@@ -174,6 +174,9 @@ class Served:
         path = self.tmp / "config.yaml"
         path.write_text(yaml.safe_dump({"pools": list(pools)}))
         self.proc, self.url = await start_serve(path)
+        # keep reading its log: a daemon whose stderr pipe fills up blocks on its next line
+        assert self.proc.stderr is not None
+        self._drain = asyncio.get_running_loop().create_task(self.proc.stderr.read())
 
     async def kill(self) -> None:
         assert self.proc is not None

@@ -28,13 +28,18 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.daemon", "orchestratord.defaults"),
     ("orchestratord.api.app",),
     ("orchestratord.api.data_plane", "orchestratord.api.control_plane",
-     "orchestratord.api.openai_door", "orchestratord.api.provider_states"),
+     "orchestratord.api.openai_door", "orchestratord.api.provider_states",
+     "orchestratord.api.batch_api"),
     ("orchestratord.api.streaming",),
     ("orchestratord.api.sse",),
     ("orchestratord.api.errors", "orchestratord.api.http", "orchestratord.api.openapi"),
     ("orchestratord.api.operations",),
     ("orchestratord.api",),
     ("orchestratord.service", "orchestratord.service.orchestrator"),
+    ("orchestratord.service.batches",),
+    ("orchestratord.service.batch_output", "orchestratord.service.batch_files"),
+    ("orchestratord.service.batch_input",),
+    ("orchestratord.service.openai_requests",),
     ("orchestratord.service.admission", "orchestratord.service.views"),
     ("orchestratord.service.recovery",),
     ("orchestratord.service.dispatcher",),
@@ -49,12 +54,13 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.engines", "orchestratord.chat_template"),
     ("orchestratord.telemetry", "orchestratord.telemetry.metrics",
      "orchestratord.telemetry.logging"),
-    ("orchestratord.api_models", "orchestratord.openai_models", "orchestratord"),
+    ("orchestratord.api_models", "orchestratord.openai_models", "orchestratord.batch_models",
+     "orchestratord"),
 )  # fmt: skip
 
 #: The client wing (SDK, orchctl, determinism suite) ships apart from the server.
 CLIENT = "orchestratord.client"
-CLIENT_MAY_IMPORT = ("orchestratord.api_models",)
+CLIENT_MAY_IMPORT = ("orchestratord.api_models", "orchestratord.batch_models")
 
 Graph = dict[str, set[str]]
 

@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
-from orchestratord.api import control_plane, data_plane, openai_door, provider_states
+from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
 from orchestratord.api.http import CID, CORRELATION
 from orchestratord.api.openapi import document
@@ -36,7 +36,8 @@ def correlation_and_errors(max_body: int) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         cid = request.headers.get(CORRELATION) or str(uuid.uuid4())
         request[CID] = cid
-        openai = request.path in openai_door.PATHS
+        path = request.path
+        openai = path in openai_door.PATHS or path.startswith(batch_api.PREFIXES)
         try:
             response = await handler(request)
         except Refusal as refusal:
@@ -91,6 +92,7 @@ def build_app(service: Orchestrator) -> web.Application:
     app = web.Application(client_max_size=server.max_body_bytes, middlewares=middlewares)
     app.add_routes(data_plane.routes(service))
     app.add_routes(openai_door.routes(service))
+    app.add_routes(batch_api.routes(service))
     app.add_routes(control_plane.routes(service, document()))
     if server.enable_test_endpoints:
         app.add_routes(provider_states.routes(service))

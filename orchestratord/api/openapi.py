@@ -80,7 +80,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     string = {"type": "string"}
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": string}
-        for name in ("task_id", "session_id", "pool_id")
+        for name in ("task_id", "session_id", "pool_id", "file_id", "batch_id")
         if f"{{{name}}}" in op.path
     ]
     params.append({"name": "X-Correlation-Id", "in": "header", "required": False, "schema": string})
@@ -90,7 +90,22 @@ def _operation(op: Operation) -> dict[str, Any]:
             {"name": name, "in": "header", "required": False, "description": description,
              "schema": schema}
         )  # fmt: skip
+    for name, description in op.query:
+        params.append(
+            {"name": name, "in": "query", "required": False, "description": description,
+             "schema": string}
+        )  # fmt: skip
     doc["parameters"] = params
+    if op.upload:
+        form = {
+            "type": "object", "required": ["purpose", "file"],
+            "properties": {"purpose": {"type": "string", "enum": ["batch"]},
+                           "file": {"type": "string", "format": "binary"}},
+        }  # fmt: skip
+        doc["requestBody"] = {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": form}},
+        }
     if op.request is not None:
         doc["requestBody"] = {
             "required": op.request is not api.DrainRequest,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from orchestratord import api_models as api
+from orchestratord import batch_models as bat
 from orchestratord import openai_models as oai
 
 TENANT = ("X-Tenant-Id", "Who the task is accounted to for fairness")
@@ -32,6 +33,10 @@ class Operation:
     #: the error body (the OpenAI door answers in OpenAI's shape)
     error: type[BaseModel] = api.ErrorEnvelope
     content: str = "application/json"
+    #: optional query parameters: (name, description)
+    query: tuple[tuple[str, str], ...] = ()
+    #: a multipart/form-data upload (the Files API), instead of a JSON `request`
+    upload: bool = False
 
 
 _OPENAI_ERRORS = (400, 401, 404, 409, 413, 429, 502, 503, 504)
@@ -78,6 +83,47 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get", "/v1/models", "openai", "Served models, with their pools, readiness and queue",
         ok={200: oai.ModelList}, error=oai.OpenAIError,
+    ),
+    Operation(
+        "post", "/v1/files", "openai",
+        "Upload a batch input file (multipart: `purpose=batch`, then `file`, JSONL); every "
+        "line is checked, and a file with a bad line is refused naming it",
+        ok={200: bat.FileObject}, errors=(400, 503), error=oai.OpenAIError, upload=True,
+    ),
+    Operation("get", "/v1/files", "openai", "Batch files", ok={200: bat.FileList},
+              error=oai.OpenAIError),
+    Operation(
+        "get", "/v1/files/{file_id}", "openai", "A file's metadata", ok={200: bat.FileObject},
+        errors=(404,), error=oai.OpenAIError,
+    ),
+    Operation(
+        "get", "/v1/files/{file_id}/content", "openai", "A file's content (JSONL)",
+        ok={200: None}, errors=(404,), error=oai.OpenAIError, content="application/jsonl",
+    ),
+    Operation(
+        "delete", "/v1/files/{file_id}", "openai", "Delete a file", ok={200: bat.FileDeleted},
+        errors=(404,), error=oai.OpenAIError,
+    ),
+    Operation(
+        "post", "/v1/batches", "openai",
+        "Run a file's requests as `batch`-priority tasks, durably, a window at a time",
+        bat.BatchCreate, {200: bat.Batch}, (400, 404, 503), error=oai.OpenAIError,
+        headers=(TENANT,),
+    ),
+    Operation(
+        "get", "/v1/batches", "openai", "Batches, newest first", ok={200: bat.BatchList},
+        errors=(400,), error=oai.OpenAIError,
+        query=(("after", "The last batch id of the previous page"),
+               ("limit", "Page size, 1 to 100 (default 20)")),
+    ),
+    Operation(
+        "get", "/v1/batches/{batch_id}", "openai", "A batch", ok={200: bat.Batch},
+        errors=(404,), error=oai.OpenAIError,
+    ),
+    Operation(
+        "post", "/v1/batches/{batch_id}/cancel", "openai",
+        "Cancel a batch: its running items are canceled, what finished is kept",
+        ok={200: bat.Batch}, errors=(404,), error=oai.OpenAIError,
     ),
     Operation("get", "/v1/pools", "control", "Pools and their replicas", ok={200: api.PoolList}),
     Operation(

@@ -16,6 +16,7 @@ import orjson
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api.errors import STATUS, openai_error
 from orchestratord.api_models import EndEvent, ErrorEnvelope
+from orchestratord.service.openai_requests import response_id, usage_of
 from orchestratord.service.streams import END, ERROR, STARTED, TOKEN, Event
 from orchestratord.service.tasks import Door, TaskRecord
 
@@ -73,7 +74,9 @@ class OpenAIChunks:
         self.chat = rec.door is not Door.OPENAI_COMPLETION
         self.include_usage = include_usage
         kind = b"chat.completion.chunk" if self.chat else b"text_completion"
-        head = orjson.dumps({"id": response_id(rec), "created": rec.created, "model": rec.model})
+        head = orjson.dumps(
+            {"id": response_id(rec.door, rec.task.id), "created": rec.created, "model": rec.model}
+        )
         # {"id":…,"created":…,"model":…,"object":…,"choices":[…
         self._head = b'%s,"object":"%s","choices":[' % (head[:-1], kind)
         self._text = b'{"index":0,"delta":{"content":%s},"finish_reason":null}]}\n\n'
@@ -117,21 +120,6 @@ class OpenAIChunks:
     def error(self, envelope: ErrorEnvelope) -> bytes:
         body = orjson.dumps(openai_error(envelope, STATUS[ErrorCode(envelope.code)]))
         return b"data: %s\n\n%s" % (body, DONE)
-
-
-def usage_of(end: EndEvent) -> dict[str, int]:
-    prompt = end.tokens_in or 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": end.tokens_out,
-        "total_tokens": prompt + end.tokens_out,
-    }
-
-
-def response_id(rec: TaskRecord) -> str:
-    """The OpenAI response id: its kind, then our task id (so either finds the other)."""
-    prefix = "cmpl" if rec.door is Door.OPENAI_COMPLETION else "chatcmpl"
-    return f"{prefix}-{rec.task.id}"
 
 
 def renderer_for(rec: TaskRecord, accept: str, *, include_usage: bool = True) -> Renderer:

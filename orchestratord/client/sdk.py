@@ -20,6 +20,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from orchestratord import api_models as api
+from orchestratord import batch_models as bat
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -153,10 +154,52 @@ class OrchClient:
         response = await self._request("GET", "/v1/capabilities")
         return api.CapabilitiesResponse.model_validate_json(response.content)
 
+    # -- the Batch API -----------------------------------------------------------------
+
+    async def upload_batch_file(self, content: bytes, filename: str) -> bat.FileObject:
+        """Upload a batch input file (JSONL of OpenAI batch lines)."""
+        response = await self._request(
+            "POST", "/v1/files", data={"purpose": "batch"},
+            files={"file": (filename, content, "application/jsonl")},
+        )  # fmt: skip
+        return bat.FileObject.model_validate_json(response.content)
+
+    async def create_batch(
+        self, file_id: str, endpoint: str, metadata: Mapping[str, str] | None = None
+    ) -> bat.Batch:
+        body = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}
+        if metadata:
+            body["metadata"] = dict(metadata)  # type: ignore[assignment]
+        response = await self._request("POST", "/v1/batches", json=body)
+        return bat.Batch.model_validate_json(response.content)
+
+    async def batch(self, batch_id: str) -> bat.Batch:
+        response = await self._request("GET", f"/v1/batches/{batch_id}")
+        return bat.Batch.model_validate_json(response.content)
+
+    async def batches(self, after: str | None = None, limit: int = 20) -> bat.BatchList:
+        params: dict[str, str | int] = {"limit": limit}
+        if after:
+            params["after"] = after
+        response = await self._request("GET", "/v1/batches", params=params)
+        return bat.BatchList.model_validate_json(response.content)
+
+    async def cancel_batch(self, batch_id: str) -> bat.Batch:
+        response = await self._request("POST", f"/v1/batches/{batch_id}/cancel")
+        return bat.Batch.model_validate_json(response.content)
+
+    async def file_content(self, file_id: str) -> bytes:
+        return (await self._request("GET", f"/v1/files/{file_id}/content")).content
+
 
 def _error_from(response: httpx.Response) -> ClientError:
     try:
-        envelope = api.ErrorEnvelope.model_validate_json(response.content)
+        body = response.json()
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):  # OpenAI's shape
+            error = body["error"]
+            body = {"code": error.get("code") or "INTERNAL", "message": error.get("message", ""),
+                    "field": error.get("param")}  # fmt: skip
+        envelope = api.ErrorEnvelope.model_validate(body)
     except ValueError:
         envelope = api.ErrorEnvelope(
             code="INTERNAL", message=response.text[:200] or f"HTTP {response.status_code}"

@@ -61,6 +61,8 @@ class Submission:
     task_id: str | None = None
     #: See TaskRecord.cancel_when_abandoned.
     cancel_when_abandoned: bool = False
+    #: A Batch API item: (batch id, input line).
+    batch: tuple[str, int] | None = None
 
 
 class Admission:
@@ -82,6 +84,10 @@ class Admission:
         self._by_model: dict[str, list[PoolDispatcher]] = {}
         for pool in pools.values():
             self._by_model.setdefault(pool.config.model, []).append(pool)
+
+    def serves(self, model: str) -> bool:
+        """Some pool serves `model`."""
+        return model in self._by_model
 
     def admit(self, sub: Submission) -> TaskRecord:
         """Queue `sub` as a task, or raise Refusal."""
@@ -145,7 +151,7 @@ class Admission:
             task=task, request=request, model=pool.config.model, door=sub.door,
             engine=pool.config.engine, stream=TaskStream(self._stream_buffer_events),
             correlation_id=sub.correlation_id, admitted_at=now, created=int(time.time()),
-            seed=seed, cancel_when_abandoned=sub.cancel_when_abandoned,
+            seed=seed, cancel_when_abandoned=sub.cancel_when_abandoned, batch=sub.batch,
         )  # fmt: skip
         pool.admit(rec)
         return rec

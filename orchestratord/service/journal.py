@@ -52,7 +52,9 @@ def task_row(rec: TaskRecord, now_ms: float) -> TaskRow:
             "messages": [[m.role, m.content] for m in request.messages],
         },
     }  # fmt: skip
-    return TaskRow(task.id, task.pool_id, task.state.value, orjson.dumps(spec).decode(), wall)
+    batch_id, line = rec.batch or (None, None)
+    row = orjson.dumps(spec).decode()
+    return TaskRow(task.id, task.pool_id, task.state.value, row, wall, batch_id, line)
 
 
 def output_chunk(rec: TaskRecord, start: int) -> str:

@@ -21,6 +21,7 @@ from orchestratord.config import Config, PoolConfig
 from orchestratord.engines import launcher_for
 from orchestratord.service import views
 from orchestratord.service.admission import Admission, Submission
+from orchestratord.service.batches import Batches
 from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.recovery import recover
 from orchestratord.service.refusal import Refusal
@@ -74,6 +75,9 @@ class Orchestrator:
             self.pools, self.book, self.metrics, now_ms,
             stream_buffer_events=server.stream_buffer_events,
         )  # fmt: skip
+        self.batches = Batches(
+            self.store, self.admission, self.pools, self.book, self.metrics, config.batch
+        )
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -81,12 +85,14 @@ class Orchestrator:
         """Open the store, bring back the tasks it journaled, start every pool. Raises
         StoreError (one clear line) if the store cannot be used."""
         self.store.on_commit = self.metrics.on_store_commit
-        stored = await self.store.open()
+        snapshot = await self.store.open()
         server = self.config.server
-        recover(
-            stored, self.pools, self.book, self.now_ms, retention_s=server.retention_s,
+        self.batches.load(snapshot)
+        recovered = recover(
+            snapshot.tasks, self.pools, self.book, self.now_ms, retention_s=server.retention_s,
             stream_buffer_events=server.stream_buffer_events,
         )  # fmt: skip
+        self.batches.resume(recovered.batch_items)
         for pool in self.pools.values():
             pool.start()
 
@@ -105,6 +111,8 @@ class Orchestrator:
         """Stop admitting; let queued and running tasks finish for up to `grace_s`; then end
         the rest with a typed, retriable error; stop every engine."""
         self.accepting = False
+        self.book.closing = True
+        self.batches.pause()
         log.info("shutting down", grace_s=grace_s, active=self.active_count())
         try:
             async with asyncio.timeout(grace_s):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -43,6 +43,8 @@ class Recovered:
     restarted: int = 0
     finished: int = 0
     expired: int = 0
+    #: Live Batch API items, back in their queues (their batches count them).
+    batch_items: list[TaskRecord] = field(default_factory=list)
 
 
 def recover(
@@ -82,7 +84,7 @@ def recover(
             book.add(rec, recovered=True)
             why = f"pool {rec.task.pool_id!r} is no longer configured"
             book.finish(rec, TaskState.CANCELED, ErrorCode.POOL_UNAVAILABLE, why)
-        elif s.streamed and not strict:
+        elif s.streamed and not strict and rec.batch is None:
             rec.task.state = TaskState.RUNNING
             _replay_output(rec, s)
             rec.stream.partial = True
@@ -94,7 +96,10 @@ def recover(
             )  # fmt: skip
             done.restarted += 1
         else:
-            if s.streamed:
+            if rec.batch is not None:  # nobody watched its stream: it simply runs again
+                done.batch_items.append(rec)
+                done.requeued += 1
+            elif s.streamed:
                 # its rerun journals the same chunks again, from chunk 0, in order
                 rec.replay = deque(journal.tokens_of(s.output))
                 rec.stream.partial = True  # should its rerun fail, readers still hear it
@@ -125,6 +130,7 @@ def _record(
         door=Door(spec["door"]), engine=spec["engine"],
         stream=TaskStream(stream_buffer_events), correlation_id=spec["correlation_id"],
         admitted_at=loop_ms(row.admitted_unix_ms), created=spec["created"], seed=spec["seed"],
+        batch=None if row.batch_id is None else (row.batch_id, row.batch_line or 0),
     )  # fmt: skip
 
 

@@ -94,6 +94,8 @@ class TaskRecord:
     #: A strict task resumed after a restart: the `(token index, text)` it had journaled,
     #: which its rerun must reproduce.
     replay: deque[tuple[int, str]] | None = None
+    #: A Batch API item: (batch id, line of the batch's input file).
+    batch: tuple[str, int] | None = None
     #: The coroutine relaying the engine's stream (its owner is the pool's dispatcher).
     runner: asyncio.Task[Any] | None = None
     #: Stream readers attached now.
@@ -115,6 +117,11 @@ def _publish(durable: asyncio.Future[None], ending: Callable[[], None]) -> None:
     ending()
 
 
+def _both(first: Callable[[], None], then: Callable[[], None]) -> None:
+    first()
+    then()
+
+
 class TaskBook:
     def __init__(
         self,
@@ -134,6 +141,10 @@ class TaskBook:
         #: Finished task ids, oldest first (insertion order is end order).
         self._finished: dict[str, float] = {}
         self._expiry: asyncio.TimerHandle | None = None
+        #: Told when a Batch API item ends (the batch feeds its next line).
+        self.on_batch_item: Callable[[TaskRecord], None] | None = None
+        #: The daemon is shutting down.
+        self.closing = False
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self._tasks
@@ -213,14 +224,19 @@ class TaskBook:
         rec.request = None
         rec.replay = None
         durable = None
-        if self._store.durable:
+        # a batch item the daemon stops on its way down is not over: journaled as live, it
+        # runs again after the restart
+        shelved = self.closing and rec.batch is not None and state is not TaskState.COMPLETED
+        if self._store.durable and not shelved:
             if len(rec.output) > rec.journaled:
                 self.checkpoint(rec)
             result = journal.result(rec, end)
             durable = self._store.ended(task.id, state.value, journal.unix_ms(), result)
+        if rec.batch is not None and self.on_batch_item is not None and not shelved:
+            ending = partial(_both, ending, partial(self.on_batch_item, rec))
         if durable is None:
             ending()
-        else:  # clients hear how it ended once a restart would tell them the same
+        else:  # clients (and batches) hear how it ended once a restart would say the same
             durable.add_done_callback(lambda done: _publish(done, ending))
         self._metrics.on_finished(rec)
         # one line per task (never per token), with everything needed to follow it
@@ -230,7 +246,10 @@ class TaskBook:
             finish_reason=rec.finish_reason, error=rec.error.code if rec.error else None,
             session_id=task.session_id, correlation_id=rec.correlation_id,
         )  # fmt: skip
-        self._retain(task.id, now)
+        if rec.batch is None:
+            self._retain(task.id, now)
+        else:  # its batch's output files keep it; its record goes now
+            self._tasks.pop(task.id, None)
         return True
 
     # -- retention ---------------------------------------------------------------------

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 from orchestratord.config import Config
-from orchestratord.store.base import StoredTask, StoreError, TaskRow, TaskStore
+from orchestratord.store.base import (
+    BatchItem,
+    Snapshot,
+    StoredBatch,
+    StoredTask,
+    StoreError,
+    TaskRow,
+    TaskStore,
+)
 from orchestratord.store.memory import MemoryStore
 from orchestratord.store.sqlite import SqliteStore
 
-__all__ = ["StoreError", "StoredTask", "TaskRow", "TaskStore", "open_store"]
+__all__ = [
+    "BatchItem",
+    "Snapshot",
+    "StoreError",
+    "StoredBatch",
+    "StoredTask",
+    "TaskRow",
+    "TaskStore",
+    "open_store",
+]
 
 
 def open_store(config: Config) -> TaskStore:

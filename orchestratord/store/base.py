@@ -13,6 +13,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 class StoreError(Exception):
@@ -29,6 +30,9 @@ class TaskRow:
     #: JSON: everything needed to rebuild the task and its engine request.
     spec: str
     admitted_unix_ms: int
+    #: A Batch API item: its batch and its line in the batch's input file.
+    batch_id: str | None = None
+    batch_line: int | None = None
 
 
 @dataclass(slots=True)
@@ -49,6 +53,39 @@ class StoredTask:
     output: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """A batch as read back on start: its document, and how far its items got."""
+
+    doc: str
+    #: Lines fed so far (one past the highest line that became a task).
+    fed: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything the store holds, as read on start. Finished batch items are left out
+    (their batch's output is read from the store when it is written)."""
+
+    tasks: list[StoredTask] = field(default_factory=list)
+    #: File documents (JSON), by id.
+    files: dict[str, str] = field(default_factory=dict)
+    batches: dict[str, StoredBatch] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """A finished batch item, for its batch's output."""
+
+    line: int
+    state: str
+    spec: str
+    result: str
+    output: list[str]
+
+
 class TaskStore(ABC):
     """Where accepted work outlives the process."""
 
@@ -61,9 +98,12 @@ class TaskStore(ABC):
     #: Called on the loop with each group commit's duration in seconds (a metrics hook).
     on_commit: Callable[[float], None] | None = None
 
+    #: Where file contents live (Batch API input and output); None: no Batch API.
+    files_dir: Path | None = None
+
     @abstractmethod
-    async def open(self) -> list[StoredTask]:
-        """Open (creating and migrating as needed) and return every journaled task in
+    async def open(self) -> Snapshot:
+        """Open (creating and migrating as needed) and return what it holds, tasks in
         admission order; raise StoreError with one clear line if it cannot be used."""
 
     @abstractmethod
@@ -88,6 +128,27 @@ class TaskStore(ABC):
     @abstractmethod
     def forgotten(self, task_ids: list[str]) -> None:
         """Finished tasks past their retention: delete them."""
+
+    # -- the Batch API ---------------------------------------------------------------
+
+    @abstractmethod
+    def put_file(self, file_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
+        """Record (or replace) a file's document; its content is in `files_dir`."""
+
+    @abstractmethod
+    def delete_file(self, file_id: str) -> None: ...
+
+    @abstractmethod
+    def put_batch(self, batch_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
+        """Record (or replace) a batch's document."""
+
+    @abstractmethod
+    async def batch_items(self, batch_id: str, after_line: int, limit: int) -> list[BatchItem]:
+        """Finished items of a batch with line > `after_line`, in line order."""
+
+    @abstractmethod
+    def drop_batch_items(self, batch_id: str) -> None:
+        """Delete a batch's item tasks (its output files hold them now)."""
 
     @abstractmethod
     async def close(self) -> None:

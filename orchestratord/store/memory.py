@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from orchestratord.store.base import StoredTask, TaskRow, TaskStore
+from orchestratord.store.base import BatchItem, Snapshot, TaskRow, TaskStore
 
 
 class MemoryStore(TaskStore):
     durable = False
 
-    async def open(self) -> list[StoredTask]:
-        return []
+    async def open(self) -> Snapshot:
+        return Snapshot()
 
     def admitted(self, row: TaskRow) -> asyncio.Future[None] | None:
         return None
@@ -28,6 +28,21 @@ class MemoryStore(TaskStore):
 
     def forgotten(self, task_ids: list[str]) -> None:
         pass
+
+    def put_file(self, file_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
+        raise NotImplementedError("the Batch API needs a durable store")
+
+    def delete_file(self, file_id: str) -> None:
+        raise NotImplementedError("the Batch API needs a durable store")
+
+    def put_batch(self, batch_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
+        raise NotImplementedError("the Batch API needs a durable store")
+
+    async def batch_items(self, batch_id: str, after_line: int, limit: int) -> list[BatchItem]:
+        raise NotImplementedError("the Batch API needs a durable store")
+
+    def drop_batch_items(self, batch_id: str) -> None:
+        raise NotImplementedError("the Batch API needs a durable store")
 
     async def close(self) -> None:
         pass

@@ -20,12 +20,21 @@ import queue
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
-from orchestratord.store.base import StoredTask, StoreError, TaskRow, TaskStore
+from orchestratord.store.base import (
+    BatchItem,
+    Snapshot,
+    StoredBatch,
+    StoredTask,
+    StoreError,
+    TaskRow,
+    TaskStore,
+)
 
 log = structlog.get_logger("orchestratord")
 
@@ -42,8 +51,13 @@ MIGRATIONS: tuple[str, ...] = (
         streamed INTEGER NOT NULL DEFAULT 0,
         started TEXT,
         ended_unix_ms INTEGER,
-        result TEXT
+        result TEXT,
+        batch_id TEXT,
+        batch_line INTEGER
     );
+    CREATE UNIQUE INDEX tasks_batch_line ON tasks (batch_id, batch_line);
+    CREATE TABLE files (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, doc TEXT NOT NULL);
+    CREATE TABLE batches (id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, doc TEXT NOT NULL);
     CREATE TABLE task_output (
         task_id TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
         chunk INTEGER NOT NULL,
@@ -54,7 +68,8 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 _ADMIT = (
-    "INSERT INTO tasks (id, pool_id, state, spec, admitted_unix_ms, seq) VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO tasks (id, pool_id, state, spec, admitted_unix_ms, seq, batch_id, batch_line) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 #: A write: SQL, its parameters, and the future of an admission waiting on it.
@@ -68,6 +83,7 @@ class SqliteStore(TaskStore):
         self.state_dir = state_dir
         self.path = state_dir / "orchestratord.db"
         self.location = str(self.path)
+        self.files_dir = state_dir / "files"
         self._max_bytes = max_bytes
         self._synchronous = synchronous
         self._seq = 0
@@ -80,7 +96,7 @@ class SqliteStore(TaskStore):
 
     # -- open ----------------------------------------------------------------------
 
-    async def open(self) -> list[StoredTask]:
+    async def open(self) -> Snapshot:
         self._loop = asyncio.get_running_loop()
         stored = await asyncio.to_thread(self._open)
         if self._synchronous == "full":
@@ -88,7 +104,7 @@ class SqliteStore(TaskStore):
             self._thread.start()
         return stored
 
-    def _open(self) -> list[StoredTask]:
+    def _open(self) -> Snapshot:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._lock = open(self.state_dir / "lock", "a+")  # noqa: SIM115 - held open
@@ -117,7 +133,7 @@ class SqliteStore(TaskStore):
         except sqlite3.DatabaseError as e:
             raise StoreError(f"task store {self.path} cannot be used: {e}") from None
         self._conn = conn
-        self._seq = max((s.seq for s in stored), default=0)
+        self._seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]
         return stored
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -131,64 +147,111 @@ class SqliteStore(TaskStore):
             conn.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
             log.info("task store migrated", path=str(self.path), schema=number)
 
-    def _load(self, conn: sqlite3.Connection) -> list[StoredTask]:
+    def _load(self, conn: sqlite3.Connection) -> Snapshot:
         rows = conn.execute(
-            "SELECT id, pool_id, state, spec, admitted_unix_ms, seq, streamed, started, "
-            "ended_unix_ms, result FROM tasks ORDER BY seq"
+            "SELECT id, pool_id, state, spec, admitted_unix_ms, batch_id, batch_line, seq, "
+            "streamed, started, ended_unix_ms, result FROM tasks "
+            "WHERE batch_id IS NULL OR result IS NULL ORDER BY seq"
         ).fetchall()
         tasks = {
             r[0]: StoredTask(
-                TaskRow(*r[:5]), seq=r[5], streamed=bool(r[6]), started=r[7],
-                ended_unix_ms=r[8], result=r[9],
+                TaskRow(*r[:7]), seq=r[7], streamed=bool(r[8]), started=r[9],
+                ended_unix_ms=r[10], result=r[11],
             )
             for r in rows
         }  # fmt: skip
         for task_id, tokens in conn.execute(
-            "SELECT task_id, tokens FROM task_output ORDER BY task_id, chunk"
+            "SELECT task_id, tokens FROM task_output WHERE task_id IN "
+            "(SELECT id FROM tasks WHERE batch_id IS NULL OR result IS NULL) "
+            "ORDER BY task_id, chunk"
         ):
             tasks[task_id].output.append(tokens)
-        return list(tasks.values())
+        files = dict(conn.execute("SELECT id, doc FROM files").fetchall())
+        progress = {
+            batch_id: (fed, completed, failed)
+            for batch_id, fed, completed, failed in conn.execute(
+                "SELECT batch_id, MAX(batch_line) + 1, "
+                "SUM(CASE WHEN state = 'completed' THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN result IS NOT NULL AND state != 'completed' THEN 1 ELSE 0 END) "
+                "FROM tasks WHERE batch_id IS NOT NULL GROUP BY batch_id"
+            )
+        }
+        batches = {
+            batch_id: StoredBatch(doc, *progress.get(batch_id, (0, 0, 0)))
+            for batch_id, doc in conn.execute("SELECT id, doc FROM batches ORDER BY created_at")
+        }
+        return Snapshot(list(tasks.values()), files, batches)
+
+    # -- the Batch API -----------------------------------------------------------------
+
+    def put_file(self, file_id: str, created_at: int, doc: str) -> asyncio.Future[None]:
+        return self._durable_write(
+            "INSERT OR REPLACE INTO files (id, created_at, doc) VALUES (?, ?, ?)",
+            (file_id, created_at, doc),
+        )
+
+    def delete_file(self, file_id: str) -> None:
+        self._write("DELETE FROM files WHERE id = ?", (file_id,))
+
+    def put_batch(self, batch_id: str, created_at: int, doc: str) -> asyncio.Future[None]:
+        return self._durable_write(
+            "INSERT OR REPLACE INTO batches (id, created_at, doc) VALUES (?, ?, ?)",
+            (batch_id, created_at, doc),
+        )
+
+    async def batch_items(self, batch_id: str, after_line: int, limit: int) -> list[BatchItem]:
+        return await asyncio.to_thread(self._read_items, batch_id, after_line, limit)
+
+    def _read_items(self, batch_id: str, after_line: int, limit: int) -> list[BatchItem]:
+        # a connection of its own: WAL readers never wait for the writer
+        with closing(sqlite3.connect(self.path)) as conn:
+            rows = conn.execute(
+                "SELECT id, batch_line, state, spec, result FROM tasks WHERE batch_id = ? "
+                "AND batch_line > ? AND result IS NOT NULL ORDER BY batch_line LIMIT ?",
+                (batch_id, after_line, limit),
+            ).fetchall()
+            items = []
+            for task_id, line, state, spec, result in rows:
+                chunks = conn.execute(
+                    "SELECT tokens FROM task_output WHERE task_id = ? ORDER BY chunk", (task_id,)
+                ).fetchall()
+                items.append(BatchItem(line, state, spec, result, [c for (c,) in chunks]))
+            return items
+
+    def drop_batch_items(self, batch_id: str) -> None:
+        self._write("DELETE FROM tasks WHERE batch_id = ?", (batch_id,))
+
+    def _durable_write(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[None]:
+        assert self._loop is not None, "open the store first"
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._write(sql, params, done)
+        return done
 
     # -- writes (on the loop) --------------------------------------------------------
 
     def admitted(self, row: TaskRow) -> asyncio.Future[None]:
-        assert self._loop is not None, "open the store first"
         self._seq += 1
-        done: asyncio.Future[None] = self._loop.create_future()
-        self._write(
-            _ADMIT,
-            (row.id, row.pool_id, row.state, row.spec, row.admitted_unix_ms, self._seq),
-            done,
-        )
-        return done
+        params = (row.id, row.pool_id, row.state, row.spec, row.admitted_unix_ms, self._seq)
+        return self._durable_write(_ADMIT, (*params, row.batch_id, row.batch_line))
 
     def output(
         self, task_id: str, chunk: int, tokens: str, started: str | None = None
     ) -> asyncio.Future[None]:
-        assert self._loop is not None, "open the store first"
-        done: asyncio.Future[None] = self._loop.create_future()
-        self._write(
-            "INSERT OR REPLACE INTO task_output (task_id, chunk, tokens) VALUES (?, ?, ?)",
-            (task_id, chunk, tokens),
-            None if started is not None else done,
+        sql = "INSERT OR REPLACE INTO task_output (task_id, chunk, tokens) VALUES (?, ?, ?)"
+        if started is None:
+            return self._durable_write(sql, (task_id, chunk, tokens))
+        self._write(sql, (task_id, chunk, tokens))
+        return self._durable_write(
+            "UPDATE tasks SET streamed = 1, started = ? WHERE id = ?", (started, task_id)
         )
-        if started is not None:
-            self._write(
-                "UPDATE tasks SET streamed = 1, started = ? WHERE id = ?", (started, task_id), done
-            )
-        return done
 
     def ended(
         self, task_id: str, state: str, ended_unix_ms: int, result: str
-    ) -> asyncio.Future[None] | None:
-        assert self._loop is not None, "open the store first"
-        done: asyncio.Future[None] = self._loop.create_future()
-        self._write(
+    ) -> asyncio.Future[None]:
+        return self._durable_write(
             "UPDATE tasks SET state = ?, ended_unix_ms = ?, result = ? WHERE id = ?",
             (state, ended_unix_ms, result, task_id),
-            done,
         )
-        return done
 
     def forgotten(self, task_ids: list[str]) -> None:
         for task_id in task_ids:

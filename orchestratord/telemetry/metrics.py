@@ -64,6 +64,8 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
     ("replica_restarts", Counter, "replica_restarts", "Engine restarts", _POOL_REPLICA),
     ("store_commit", Histogram, "store_commit_latency_ms",
      "One group commit of the task store, ms", ()),
+    ("batches", Gauge, "batches", "Batch API batches by status", ("status",)),
+    ("batch_items", Counter, "batch_items", "Batch API items ended, by outcome", ("outcome",)),
 )  # fmt: skip
 
 #: Bucket bounds per histogram family (ms): a store commit takes well under a millisecond.
@@ -183,3 +185,14 @@ class Metrics:
     def on_store_commit(self, seconds: float) -> None:
         """Once per group commit (many admissions and endings each)."""
         self._families["store_commit"].observe(seconds * 1000.0)
+
+    # -- the Batch API -----------------------------------------------------------------
+
+    def on_batch(self, before: str | None, after: str) -> None:
+        """A batch moved from status `before` (None: new, or loaded on start) to `after`."""
+        if before is not None:
+            self._child("batches", (before,)).dec()
+        self._child("batches", (after,)).inc()
+
+    def on_batch_item(self, outcome: str) -> None:
+        self._inc("batch_items", outcome)

@@ -173,6 +173,7 @@ async def test_orchctl_batch_honours_backpressure_and_writes_jsonl(start_daemon,
         str(out),
         "--model",
         "mock-model",
+        "--client-side",
         "--concurrency",
         "6",
     )

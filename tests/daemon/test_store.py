@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from orchestratord.service.admission import Submission
+from orchestratord.store import Snapshot
 from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
 from tests.helpers import BIN, Event, Served, mock_pool
 
@@ -249,11 +250,11 @@ async def test_memory_store_writes_nothing(start_daemon):
 async def test_the_schema_is_versioned_and_migrated(tmp_path):
     """OC-STORE-1006"""
     store = SqliteStore(tmp_path)
-    assert await store.open() == []
+    assert await store.open() == Snapshot()
     await store.close()
     with sqlite3.connect(tmp_path / "orchestratord.db") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again = SqliteStore(tmp_path)  # reopening migrates nothing and loses nothing
-    assert await again.open() == []
+    assert await again.open() == Snapshot()
     await again.close()

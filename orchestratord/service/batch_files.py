@@ -1,0 +1,133 @@
+"""Batch API files (`/v1/files`): input files checked line by line as they arrive, and the
+output and error files batches write. Contents live in the store's `files_dir`, one file
+each; their documents live in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import orjson
+
+from orchestrator_core.errors import ErrorCode
+from orchestratord.batch_models import FileDeleted, FileList, FileObject
+from orchestratord.service.batch_input import InputCheck
+from orchestratord.service.refusal import Refusal
+from orchestratord.store import TaskStore
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+class FileShelf:
+    def __init__(self, store: TaskStore, serves: Callable[[str], bool], max_bytes: int) -> None:
+        self._store = store
+        self._serves = serves
+        self._max_bytes = max_bytes
+        self._files: dict[str, FileObject] = {}
+
+    def load(self, docs: dict[str, str]) -> None:
+        self._files = {fid: FileObject.model_validate_json(doc) for fid, doc in docs.items()}
+
+    @property
+    def _dir(self) -> Path:
+        if self._store.files_dir is None:
+            raise Refusal(
+                ErrorCode.STORE_UNAVAILABLE,
+                "the Batch API needs a durable store (store.url: sqlite:)",
+            )
+        return self._store.files_dir
+
+    def path(self, file_id: str) -> Path:
+        return self._dir / f"{file_id}.jsonl"
+
+    def get(self, file_id: str) -> FileObject:
+        found = self._files.get(file_id)
+        if found is None:
+            raise Refusal(ErrorCode.NOT_FOUND, f"no file {file_id!r}", field="file_id")
+        return found
+
+    def listing(self) -> FileList:
+        return FileList(data=sorted(self._files.values(), key=lambda f: -f.created_at))
+
+    async def upload(self, filename: str, chunks: AsyncIterator[bytes]) -> FileObject:
+        """Keep a batch input file if every line is a request this daemon can run; else
+        keep nothing and refuse, naming the bad lines."""
+        file_id = new_id("file")
+        directory = self._dir
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = directory / f".{file_id}.part"
+        check = InputCheck(self._serves)
+        size = 0
+        try:
+            with partial.open("wb") as out:
+                rest = b""
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self._max_bytes:
+                        raise Refusal(
+                            ErrorCode.INVALID_PARAMS,
+                            f"the file is larger than {self._max_bytes} bytes",
+                            field="file",
+                        )
+                    out.write(chunk)
+                    *lines, rest = (rest + chunk).split(b"\n")
+                    for line in lines:
+                        check.line(line)
+                if rest.strip():
+                    check.line(rest)
+            lines_total, endpoint = check.verdict()
+            await asyncio.to_thread(os.replace, partial, self.path(file_id))
+        finally:
+            partial.unlink(missing_ok=True)
+        doc = FileObject(
+            id=file_id, bytes=size, created_at=int(time.time()), filename=filename,
+            purpose="batch", lines=lines_total, endpoint=endpoint,
+        )  # fmt: skip
+        await self._put(doc)
+        return doc
+
+    async def append(self, file_id: str, lines: list[bytes]) -> None:
+        """Append `lines` to an output file being written (`start_output` first)."""
+        await asyncio.to_thread(_append, self.path(file_id), lines)
+
+    def start_output(self, file_id: str) -> None:
+        """An empty output file (a batch finalized again after a restart starts over)."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self.path(file_id).write_bytes(b"")
+
+    async def keep_output(self, file_id: str, filename: str) -> FileObject:
+        """Publish an output file written by `write_output`."""
+        size = self.path(file_id).stat().st_size
+        doc = FileObject(
+            id=file_id, bytes=size, created_at=int(time.time()), filename=filename,
+            purpose="batch_output",
+        )  # fmt: skip
+        await self._put(doc)
+        return doc
+
+    async def _put(self, doc: FileObject) -> None:
+        durable = self._store.put_file(
+            doc.id, doc.created_at, orjson.dumps(doc.model_dump()).decode()
+        )
+        if durable is not None:
+            await durable
+        self._files[doc.id] = doc
+
+    def delete(self, file_id: str) -> FileDeleted:
+        self.get(file_id)
+        self._store.delete_file(file_id)
+        del self._files[file_id]
+        self.path(file_id).unlink(missing_ok=True)
+        return FileDeleted(id=file_id, deleted=True)
+
+
+def _append(path: Path, lines: list[bytes]) -> None:
+    with path.open("ab") as out:
+        out.writelines(lines)

@@ -1,0 +1,114 @@
+"""A 1,000-item batch survives two SIGKILLs of the daemon: every `custom_id` is answered
+exactly once, and the engine's own ledger shows no request completed twice.
+
+The engine is the project's mock OpenAI server in a process of its own (it outlives the
+daemon), keeping a ledger of the requests it completed. Before each kill it parks every
+stream in flight — every request the daemon has sent, none left in transit — and the test
+waits until the daemon has journaled each completion the engine made. An item completed at
+the engine in the instant before the daemon journaled it would run again: at-least-once is
+what a crash allows. With the engine parked the kill lands outside that instant, so any
+item answered twice here is the daemon's fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import aiohttp
+
+from pool_managerd.launchers import die_with_parent, free_port
+from tests.helpers import Served
+
+ITEMS = 1000
+FINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+async def start_engine() -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "test_harness.engines.mock_http", "--port", str(port), "--ledger",
+        stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        assert b"ready" in await proc.stdout.readline()
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def pool(engine: str) -> dict:
+    return {
+        "id": "remote", "engine": "openai", "model": "mock-model",
+        "queue": {"capacity": 256}, "slots_per_endpoint": 16,
+        "replicas": {"endpoints": [engine]},
+    }  # fmt: skip
+
+
+async def test_a_batch_killed_twice_answers_each_item_once(served: Served, tmp_path):
+    """OC-BATCH-1105"""
+    engine, engine_url = await start_engine()
+    http = served.http
+    try:
+        await served.start(pool(engine_url))
+        lines = [
+            {"custom_id": f"item-{i}", "method": "POST", "url": "/v1/completions",
+             "body": {"model": "mock-model", "prompt": f"item {i}", "max_tokens": 4}}
+            for i in range(ITEMS)
+        ]  # fmt: skip
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", "".join(json.dumps(x) + "\n" for x in lines).encode(),
+                       filename="items.jsonl")  # fmt: skip
+        async with http.post(f"{served.url}/v1/files", data=form) as r:
+            assert r.status == 200, await r.text()
+            file_id = (await r.json())["id"]
+        body = {"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "24h"}
+        async with http.post(f"{served.url}/v1/batches", json=body) as r:
+            assert r.status == 200, await r.text()
+            batch_id = (await r.json())["id"]
+
+        for at_least in (300, 600):  # kill it twice, mid-run
+            async with http.get(f"{engine_url}/_test/ledger", params={"at_least": at_least}):
+                pass
+            async with http.post(f"{engine_url}/_test/hold") as r:
+                engine_done = (await r.json())["total"]
+            # every request the daemon sent is at the engine, parked (none in transit, which
+            # the engine could still read and answer after the daemon died)
+            async with http.get(f"{served.url}/v1/pools/remote") as r:
+                (replica,) = (await r.json())["replicas"]
+            sent = replica["slots_total"] - replica["slots_free"]
+            async with http.get(f"{engine_url}/_test/ledger", params={"parked": sent}):
+                pass
+            await _journaled(served, batch_id, engine_done)
+            await served.kill()
+            async with http.post(f"{engine_url}/_test/release"):
+                pass
+            await served.start(pool(engine_url))
+
+        async with http.get(f"{engine_url}/_test/ledger", params={"at_least": ITEMS}) as r:
+            ledger = await r.json()
+        batch = await _journaled(served, batch_id, ITEMS)
+        assert batch["status"] == "completed", batch
+        assert batch["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0}
+        assert ledger["total"] == ITEMS and set(ledger["completed"].values()) == {1}
+        async with http.get(f"{served.url}/v1/files/{batch['output_file_id']}/content") as r:
+            output = [json.loads(line) for line in (await r.text()).splitlines()]
+        assert [o["custom_id"] for o in output] == [f"item-{i}" for i in range(ITEMS)]
+    finally:
+        engine.kill()
+        await engine.wait()
+
+
+async def _journaled(served: Served, batch_id: str, completed: int) -> dict:
+    """The batch once the daemon counts `completed` items (it counts an item once its end
+    is durable), and — for the last — once it reached a final status. Each read is a real
+    request; the daemon needs a few milliseconds to catch up with the engine."""
+    async with asyncio.timeout(60):
+        while True:
+            async with served.http.get(f"{served.url}/v1/batches/{batch_id}") as r:
+                batch = await r.json()
+            counts = batch["request_counts"]
+            enough = counts["completed"] + counts["failed"] >= completed
+            if enough and (completed < ITEMS or batch["status"] in FINAL):
+                return batch
