@@ -102,7 +102,12 @@ async def main() -> None:
     bin_dir = Path(sys.executable).parent
     direct_port, daemon_port = free_port(), free_port()
     config = {
-        "server": {"port": daemon_port, "stream_buffer_events": 4096},
+        # the default durable store, in a directory of its own
+        "server": {
+            "port": daemon_port,
+            "stream_buffer_events": 4096,
+            "state_dir": tempfile.mkdtemp(prefix="orchestratord-bench-"),
+        },
         "pools": [
             {
                 "id": "bench",

@@ -111,7 +111,7 @@ async def main() -> None:
     slow = write_tiny_model(tmp / "slow.gguf", TinyModelSpec.slow())
     port = free_port()
     config = {
-        "server": {"port": port},
+        "server": {"port": port, "state_dir": str(tmp / "state")},
         "pools": [
             {
                 "id": "tiny",

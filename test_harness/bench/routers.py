@@ -149,7 +149,8 @@ async def main() -> None:
     pool = {"id": "bench", "engine": kind, "model": "bench", "queue": {"capacity": 65536},
             "replicas": {"endpoints": [engine_url]}, "slots_per_endpoint": 4096,
             "engine_model": "mock-model"}  # fmt: skip
-    config = {"server": {"port": daemon_port}, "pools": [pool]}
+    # the default durable store, in the run's own directory
+    config = {"server": {"port": daemon_port, "state_dir": str(tmp / "state")}, "pools": [pool]}
     (tmp / "c.yaml").write_text(yaml.safe_dump(config))
     bin_dir = Path(sys.executable).parent
     serve = [str(bin_dir / "orchestratord"), "serve", "--config", str(tmp / "c.yaml"),
