@@ -58,8 +58,9 @@ def task_row(rec: TaskRecord, now_ms: float) -> TaskRow:
 
 
 def output_chunk(rec: TaskRecord, start: int) -> str:
-    """Output entries from `start` on, as `[[token index, text], ...]`."""
-    return orjson.dumps(list(zip(rec.output_at[start:], rec.output[start:], strict=True))).decode()
+    """Output entries from `start` on, as `[[token index, text, [token ids]], ...]`."""
+    entries = zip(rec.output_at[start:], rec.output[start:], rec.output_ids[start:], strict=True)
+    return orjson.dumps(list(entries)).decode()
 
 
 def started(rec: TaskRecord) -> str | None:
@@ -103,9 +104,13 @@ def request_of(spec: dict[str, Any]) -> GenerateRequest:
     )  # fmt: skip
 
 
-def tokens_of(chunks: list[str]) -> list[tuple[int, str]]:
-    """The journaled output, `(token index, text)` per entry."""
-    return [(index, text) for chunk in chunks for index, text in orjson.loads(chunk)]
+#: One journaled output entry: (token index, text, the engine's token ids).
+Journaled = tuple[int, str, tuple[int, ...]]
+
+
+def tokens_of(chunks: list[str]) -> list[Journaled]:
+    """The journaled output, in order."""
+    return [(i, text, tuple(ids)) for chunk in chunks for i, text, ids in orjson.loads(chunk)]
 
 
 def started_of(started: str | dict[str, Any] | None) -> StartedEvent | None:

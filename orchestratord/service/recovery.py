@@ -160,9 +160,10 @@ def _replay_output(rec: TaskRecord, s: StoredTask, started: dict[str, Any] | Non
     rec.started_event = journal.started_of(started or s.started)
     if rec.started_event is not None:
         rec.stream.started(rec.started_event)
-    for index, text in journal.tokens_of(s.output):
+    for index, text, ids in journal.tokens_of(s.output):
         rec.output.append(text)
         rec.output_at.append(index)
+        rec.output_ids.append(ids)
         rec.output_bytes += len(text)
-        rec.stream.token(index, text)
+        rec.stream.token(index, text, ids)
     rec.journaled, rec.chunks = len(rec.output), len(s.output)

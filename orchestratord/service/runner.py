@@ -23,6 +23,7 @@ import structlog
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import TaskState
 from orchestratord.api_models import StartedEvent
+from orchestratord.service.journal import Journaled
 from orchestratord.service.tasks import TaskBook, TaskRecord
 from orchestratord.store import StoreError
 from pool_managerd.replica import Replica
@@ -64,7 +65,7 @@ async def run_task(
         async with aclosing(events):
             # the hot path: per event, a few attribute updates and one frame
             emit_token, cap = rec.stream.token, limits.max_output_bytes
-            output, output_at = rec.output, rec.output_at
+            output, output_at, output_ids = rec.output, rec.output_at, rec.output_ids
             async for event in events:
                 if task.state is not running:  # canceled meanwhile: stop reading
                     break
@@ -75,12 +76,13 @@ async def run_task(
                     if rec.output_bytes < cap:
                         output.append(event.text)
                         output_at.append(index)
+                        output_ids.append(event.ids)
                         rec.output_bytes += len(event.text)
                     else:
                         rec.output_truncated = True
                     if len(output) >= rec.checkpoint_at and not await _checkpoint(rec, book):
                         break
-                    if rec.replay and not _replays(rec, index, event.text, book):
+                    if rec.replay and not _replays(rec, (index, event.text, event.ids), book):
                         break
                     emit_token(index, event.text, event.ids)
                     rec.tokens_out += event.count
@@ -127,14 +129,14 @@ async def _checkpoint(rec: TaskRecord, book: TaskBook) -> bool:
     return rec.task.state is TaskState.RUNNING
 
 
-def _replays(rec: TaskRecord, index: int, text: str, book: TaskBook) -> bool:
+def _replays(rec: TaskRecord, token: Journaled, book: TaskBook) -> bool:
     """A strict task resumed after a restart must reproduce the tokens it had journaled;
     if it does not, it fails loudly instead of continuing a different stream."""
     assert rec.replay is not None
-    if (index, text) != rec.replay[0]:
+    if token != rec.replay[0]:
         book.finish(
             rec, TaskState.FAILED, ErrorCode.DAEMON_RESTART,
-            f"resumed after a daemon restart, the engine diverged at token {index} from "
+            f"resumed after a daemon restart, the engine diverged at token {token[0]} from "
             "what was sent before it (same engine, same seed should repeat it)",
         )  # fmt: skip
         return False

@@ -79,8 +79,10 @@ class TaskRecord:
     finish_reason: FinishReason | None = None
     error: ErrorEnvelope | None = None
     output: list[str] = field(default_factory=list)
-    #: The token index of each `output` entry (to rebuild the stream after a restart).
+    #: The token index and the engine's token ids of each `output` entry (to rebuild the
+    #: stream, byte for byte, after a restart).
     output_at: list[int] = field(default_factory=list)
+    output_ids: list[tuple[int, ...]] = field(default_factory=list)
     output_bytes: int = 0
     output_truncated: bool = False
     started_event: StartedEvent | None = None
@@ -91,9 +93,9 @@ class TaskRecord:
     journaled: int = 0
     chunks: int = 0
     checkpoint_at: int = sys.maxsize
-    #: A strict task resumed after a restart: the `(token index, text)` it had journaled,
-    #: which its rerun must reproduce.
-    replay: deque[tuple[int, str]] | None = None
+    #: A strict task resumed after a restart: the `(token index, text, ids)` it had
+    #: journaled, which its rerun must reproduce.
+    replay: deque[journal.Journaled] | None = None
     #: A Batch API item: (batch id, line of the batch's input file).
     batch: tuple[str, int] | None = None
     #: The coroutine relaying the engine's stream (its owner is the pool's dispatcher).

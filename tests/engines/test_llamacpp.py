@@ -403,3 +403,17 @@ async def test_a_strict_stream_resumes_byte_identical_after_sigkill(served, tiny
     assert tokens(before + resumed) == tokens(reference)  # ids, texts and token ids
     assert resumed[-1][0] == reference[-1][0] == "end"
     assert json.loads(resumed[-1][2])["tokens_out"] == 160
+
+
+async def test_a_finished_stream_resumes_byte_identical_after_sigkill(served, tiny_model):
+    """OC-STORE-1004: a finished task's stream is rebuilt from the journal with the
+    engine's token ids, exactly as it was sent."""
+    pool = llama_pool(tiny_model, replicas={"managed": {"ctx": 1024}})
+    pool.update(LONG_STREAMS)
+    await served.start(pool)
+    tid = (await served.submit(model="llama-model", prompt="kept", max_tokens=48))["task_id"]
+    events = await served.events(tid)
+    assert events[-1][0] == "end" and '"ids":[' in events[1][2]
+    await served.kill()
+    await served.start(pool)
+    assert await served.events(tid, after=20) == events[21:]
