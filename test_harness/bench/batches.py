@@ -21,9 +21,9 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from pool_managerd.launchers import free_port
+from pool_managerd.launchers import die_with_parent, free_port
 from pool_managerd.tiny_gguf import write_tiny_model
-from test_harness.bench.common import start, stop
+from test_harness.bench.common import stop
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
@@ -43,7 +43,24 @@ async def native(http: aiohttp.ClientSession, url: str, items: int, tokens: int)
     return items / (time.perf_counter() - started)
 
 
-async def batch_api(http: aiohttp.ClientSession, url: str, items: int, tokens: int) -> float:
+class BatchEnded:
+    """Reads the daemon's log as it comes (its pipe must never fill) and wakes whoever
+    waits once a batch has ended — the daemon logs `batch ended` when its output is kept."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.ended = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read(proc))
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            if b'"batch ended"' in line:
+                self.ended.set()
+
+
+async def batch_api(
+    http: aiohttp.ClientSession, url: str, items: int, tokens: int, log: BatchEnded
+) -> float:
     started = time.perf_counter()
     lines = "".join(
         json.dumps({"custom_id": f"item-{i}", "method": "POST", "url": "/v1/completions",
@@ -59,12 +76,10 @@ async def batch_api(http: aiohttp.ClientSession, url: str, items: int, tokens: i
     body = {"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "24h"}
     async with http.post(f"{url}/v1/batches", json=body) as r:
         batch_id = (await r.json())["id"]
-    while True:
-        async with http.get(f"{url}/v1/batches/{batch_id}") as r:
-            batch = await r.json()
-        if batch["status"] == "completed":
-            break
-        await asyncio.sleep(0.02)
+    await log.ended.wait()
+    async with http.get(f"{url}/v1/batches/{batch_id}") as r:
+        batch = await r.json()
+    assert batch["status"] == "completed", batch
     async with http.get(f"{url}/v1/files/{batch['output_file_id']}/content") as r:
         assert len((await r.read()).splitlines()) == items
     return items / (time.perf_counter() - started)
@@ -90,9 +105,16 @@ async def main() -> None:
             }],
         }  # fmt: skip
         (tmp / "c.yaml").write_text(yaml.safe_dump(config))
-        proc = await start(
-            [str(BIN / "orchestratord"), "serve", "--config", str(tmp / "c.yaml")], "serving on"
-        )
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "orchestratord"), "serve", "--config", str(tmp / "c.yaml"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        while b"serving on" not in (line := await proc.stdout.readline()):
+            if not line:
+                raise RuntimeError("orchestratord exited before serving")
+        log = BatchEnded(proc)
         url = f"http://127.0.0.1:{port}"
         try:
             async with aiohttp.ClientSession(
@@ -100,7 +122,7 @@ async def main() -> None:
             ) as http:
                 await native(http, url, 16, args.tokens)  # warm up
                 rate_native = await native(http, url, args.items, args.tokens)
-                rate_batch = await batch_api(http, url, args.items, args.tokens)
+                rate_batch = await batch_api(http, url, args.items, args.tokens, log)
         finally:
             await stop(proc)
     print(f"native    {rate_native:7.1f} items/s")
