@@ -62,6 +62,7 @@ bench: setup  ## benchmarks (not tests); results go to docs/BENCHMARKS.md by han
 	$(BIN)/python -m test_harness.bench.routers --engine llamacpp --streams 1 16 64
 	$(BIN)/python -m test_harness.bench.store
 	$(BIN)/python -m test_harness.bench.batches
+	$(BIN)/python -m test_harness.bench.tenants
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -7,13 +7,20 @@ starts at `max(its old finish tag, the class's virtual clock)`, so it neither lo
 turn nor banks credit while idle. With equal weights this is round-robin; with one tenant
 it is plain FIFO. Integers keep the order exact (no float ties) and reproducible.
 
-push and pop are O(log T) for T backlogged tenants; remove and rank are O(log n);
-`position` is O(T + log n).
+A backlogged tenant's queued tasks always carry the tags `next_tag, next_tag + cost, …` —
+an arithmetic run, whichever of its tasks left. So the class keeps one sorted multiset of
+`(tag, ordinal)` keys, one per queued task: the head is the next dispatch and a task's
+position is a bisection, whatever the number of tenants. A task leaving from the middle
+takes its tenant's *last* key (the run shortens by one; the tasks behind it move up).
+
+Every operation is O(log n) in the queued tasks and O(1) in the number of tenants. An
+empty tenant is remembered (for its finish tag) only until the virtual clock passes it, and
+at most `IDLE_TENANTS_REMEMBERED` of them: beyond that the oldest is forgotten, at the cost
+of at most one early turn if it returns within the same round.
 """
 
 from __future__ import annotations
 
-import heapq
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -22,6 +29,9 @@ from math import lcm
 from sortedcontainers import SortedList
 
 from orchestrator_core.model import Task
+
+#: Empty tenants kept for their finish tag (a bound on memory, not on time).
+IDLE_TENANTS_REMEMBERED = 4096
 
 
 class _RankedFifo:
@@ -62,22 +72,23 @@ class _RankedFifo:
         if self.tasks:
             self._skip_holes()
         else:
-            self._seqs.clear()
-            self._head = 0
-            self._holes.clear()
+            self._clear()
         return task
 
     def remove(self, task: Task) -> None:
         del self.tasks[task.seq]
         if not self.tasks:
-            self._seqs.clear()
-            self._head = 0
-            self._holes.clear()
+            self._clear()
         elif task.seq == self._seqs[self._head]:
             self._head += 1
             self._skip_holes()
         else:
             self._holes.add(task.seq)
+
+    def _clear(self) -> None:
+        self._seqs.clear()
+        self._head = 0
+        self._holes.clear()
 
     def rank(self, seq: int) -> int:
         """How many queued entries arrived before `seq`."""
@@ -86,17 +97,21 @@ class _RankedFifo:
 
 
 class _TenantQueue:
-    __slots__ = ("cost", "fifo", "finish", "gen", "name", "next_tag", "ordinal")
+    __slots__ = ("cost", "fifo", "finish", "name", "next_tag", "ordinal")
 
     def __init__(self, name: str, ordinal: int, cost: int) -> None:
         self.name = name
         self.ordinal = ordinal
         self.cost = cost
+        #: Tag of the tenant's head task while it is backlogged.
         self.next_tag = 0
+        #: Tag its next task would start at after its last dispatch.
         self.finish = 0
-        # The stamp of the tenant's one valid heap entry; see FairClass._stamp.
-        self.gen = 0
         self.fifo = _RankedFifo()
+
+    def tag(self, rank: int) -> int:
+        """The tag of the tenant's queued task of rank `rank` (0 = its head)."""
+        return self.next_tag + rank * self.cost
 
 
 class FairClass:
@@ -109,34 +124,28 @@ class FairClass:
         self._weights = weights
         self._base = lcm(1, *weights.values())
         self._tenants: dict[str, _TenantQueue] = {}
+        #: Backlogged tenants by ordinal (what a key points at).
+        self._backlogged: dict[int, _TenantQueue] = {}
         # Empty tenants still remembered for their finish tag, oldest first.
         self._idle: OrderedDict[str, None] = OrderedDict()
-        self._heap: list[tuple[int, int, int, str]] = []
+        #: One `(tag, ordinal)` per queued task: the dispatch order.
+        self._keys: SortedList = SortedList()
+        #: Arrival numbers of the queued tasks (to count arrivals across lanes).
+        self._seqs: SortedList = SortedList()
         self._vclock = 0
         self._ordinals = 0
-        self._stamps = 0
-        self._len = 0
 
     def __len__(self) -> int:
-        return self._len
-
-    def _stamp(self) -> int:
-        # One counter for the whole class, never per tenant: a tenant that is forgotten and
-        # created again must not revive a stale heap entry from its earlier life.
-        self._stamps += 1
-        return self._stamps
+        return len(self._seqs)
 
     def _tenant(self, name: str) -> _TenantQueue:
         tq = self._tenants.get(name)
         if tq is None:
+            # A new ordinal even for a tenant seen before: no stale key can point at it.
             self._ordinals += 1
             tq = _TenantQueue(name, self._ordinals, self._base // self._weights.get(name, 1))
             self._tenants[name] = tq
         return tq
-
-    def _push_entry(self, tq: _TenantQueue) -> None:
-        tq.gen = self._stamp()
-        heapq.heappush(self._heap, (tq.next_tag, tq.ordinal, tq.gen, tq.name))
 
     def push(self, task: Task) -> None:
         """Append `task` at the end of its tenant's FIFO."""
@@ -144,58 +153,53 @@ class FairClass:
         if not tq.fifo.tasks:
             self._idle.pop(tq.name, None)
             tq.next_tag = max(tq.finish, self._vclock)
-            self._push_entry(tq)
+            self._backlogged[tq.ordinal] = tq
+        self._keys.add((tq.tag(len(tq.fifo)), tq.ordinal))
+        self._seqs.add(task.seq)
         tq.fifo.append(task)
-        self._len += 1
-
-    def _head_tenant(self) -> _TenantQueue | None:
-        heap = self._heap
-        while heap:
-            _tag, _ord, gen, name = heap[0]
-            tq = self._tenants.get(name)
-            if tq is not None and tq.gen == gen and tq.fifo.tasks:
-                return tq
-            heapq.heappop(heap)  # stale entry: the tenant emptied or was re-entered
-        return None
 
     def peek(self) -> Task | None:
         """The task that `pop` would return, without removing it."""
-        tq = self._head_tenant()
-        return None if tq is None else tq.fifo.first()
+        if not self._keys:
+            return None
+        return self._backlogged[self._keys[0][1]].fifo.first()
 
     def peek_seq(self) -> int:
         """Arrival number of the task `pop` would return (the class must not be empty)."""
-        tq = self._head_tenant()
-        assert tq is not None
-        return tq.fifo.first().seq
+        head = self.peek()
+        assert head is not None
+        return head.seq
 
     def pop(self) -> Task | None:
         """Remove and return the next task in fair order."""
-        tq = self._head_tenant()
-        if tq is None:
+        if not self._keys:
             return None
+        tag, ordinal = self._keys.pop(0)
+        tq = self._backlogged[ordinal]
         task = tq.fifo.popleft()
-        self._len -= 1
-        self._vclock = tq.next_tag
+        self._seqs.remove(task.seq)
+        self._vclock = tag
         tq.next_tag += tq.cost
         tq.finish = tq.next_tag
-        if tq.fifo.tasks:
-            tq.gen = self._stamp()
-            heapq.heapreplace(self._heap, (tq.next_tag, tq.ordinal, tq.gen, tq.name))
-        else:
-            heapq.heappop(self._heap)
-            self._idle[tq.name] = None
+        if not tq.fifo.tasks:
+            self._went_idle(tq)
         self._sweep_idle()
         return task
 
     def remove(self, task: Task) -> None:
         """Remove a queued task from anywhere in the order (cancel, evict, expire)."""
         tq = self._tenants[task.tenant]
+        self._keys.remove((tq.tag(len(tq.fifo) - 1), tq.ordinal))
+        self._seqs.remove(task.seq)
         tq.fifo.remove(task)
-        self._len -= 1
         if not tq.fifo.tasks:
-            tq.gen = self._stamp()  # its heap entry is now stale
-            self._idle[tq.name] = None
+            self._went_idle(tq)
+
+    def _went_idle(self, tq: _TenantQueue) -> None:
+        del self._backlogged[tq.ordinal]
+        self._idle[tq.name] = None
+        if len(self._idle) > IDLE_TENANTS_REMEMBERED:
+            del self._tenants[self._idle.popitem(last=False)[0]]
 
     def _sweep_idle(self) -> None:
         # An empty tenant whose finish tag the clock has passed carries no fairness memory
@@ -212,35 +216,21 @@ class FairClass:
     def position(self, task: Task) -> int:
         """How many tasks of this class dispatch before `task` (0 = next)."""
         me = self._tenants[task.tenant]
-        return self._ahead_of(me, me.fifo.rank(task.seq))
+        return int(self._keys.bisect_left((me.tag(me.fifo.rank(task.seq)), me.ordinal)))
 
     def position_of_last(self, tenant: str) -> int:
-        """`position` of the tenant's newest task, in O(T)."""
+        """`position` of the tenant's newest task."""
         me = self._tenants[tenant]
-        return self._ahead_of(me, len(me.fifo) - 1)
-
-    def _ahead_of(self, me: _TenantQueue, rank: int) -> int:
-        if len(self._tenants) == 1:
-            return rank
-        tag = me.next_tag + rank * me.cost
-        ahead = rank
-        for tq in self._tenants.values():
-            if tq is me or not tq.fifo.tasks:
-                continue
-            gap = tag - tq.next_tag
-            if gap < 0:
-                continue
-            # tasks j with tq.next_tag + j*cost < tag, plus an exact tie won by ordinal
-            count = -(-gap // tq.cost)
-            if gap % tq.cost == 0 and tq.ordinal < me.ordinal:
-                count += 1
-            ahead += min(count, len(tq.fifo))
-        return ahead
+        return int(self._keys.bisect_left((me.tag(len(me.fifo) - 1), me.ordinal)))
 
     def count_before_seq(self, seq: int) -> int:
         """How many tasks of this class arrived before arrival number `seq`."""
-        return sum(tq.fifo.rank(seq) for tq in self._tenants.values())
+        return int(self._seqs.bisect_left(seq))
+
+    def tenants_remembered(self) -> int:
+        """Tenants this class holds state for (backlogged or idle-remembered)."""
+        return len(self._tenants)
 
     def __iter__(self) -> Iterator[Task]:
-        for tq in self._tenants.values():
+        for tq in self._backlogged.values():
             yield from tq.fifo.tasks.values()

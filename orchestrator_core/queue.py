@@ -9,8 +9,9 @@ per-priority retry line that dispatches ahead of everything else of that priorit
 Dispatch order: every `interactive` task before any `batch` task; within a priority,
 retries first, then the lanes' heads by arrival, each lane fair across tenants.
 
-Complexity: offer, take, remove and expire are O(log n); `position` is O(L·T·log n) for L
-non-empty lanes and T backlogged tenants — no operation scans the queue.
+Complexity: offer, take, remove and expire are O(log n) and independent of the number of
+tenants; `position` is O(L·log n) for L non-empty lanes — no operation scans the queue or
+the tenants.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 import pytest
 
 from orchestrator_core.errors import ErrorCode
-from orchestrator_core.fair import FairClass
+from orchestrator_core.fair import IDLE_TENANTS_REMEMBERED, FairClass
 from orchestrator_core.model import (
     Determinism,
     Placement,
@@ -231,3 +231,29 @@ def test_a_forgotten_tenant_does_not_revive_a_stale_turn():
     q.offer(t(5, tenant="b"))
     assert (q.position("t4"), q.position("t5")) == (0, 1)
     assert drain(q) == ["t4", "t5"]
+
+
+def test_one_off_tenants_cost_bounded_memory():
+    """OC-CORE-1029: found by a hostile client — 20,000 submits each under a fresh tenant
+    kept every tenant alive (the virtual clock never passed them), and every admission
+    walked them all. Idle tenants are now capped and admission never visits them."""
+    q = PoolQueue(100)
+    for i in range(3 * IDLE_TENANTS_REMEMBERED):
+        q.offer(t(f"x{i}", B, tenant=f"tenant-{i}"))
+        taken, _ = q.take_next([ANY_LANE], 0)
+        assert taken is not None and taken.id == f"tx{i}"
+    fair = q._lanes[ANY_LANE].classes[B]
+    assert fair.tenants_remembered() <= IDLE_TENANTS_REMEMBERED
+
+
+def test_position_with_many_backlogged_tenants_matches_dispatch():
+    """OC-CORE-1027, OC-CORE-1029: positions by bisection agree with the dispatch order
+    when tasks leave from the middle of their tenant's run."""
+    q = PoolQueue(1000)
+    for i in range(60):
+        q.offer(t(i, B, tenant=f"t{i % 7}"))
+    for i in range(0, 60, 5):
+        q.cancel(f"t{i}")
+    predicted = sorted(q, key=lambda x: q.position(x.id))
+    assert [q.position(x.id) for x in predicted] == list(range(len(predicted)))
+    assert [x.id for x in predicted] == drain(q)
