@@ -27,6 +27,10 @@ class ErrorCode(StrEnum):
     DAEMON_RESTART = "DAEMON_RESTART"
     #: The task store cannot write: nothing new is accepted, nothing accepted is lost.
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    #: The daemon is at its connection limit: try again shortly.
+    OVERLOADED = "OVERLOADED"
+    #: The task existed but its record was forgotten (retention or the memory budget).
+    EXPIRED = "EXPIRED"
 
 
 #: Codes a client may retry unchanged (possibly after a backoff).
@@ -41,6 +45,7 @@ RETRIABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.WORKER_RESET,
         ErrorCode.DAEMON_RESTART,
         ErrorCode.STORE_UNAVAILABLE,
+        ErrorCode.OVERLOADED,
     }
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 # The wire uses the domain's own enums (pure, no I/O): one definition, no conversions.
 from orchestrator_core.errors import RETRIABLE, ErrorCode
@@ -26,10 +26,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _integral(value: object) -> object:
+    # JSON Schema's `integer` includes 4352.0 (JSON has one number type; some clients
+    # serialize every number as a float); 4352.5 and "4352" stay errors.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: Marks an integer field of a strict request model as accepting integral floats.
+INTEGRAL = BeforeValidator(_integral)
+
+
 class Sampling(_Strict):
     temperature: Annotated[float, Field(ge=0, le=10)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0), INTEGRAL] | None = None
     stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] = []
 
 
@@ -46,11 +58,11 @@ class TaskRequest(_Strict):
     session_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     model: Annotated[str, Field(min_length=1, max_length=256)]
     prompt: str
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = 128
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000), INTEGRAL] = 128
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1), INTEGRAL] | None = None
     sampling: Sampling = Field(default_factory=Sampling)
     priority: Priority = Priority.INTERACTIVE
-    deadline_ms: Annotated[int, Field(ge=1)] | None = Field(
+    deadline_ms: Annotated[int, Field(ge=1), INTEGRAL] | None = Field(
         None, description="Budget in ms from submission; the task expires if not done by then."
     )
     determinism: Determinism = Determinism.BEST_EFFORT
@@ -166,7 +178,7 @@ class PoolHealth(BaseModel):
 
 
 class DrainRequest(_Strict):
-    deadline_ms: Annotated[int, Field(ge=0)] = 30_000
+    deadline_ms: Annotated[int, Field(ge=0), INTEGRAL] = 30_000
 
 
 class ReloadRequest(_Strict):

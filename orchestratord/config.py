@@ -54,7 +54,11 @@ class ServerConfig(_Cfg):
     max_retained_tasks: Annotated[int, Field(ge=1)] = 10_000
     #: Events kept per task for `Last-Event-ID` resume (the stream's memory bound).
     stream_buffer_events: Annotated[int, Field(ge=16)] = 4096
-    #: Output kept per task for `GET /v1/tasks/{id}`.
+    #: Bytes the daemon may hold for tasks: queued requests, stream buffers, retained
+    #: outputs. Past it, finished tasks are forgotten oldest first (they answer 410
+    #: `EXPIRED`); when live tasks alone would pass it, admission answers 429.
+    memory_budget_bytes: Annotated[int, Field(ge=1 << 20)] = 512 << 20
+    #: Output kept per task for `GET /v1/tasks/{id}` (UTF-8 bytes).
     max_output_bytes: Annotated[int, Field(ge=0)] = 1 << 20
     #: A stream with nothing to send for this long sends an SSE comment (with the queue
     #: position while the task waits), so clients and proxies do not time out.
@@ -66,6 +70,19 @@ class ServerConfig(_Cfg):
     #: Environment variable holding the API key; when set, every `/v1/` request needs
     #: `Authorization: Bearer <key>` (health, readiness, metrics and the OpenAPI stay open).
     api_key_env: str | None = None
+    #: A connection with no request in progress — idle between requests, or still sending
+    #: its request head — is closed after this long (bytes that do not complete a head do
+    #: not extend it: slow-loris heads are bounded too).
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    #: Connections held at once. Past it, only `/healthz`, `/readyz` and `/metrics` are
+    #: served (everything else answers 503 `OVERLOADED`); past twice it, connections are
+    #: answered 503 and closed unread. Lowered to fit the open-file limit if need be.
+    max_connections: Annotated[int, Field(ge=1)] = 4096
+    #: Longest request line, and longest header field; larger heads answer 431.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=65536)] = 8190
+    #: A stream reader that takes longer than this to accept one write is disconnected
+    #: (its client stopped reading; it must not hold the task's memory).
+    write_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     #: Enables the test-only provider-state endpoint (pact verification). Never in production.
     enable_test_endpoints: bool = False
     #: Where the daemon keeps its state (the task store); default

@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from orchestratord.api.app import build_app
+from orchestratord.api.connections import ConnectionGuard, raise_fd_limit
 from orchestratord.config import Config
 from orchestratord.engines import launcher_for
 from orchestratord.service import LauncherFactory, Orchestrator
@@ -25,6 +26,7 @@ class Daemon:
         self.launchers = launchers
         self.service: Orchestrator | None = None
         self.runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self.port: int = config.server.port
 
     async def start(self) -> None:
@@ -37,12 +39,16 @@ class Daemon:
             shutdown_timeout=1.0, handler_cancellation=True,
         )  # fmt: skip
         await self.runner.setup()
-        host = self.config.server.host
+        assert self.runner.server is not None
+        server = self.config.server
+        guard = ConnectionGuard(self.runner.server, server, raise_fd_limit(server.max_connections))
+        host = server.host
         # A large backlog: bursts of connects must not drop SYNs (see PERFORMANCE.md);
         # aiohttp sets TCP_NODELAY on every accepted connection.
-        site = web.TCPSite(self.runner, host, self.port, backlog=4096, reuse_address=True)
-        await site.start()
-        self.port = self.runner.addresses[0][1]  # the port bound, when 0 was asked
+        self._listener = await asyncio.get_running_loop().create_server(
+            guard, host, self.port, backlog=4096, reuse_address=True
+        )
+        self.port = self._listener.sockets[0].getsockname()[1]  # the port bound, when 0
         log.info(
             "listening", url=f"http://{host}:{self.port}", pools=[p.id for p in self.config.pools]
         )
@@ -51,6 +57,8 @@ class Daemon:
         if self.service is not None:
             grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
             await self.service.shutdown(grace)
+        if self._listener is not None:
+            self._listener.close()
         if self.runner is not None:
             await self.runner.cleanup()
         log.info("stopped")

@@ -26,10 +26,18 @@ class AdapterError(OrchestratorError):
     """An engine failure, classified into the shared taxonomy."""
 
     def __init__(
-        self, code: ErrorCode, message: str, *, engine: str, retriable: bool | None = None
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        engine: str,
+        retriable: bool | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(code, message, retriable=retriable)
         self.engine = engine
+        #: For the operator's log only: what clients must not see (addresses, OS errors).
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,5 +43,15 @@ def status_error(status: int, body: bytes, engine: str) -> AdapterError:
     return AdapterError(ErrorCode.WORKER_RESET, message, engine=engine)
 
 
+#: What a client is told about a lost engine connection, by its kind. The exception's own
+#: text (the engine's host and port, the OS error) goes to the operator's log only.
+_CONNECTION_FAILURES: tuple[tuple[type[BaseException], str], ...] = (
+    (aiohttp.ClientConnectorError, "could not connect to the engine"),
+    (aiohttp.ServerDisconnectedError, "the engine closed the connection"),
+    (aiohttp.ClientPayloadError, "the engine's response was cut off"),
+)
+
+
 def connection_error(e: BaseException, engine: str) -> AdapterError:
-    return AdapterError(ErrorCode.WORKER_RESET, f"{engine} connection failed: {e}", engine=engine)
+    what = next((m for kind, m in _CONNECTION_FAILURES if isinstance(e, kind)), "connection lost")
+    return AdapterError(ErrorCode.WORKER_RESET, f"{engine}: {what}", engine=engine, detail=f"{e!r}")

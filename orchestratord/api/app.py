@@ -16,8 +16,9 @@ from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
+from orchestratord.api.connections import over_limit_response
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
-from orchestratord.api.http import CID, CORRELATION
+from orchestratord.api.http import CID, CORRELATION, MAX_CORRELATION_CHARS, checked_header
 from orchestratord.api.openapi import document
 from orchestratord.api_models import ErrorEnvelope
 from orchestratord.service import Orchestrator, Refusal
@@ -34,11 +35,16 @@ def correlation_and_errors(max_body: int) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        cid = request.headers.get(CORRELATION) or str(uuid.uuid4())
-        request[CID] = cid
+        busy = over_limit_response(request)
+        if busy is not None:
+            return busy
         path = request.path
         openai = path in openai_door.PATHS or path.startswith(batch_api.PREFIXES)
+        cid = str(uuid.uuid4())
+        request[CID] = cid
         try:
+            # an unusable id is refused (and a fresh one echoed), never logged as sent
+            cid = request[CID] = checked_header(request, CORRELATION, MAX_CORRELATION_CHARS) or cid
             response = await handler(request)
         except Refusal as refusal:
             response = refusal_response(refusal, openai=openai)
@@ -50,6 +56,8 @@ def correlation_and_errors(max_body: int) -> Middleware:
                 message = f"request body too large (limit {max_body} bytes)"
             envelope = ErrorEnvelope.of(code_for_http(e.status), message)
             response = error_response(envelope, e.status, openai=openai)
+            if "Allow" in e.headers:  # 405 says what is allowed
+                response.headers["Allow"] = e.headers["Allow"]
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -70,7 +78,8 @@ def require_key(key: str) -> Middleware:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/v1/"):
-            given = request.headers.get("Authorization", "").encode()
+            # headers are decoded leniently: bytes that are not UTF-8 must not crash this
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
                 raise Refusal(
                     ErrorCode.UNAUTHORIZED,

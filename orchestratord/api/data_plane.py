@@ -4,6 +4,8 @@ them; sessions."""
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
@@ -15,18 +17,32 @@ from orchestratord.api.sse import NativeEvents, renderer_for
 from orchestratord.api.streaming import stream_task
 from orchestratord.service import Orchestrator, Refusal, StreamGap
 from orchestratord.service.admission import Submission
+from orchestratord.service.tasks import TaskRecord
+
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
-def _last_event_id(request: web.Request) -> int | None:
+def _last_event_id(request: web.Request, rec: TaskRecord) -> int | None:
+    """The event id to resume after: plain decimal digits, naming an event the stream has
+    sent (a stream rebuilt after a restart may have sent more than it kept)."""
     last = request.headers.get("Last-Event-ID")
     if last is None:
         return None
-    try:
-        return int(last)
-    except ValueError:
+    if not _EVENT_ID.fullmatch(last):
         raise Refusal(
-            ErrorCode.INVALID_PARAMS, "Last-Event-ID must be an integer", field="Last-Event-ID"
-        ) from None
+            ErrorCode.INVALID_PARAMS,
+            "Last-Event-ID must be a non-negative decimal event id",
+            field="Last-Event-ID",
+        )
+    after = int(last)
+    if after >= rec.stream.next_id and not rec.stream.partial:
+        raise Refusal(
+            ErrorCode.INVALID_PARAMS,
+            f"Last-Event-ID {after} was never sent (the last event so far is "
+            f"{rec.stream.next_id - 1})",
+            field="Last-Event-ID",
+        )
+    return after
 
 
 def submission(req: api.TaskRequest, request: web.Request, *, streamed: bool) -> Submission:
@@ -71,7 +87,7 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         rec = svc.task(request.match_info["task_id"])
         render = renderer_for(rec, request.headers.get("Accept", ""))
         try:
-            return await stream_task(request, svc, rec, render, after=_last_event_id(request))
+            return await stream_task(request, svc, rec, render, after=_last_event_id(request, rec))
         except StreamGap as gap:  # resuming after events no longer retained
             return gone(str(gap))
 

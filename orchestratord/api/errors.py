@@ -36,6 +36,8 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.CANCELED: 409,
     ErrorCode.DAEMON_RESTART: 503,
     ErrorCode.STORE_UNAVAILABLE: 503,
+    ErrorCode.OVERLOADED: 503,
+    ErrorCode.EXPIRED: 410,
 }
 
 #: aiohttp's own refusals (routing, body size, method) in the taxonomy.
@@ -44,6 +46,7 @@ _HTTP_CODES = {
     403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
     413: ErrorCode.INVALID_PARAMS,
+    503: ErrorCode.OVERLOADED,
 }
 
 

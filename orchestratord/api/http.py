@@ -3,6 +3,7 @@ models, with errors naming the field) and JSON responses out."""
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 from aiohttp import web
@@ -18,9 +19,32 @@ CID: web.RequestKey[str] = web.RequestKey("cid", str)
 M = TypeVar("M", bound=BaseModel)
 
 
+TENANT = "X-Tenant-Id"
+#: What an identifier a client chooses may be: it is logged, echoed and labels work.
+TOKEN_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]*"
+_TOKEN = re.compile(TOKEN_PATTERN)
+MAX_CORRELATION_CHARS = 128
+MAX_TENANT_CHARS = 64
+
+
+def checked_header(request: web.Request, name: str, limit: int) -> str | None:
+    """A client-chosen identifier header, or None when absent; a Refusal naming the header
+    when it is longer than `limit` or holds anything but letters, digits and `._:@/+=-`."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    if len(value) > limit or not _TOKEN.fullmatch(value):
+        raise Refusal(
+            ErrorCode.INVALID_PARAMS,
+            f"{name} must be 1-{limit} characters of letters, digits and ._:@/+=-",
+            field=name,
+        )
+    return value
+
+
 def tenant_of(request: web.Request) -> str:
     """Who a task is accounted to for fairness (`X-Tenant-Id`)."""
-    return request.headers.get("X-Tenant-Id", "default")[:64]
+    return checked_header(request, TENANT, MAX_TENANT_CHARS) or "default"
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:

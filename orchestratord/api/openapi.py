@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from orchestratord import api_models as api
+from orchestratord.api.http import MAX_CORRELATION_CHARS, TOKEN_PATTERN
 from orchestratord.api.operations import OPERATIONS, Operation
 from orchestratord.config import Config
 
@@ -83,7 +84,11 @@ def _operation(op: Operation) -> dict[str, Any]:
         for name in ("task_id", "session_id", "pool_id", "file_id", "batch_id")
         if f"{{{name}}}" in op.path
     ]
-    params.append({"name": "X-Correlation-Id", "in": "header", "required": False, "schema": string})
+    params.append({
+        "name": "X-Correlation-Id", "in": "header", "required": False,
+        "schema": {"type": "string", "pattern": f"^{TOKEN_PATTERN}$",
+                   "maxLength": MAX_CORRELATION_CHARS},
+    })  # fmt: skip
     for name, description in op.headers:
         schema = {"type": "string", "pattern": "^[0-9]+$"} if name == "Last-Event-ID" else string
         params.append(
@@ -127,7 +132,8 @@ def _operation(op: Operation) -> dict[str, Any]:
             entry["content"] = content
         responses[str(status)] = entry
     error = {"application/json": {"schema": _ref(op.error)}}
-    for status in op.errors:
+    # every operation: a malformed X-Correlation-Id (400); past the connection limit (503)
+    for status in sorted({400, 503, *op.errors}):
         headers = dict(_CORRELATION)
         if status == 429:
             headers.update(_BACKPRESSURE_HEADERS)

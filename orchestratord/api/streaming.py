@@ -3,9 +3,15 @@ one-request streams, OpenAI `stream: true`, Last-Event-ID resume).
 
 It answers at once — headers, then the queue position if the task waits — and, whenever
 `stream_heartbeat_s` passes with nothing to send, an SSE comment (the position again while
-queued), so clients and proxies never time out on a healthy task. It counts as a reader of
-the task (`Orchestrator.reading`): a task whose stream is its request's answer is canceled
-when its client goes away for good.
+queued), so clients and proxies never time out on a healthy task. Its first event carries
+`retry:` (how soon an EventSource reconnects; a frame of its own would be dispatched as an
+empty event by common client libraries). It counts as a reader of the task
+(`Orchestrator.reading`): a task whose stream is its request's answer is canceled when its
+client goes away for good.
+
+A reader that does not take a write within `write_timeout_s` (its client stopped reading)
+is disconnected; one that falls behind the retained events gets an error event and is
+ended. Either way it lets go of the task.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+import structlog
 from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
@@ -22,9 +29,20 @@ from orchestratord.api_models import ErrorEnvelope
 from orchestratord.service import Orchestrator, StreamGap
 from orchestratord.service.tasks import TaskRecord
 
+log = structlog.get_logger("orchestratord.http")
+
+#: `retry:` (ms) with a stream's first event: reconnect soon, resuming with Last-Event-ID.
+RETRY = b"retry: 1000\n"
+
 SSE_HEADERS = {
     "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
 }  # fmt: skip
+
+
+def _with_retry(frames: bytes) -> bytes:
+    """`frames` with `retry:` as the last field of the first one."""
+    end = frames.index(b"\n\n") + 1
+    return frames[:end] + RETRY + frames[end:]
 
 
 def _pause(svc: Orchestrator, rec: TaskRecord) -> bytes:
@@ -48,17 +66,35 @@ async def stream_task(
     response = web.StreamResponse(
         headers={**SSE_HEADERS, CORRELATION: request[CID], **(headers or {})}
     )
+    timeout_s = svc.config.server.write_timeout_s
+
+    async def write(data: bytes) -> None:
+        async with asyncio.timeout(timeout_s):
+            await response.write(data)
+
     with svc.reading(rec):
         await response.prepare(request)
         try:
             if svc.queue_position(rec) is not None:
-                await response.write(_pause(svc, rec))
+                await write(_pause(svc, rec))
+            first = True
             async for batch in events:
-                await response.write(render(batch) if batch else _pause(svc, rec))
+                if batch:
+                    frames = render(batch)
+                    if first and frames:  # (a batch may render to nothing: OpenAI's start)
+                        frames, first = _with_retry(frames), False
+                    await write(frames)
+                else:
+                    await write(_pause(svc, rec))
+            await response.write_eof()
         except StreamGap as gap:  # this reader fell behind the retained events
             envelope = ErrorEnvelope.of(ErrorCode.INTERNAL, f"reader fell behind: {gap}")
-            await response.write(render.error(envelope))
+            await write(render.error(envelope))
+            await response.write_eof()
+        except TimeoutError:  # the client stopped reading: let go of it and the task
+            log.info("slow reader disconnected", task_id=rec.task.id, write_timeout_s=timeout_s)
+            if request.transport is not None:
+                request.transport.abort()  # what it did not take is dropped, not flushed
         except (ConnectionResetError, asyncio.CancelledError):
-            return response  # the client went away (`reading` decides about the task)
-    await response.write_eof()
+            pass  # the client went away (`reading` decides about the task)
     return response

@@ -134,6 +134,16 @@ class Admission:
         )
         if denied is not None:
             raise self._refused(denied, pool.id)
+        footprint = self._book.reservation(text_bytes, max_tokens)
+        if not self._book.make_room(footprint):
+            self._metrics.on_rejected(pool.id, "memory_budget")
+            raise Refusal(
+                ErrorCode.ADMISSION_REJECT,
+                f"the daemon's memory budget is held by live tasks (this one needs "
+                f"{footprint} bytes; fewer max_tokens or a shorter prompt needs less)",
+                pool_id=pool.id, retry_after_ms=pool.estimator.backoff_ms(total),
+                policy_label="memory-budget",
+            )  # fmt: skip
         seed = sub.seed
         if seed is None and strict:
             seed = random.getrandbits(31)  # reported in `started`, so the run can be replayed
@@ -152,6 +162,7 @@ class Admission:
             engine=pool.config.engine, stream=TaskStream(self._stream_buffer_events),
             correlation_id=sub.correlation_id, admitted_at=now, created=int(time.time()),
             seed=seed, cancel_when_abandoned=sub.cancel_when_abandoned, batch=sub.batch,
+            footprint=footprint,
         )  # fmt: skip
         pool.admit(rec)
         return rec

@@ -231,8 +231,8 @@ class PoolDispatcher:
         )
         log.warning(
             "engine error", task_id=task.id, pool_id=self.id, replica_id=replica.id,
-            engine=replica.engine, code=e.code.value, error=e.message, retry=retry,
-            correlation_id=rec.correlation_id,
+            engine=replica.engine, code=e.code.value, error=e.message, detail=e.detail,
+            retry=retry, correlation_id=rec.correlation_id,
         )  # fmt: skip
         if retry:  # nothing reached the client yet: run it elsewhere, ahead of never-run work
             self.queue.requeue_front(task, replica.id)

@@ -59,8 +59,7 @@ def task_row(rec: TaskRecord, now_ms: float) -> TaskRow:
 
 def output_chunk(rec: TaskRecord, start: int) -> str:
     """Output entries from `start` on, as `[[token index, text, [token ids]], ...]`."""
-    entries = zip(rec.output_at[start:], rec.output[start:], rec.output_ids[start:], strict=True)
-    return orjson.dumps(list(entries)).decode()
+    return orjson.dumps(list(rec.output.entries(start))).decode()
 
 
 def started(rec: TaskRecord) -> str | None:

@@ -61,7 +61,8 @@ class Orchestrator:
         server = config.server
         self.book = TaskBook(
             self.metrics, now_ms, self.store, retention_s=server.retention_s,
-            max_retained=server.max_retained_tasks,
+            max_retained=server.max_retained_tasks, budget_bytes=server.memory_budget_bytes,
+            stream_events=server.stream_buffer_events, max_output_bytes=server.max_output_bytes,
         )  # fmt: skip
         self.sessions = SessionTable()
         self.pools: dict[str, PoolDispatcher] = {
@@ -144,7 +145,13 @@ class Orchestrator:
     def task(self, task_id: str) -> TaskRecord:
         rec = self.book.get(task_id)
         if rec is None:
-            raise Refusal(ErrorCode.NOT_FOUND, f"no task {task_id!r} (unknown or expired)")
+            if self.book.expired(task_id):
+                raise Refusal(
+                    ErrorCode.EXPIRED,
+                    f"task {task_id!r} ended and its record is no longer kept (retention "
+                    "or the memory budget); its outcome was reported on its stream",
+                )
+            raise Refusal(ErrorCode.NOT_FOUND, f"no task {task_id!r}")
         return rec
 
     def status(self, task_id: str) -> api.TaskStatus:

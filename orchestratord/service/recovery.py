@@ -88,7 +88,8 @@ def recover(
             rec.task.state = TaskState.RUNNING
             _replay_output(rec, s)
             rec.stream.partial = True
-            rec.tokens_out = rec.output_at[-1] + 1 if rec.output_at else 0
+            last = rec.output.last_index
+            rec.tokens_out = 0 if last is None else last + 1
             book.add(rec, recovered=True)
             book.finish(
                 rec, TaskState.FAILED, ErrorCode.DAEMON_RESTART,
@@ -161,9 +162,6 @@ def _replay_output(rec: TaskRecord, s: StoredTask, started: dict[str, Any] | Non
     if rec.started_event is not None:
         rec.stream.started(rec.started_event)
     for index, text, ids in journal.tokens_of(s.output):
-        rec.output.append(text)
-        rec.output_at.append(index)
-        rec.output_ids.append(ids)
-        rec.output_bytes += len(text)
+        rec.output.append(index, text, ids)
         rec.stream.token(index, text, ids)
     rec.journaled, rec.chunks = len(rec.output), len(s.output)

@@ -64,8 +64,7 @@ async def run_task(
         events = guard_stalls(adapter.stream(request), limits.token_timeout_s, replica.engine)
         async with aclosing(events):
             # the hot path: per event, a few attribute updates and one frame
-            emit_token, cap = rec.stream.token, limits.max_output_bytes
-            output, output_at, output_ids = rec.output, rec.output_at, rec.output_ids
+            emit_token, cap, output = rec.stream.token, limits.max_output_bytes, rec.output
             async for event in events:
                 if task.state is not running:  # canceled meanwhile: stop reading
                     break
@@ -73,11 +72,8 @@ async def run_task(
                     index = rec.tokens_out
                     if rec.first_token_at is None:
                         rec.first_token_at = now_ms()
-                    if rec.output_bytes < cap:
-                        output.append(event.text)
-                        output_at.append(index)
-                        output_ids.append(event.ids)
-                        rec.output_bytes += len(event.text)
+                    if output.text_bytes < cap:
+                        output.append(index, event.text, event.ids)
                     else:
                         rec.output_truncated = True
                     if len(output) >= rec.checkpoint_at and not await _checkpoint(rec, book):

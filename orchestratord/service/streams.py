@@ -53,6 +53,11 @@ class TaskStream:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def next_id(self) -> int:
+        """The id the next event will get (so far, `next_id - 1` events were sent)."""
+        return self._next
+
     def started(self, event: StartedEvent) -> None:
         self._append((STARTED, self._next, event))
 

@@ -1,6 +1,12 @@
 """The task book: every task the daemon knows — live ones, and finished ones for
 `retention_s` (at most `max_retained_tasks`) — and `finish`, the single terminal path.
 
+Memory is budgeted in bytes (`server.memory_budget_bytes`). A live task is charged, at
+admission, the most it can come to hold — its request, a full stream buffer, its output up
+to `max_tokens` — and a finished one what it actually holds. Finished tasks are forgotten
+oldest first whenever the total would pass the budget (their ids then answer `EXPIRED`);
+when live tasks alone would, admission refuses (`make_room`).
+
 `finish` is the only place a task's stream gets its last event. How it ends is derived from
 its terminal (state, code) by one table: an `end` event with a finish reason, or an `error`
 event carrying the envelope. It is idempotent, so paths that race to end a task (a client
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,12 +32,24 @@ from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import Determinism, Task, TaskState
 from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
 from orchestratord.service import journal
+from orchestratord.service.output import Output
 from orchestratord.service.streams import TaskStream
 from orchestratord.store import TaskStore
 from orchestratord.telemetry import Metrics
 from worker_adapters.base import FinishReason, GenerateRequest
 
 log = structlog.get_logger("orchestratord")
+
+#: What the budget charges, measured on CPython 3.11 (docs/RELIABILITY.md): a task's fixed
+#: state (record, task, stream, status event); one stream event (a token's tuple, its text
+#: and ids objects, its deque slot); one output entry beyond its text (`Output`), with the
+#: text a token is assumed to average when reserving.
+RECORD_BYTES = 4096
+EVENT_BYTES = 200
+OUTPUT_ENTRY_BYTES = 32
+TOKEN_TEXT_BYTES = 8
+#: Forgotten task ids remembered, to answer EXPIRED rather than "never heard of it".
+EXPIRED_IDS_REMEMBERED = 65_536
 
 
 #: Terminal (state, code) pairs that end a stream with `end`, and their finish reason
@@ -78,12 +96,9 @@ class TaskRecord:
     ended_at: float | None = None
     finish_reason: FinishReason | None = None
     error: ErrorEnvelope | None = None
-    output: list[str] = field(default_factory=list)
-    #: The token index and the engine's token ids of each `output` entry (to rebuild the
-    #: stream, byte for byte, after a restart).
-    output_at: list[int] = field(default_factory=list)
-    output_ids: list[tuple[int, ...]] = field(default_factory=list)
-    output_bytes: int = 0
+    #: The text kept for its status, with each token's index and ids (to rebuild the
+    #: stream, byte for byte, after a restart); at most `server.max_output_bytes`.
+    output: Output = field(default_factory=Output)
     output_truncated: bool = False
     started_event: StartedEvent | None = None
     #: Resolves once the task is durable (None: durability is off, or it was recovered).
@@ -105,10 +120,17 @@ class TaskRecord:
     #: The task's stream is its request's answer (one-request and OpenAI streaming): when
     #: its last reader leaves before the end, the task is canceled after a grace period.
     cancel_when_abandoned: bool = False
+    #: Bytes the memory budget charges it: its reservation while live, then what it holds.
+    footprint: int = 0
 
     @property
     def ended(self) -> bool:
         return self.ended_at is not None
+
+
+def request_bytes(request: GenerateRequest) -> int:
+    """The text an engine request carries, in UTF-8 bytes."""
+    return len(request.prompt.encode()) + sum(len(m.content.encode()) for m in request.messages)
 
 
 def _publish(durable: asyncio.Future[None], ending: Callable[[], None]) -> None:
@@ -133,6 +155,9 @@ class TaskBook:
         *,
         retention_s: float,
         max_retained: int,
+        budget_bytes: int,
+        stream_events: int,
+        max_output_bytes: int,
     ) -> None:
         self._metrics = metrics
         self._store = store
@@ -143,6 +168,13 @@ class TaskBook:
         #: Finished task ids, oldest first (insertion order is end order).
         self._finished: dict[str, float] = {}
         self._expiry: asyncio.TimerHandle | None = None
+        self._budget = budget_bytes
+        self._stream_events = stream_events
+        self._max_output_bytes = max_output_bytes
+        #: Bytes charged to live tasks, and to retained finished ones.
+        self.live_bytes = 0
+        self.retained_bytes = 0
+        self._expired: OrderedDict[str, None] = OrderedDict()
         #: Told when a Batch API item ends (the batch feeds its next line).
         self.on_batch_item: Callable[[TaskRecord], None] | None = None
         #: The daemon is shutting down.
@@ -154,10 +186,40 @@ class TaskBook:
     def get(self, task_id: str) -> TaskRecord | None:
         return self._tasks.get(task_id)
 
+    def expired(self, task_id: str) -> bool:
+        """Whether `task_id` was a task whose record has been forgotten."""
+        return task_id in self._expired
+
+    # -- the memory budget -------------------------------------------------------------
+
+    def reservation(self, request_bytes: int, max_tokens: int) -> int:
+        """The most a live task with this request can come to hold."""
+        events = min(max_tokens, self._stream_events) * EVENT_BYTES
+        text = min(max_tokens * TOKEN_TEXT_BYTES, self._max_output_bytes)
+        return RECORD_BYTES + request_bytes + events + max_tokens * OUTPUT_ENTRY_BYTES + text
+
+    def _held(self, rec: TaskRecord) -> int:
+        """What a finished task holds."""
+        events = min(rec.stream.next_id, self._stream_events) * EVENT_BYTES
+        return RECORD_BYTES + events + rec.output.footprint
+
+    def make_room(self, nbytes: int) -> bool:
+        """Whether a new task charged `nbytes` fits the budget, forgetting finished tasks
+        (oldest first) to make it fit; False if live tasks alone leave no room."""
+        if self.live_bytes + nbytes > self._budget:
+            return False
+        while self.live_bytes + self.retained_bytes + nbytes > self._budget and self._finished:
+            self.forget(next(iter(self._finished)))
+        return self.live_bytes + self.retained_bytes + nbytes <= self._budget
+
     def add(self, rec: TaskRecord, *, recovered: bool = False) -> None:
         """Track a newly accepted task, journaling it (`rec.durable` says when it is
         durable); a task `recovered` from the store is there already."""
         self._tasks[rec.task.id] = rec
+        if not rec.footprint:  # recovered: charged what its request may come to
+            size = request_bytes(rec.request) if rec.request is not None else 0
+            rec.footprint = self.reservation(size, rec.task.max_tokens)
+        self.live_bytes += rec.footprint
         if self._store.durable:
             rec.checkpoint_at = 0  # the first token is journaled before a client sees it
             if not recovered:
@@ -167,7 +229,7 @@ class TaskBook:
         """Track a task that had ended before a restart, for the rest of its retention."""
         self._tasks[rec.task.id] = rec
         rec.ended_at = ended_at
-        self._retain(rec.task.id, ended_at)
+        self._retain(rec, ended_at)
 
     def checkpoint(self, rec: TaskRecord) -> asyncio.Future[None] | None:
         """Journal the output not journaled yet (and that tokens reach clients); None when
@@ -248,17 +310,22 @@ class TaskBook:
             finish_reason=rec.finish_reason, error=rec.error.code if rec.error else None,
             session_id=task.session_id, correlation_id=rec.correlation_id,
         )  # fmt: skip
+        self.live_bytes -= rec.footprint
         if rec.batch is None:
-            self._retain(task.id, now)
+            self._retain(rec, now)
         else:  # its batch's output files keep it; its record goes now
             self._tasks.pop(task.id, None)
         return True
 
     # -- retention ---------------------------------------------------------------------
 
-    def _retain(self, task_id: str, now: float) -> None:
-        self._finished[task_id] = now
-        while len(self._finished) > self._max_retained:
+    def _retain(self, rec: TaskRecord, now: float) -> None:
+        rec.footprint = self._held(rec)
+        self.retained_bytes += rec.footprint
+        self._finished[rec.task.id] = now
+        while len(self._finished) > self._max_retained or (
+            self.live_bytes + self.retained_bytes > self._budget and self._finished
+        ):
             self.forget(next(iter(self._finished)))
         if self._expiry is None:
             self._arm_expiry()
@@ -280,9 +347,14 @@ class TaskBook:
         self._arm_expiry()
 
     def forget(self, task_id: str) -> None:
-        """Drop a finished task's record (its status and events are gone: 404)."""
+        """Drop a finished task's record (its status and events are gone: EXPIRED)."""
         if self._finished.pop(task_id, None) is not None:
-            self._tasks.pop(task_id, None)
+            rec = self._tasks.pop(task_id, None)
+            if rec is not None:
+                self.retained_bytes -= rec.footprint
+            self._expired[task_id] = None
+            if len(self._expired) > EXPIRED_IDS_REMEMBERED:
+                self._expired.popitem(last=False)
             self._store.forgotten([task_id])
 
     def forget_stored(self, task_id: str) -> None:

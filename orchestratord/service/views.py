@@ -26,7 +26,7 @@ def task_status(rec: TaskRecord, queue_position: int | None) -> api.TaskStatus:
         task_id=task.id, state=task.state, model=rec.model, pool_id=task.pool_id,
         priority=task.priority, queue_position=queue_position,
         replica_id=rec.replica_id, tokens_out=rec.tokens_out, finish_reason=rec.finish_reason,
-        seed=rec.seed, output="".join(rec.output) if rec.ended else None,
+        seed=rec.seed, output=rec.output.text() if rec.ended else None,
         output_truncated=rec.output_truncated, error=rec.error,
     )  # fmt: skip
 

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from orchestrator_core.errors import ErrorCode
+from pool_managerd.launchers import free_port
 from worker_adapters.base import AdapterError, End, GenerateRequest, Token
 from worker_adapters.http_errors import status_error
 from worker_adapters.llamacpp_http import LlamaCppAdapter
@@ -49,3 +50,17 @@ async def test_a_stream_on_a_stopped_replica_is_a_worker_reset():
         with pytest.raises(AdapterError) as err:
             _ = [e async for e in adapter.stream(GenerateRequest("x", max_tokens=1))]
         assert err.value.code is ErrorCode.WORKER_RESET and err.value.retriable
+
+
+async def test_a_refused_connection_names_the_engine_not_its_address():
+    """OC-LOAD-1209: a client saw `Cannot connect to host 127.0.0.1:8001 ...`."""
+    port = free_port()  # nothing listens there
+    adapter = OpenAIAdapter(f"http://127.0.0.1:{port}", model="m")
+    try:
+        with pytest.raises(AdapterError) as err:
+            _ = [e async for e in adapter.stream(GenerateRequest("x", max_tokens=1))]
+    finally:
+        await adapter.close()
+    assert err.value.code is ErrorCode.WORKER_RESET and err.value.retriable
+    assert err.value.message == "openai: could not connect to the engine"
+    assert err.value.detail is not None and str(port) in err.value.detail

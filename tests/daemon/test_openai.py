@@ -220,7 +220,8 @@ async def test_resume_by_last_event_id_gives_the_missing_chunks_once(start_daemo
         rest = await _sse(r)
     ids = [i for i, _ in rest if isinstance(i, int)]
     assert ids == sorted(set(ids)) and min(ids) > first_id  # nothing twice, nothing old
-    chunks = [json.loads(head.split(b"data: ", 1)[1])] + [
+    data = next(line for line in head.split(b"\n") if line.startswith(b"data: "))
+    chunks = [json.loads(data.removeprefix(b"data: "))] + [
         json.loads(d) for _, d in rest if d != "[DONE]"
     ]
     text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])

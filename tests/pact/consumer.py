@@ -22,7 +22,7 @@ ENVELOPE = {
 # JSON data lines never contain a newline, so no dot-all flag is needed (pact's regex
 # engine, Oniguruma, does not take Python's `(?s)`).
 SSE = (
-    r"^event: started\nid: 0\ndata: \{[^\n]*\}\n\n(event: token\nid: \d+\ndata: "
+    r"^event: started\nid: 0\ndata: \{[^\n]*\}\nretry: \d+\n\n(event: token\nid: \d+\ndata: "
     r"\{\"i\":\d+,\"t\":[^\n]*\}\n\n)*event: end\nid: \d+\ndata: "
     r"\{[^\n]*\"finish_reason\"[^\n]*\}\n\n$"
 )
@@ -30,7 +30,7 @@ SSE_EXAMPLE = (
     'event: started\nid: 0\ndata: {"task_id":"00000000-0000-4000-8000-000000000002",'
     '"queue_position":0,"predicted_start_ms":0,'
     '"pool_id":"tiny","replica_id":"tiny-r0","engine":"mock","engine_version":'
-    '"mock-1","seed":null}\n\nevent: token\nid: 1\ndata: {"i":0,"t":"the"}\n\n'
+    '"mock-1","seed":null}\nretry: 1000\n\nevent: token\nid: 1\ndata: {"i":0,"t":"the"}\n\n'
     'event: end\nid: 2\ndata: {"tokens_out":1,"decode_ms":0,"finish_reason":'
     '"length"}\n\n'
 )

@@ -1,0 +1,153 @@
+"""Connection hygiene at the socket: how many connections the daemon holds, how long an idle
+or half-sent one may stay, how large a request head may be, and what aiohttp's own refusals
+(malformed HTTP, oversized heads) look like — our JSON envelope, one log line, never a
+traceback.
+
+aiohttp's `RequestHandler` is the per-connection protocol; `GuardedHandler` extends it at
+its documented seams (`connection_made`, `connection_lost`, `handle_error`). Its idle timer
+(`keepalive_timeout`) starts when a connection opens and again after each response, and is
+not extended by bytes that do not complete a request head — so it bounds both idle
+keep-alive connections and slow-loris heads.
+
+Past `max_connections`, a connection is still served for the operator's paths (health,
+readiness, metrics), and answered 503 `OVERLOADED` for anything else; past twice the limit
+it gets that 503 at once, before reading anything, and is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from http import HTTPStatus
+from typing import Any, cast
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+
+from orchestrator_core.errors import ErrorCode
+from orchestratord.api.errors import STATUS, code_for_http, error_response
+from orchestratord.api_models import ErrorEnvelope
+from orchestratord.config import ServerConfig
+
+log = structlog.get_logger("orchestratord.http")
+
+#: Reachable however many connections are open: an operator must see an overloaded daemon.
+OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+#: File descriptors kept beyond the connection limit (engines, the store, logs).
+_FD_RESERVE = 256
+
+
+def _refusal_bytes() -> bytes:
+    """The whole 503 answer written to a connection refused before it is read."""
+    envelope = ErrorEnvelope.of(ErrorCode.OVERLOADED, "too many connections; retry shortly")
+    body = envelope.model_dump_json(exclude_none=True).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_REFUSED = _refusal_bytes()
+
+
+class ConnectionGuard:
+    """The protocol factory the listening socket uses: one `GuardedHandler` per connection,
+    counted against `max_connections`."""
+
+    def __init__(self, server: web.Server, config: ServerConfig, max_connections: int) -> None:
+        self._server = server
+        self.max_connections = max_connections
+        self.open = 0
+        self._kwargs: dict[str, Any] = {
+            "keepalive_timeout": config.idle_timeout_s,
+            "max_line_size": config.max_header_bytes,
+            "max_field_size": config.max_header_bytes,
+            "max_headers": 100,
+            "access_log": None,
+        }
+
+    def __call__(self) -> GuardedHandler:
+        return GuardedHandler(self._server, self, loop=asyncio.get_running_loop(), **self._kwargs)
+
+
+class GuardedHandler(web.RequestHandler):
+    __slots__ = ("_guard", "over_limit")
+
+    def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        #: Opened past the limit: only the operator's paths are served.
+        self.over_limit = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        guard = self._guard
+        guard.open += 1
+        self.over_limit = guard.open > guard.max_connections
+        if guard.open > 2 * guard.max_connections:
+            transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+            transport.write(_REFUSED)
+            transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._guard.open -= 1
+        super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's own refusals (a request it could not parse) as the JSON envelope."""
+        if request.writer.output_size > 0:  # mid-response: all that is left is to close
+            raise ConnectionError("cannot answer an error after the response started")
+        if isinstance(exc, LineTooLong):
+            status = HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+            reason = f"request head too large (at most {self.max_field_size} bytes a line)"
+        elif status < 500:  # the parser's words, on one line, cut short
+            reason = "malformed HTTP request: " + " ".join((message or "").split())[:160]
+        else:
+            reason = HTTPStatus(status).phrase
+        if status >= 500:
+            log.error("http error", status=status, error=repr(exc))
+        else:  # a client's mistake: one line, no traceback
+            log.info("bad request", status=status, error=reason)
+        envelope = ErrorEnvelope.of(code_for_http(status), reason)
+        response = error_response(envelope, status)
+        response.force_close()
+        return response
+
+
+def over_limit_response(request: web.Request) -> web.StreamResponse | None:
+    """The 503 for a request on a connection opened past the limit (None: serve it)."""
+    protocol = request.protocol
+    if not getattr(protocol, "over_limit", False) or request.path in OPERATOR_PATHS:
+        return None
+    envelope = ErrorEnvelope.of(ErrorCode.OVERLOADED, "too many connections; retry shortly")
+    response = error_response(envelope, STATUS[ErrorCode.OVERLOADED])
+    response.force_close()
+    return response
+
+
+def raise_fd_limit(max_connections: int) -> int:
+    """Raise this process's open-file limit to hold `max_connections` (up to the hard
+    limit); the connection limit that fits what it got."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections * 2 + _FD_RESERVE  # refused connections hold an fd briefly
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    fits = max(1, (soft - _FD_RESERVE) // 2)
+    if fits < max_connections:
+        log.warning(
+            "open-file limit too low for server.max_connections; lowering it",
+            max_connections=max_connections, lowered_to=fits, nofile=soft,
+        )  # fmt: skip
+    return min(max_connections, fits)

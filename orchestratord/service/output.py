@@ -1,0 +1,63 @@
+"""A task's output as one growing buffer: every token's text, its token index and the
+engine's token ids, without an object per token.
+
+The text is kept as UTF-8 in one `bytearray` (its length is what the output cap counts),
+the rest in typed arrays: about 20 bytes per token beyond its text, where a list entry per
+token cost ~170. Entries are read back (journaling, rebuilding a stream) from any index.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+
+#: (token index, text, token ids) — one entry, as journaled.
+Entry = tuple[int, str, tuple[int, ...]]
+
+
+class Output:
+    __slots__ = ("_at", "_ends", "_id_ends", "_ids", "_text")
+
+    def __init__(self) -> None:
+        self._text = bytearray()
+        self._ends = array("Q")  # where each entry's text ends in _text
+        self._at = array("Q")  # each entry's token index
+        self._ids = array("q")  # every entry's token ids, one after another
+        self._id_ends = array("Q")  # where each entry's ids end in _ids
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @property
+    def text_bytes(self) -> int:
+        """UTF-8 bytes of text kept."""
+        return len(self._text)
+
+    @property
+    def footprint(self) -> int:
+        """Bytes this buffer holds (what the memory budget counts)."""
+        return len(self._text) + 8 * (3 * len(self._ends) + len(self._ids))
+
+    @property
+    def last_index(self) -> int | None:
+        """The token index of the last entry (None: empty)."""
+        return self._at[-1] if self._at else None
+
+    def append(self, index: int, text: str, ids: tuple[int, ...] = ()) -> None:
+        self._text += text.encode()
+        self._ends.append(len(self._text))
+        self._at.append(index)
+        self._ids.extend(ids)
+        self._id_ends.append(len(self._ids))
+
+    def text(self) -> str:
+        return self._text.decode()
+
+    def entries(self, start: int = 0) -> Iterator[Entry]:
+        """The entries from `start` on."""
+        ends, id_ends, text, ids = self._ends, self._id_ends, self._text, self._ids
+        for i in range(start, len(ends)):
+            begin = ends[i - 1] if i else 0
+            id_begin = id_ends[i - 1] if i else 0
+            entry_ids = tuple(ids[id_begin : id_ends[i]])
+            yield self._at[i], text[begin : ends[i]].decode(), entry_ids

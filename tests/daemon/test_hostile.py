@@ -1,0 +1,243 @@
+"""Hostile and careless clients (issue 12): each finding, against a live daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from orchestratord.service.output import Output
+from tests.helpers import mock_pool
+
+MiB = 1 << 20
+
+
+async def _raw(port: int, data: bytes = b"", *, rcvbuf: int | None = None) -> Any:
+    """A raw connection (reader, writer), `data` sent."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    if data:
+        writer.write(data)
+    return reader, writer
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """Read one whole HTTP answer with Content-Length: (status, headers, body)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+    return status, headers, await reader.readexactly(int(headers["content-length"]))
+
+
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+# -- the memory budget ------------------------------------------------------------------
+
+
+async def test_finished_tasks_are_forgotten_oldest_first_and_answer_expired(start_daemon):
+    """OC-LOAD-1201: found by a client that submitted 10,000 long tasks and never read
+    them — retention counted tasks, not bytes, and RSS reached 7 GB."""
+    api = await start_daemon(mock_pool(), memory_budget_bytes=MiB)
+    ids = []
+    for _ in range(8):  # each holds ~1/4 MiB once finished
+        _, admitted, _ = await api.submit(model="mock-model", prompt="x", max_tokens=1000)
+        ids.append(admitted["task_id"])
+        await api.events(admitted["task_id"])
+    book = api.daemon.service.book
+    assert book.live_bytes + book.retained_bytes <= MiB
+    async with api.http.get(f"{api.base}/v1/tasks/{ids[0]}") as r:
+        assert r.status == 410
+        err = await r.json()
+    assert err["code"] == "EXPIRED" and "memory budget" in err["message"]
+    assert (await api.status(ids[-1]))["tokens_out"] == 1000
+    async with api.http.get(f"{api.base}/v1/tasks/never-was") as r:
+        assert r.status == 404
+
+
+async def test_live_tasks_past_the_budget_are_refused_with_a_reason(start_daemon):
+    """OC-LOAD-1201"""
+    api = await start_daemon(mock_pool(), memory_budget_bytes=MiB)
+    body = {"model": "mock-model", "prompt": "[[stall:1]] hold", "max_tokens": 3000}
+    _, held, _ = await api.submit(**body)
+    _, err, headers = await api.submit(expect=429, **body)
+    assert err["code"] == "ADMISSION_REJECT" and err["policy_label"] == "memory-budget"
+    assert err["retriable"] and "memory budget" in err["message"]
+    assert int(headers["Retry-After"]) >= 1 and int(headers["X-Backoff-Ms"]) > 0
+    await api.cancel(held["task_id"])
+    await api.submit(**body)  # the canceled task's reservation was returned
+
+
+def test_output_is_one_buffer_capped_in_utf8_bytes():
+    """OC-LOAD-1202: the output cap counted characters, not bytes."""
+    out = Output()
+    out.append(0, "é", (7,))
+    out.append(1, "", ())
+    out.append(2, "日本", (8, 9))
+    assert len(out) == 3 and out.text_bytes == 2 + 6 and out.text() == "é日本"
+    assert list(out.entries(1)) == [(1, "", ()), (2, "日本", (8, 9))]
+    assert out.last_index == 2
+    assert out.footprint < 3 * 40 + out.text_bytes  # no object per token
+
+
+async def test_output_cap_counts_bytes(start_daemon):
+    """OC-LOAD-1202"""
+    api = await start_daemon(mock_pool(), max_output_bytes=1024)
+    _, admitted, _ = await api.submit(model="mock-model", prompt="[[big:100]]", max_tokens=50)
+    await api.events(admitted["task_id"])
+    status = await api.status(admitted["task_id"])
+    assert status["output_truncated"] and 1024 <= len(status["output"].encode()) < 1024 + 100
+
+
+# -- slow readers -----------------------------------------------------------------------
+
+
+async def test_a_reader_that_stops_reading_is_disconnected_and_the_task_runs_on(start_daemon):
+    """OC-LOAD-1203: a reader that never read kept a forgotten task's buffers alive."""
+    api = await start_daemon(mock_pool(), write_timeout_s=0.2)
+    _, admitted, _ = await api.submit(model="mock-model", prompt="[[big:4096]]", max_tokens=3000)
+    task_id = admitted["task_id"]
+    port = api.daemon.port
+    with capture_logs() as logs:
+        reader, writer = await _raw(port, _get(f"/v1/tasks/{task_id}/stream"), rcvbuf=4096)
+        await api.events(task_id)  # another reader follows it to its end: the task ran on
+        received = b""
+        async with asyncio.timeout(30):
+            try:
+                while chunk := await reader.read(1 << 16):  # only now does the slow one read
+                    received += chunk
+            except ConnectionResetError:
+                pass
+    writer.close()
+    assert b"event: end" not in received  # it was let go before the end, its backlog dropped
+    dropped = [e for e in logs if e["event"] == "slow reader disconnected"]
+    assert [e["task_id"] for e in dropped] == [task_id]
+    assert (await api.status(task_id))["state"] == "completed"
+
+
+# -- connections ------------------------------------------------------------------------
+
+
+async def test_past_the_connection_limit_only_operator_paths_are_served(start_daemon):
+    """OC-LOAD-1204: 1,100 half-open connections locked everyone out, health included."""
+    api = await start_daemon(mock_pool(), max_connections=3)
+    port = api.daemon.port
+    held = [await _raw(port) for _ in range(3)]
+    reader, _ = await _raw(port, _get("/v1/pools"))
+    status, headers, body = await _answer(reader)
+    assert status == 503 and headers["connection"] == "close" and b'"OVERLOADED"' in body
+    assert headers["retry-after"] == "1"
+    for path in ("/healthz", "/metrics"):
+        reader, _ = await _raw(port, _get(path))
+        assert (await _answer(reader))[0] == 200
+    extra = [await _raw(port) for _ in range(2)]  # now 3 over the limit: twice it is passed
+    reader, _ = await _raw(port)  # refused before it sends a byte
+    status, headers, body = await _answer(reader)
+    assert status == 503 and b'"OVERLOADED"' in body
+    assert await reader.read() == b""  # and closed
+    for _, w in held + extra:
+        w.close()
+
+
+async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon):
+    """OC-LOAD-1204"""
+    api = await start_daemon(mock_pool(), idle_timeout_s=0.2)
+    reader, writer = await _raw(api.daemon.port, b"GET /v1/pools HTTP/1.1\r\nHost: x\r\n")
+    async with asyncio.timeout(30):
+        assert await reader.read() == b""  # closed, unanswered
+    writer.close()
+
+
+async def test_aiohttps_own_refusals_are_json_envelopes(start_daemon):
+    """OC-LOAD-1205: malformed HTTP was a plain-text 400 with a traceback in the log; 405
+    had no Allow."""
+    api = await start_daemon(mock_pool(), max_header_bytes=1024)
+    port = api.daemon.port
+    reader, _ = await _raw(port, b"GARBAGE\r\n\r\n")
+    status, headers, body = await _answer(reader)
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert b'"INVALID_PARAMS"' in body and b"malformed HTTP request" in body
+    reader, _ = await _raw(port, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
+    status, headers, body = await _answer(reader)
+    assert status == 431 and b"1024" in body and headers["content-type"] == "application/json"
+    async with api.http.put(f"{api.base}/v1/tasks") as r:
+        assert r.status == 405 and r.headers["Allow"] == "POST"
+        assert (await r.json())["code"] == "INVALID_PARAMS"
+
+
+# -- identifiers and headers ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("X-Correlation-Id", "a" * 129),
+        ("X-Correlation-Id", "two words"),
+        ("X-Tenant-Id", "t" * 65),
+        ("X-Tenant-Id", "café"),
+    ],
+)
+async def test_client_identifiers_are_bounded(start_daemon, header, value):
+    """OC-LOAD-1206: an 8 KB X-Correlation-Id was echoed and logged on every task."""
+    api = await start_daemon(mock_pool())
+    body = {"model": "mock-model", "prompt": "x", "max_tokens": 1}
+    async with api.http.post(f"{api.base}/v1/tasks", json=body, headers={header: value}) as r:
+        assert r.status == 400
+        err = await r.json()
+        assert err["field"] == header and r.headers["X-Correlation-Id"] != value
+    async with api.http.post(
+        f"{api.base}/v1/tasks", json=body, headers={header: "ok-id_1.2:x@y/z+="}
+    ) as r:
+        assert r.status == 202
+
+
+async def test_a_non_utf8_authorization_header_is_a_401(start_daemon, monkeypatch):
+    """OC-LOAD-1206: it was a 500 with a traceback."""
+    monkeypatch.setenv("ORCH_TEST_KEY", "s3cret")
+    api = await start_daemon(mock_pool(), api_key_env="ORCH_TEST_KEY")
+    request = b"GET /v1/pools HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+    reader, _ = await _raw(api.daemon.port, request)
+    status, _, body = await _answer(reader)
+    assert status == 401 and b'"UNAUTHORIZED"' in body
+
+
+@pytest.mark.parametrize("value", ["-5", "3_0", "+3", "1e2", "99"])
+async def test_last_event_id_must_name_a_sent_event(start_daemon, value):
+    """OC-LOAD-1207: -5 answered 410, 3_0 was read as 30, past the end was an empty 200."""
+    api = await start_daemon(mock_pool())
+    _, admitted, _ = await api.submit(model="mock-model", prompt="x", max_tokens=5)
+    task_id = admitted["task_id"]
+    events = await api.events(task_id)
+    url = f"{api.base}/v1/tasks/{task_id}/stream"
+    async with api.http.get(url, headers={"Last-Event-ID": value}) as r:
+        assert r.status == 400
+        assert (await r.json())["field"] == "Last-Event-ID"
+    resumed = await api.events(task_id, last_event_id=2)
+    assert resumed == events[3:]
+
+
+async def test_the_first_event_carries_retry(start_daemon):
+    """OC-LOAD-1207"""
+    api = await start_daemon(mock_pool())
+    body = {"model": "mock-model", "prompt": "x", "max_tokens": 2, "stream": True}
+    async with api.http.post(f"{api.base}/v1/tasks", json=body) as r:
+        text = (await r.read()).decode()
+    first = text[text.index("event: started") :].split("\n\n")[0]
+    assert first.splitlines()[-1] == "retry: 1000" and text.count("retry:") == 1
+
+
+@pytest.mark.parametrize(("value", "status"), [(4.0, 202), (4.5, 400), ("4", 400)])
+async def test_integral_floats_are_integers(start_daemon, value, status):
+    """OC-LOAD-1208: 4352.0 was refused though JSON Schema's integer includes it."""
+    api = await start_daemon(mock_pool())
+    _, answer, _ = await api.submit(expect=status, model="mock-model", prompt="x", max_tokens=value)
+    if status == 400:
+        assert answer["field"] == "max_tokens"
