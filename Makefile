@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?=
 
-.PHONY: setup run test stress lint typecheck bench regen pact determinism clean
+.PHONY: setup run test stress soak lint typecheck bench regen pact determinism clean
 
 export PACT_DO_NOT_TRACK := true
 
@@ -36,6 +36,12 @@ STRESS_SUITE ?= 5
 stress: setup $(TRITON)  ## tests/conformance 20x, then the whole suite 5x, random order, under CPU load
 	bash ci/stress.sh $(STRESS_CONFORMANCE) tests/conformance
 	bash ci/stress.sh $(STRESS_SUITE)
+
+# Not in `make test`: minutes of hostile load, then schemathesis at full strength.
+SOAK_MINUTES ?= 2
+soak: setup  ## bounded soak (docs/RELIABILITY.md), then schemathesis, all checks, 1,000 examples an operation
+	$(BIN)/python -m test_harness.soak.run --minutes $(SOAK_MINUTES)
+	SCHEMATHESIS_EXAMPLES=1000 SCHEMATHESIS_CHECKS=all $(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly tests/daemon/test_schemathesis.py
 
 lint: setup
 	$(BIN)/ruff check .

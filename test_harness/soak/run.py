@@ -1,0 +1,307 @@
+"""A bounded soak: hostile load against a live daemon, on loopback, for `--minutes`.
+
+At once, for the whole run:
+- `--streams` clients each streaming one task after another (`"stream": true`), a mix of
+  mock and llama.cpp work (`--engines`), reading every event to the end;
+- `--queued` batch tasks submitted up front (202) and left to the queue;
+- `--half-open` connections that send half a request line and nothing more, opened again
+  whenever the daemon closes them;
+- `--slow` readers that open a running task's stream and never read it;
+- random cancels of queued and running tasks;
+- a prober asking `/healthz` every 0.25 s, and a sampler reading the daemon's RSS.
+
+Then the load stops, every accepted task is followed to its end, and the run asserts: RSS
+stayed under `memory_budget_bytes` + the fixed overhead measured before the load, every
+accepted task reached exactly one terminal state (status, and the stream's last event,
+agree), `/healthz` answered every probe, and no request got a 5xx.
+
+    python -m test_harness.soak.run [--minutes 2] [--engines mock,llamacpp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import resource
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from pool_managerd.launchers import free_port
+from pool_managerd.tiny_gguf import write_tiny_model
+from test_harness.bench.common import start, stop
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = ROOT / ".venv" / "bin"
+MiB = 1 << 20
+TERMINAL = {"completed", "failed", "canceled", "expired", "evicted"}
+
+
+@dataclass
+class Tally:
+    accepted: set[str] = field(default_factory=set)
+    statuses: Counter[int] = field(default_factory=Counter)
+    stream_endings: dict[str, list[str]] = field(default_factory=dict)
+    health_ok: int = 0
+    health_failed: int = 0
+    rss_max: int = 0
+    half_open_opened: int = 0
+    slow_opened: int = 0
+    cancels: int = 0
+    server_errors: list[str] = field(default_factory=list)
+
+    def answered(self, status: int, what: str) -> None:
+        self.statuses[status] += 1
+        if status >= 500 and status != 503:  # 503: a typed, retriable "not now"
+            self.server_errors.append(f"{status} {what}")
+
+
+def _config(tmp: Path, port: int, engines: list[str], budget: int, queued: int) -> Path:
+    pools: list[dict[str, Any]] = []
+    if "mock" in engines:
+        pools.append({
+            "id": "mock", "engine": "mock", "model": "mock-model",
+            "queue": {"capacity": queued + 1024, "policy": "reject"},
+            "replicas": {"managed": {"count": 2, "slots": 64}},
+            "mock": {"token_rate": 200},
+        })  # fmt: skip
+    if "llamacpp" in engines:
+        model = write_tiny_model(tmp / "tiny.gguf")  # the project's own model
+        pools.append({
+            "id": "llama", "engine": "llamacpp", "model": "tiny-llama",
+            "queue": {"capacity": 512, "policy": "drop-lru"},
+            "replicas": {"managed": {"count": 1, "slots": 4, "model_path": str(model),
+                                      "ctx": 1024, "threads": 1}},
+        })  # fmt: skip
+    config = {
+        "server": {
+            "port": port, "state_dir": str(tmp / "state"), "shutdown_grace_s": 0,
+            "memory_budget_bytes": budget, "write_timeout_s": 5, "idle_timeout_s": 10,
+            "max_connections": 4096,
+        },
+        "pools": pools,
+    }  # fmt: skip
+    path = tmp / "soak.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def _read_stream(r: aiohttp.ClientResponse) -> str | None:
+    """The last event's name of an SSE stream read to its end."""
+    last = None
+    async for line in r.content:
+        if line.startswith(b"event: "):
+            last = line[7:].strip().decode()
+    return last
+
+
+class Soak:
+    def __init__(self, url: str, port: int, pid: int, args: argparse.Namespace) -> None:
+        self.url, self.port, self.pid, self.args = url, port, pid, args
+        self.tally = Tally()
+        self.stopping = asyncio.Event()
+        self.rng = random.Random(12)
+        self.models = [m for e, m in (("mock", "mock-model"), ("llamacpp", "tiny-llama"))
+                       if e in args.engines]  # fmt: skip
+
+    async def streamer(self, http: aiohttp.ClientSession, n: int) -> None:
+        while not self.stopping.is_set():
+            model = self.models[n % len(self.models)]
+            body = {"model": model, "prompt": f"soak {n}", "stream": True,
+                    "max_tokens": self.rng.randint(8, 64)}  # fmt: skip
+            async with http.post(f"{self.url}/v1/tasks", json=body) as r:
+                self.tally.answered(r.status, "stream")
+                if r.status != 200:
+                    await r.read()
+                    await asyncio.sleep(0.2)  # a refused client backs off, as told
+                    continue
+                task_id = r.headers["X-Task-Id"]
+                self.tally.accepted.add(task_id)
+                ending = await _read_stream(r)
+                self.tally.stream_endings.setdefault(task_id, []).append(ending or "none")
+
+    async def submit_queued(self, http: aiohttp.ClientSession) -> None:
+        body = {"model": "mock-model", "prompt": "queued", "max_tokens": 16, "priority": "batch"}
+        sem = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            async with sem, http.post(f"{self.url}/v1/tasks", json=body,
+                                      headers={"X-Tenant-Id": f"t{i % 500}"}) as r:  # fmt: skip
+                self.tally.answered(r.status, "submit")
+                data = await r.json()
+                if r.status == 202:
+                    self.tally.accepted.add(data["task_id"])
+
+        await asyncio.gather(*(one(i) for i in range(self.args.queued)))
+
+    async def half_open(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.5)
+                continue
+            self.tally.half_open_opened += 1
+            writer.write(b"GET /v1/po")
+            with contextlib.suppress(ConnectionError):
+                await reader.read()  # until the daemon closes it
+            writer.close()
+
+    async def slow_reader(self) -> None:
+        while not self.stopping.is_set():
+            task_id = self.rng.choice(sorted(self.tally.accepted)) if self.tally.accepted else None
+            if task_id is None:
+                await asyncio.sleep(0.1)
+                continue
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1024)
+            self.tally.slow_opened += 1
+            writer.write(f"GET /v1/tasks/{task_id}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            try:
+                await reader.read(1)  # one byte, then never again: the daemon must let go
+                await asyncio.wait_for(self.stopping.wait(), timeout=30)
+            except (TimeoutError, ConnectionError):
+                pass
+            writer.close()
+
+    async def canceller(self, http: aiohttp.ClientSession) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(0.05)
+            if self.tally.accepted:
+                task_id = self.rng.choice(sorted(self.tally.accepted))
+                async with http.post(f"{self.url}/v1/tasks/{task_id}/cancel") as r:
+                    self.tally.answered(r.status, "cancel")
+                    self.tally.cancels += 1
+
+    async def prober(self, http: aiohttp.ClientSession) -> None:
+        while not self.stopping.is_set():
+            try:
+                async with http.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(5)) as r:
+                    ok = r.status == 200
+                    await r.read()
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            if ok:
+                self.tally.health_ok += 1
+            else:
+                self.tally.health_failed += 1
+            self.tally.rss_max = max(self.tally.rss_max, _rss(self.pid))
+            await asyncio.sleep(0.25)
+
+    async def run(self) -> None:
+        args = self.args
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as http:
+            probe = aiohttp.ClientSession()  # its own pool: never queued behind the load
+            background = [asyncio.create_task(self.prober(probe))]
+            await self.submit_queued(http)
+            background += [asyncio.create_task(self.streamer(http, n)) for n in range(args.streams)]
+            background += [asyncio.create_task(self.half_open()) for _ in range(args.half_open)]
+            background += [asyncio.create_task(self.slow_reader()) for _ in range(args.slow)]
+            background.append(asyncio.create_task(self.canceller(http)))
+            await asyncio.sleep(args.minutes * 60)  # the soak's length, not synchronisation
+            self.stopping.set()
+            await asyncio.gather(*background, return_exceptions=True)
+            await probe.close()
+            await self.check_endings(http)
+
+    async def check_endings(self, http: aiohttp.ClientSession) -> None:
+        """Every accepted task reaches one terminal state; its stream ends once."""
+        problems: list[str] = []
+        states: Counter[str] = Counter()
+        sem = asyncio.Semaphore(32)
+
+        async def follow(task_id: str) -> None:
+            async with sem:
+                for attempt in (1, 2):  # a pooled connection the daemon closed as idle
+                    try:
+                        async with http.get(f"{self.url}/v1/tasks/{task_id}/stream") as r:
+                            ending = await _read_stream(r) if r.status == 200 else None
+                        async with http.get(f"{self.url}/v1/tasks/{task_id}") as r:
+                            status = await r.json()
+                        break
+                    except aiohttp.ServerDisconnectedError:
+                        if attempt == 2:
+                            raise
+                seen = self.tally.stream_endings.get(task_id, [])
+                if len(seen) > 1 or any(e not in ("end", "error") for e in seen):
+                    problems.append(f"{task_id}: its client saw {seen}")
+                if r.status == 410:  # its record was forgotten (retention, budget): it ended
+                    states["expired-record"] += 1
+                    return
+                state = status.get("state")
+                states[state] += 1
+                if state not in TERMINAL:
+                    problems.append(f"{task_id}: {state}")
+                if ending not in ("end", "error"):
+                    problems.append(f"{task_id}: stream ended with {ending}")
+
+        await asyncio.gather(*(follow(t) for t in sorted(self.tally.accepted)))
+        self.states, self.problems = states, problems
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--engines", default="mock,llamacpp")
+    parser.add_argument("--streams", type=int, default=500)
+    parser.add_argument("--queued", type=int, default=10_000)
+    parser.add_argument("--half-open", type=int, default=1000)
+    parser.add_argument("--slow", type=int, default=50)
+    parser.add_argument("--budget-mib", type=int, default=256)
+    args = parser.parse_args()
+    args.engines = args.engines.split(",")
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this client holds ~2,000
+    budget = args.budget_mib * MiB
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        path = _config(Path(tmp), port, args.engines, budget, args.queued)
+        cmd = [str(BIN / "orchestratord"), "serve", "--config", str(path)]
+        proc = await start(cmd, "serving on")
+        url = f"http://127.0.0.1:{port}"
+        try:
+            overhead = _rss(proc.pid)
+            soak = Soak(url, port, proc.pid, args)
+            started = time.perf_counter()
+            await soak.run()
+            elapsed = time.perf_counter() - started
+            assert proc.returncode is None, f"the daemon exited ({proc.returncode})"
+        finally:
+            await stop(proc)
+    t = soak.tally
+    report = {
+        "minutes": args.minutes, "engines": args.engines, "elapsed_s": round(elapsed),
+        "budget_mib": args.budget_mib, "rss_before_load_mib": round(overhead / MiB, 1),
+        "rss_max_mib": round(t.rss_max / MiB, 1), "accepted": len(t.accepted),
+        "terminal_states": dict(soak.states), "statuses": dict(t.statuses),
+        "health_ok": t.health_ok, "health_failed": t.health_failed,
+        "half_open_opened": t.half_open_opened, "slow_readers_opened": t.slow_opened,
+        "cancels": t.cancels, "server_errors": t.server_errors[:10],
+        "problems": soak.problems[:10], "problem_count": len(soak.problems),
+    }  # fmt: skip
+    print(json.dumps(report, indent=2))
+    assert t.rss_max <= budget + overhead, "RSS passed the budget + the fixed overhead"
+    assert not soak.problems, "some accepted task did not end exactly once"
+    assert t.health_failed == 0, "/healthz did not answer throughout"
+    assert not t.server_errors, "a request got a 5xx"
+    print("soak passed")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
