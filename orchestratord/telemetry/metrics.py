@@ -68,6 +68,9 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
     ("batch_items", Counter, "batch_items", "Batch API items ended, by outcome", ("outcome",)),
 )  # fmt: skip
 
+#: Families labelled per replica (their first two labels are the pool and the replica).
+_REPLICA_FAMILIES = frozenset(a for a, _, _, _, labels in _FAMILIES if labels[:2] == _POOL_REPLICA)
+
 #: Bucket bounds per histogram family (ms): a store commit takes well under a millisecond.
 _BUCKETS = {
     "store_commit": (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000),
@@ -170,6 +173,9 @@ class Metrics:
 
     def on_replica(self, pool_id: str, replica: Replica, event: ReplicaEvent) -> None:
         rid = replica.id
+        if event is ReplicaEvent.REMOVED:  # retired for good (a reload): its series go too
+            self._drop_series(pool_id, rid)
+            return
         self._set("replica_ready", int(replica.state is ReplicaState.READY), pool_id, rid)
         self._set("slots_total", replica.slots_total, pool_id, rid)
         if event is ReplicaEvent.RESTART:
@@ -179,6 +185,14 @@ class Metrics:
                 self._set("kv_cache_usage", 1.0 - replica.kv_free_fraction, pool_id, rid)
             if replica.engine_busy is not None:
                 self._set("engine_busy", replica.engine_busy, pool_id, rid)
+
+    def _drop_series(self, pool_id: str, replica_id: str) -> None:
+        """Remove every series labelled with this replica, so reloads do not grow the
+        exposition forever (found: each reload left the old replica ids behind)."""
+        for family, labels in list(self._children):
+            if labels[:2] == (pool_id, replica_id) and family in _REPLICA_FAMILIES:
+                self._families[family].remove(*labels)
+                del self._children[family, labels]
 
     # -- the task store ----------------------------------------------------------------
 

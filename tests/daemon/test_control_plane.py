@@ -62,7 +62,7 @@ async def test_drain_stops_admission_then_cancels_at_deadline(start_daemon):
 
 
 async def test_reload_switches_atomically_and_rolls_back_on_failure(start_daemon):
-    """OC-CTRL-2022"""
+    """OC-CTRL-2022, OC-LOAD-1210"""
     api = await start_daemon(mock_pool(replicas={"managed": {"count": 2, "slots": 1}}))
     service = api.daemon.service
     manager = service.pools["mock"].manager
@@ -92,6 +92,14 @@ async def test_reload_switches_atomically_and_rolls_back_on_failure(start_daemon
     assert (await api.cancel(running["task_id"])) == 204
     await manager.wait_for(lambda: not any(r.id in old_ids for r in manager.replicas))
     assert {r.id for r in manager.replicas} == new_ids
+    # OC-LOAD-1210: the retired replicas left no series behind
+    _, text = await api.get("/metrics")
+    labelled = {
+        sample.labels.get("replica_id")
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert not labelled & old_ids and new_ids <= labelled
 
 
 def scrape(text: str) -> dict[str, object]:
