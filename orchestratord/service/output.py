@@ -53,11 +53,14 @@ class Output:
     def text(self) -> str:
         return self._text.decode()
 
+    def entry(self, i: int) -> Entry:
+        """Entry `i` (0-based), in O(1)."""
+        ends, id_ends = self._ends, self._id_ends
+        begin = ends[i - 1] if i else 0
+        id_begin = id_ends[i - 1] if i else 0
+        ids = tuple(self._ids[id_begin : id_ends[i]])
+        return self._at[i], self._text[begin : ends[i]].decode(), ids
+
     def entries(self, start: int = 0) -> Iterator[Entry]:
         """The entries from `start` on."""
-        ends, id_ends, text, ids = self._ends, self._id_ends, self._text, self._ids
-        for i in range(start, len(ends)):
-            begin = ends[i - 1] if i else 0
-            id_begin = id_ends[i - 1] if i else 0
-            entry_ids = tuple(ids[id_begin : id_ends[i]])
-            yield self._at[i], text[begin : ends[i]].decode(), entry_ids
+        return (self.entry(i) for i in range(start, len(self._ends)))

@@ -7,7 +7,9 @@ An event is a plain tuple, `(kind, id, ...)`, cheap to make on the hot path:
 
 Memory is bounded per task whatever the output length: the last `max_events` events are
 kept for resume; a reader that falls further behind is told so (`StreamGap`) instead of
-silently losing tokens. A reader is woken once for everything that arrived since it last
+silently losing tokens. Once a stream has ended, its token events can be served from the
+task's output buffer instead (`compact`): a finished task then holds no object per token.
+A reader is woken once for everything that arrived since it last
 ran and gets it in one batch; waking costs no timer work per event (the idle heartbeat is
 one periodic timer per reader).
 """
@@ -20,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
+from orchestratord.service.output import Output
 
 STARTED, TOKEN, END, ERROR = 0, 1, 2, 3
 
@@ -35,11 +38,36 @@ class StreamGap(Exception):
         self.first_retained = first_retained
 
 
+class _FromOutput:
+    """A finished stream's retained events, made on demand: `started`, one token per output
+    entry, the ending — the same tuples the stream had held."""
+
+    __slots__ = ("_ending", "_first", "_output", "_started")
+
+    def __init__(self, started: Event, output: Output, ending: Event, first: int) -> None:
+        self._started, self._output, self._ending, self._first = started, output, ending, first
+
+    def __len__(self) -> int:
+        return len(self._output) + 2 - self._first
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __getitem__(self, i: int) -> Event:
+        event_id = self._first + (i if i >= 0 else len(self) + i)
+        if event_id == 0:
+            return self._started
+        if event_id == len(self._output) + 1:
+            return self._ending
+        index, text, ids = self._output.entry(event_id - 1)
+        return (TOKEN, event_id, index, text, ids)
+
+
 class TaskStream:
     __slots__ = ("_closed", "_events", "_first", "_next", "_waiters", "partial")
 
     def __init__(self, max_events: int) -> None:
-        self._events: deque[Event] = deque(maxlen=max_events)
+        self._events: deque[Event] | _FromOutput = deque(maxlen=max_events)
         self._first = 0  # id of _events[0]
         self._next = 0  # id the next event gets
         self._closed = False
@@ -73,10 +101,31 @@ class TaskStream:
         self._append((ERROR, self._next, envelope))
         self._close()
 
+    def compact(self, output: Output) -> bool:
+        """Serve this ended stream's events from `output` and drop its own copies: possible
+        when every token event is one output entry (nothing cut by the output cap, not
+        rebuilt after a restart). Whether it was done."""
+        events = self._events
+        if (
+            not self._closed or self.partial or not isinstance(events, deque) or not events
+            or self._next != len(output) + 2 or events[-1][1] != self._next - 1
+        ):  # fmt: skip
+            return False
+        started = events[0] if self._first == 0 else (STARTED, 0, None)
+        if started[0] != STARTED:
+            return False
+        self._events = _FromOutput(started, output, events[-1], self._first)
+        return True
+
+    @property
+    def compacted(self) -> bool:
+        return isinstance(self._events, _FromOutput)
+
     def _append(self, event: Event) -> None:
         if self._closed:
             raise RuntimeError("stream is closed")
         events = self._events
+        assert isinstance(events, deque)
         if len(events) == events.maxlen:
             self._first += 1
         events.append(event)

@@ -3,9 +3,10 @@
 
 Memory is budgeted in bytes (`server.memory_budget_bytes`). A live task is charged, at
 admission, the most it can come to hold — its request, a full stream buffer, its output up
-to `max_tokens` — and a finished one what it actually holds. Finished tasks are forgotten
-oldest first whenever the total would pass the budget (their ids then answer `EXPIRED`);
-when live tasks alone would, admission refuses (`make_room`).
+to `max_tokens` — and a finished one what it actually holds (its stream served from its
+output buffer when it can be: no object per token once a task has ended). Finished tasks
+are forgotten oldest first whenever the total would pass the budget (their ids then answer
+`EXPIRED`); when live tasks alone would, admission refuses (`make_room`).
 
 `finish` is the only place a task's stream gets its last event. How it ends is derived from
 its terminal (state, code) by one table: an `end` event with a finish reason, or an `error`
@@ -200,8 +201,16 @@ class TaskBook:
 
     def _held(self, rec: TaskRecord) -> int:
         """What a finished task holds."""
-        events = min(rec.stream.next_id, self._stream_events) * EVENT_BYTES
-        return RECORD_BYTES + events + rec.output.footprint
+        events = 0 if rec.stream.compacted else min(rec.stream.next_id, self._stream_events)
+        return RECORD_BYTES + events * EVENT_BYTES + rec.output.footprint
+
+    def _compact(self, rec: TaskRecord) -> None:
+        """Once a retained task's stream has its ending, serve it from the output buffer
+        and charge it only that."""
+        if rec.task.id in self._finished and rec.stream.compact(rec.output):
+            held = self._held(rec)
+            self.retained_bytes += held - rec.footprint
+            rec.footprint = held
 
     def make_room(self, nbytes: int) -> bool:
         """Whether a new task charged `nbytes` fits the budget, forgetting finished tasks
@@ -298,6 +307,8 @@ class TaskBook:
             durable = self._store.ended(task.id, state.value, journal.unix_ms(), result)
         if rec.batch is not None and self.on_batch_item is not None and not shelved:
             ending = partial(_both, ending, partial(self.on_batch_item, rec))
+        elif rec.batch is None:
+            ending = partial(_both, ending, partial(self._compact, rec))
         if durable is None:
             ending()
         else:  # clients (and batches) hear how it ended once a restart would say the same
@@ -320,6 +331,7 @@ class TaskBook:
     # -- retention ---------------------------------------------------------------------
 
     def _retain(self, rec: TaskRecord, now: float) -> None:
+        rec.stream.compact(rec.output)  # (ended before a restart: its ending is there)
         rec.footprint = self._held(rec)
         self.retained_bytes += rec.footprint
         self._finished[rec.task.id] = now

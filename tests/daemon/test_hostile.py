@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from typing import Any
 
@@ -48,8 +49,8 @@ async def test_finished_tasks_are_forgotten_oldest_first_and_answer_expired(star
     them — retention counted tasks, not bytes, and RSS reached 7 GB."""
     api = await start_daemon(mock_pool(), memory_budget_bytes=MiB)
     ids = []
-    for _ in range(8):  # each holds ~1/4 MiB once finished
-        _, admitted, _ = await api.submit(model="mock-model", prompt="x", max_tokens=1000)
+    for _ in range(3):  # each is charged ~0.95 MiB at admission, ~0.15 MiB once finished
+        _, admitted, _ = await api.submit(model="mock-model", prompt="x", max_tokens=4000)
         ids.append(admitted["task_id"])
         await api.events(admitted["task_id"])
     book = api.daemon.service.book
@@ -58,7 +59,7 @@ async def test_finished_tasks_are_forgotten_oldest_first_and_answer_expired(star
         assert r.status == 410
         err = await r.json()
     assert err["code"] == "EXPIRED" and "memory budget" in err["message"]
-    assert (await api.status(ids[-1]))["tokens_out"] == 1000
+    assert (await api.status(ids[-1]))["tokens_out"] == 4000
     async with api.http.get(f"{api.base}/v1/tasks/never-was") as r:
         assert r.status == 404
 
@@ -241,3 +242,24 @@ async def test_integral_floats_are_integers(start_daemon, value, status):
     _, answer, _ = await api.submit(expect=status, model="mock-model", prompt="x", max_tokens=value)
     if status == 400:
         assert answer["field"] == "max_tokens"
+
+
+async def test_an_ended_stream_is_served_from_the_output_buffer(start_daemon):
+    """OC-LOAD-1202: a finished task held a tuple, a string and an ids tuple per token."""
+    api = await start_daemon(mock_pool())
+    _, admitted, _ = await api.submit(model="mock-model", prompt="compact", max_tokens=40)
+    task_id = admitted["task_id"]
+    live = await api.events(task_id)
+    rec = api.daemon.service.book.get(task_id)
+    assert rec is not None and rec.stream.compacted
+    assert await api.events(task_id) == live  # the same events, ids and all
+    assert await api.events(task_id, last_event_id=20) == live[21:]
+    async with api.http.get(
+        f"{api.base}/v1/tasks/{task_id}/stream",
+        headers={"Accept": "text/event-stream; format=openai", "Last-Event-ID": "38"},
+    ) as r:
+        text = await r.text()
+    chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert deltas[:2] == [live[39][2]["t"], live[40][2]["t"]]
+    assert text.endswith("data: [DONE]\n\n")
