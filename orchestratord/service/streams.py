@@ -9,9 +9,9 @@ Memory is bounded per task whatever the output length: the last `max_events` eve
 kept for resume; a reader that falls further behind is told so (`StreamGap`) instead of
 silently losing tokens. Once a stream has ended, its token events can be served from the
 task's output buffer instead (`compact`): a finished task then holds no object per token.
-A reader is woken once for everything that arrived since it last
-ran and gets it in one batch; waking costs no timer work per event (the idle heartbeat is
-one periodic timer per reader).
+A reader is woken once for everything that arrived since it last ran and gets it in one
+batch; waking costs no timer work per event (the idle heartbeat is one periodic timer per
+reader).
 """
 
 from __future__ import annotations
