@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     OVERLOADED = "OVERLOADED"
     #: The task existed but its record was forgotten (retention or the memory budget).
     EXPIRED = "EXPIRED"
+    #: Events a reader needs are no longer retained: it fell behind, or resumed too late.
+    STREAM_GAP = "STREAM_GAP"
 
 
 #: Codes a client may retry unchanged (possibly after a backoff).

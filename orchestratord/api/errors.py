@@ -38,6 +38,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.STORE_UNAVAILABLE: 503,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.EXPIRED: 410,
+    ErrorCode.STREAM_GAP: 410,
 }
 
 #: aiohttp's own refusals (routing, body size, method) in the taxonomy.
@@ -124,4 +125,4 @@ def refusal_response(refusal: Refusal, *, openai: bool = False) -> web.Response:
 def gone(message: str) -> web.Response:
     """410: what was asked for existed but is no longer retained (a `Last-Event-ID` resume
     after events that left the buffer)."""
-    return error_response(ErrorEnvelope.of(ErrorCode.NOT_FOUND, message), 410)
+    return error_response(ErrorEnvelope.of(ErrorCode.STREAM_GAP, message), 410)

@@ -88,7 +88,7 @@ async def stream_task(
                     await write(_pause(svc, rec))
             await response.write_eof()
         except StreamGap as gap:  # this reader fell behind the retained events
-            envelope = ErrorEnvelope.of(ErrorCode.INTERNAL, f"reader fell behind: {gap}")
+            envelope = ErrorEnvelope.of(ErrorCode.STREAM_GAP, f"this reader fell behind: {gap}")
             await write(render.error(envelope))
             await response.write_eof()
         except TimeoutError:  # the client stopped reading: let go of it and the task

@@ -182,7 +182,7 @@ async def test_stream_memory_is_bounded_and_gap_is_reported(start_daemon):
     async with api.http.get(
         f"{api.base}/v1/tasks/{tid}/stream", headers={"Last-Event-ID": "3"}
     ) as r:
-        assert r.status == 410
+        assert r.status == 410 and (await r.json())["code"] == "STREAM_GAP"
     tail = await api.events(tid, last_event_id=190)
     assert [e[1] for e in tail] == list(range(191, 202))
 

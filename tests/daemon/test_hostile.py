@@ -8,6 +8,7 @@ import socket
 from typing import Any
 
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from orchestratord.service.output import Output
@@ -263,3 +264,32 @@ async def test_an_ended_stream_is_served_from_the_output_buffer(start_daemon):
     deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
     assert deltas[:2] == [live[39][2]["t"], live[40][2]["t"]]
     assert text.endswith("data: [DONE]\n\n")
+
+
+async def test_a_reader_that_falls_behind_the_buffer_gets_a_typed_error(start_daemon, monkeypatch):
+    """OC-LOAD-1203"""
+    api = await start_daemon(mock_pool(), stream_buffer_events=16)
+    gate = asyncio.Event()
+    write = web.StreamResponse.write
+
+    async def held_at_first_token(self, data):  # this client stops reading for a while
+        if b"event: token" in data and not gate.is_set():
+            await gate.wait()
+        return await write(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", held_at_first_token)
+    _, admitted, _ = await api.submit(model="mock-model", prompt="x", max_tokens=200)
+    task_id = admitted["task_id"]
+
+    async def read() -> str:
+        async with api.http.get(f"{api.base}/v1/tasks/{task_id}/stream") as r:
+            return await r.text()
+
+    reading = asyncio.create_task(read())
+    await api.daemon.service.pools["mock"].wait_idle()  # 200 tokens went past its place
+    gate.set()
+    last = (await reading).strip().split("\n\n")[-1]  # (no id: it is not a task event)
+    kind, data = last.split("\n")
+    error = json.loads(data.removeprefix("data: "))
+    assert kind == "event: error" and error["code"] == "STREAM_GAP"
+    assert "fell behind" in error["message"]
