@@ -42,6 +42,7 @@ class Daemon:
         assert self.runner.server is not None
         server = self.config.server
         guard = ConnectionGuard(self.runner.server, server, raise_fd_limit(server.max_connections))
+        self.service.metrics.watch_connections(lambda: guard.open)
         host = server.host
         # A large backlog: bursts of connects must not drop SYNs (see PERFORMANCE.md);
         # aiohttp sets TCP_NODELAY on every accepted connection.

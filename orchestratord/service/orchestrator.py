@@ -64,6 +64,10 @@ class Orchestrator:
             max_retained=server.max_retained_tasks, budget_bytes=server.memory_budget_bytes,
             stream_events=server.stream_buffer_events, max_output_bytes=server.max_output_bytes,
         )  # fmt: skip
+        self.metrics.watch_memory(
+            server.memory_budget_bytes, lambda: self.book.live_bytes,
+            lambda: self.book.retained_bytes,
+        )  # fmt: skip
         self.sessions = SessionTable()
         self.pools: dict[str, PoolDispatcher] = {
             pc.id: PoolDispatcher(

@@ -8,6 +8,7 @@ Nothing here runs per token: token counts are added once per task, when it ends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -66,6 +67,10 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
      "One group commit of the task store, ms", ()),
     ("batches", Gauge, "batches", "Batch API batches by status", ("status",)),
     ("batch_items", Counter, "batch_items", "Batch API items ended, by outcome", ("outcome",)),
+    ("memory_accounted", Gauge, "memory_accounted_bytes",
+     "Bytes charged to the memory budget, by live and retained (finished) tasks", ("kind",)),
+    ("memory_budget", Gauge, "memory_budget_bytes", "server.memory_budget_bytes", ()),
+    ("connections_open", Gauge, "connections_open", "HTTP connections held now", ()),
 )  # fmt: skip
 
 #: Families labelled per replica (their first two labels are the pool and the replica).
@@ -193,6 +198,19 @@ class Metrics:
             if labels[:2] == (pool_id, replica_id) and family in _REPLICA_FAMILIES:
                 self._families[family].remove(*labels)
                 del self._children[family, labels]
+
+    # -- limits (read when scraped) ----------------------------------------------------
+
+    def watch_memory(
+        self, budget: int, live: Callable[[], float], retained: Callable[[], float]
+    ) -> None:
+        """The memory budget and what is charged to it, read at each scrape."""
+        self._families["memory_budget"].set(budget)
+        self._child("memory_accounted", ("live",)).set_function(live)
+        self._child("memory_accounted", ("retained",)).set_function(retained)
+
+    def watch_connections(self, open_now: Callable[[], float]) -> None:
+        self._families["connections_open"].set_function(open_now)
 
     # -- the task store ----------------------------------------------------------------
 

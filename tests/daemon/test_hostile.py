@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from orchestratord.service.output import Output
@@ -56,6 +57,15 @@ async def test_finished_tasks_are_forgotten_oldest_first_and_answer_expired(star
         await api.events(admitted["task_id"])
     book = api.daemon.service.book
     assert book.live_bytes + book.retained_bytes <= MiB
+    _, text = await api.get("/metrics")  # operators see the budget and what it holds
+    samples = {
+        (s.name, s.labels.get("kind")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples["memory_budget_bytes", None] == MiB
+    assert samples["memory_accounted_bytes", "retained"] == book.retained_bytes > 0
+    assert samples["connections_open", None] >= 1
     async with api.http.get(f"{api.base}/v1/tasks/{ids[0]}") as r:
         assert r.status == 410
         err = await r.json()
