@@ -27,8 +27,13 @@ setup: $(STAMP)  ## .venv with the project, dev tools and llama-server
 run: setup  ## serve the embedded default (or CONFIG=file.yaml)
 	$(BIN)/orchestratord serve $(if $(CONFIG),--config $(CONFIG))
 
+# The traceability gate then reads what passed in this very run (OC-TEST-8007).
+RESULTS := $(VENV)/test-results.json
+
 test: setup $(TRITON) lint typecheck  ## everything CI gates on (in file order)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly
+	rm -f $(RESULTS)
+	ORCH_TEST_RESULTS=$(RESULTS) $(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly
+	$(BIN)/python ci/check_traceability.py --results $(RESULTS)
 
 # Flakiness hunt: every core busy, random order, fresh sessions (see ci/stress.sh).
 STRESS_CONFORMANCE ?= 20

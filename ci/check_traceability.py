@@ -1,7 +1,10 @@
 """Traceability gate: every MUST in .specs/ has an ID, a requirements/*.yaml entry, and at
-least one test that names it; every mapped test and code file exists.
+least one test that names it and asserts something; every mapped test and code file exists;
+and, given the results of a run, at least one of an ID's mapped tests passed in that run.
 
     python ci/check_traceability.py            # exit 1 with one line per problem
+    python ci/check_traceability.py --results R  # also: proven by tests that passed in the
+                                               # run that wrote R (ORCH_TEST_RESULTS=R pytest)
     python ci/check_traceability.py --refresh  # rewrite each ID's `tests` list from the
                                                # tests that name it (spec and code stay)
 """
@@ -9,6 +12,7 @@ least one test that names it; every mapped test and code file exists.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import sys
 from pathlib import Path
@@ -41,25 +45,57 @@ def spec_requirements() -> tuple[dict[str, str], list[str]]:
     return ids, problems
 
 
-def named_by_tests() -> dict[str, set[str]]:
-    """ID -> `path::name` of tests whose docstring (or module docstring) names it."""
+def asserts(node: ast.AST) -> bool:
+    """Whether a test checks anything: an `assert`, `pytest.raises`/`fail`, or a call to an
+    `assert_*` helper. A test emptied down to its docstring proves nothing."""
+    for child in ast.walk(node):
+        if isinstance(child, ast.Assert):
+            return True
+        if isinstance(child, ast.Call):
+            func = child.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in ("raises", "fail") or name.startswith("assert"):
+                return True
+    return False
+
+
+def named_by_tests(root: Path = ROOT) -> tuple[dict[str, set[str]], list[str]]:
+    """ID -> `path::name` of tests whose docstring (or module docstring) names it; and the
+    tests that name an ID but assert nothing."""
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+    hollow: list[str] = []
+    for path in sorted((root / "tests").rglob("test_*.py")):
         tree = ast.parse(path.read_text())
-        rel = path.relative_to(ROOT)
+        rel = path.relative_to(root)
         module_ids = ID.findall(ast.get_docstring(tree) or "")
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 ids = ID.findall(ast.get_docstring(node) or "")
                 if isinstance(node, ast.ClassDef) and not ids:
                     ids = module_ids  # e.g. a hypothesis state machine proves the module's IDs
+                if ids and not asserts(node):
+                    hollow.append(f"{rel}::{node.name} names {ids[0]} but asserts nothing")
+                    continue
                 for i in ids:
                     found.setdefault(i, set()).add(f"{rel}::{node.name}")
-    return found
+    return found, hollow
+
+
+def passed_in(results: Path) -> set[str]:
+    """`path::name` of every test that passed in the run that wrote `results` (a parametrized
+    test counts once any case passed; `TestX` counts for the state machine `X`)."""
+    passed: set[str] = set()
+    for nodeid in json.loads(results.read_text())["passed"]:
+        path, name = nodeid.split("::")[:2]  # the module-level test (or test class)
+        name = name.split("[", 1)[0]
+        passed.add(f"{path}::{name}")
+        if name.startswith("Test"):
+            passed.add(f"{path}::{name[4:]}")
+    return passed
 
 
 def refresh() -> None:
-    tests = named_by_tests()
+    tests, _ = named_by_tests()
     for path in sorted((ROOT / "requirements").glob("*.yaml")):
         text = path.read_text()
         header = "".join(line for line in text.splitlines(True) if line.startswith("#"))
@@ -73,7 +109,10 @@ def main() -> int:
     if "--refresh" in sys.argv:
         refresh()
     ids, problems = spec_requirements()
-    tests = named_by_tests()
+    tests, hollow = named_by_tests()
+    problems += hollow
+    results = Path(sys.argv[sys.argv.index("--results") + 1]) if "--results" in sys.argv else None
+    passed = passed_in(results) if results is not None else None
     mapped: dict[str, dict[str, object]] = {}
     for path in sorted((ROOT / "requirements").glob("*.yaml")):
         for req_id, entry in (yaml.safe_load(path.read_text()) or {}).items():
@@ -95,6 +134,8 @@ def main() -> int:
             problems.append(f"{spec}: {req_id} is missing from requirements/*.yaml")
         elif not mapped[req_id].get("tests"):
             problems.append(f"{spec}: {req_id} maps no tests in requirements/")
+        elif passed is not None and not passed.intersection(mapped[req_id]["tests"]):
+            problems.append(f"{spec}: {req_id}: none of its tests passed in this run")
     for line in problems:
         print(line)
     print(f"traceability: {len(ids)} requirements, {len(problems)} problems")
