@@ -1,0 +1,90 @@
+"""Where the core meets configuration, headers and the engines (issue 19): each test fails
+if that wiring is broken, through the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.helpers import mock_pool
+from worker_adapters.mock import MockAdapter
+
+
+async def test_tenant_weights_and_header_reach_the_dispatch_order(start_daemon, monkeypatch):
+    """OC-CORE-1026: dropping `queue.tenant_weights` where the pool's queue is built, or
+    ignoring `X-Tenant-Id`, left every daemon test green."""
+    seen: list[str] = []  # prompts in the order the engine received them
+    stream = MockAdapter.stream
+
+    def recorded(self, request):
+        seen.append(request.prompt)
+        return stream(self, request)
+
+    monkeypatch.setattr(MockAdapter, "stream", recorded)
+    api = await start_daemon(
+        mock_pool(
+            queue={"capacity": 64, "tenant_weights": {"heavy": 3}},
+            replicas={"managed": {"count": 1, "slots": 1}},
+        )
+    )
+    _, hold, _ = await api.submit(model="mock-model", prompt="[[stall:0]] hold the slot")
+    await api.wait_state(hold["task_id"], "running")
+    for _ in range(8):  # queued behind the held slot, alternating
+        for tenant in ("light", "heavy"):
+            body = {"model": "mock-model", "prompt": tenant, "max_tokens": 1}
+            headers = {"X-Tenant-Id": tenant}
+            async with api.http.post(f"{api.base}/v1/tasks", json=body, headers=headers) as r:
+                assert r.status == 202
+    assert await api.cancel(hold["task_id"]) == 204
+    await api.daemon.service.pools["mock"].wait_idle()
+    first = seen[1:9]  # after the held task
+    # 3:1 — of the first 8 dispatches, 6 are heavy's (equal weights, or one tenant: 4)
+    assert first.count("heavy") == 6, first
+
+
+async def test_reload_lets_running_tasks_finish_on_the_old_replica(start_daemon):
+    """OC-CTRL-2022: retiring the old replicas at once (killing a llama-server mid-task)
+    passed, as did a reload that changed nothing."""
+    api = await start_daemon(mock_pool(replicas={"managed": {"count": 1, "slots": 2}}))
+    manager = api.daemon.service.pools["mock"].manager
+    (old,) = manager.replicas
+    _, running, _ = await api.submit(model="mock-model", prompt="[[stall:2]] busy")
+    await api.wait_state(running["task_id"], "running")
+    await api.daemon.service.pools["mock"].reload("mock-model-v2")
+    (new,) = [r for r in manager.replicas if r is not old]
+    assert new.state == "ready" and new.adapter is not old.adapter  # a new engine serves
+    _, fresh, _ = await api.submit(model="mock-model", prompt="after", max_tokens=2)
+    events = await api.events(fresh["task_id"])  # (time for a premature retirement to act)
+    assert events[0][2]["replica_id"] == new.id and events[-1][0] == "end"
+    assert (await api.status(running["task_id"]))["state"] == "running"  # not cut off
+    assert old in manager.replicas and old.state == "draining"
+    assert await api.cancel(running["task_id"]) == 204
+    await manager.wait_for(lambda: old not in manager.replicas)
+
+
+async def test_resume_exactly_at_inside_and_one_past_the_buffer_edge(start_daemon):
+    """OC-CTRL-2009: an off-by-one in the gap check (resuming one event past the buffer
+    silently lost one event and repeated another) passed."""
+    api = await start_daemon(mock_pool(), stream_buffer_events=16)
+    _, task, _ = await api.submit(model="mock-model", prompt="edge", max_tokens=200)
+    tid = task["task_id"]
+    await api.daemon.service.pools["mock"].wait_idle()
+    # events 0..201; the last 16 (186..201) are retained
+    at_edge = await api.events(tid, last_event_id=185)
+    assert [e[1] for e in at_edge] == list(range(186, 202))
+    inside = await api.events(tid, last_event_id=186)
+    assert [e[1] for e in inside] == list(range(187, 202))
+    url = f"{api.base}/v1/tasks/{tid}/stream"
+    async with api.http.get(url, headers={"Last-Event-ID": "184"}) as r:
+        assert r.status == 410 and (await r.json())["code"] == "STREAM_GAP"
+
+
+async def test_a_finished_task_is_kept_for_its_retention(start_daemon):
+    """OC-CTRL-2009: a retention 1,000 times shorter passed every test."""
+    api = await start_daemon(mock_pool(), retention_s=300)
+    _, task, _ = await api.submit(model="mock-model", prompt="kept", max_tokens=2)
+    await api.events(task["task_id"])
+    expiry = api.daemon.service.book._expiry
+    assert expiry is not None
+    left_s = expiry.when() - asyncio.get_running_loop().time()
+    assert 60 < left_s <= 300  # (a loaded machine may take a while to get here)
+    assert (await api.status(task["task_id"]))["state"] == "completed"
