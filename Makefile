@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?=
 
-.PHONY: setup run test stress soak lint typecheck bench regen pact determinism clean
+.PHONY: setup run test stress soak wiring-mutations lint typecheck bench regen pact determinism clean
 
 export PACT_DO_NOT_TRACK := true
 
@@ -47,6 +47,9 @@ SOAK_MINUTES ?= 2
 soak: setup  ## bounded soak (docs/RELIABILITY.md), then schemathesis, all checks, 1,000 examples an operation
 	$(BIN)/python -m test_harness.soak.run --minutes $(SOAK_MINUTES)
 	SCHEMATHESIS_EXAMPLES=1000 SCHEMATHESIS_CHECKS=all $(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly tests/daemon/test_schemathesis.py
+
+wiring-mutations: setup  ## plant each wiring bug of docs/TESTING.md, check its test catches it
+	$(BIN)/python -m test_harness.wiring_mutations
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,0 +1,102 @@
+"""Plant the wiring bugs of docs/TESTING.md one at a time, run the test meant to catch each,
+and restore the file: prints caught or MISSED per bug; exits 1 if any was missed.
+
+    python -m test_harness.wiring_mutations     (make wiring-mutations)
+
+It edits the working tree while it runs (each file is restored, even on Ctrl-C): do not run
+it beside other work on the same checkout.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Mutation(NamedTuple):
+    what: str
+    path: str
+    old: str
+    new: str
+    test: str
+
+
+WIRING = "tests/daemon/test_wiring.py"
+
+MUTATIONS = (
+    Mutation(
+        "queue.tenant_weights dropped where the pool's queue is built",
+        "orchestratord/service/dispatcher.py",
+        "config.queue.policy, config.queue.tenant_weights",
+        "config.queue.policy, {}",
+        f"{WIRING}::test_tenant_weights_and_header_reach_the_dispatch_order",
+    ),
+    Mutation(
+        "X-Tenant-Id ignored by the HTTP layer",
+        "orchestratord/api/http.py",
+        'return checked_header(request, TENANT, MAX_TENANT_CHARS) or "default"',
+        'return "default"',
+        f"{WIRING}::test_tenant_weights_and_header_reach_the_dispatch_order",
+    ),
+    Mutation(
+        "reload retires the old replicas at once",
+        "pool_managerd/pool.py",
+        "        if replica.busy == 0:\n            idle.set()",
+        "        idle.set()",
+        f"{WIRING}::test_reload_lets_running_tasks_finish_on_the_old_replica",
+    ),
+    Mutation(
+        "a reload that changes nothing",
+        "pool_managerd/pool.py",
+        "            for replica in old:\n                self._retire(replica)",
+        "            pass",
+        f"{WIRING}::test_reload_lets_running_tasks_finish_on_the_old_replica",
+    ),
+    Mutation(
+        "Last-Event-ID gap check off by one",
+        "orchestratord/service/streams.py",
+        "after + 1 < self._first",
+        "after + 1 < self._first - 1",
+        f"{WIRING}::test_resume_exactly_at_inside_and_one_past_the_buffer_edge",
+    ),
+    Mutation(
+        "retention 1,000 times shorter",
+        "orchestratord/service/tasks.py",
+        "self._retention_ms = retention_s * 1000.0",
+        "self._retention_ms = retention_s",
+        f"{WIRING}::test_a_finished_task_is_kept_for_its_retention",
+    ),
+)
+
+
+def caught(mutation: Mutation) -> bool:
+    path = ROOT / mutation.path
+    original = path.read_text()
+    if original.count(mutation.old) != 1:
+        raise SystemExit(f"{mutation.path}: the code to mutate moved: {mutation.old!r}")
+    try:
+        path.write_text(original.replace(mutation.old, mutation.new))
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly", mutation.test],
+            cwd=ROOT, capture_output=True, timeout=600,
+        )  # fmt: skip
+        return run.returncode != 0
+    finally:
+        path.write_text(original)
+
+
+def main() -> int:
+    missed = 0
+    for mutation in MUTATIONS:
+        ok = caught(mutation)
+        missed += not ok
+        print(f"{'caught' if ok else 'MISSED'}: {mutation.what}", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
