@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?=
 
-.PHONY: setup run test stress soak wiring-mutations lint typecheck bench regen pact determinism clean
+.PHONY: setup run test stress soak wiring-mutations mutate lint typecheck bench regen pact determinism clean
 
 export PACT_DO_NOT_TRACK := true
 
@@ -47,6 +47,13 @@ SOAK_MINUTES ?= 2
 soak: setup  ## bounded soak (docs/RELIABILITY.md), then schemathesis, all checks, 1,000 examples an operation
 	$(BIN)/python -m test_harness.soak.run --minutes $(SOAK_MINUTES)
 	SCHEMATHESIS_EXAMPLES=1000 SCHEMATHESIS_CHECKS=all $(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly tests/daemon/test_schemathesis.py
+
+mutate: setup  ## mutation testing of orchestrator_core (mutmut, ~10 min here); figures in docs/TESTING.md
+	$(BIN)/python -m pip install --quiet -e '.[mutate]'
+	rm -rf mutants
+	$(BIN)/mutmut run > $(VENV)/mutmut.log 2>&1 || (tail -c 2000 $(VENV)/mutmut.log; exit 1)
+	$(BIN)/mutmut results | grep -c ': killed' | xargs echo killed:
+	$(BIN)/mutmut results | grep -v ': killed'
 
 wiring-mutations: setup  ## plant each wiring bug of docs/TESTING.md, check its test catches it
 	$(BIN)/python -m test_harness.wiring_mutations

@@ -143,19 +143,20 @@ class PoolQueue:
         task = self._tasks.get(task_id)
         if task is None:
             return None
-        ahead = self._depth_ahead(task.priority)
+        priority = task.priority
+        ahead = self._depth_ahead(priority)
         own_lane = self._lanes[lane_of(task)]
-        retries = own_lane.retries[task.priority]
-        is_retry = task.id in retries
+        lines = [lane.retries[priority] for lane in self._lanes.values()]
+        if task.id in own_lane.retries[priority]:
+            # take_next serves the retry line whose head arrived first: a merge by arrival
+            # of the lines' heads (retry lines are short)
+            merged = heapq.merge(*(line.values() for line in lines), key=lambda x: x.seq)
+            return ahead + next(i for i, x in enumerate(merged) if x is task)
+        ahead += sum(len(line) for line in lines)
         for lane in self._lanes.values():
-            if lane is own_lane:
-                continue
-            ahead += len(lane.retries[task.priority])
-            if not is_retry:
-                ahead += lane.classes[task.priority].count_before_seq(task.seq)
-        if is_retry:
-            return ahead + list(retries).index(task.id)  # retry lines are short
-        return ahead + len(retries) + own_lane.classes[task.priority].position(task)
+            if lane is not own_lane:
+                ahead += lane.classes[priority].count_before_seq(task.seq)
+        return ahead + own_lane.classes[priority].position(task)
 
     def _depth_ahead(self, priority: Priority) -> int:
         return self._depth[Priority.INTERACTIVE] if priority is Priority.BATCH else 0

@@ -257,3 +257,34 @@ def test_position_with_many_backlogged_tenants_matches_dispatch():
     predicted = sorted(q, key=lambda x: q.position(x.id))
     assert [q.position(x.id) for x in predicted] == list(range(len(predicted)))
     assert [x.id for x in predicted] == drain(q)
+
+
+def test_position_matches_dispatch_order_across_lanes_and_retries():
+    """OC-CORE-1027, OC-CORE-1030, OC-CORE-1031: found by mutation testing — positions
+    summed over the other lanes could be cut short or overwritten and no test saw it; and
+    a retry counted every other lane's retries ahead of it, whichever arrived first."""
+    q = PoolQueue(100)
+    pin = Placement(PlacementMode.PIN, "r1")
+    specs = [
+        (B, {}), (I, {"placement": pin}), (B, {"determinism": Determinism.STRICT}),
+        (I, {}), (B, {"placement": pin}), (I, {"determinism": Determinism.STRICT}),
+        (B, {}), (I, {}), (B, {"placement": pin}), (I, {"determinism": Determinism.STRICT}),
+    ]  # fmt: skip
+    for i, (prio, kw) in enumerate(specs):
+        q.offer(t(i, prio, **kw))
+    lanes = (ANY_LANE, STRICT_LANE, pin_lane("r1"))
+    taken = [q.take_next(lanes, 0)[0] for _ in range(2)]
+    for running in taken:  # both fail before their first token: retries, in two lanes
+        q.requeue_front(running, "r0")
+        assert running.retries == 1
+    predicted = sorted(q, key=lambda x: q.position(x.id))
+    assert [q.position(x.id) for x in predicted] == list(range(len(specs)))
+    assert [x.id for x in predicted] == drain(q, lanes=lanes)
+
+
+def test_cancel_reports_the_canceled_code():
+    """OC-CORE-1027"""
+    q = PoolQueue(4)
+    q.offer(t(1))
+    canceled = q.cancel("t1")
+    assert canceled is not None and canceled.error is ErrorCode.CANCELED
