@@ -74,6 +74,9 @@ class ServerConfig(_Cfg):
     #: its request head — is closed after this long (bytes that do not complete a head do
     #: not extend it: slow-loris heads are bounded too).
     idle_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    #: A request's head (request line and headers) must arrive whole within this long of
+    #: its first byte, else the connection is closed.
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     #: Connections held at once. Past it, only `/healthz`, `/readyz` and `/metrics` are
     #: served (everything else answers 503 `OVERLOADED`); past twice it, connections are
     #: answered 503 and closed unread. Lowered to fit the open-file limit if need be.

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
-from orchestratord.api.connections import over_limit_response
+from orchestratord.api.connections import connection_limits
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
 from orchestratord.api.http import CID, CORRELATION, MAX_CORRELATION_CHARS, checked_header
 from orchestratord.api.openapi import document
@@ -35,9 +35,6 @@ def correlation_and_errors(max_body: int) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        busy = over_limit_response(request)
-        if busy is not None:
-            return busy
         path = request.path
         openai = path in openai_door.PATHS or path.startswith(batch_api.PREFIXES)
         cid = str(uuid.uuid4())
@@ -92,7 +89,7 @@ def require_key(key: str) -> Middleware:
 
 def build_app(service: Orchestrator) -> web.Application:
     server = service.config.server
-    middlewares: list[Any] = [correlation_and_errors(server.max_body_bytes)]
+    middlewares: list[Any] = [connection_limits, correlation_and_errors(server.max_body_bytes)]
     if server.api_key_env:
         key = os.environ.get(server.api_key_env)
         if not key:

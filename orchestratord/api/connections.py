@@ -4,10 +4,12 @@ or half-sent one may stay, how large a request head may be, and what aiohttp's o
 traceback.
 
 aiohttp's `RequestHandler` is the per-connection protocol; `GuardedHandler` extends it at
-its documented seams (`connection_made`, `connection_lost`, `handle_error`). Its idle timer
-(`keepalive_timeout`) starts when a connection opens and again after each response, and is
-not extended by bytes that do not complete a request head — so it bounds both idle
-keep-alive connections and slow-loris heads.
+its documented seams (`connection_made`, `data_received`, `connection_lost`,
+`handle_error`). Two timers: aiohttp's idle timer (`keepalive_timeout` = `idle_timeout_s`)
+closes a connection with no request in progress, from when it opens and after each
+response; ours (`header_timeout_s`) starts at the first byte of a request and closes the
+connection unless the whole head has arrived by then (a slow-loris head cannot keep it by
+trickling bytes). The middleware says when a head is complete (`request_started`).
 
 Past `max_connections`, a connection is still served for the operator's paths (health,
 readiness, metrics), and answered 503 `OVERLOADED` for anything else; past twice the limit
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -61,6 +64,7 @@ class ConnectionGuard:
         self._server = server
         self.max_connections = max_connections
         self.open = 0
+        self.header_timeout_s = config.header_timeout_s
         self._kwargs: dict[str, Any] = {
             "keepalive_timeout": config.idle_timeout_s,
             "max_line_size": config.max_header_bytes,
@@ -74,13 +78,39 @@ class ConnectionGuard:
 
 
 class GuardedHandler(web.RequestHandler):
-    __slots__ = ("_guard", "over_limit")
+    __slots__ = ("_guard", "_head_timer", "_in_request", "over_limit")
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         #: Opened past the limit: only the operator's paths are served.
         self.over_limit = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._in_request = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_request and self._head_timer is None:  # a new request begins
+            loop = asyncio.get_running_loop()
+            self._head_timer = loop.call_later(self._guard.header_timeout_s, self._head_late)
+        super().data_received(data)
+
+    def request_started(self) -> None:
+        """Its head is complete (a handler runs): the head timer is done."""
+        self._in_request = True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def request_done(self) -> None:
+        self._in_request = False
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if not self._in_request and self.transport is not None:
+            log.info(
+                "request head too slow; closing", header_timeout_s=self._guard.header_timeout_s
+            )
+            self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -94,6 +124,9 @@ class GuardedHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard.open -= 1
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def handle_error(
@@ -123,15 +156,26 @@ class GuardedHandler(web.RequestHandler):
         return response
 
 
-def over_limit_response(request: web.Request) -> web.StreamResponse | None:
-    """The 503 for a request on a connection opened past the limit (None: serve it)."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def connection_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The first middleware: tells the connection its request head is complete, and answers
+    503 on a connection opened past the limit (the operator's paths aside)."""
     protocol = request.protocol
-    if not getattr(protocol, "over_limit", False) or request.path in OPERATOR_PATHS:
-        return None
-    envelope = ErrorEnvelope.of(ErrorCode.OVERLOADED, "too many connections; retry shortly")
-    response = error_response(envelope, STATUS[ErrorCode.OVERLOADED])
-    response.force_close()
-    return response
+    if not isinstance(protocol, GuardedHandler):  # (a test client's own server)
+        return await handler(request)
+    protocol.request_started()
+    try:
+        if protocol.over_limit and request.path not in OPERATOR_PATHS:
+            envelope = ErrorEnvelope.of(ErrorCode.OVERLOADED, "too many connections; retry shortly")
+            response = error_response(envelope, STATUS[ErrorCode.OVERLOADED])
+            response.force_close()
+            return response
+        return await handler(request)
+    finally:
+        protocol.request_done()
 
 
 def raise_fd_limit(max_connections: int) -> int:

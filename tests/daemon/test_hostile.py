@@ -160,11 +160,26 @@ async def test_past_the_connection_limit_only_operator_paths_are_served(start_da
 
 
 async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon):
+    """OC-LOAD-1204: half-sent request lines stayed open indefinitely."""
+    api = await start_daemon(mock_pool(), idle_timeout_s=600, header_timeout_s=0.2)
+    port = api.daemon.port
+    idle_reader, idle_writer = await _raw(port)  # open, silent: the idle timer's, not this
+    reader, writer = await _raw(port, b"GET /v1/pools HTTP/1.1\r\nHost: x\r\n")
+    async with asyncio.timeout(30):
+        assert await reader.read() == b""  # closed, unanswered, long before the idle timeout
+    writer.close()
+    idle_writer.write(_get("/healthz"))  # the silent one outlived the slow head's timer
+    assert (await _answer(idle_reader))[0] == 200
+    idle_writer.close()
+
+
+async def test_an_idle_connection_is_closed(start_daemon):
     """OC-LOAD-1204"""
     api = await start_daemon(mock_pool(), idle_timeout_s=0.2)
-    reader, writer = await _raw(api.daemon.port, b"GET /v1/pools HTTP/1.1\r\nHost: x\r\n")
+    reader, writer = await _raw(api.daemon.port, _get("/healthz"))
+    assert (await _answer(reader))[0] == 200
     async with asyncio.timeout(30):
-        assert await reader.read() == b""  # closed, unanswered
+        assert await reader.read() == b""  # kept alive, then closed when idle
     writer.close()
 
 
