@@ -32,9 +32,18 @@ async def test_llamacpp_and_mock_pools_are_deterministic_across_replicas_and_res
         assert proof["verdict"] == "pass" and len(proof["cases"]) == 4 * 64
         assert proof["engine"] == {"llama": "llamacpp", "mock": "mock"}[pool]
         assert proof["model_digest"].startswith("sha256:") and proof["corpus_hash"]
+        # streams, not silence (a case may end at once: the model chose its end token)
+        assert sum(case["tokens"] > 0 for case in proof["cases"]) > len(proof["cases"]) // 2
         # a restart: fresh engine processes on the same model, then compare
+        manager = service.pools[pool].manager
+        before = {r.id: r.pid for r in manager.replicas}
         model = str(tiny_model) if pool == "llama" else "mock-model"
         await service.pools[pool].reload(model)
+        await manager.wait_for(lambda m=manager: all(r.state == "ready" for r in m.replicas))
+        after = {r.id: r.pid for r in manager.replicas}
+        assert not before.keys() & after.keys()  # new replicas...
+        if pool == "llama":  # ...and new engine processes
+            assert None not in after.values() and not set(before.values()) & set(after.values())
         code, _, err = await orchctl(
             api.base, "determinism", "--pool", pool, "--compare", str(proof_path)
         )
