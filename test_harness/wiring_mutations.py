@@ -64,6 +64,13 @@ MUTATIONS = (
         f"{WIRING}::test_resume_exactly_at_inside_and_one_past_the_buffer_edge",
     ),
     Mutation(
+        "session affinity ignored by placement",
+        "orchestrator_core/placement.py",
+        "warm = req.warm_replica == r.id",
+        "warm = False",
+        f"{WIRING}::test_session_affinity_beats_the_less_busy_replica",
+    ),
+    Mutation(
         "retention 1,000 times shorter",
         "orchestratord/service/tasks.py",
         "self._retention_ms = retention_s * 1000.0",

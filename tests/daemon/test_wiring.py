@@ -88,3 +88,19 @@ async def test_a_finished_task_is_kept_for_its_retention(start_daemon):
     left_s = expiry.when() - asyncio.get_running_loop().time()
     assert 60 < left_s <= 300  # (a loaded machine may take a while to get here)
     assert (await api.status(task["task_id"]))["state"] == "completed"
+
+
+async def test_session_affinity_beats_the_less_busy_replica(start_daemon):
+    """OC-CTRL-2018: the affinity test passed with affinity disabled — the replica-id
+    tie-break picked the same replica anyway. Here the other replica is the less busy one."""
+    api = await start_daemon(mock_pool(replicas={"managed": {"count": 2, "slots": 2}}))
+    _, t1, _ = await api.submit(model="mock-model", prompt="turn 1", session_id="s1")
+    warm = (await api.events(t1["task_id"]))[0][2]["replica_id"]
+    pin = {"mode": "pin", "replica_id": warm}
+    _, busy, _ = await api.submit(model="mock-model", prompt="[[stall:0]]", placement=pin)
+    await api.wait_state(busy["task_id"], "running")  # the warm replica is now the busier one
+    _, t2, _ = await api.submit(model="mock-model", prompt="turn 2", session_id="s1")
+    assert (await api.events(t2["task_id"]))[0][2]["replica_id"] == warm
+    _, other, _ = await api.submit(model="mock-model", prompt="no session", max_tokens=1)
+    assert (await api.events(other["task_id"]))[0][2]["replica_id"] != warm  # (it would be)
+    assert await api.cancel(busy["task_id"]) == 204
