@@ -99,6 +99,14 @@ def check(
             f"replica {req.placement.replica_id!r} is not in pool {pool.pool_id!r}",
             "placement.replica_id",
         )
+    strict = req.determinism is Determinism.STRICT
+    if strict and not any(r.deterministic for r in pool.replicas):  # never will: config
+        return Denied(
+            ErrorCode.INVALID_PARAMS,
+            f"pool {pool.pool_id!r} has no deterministic replicas: a strict task needs a pool "
+            "configured `determinism: strict`",
+            "determinism",
+        )
     if not could_ever_serve(PlacementRequest(req.determinism, req.placement), pool.replicas):
         what = "deterministic replica" if req.determinism is Determinism.STRICT else "replica"
         return Denied(

@@ -54,6 +54,17 @@ class PlacementSpec(_Strict):
 class TaskRequest(_Strict):
     """`POST /v1/tasks`."""
 
+    # (the embedded default serves `tiny-llama`: the example is a request that succeeds)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "tiny-llama", "prompt": "Hello", "max_tokens": 8},
+                {"model": "tiny-llama", "prompt": "Hi", "max_tokens": 4, "seed": 7,
+                 "priority": "batch", "stream": True},
+            ]
+        }
+    )  # fmt: skip
+
     task_id: UUID | None = Field(None, description="Client-chosen id; the server assigns one.")
     session_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     model: Annotated[str, Field(min_length=1, max_length=256)]

@@ -47,6 +47,19 @@ _CORRELATION = {
 }
 
 
+#: One server-sent event, as a client's parser sees it (its `data` is the JSON the
+#: description names); the stream is a sequence of these.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "data": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
+
 def _schemas(models: list[type[BaseModel]]) -> dict[str, Any]:
     _, defs = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
@@ -124,12 +137,17 @@ def _operation(op: Operation) -> dict[str, Any]:
             content["application/json"] = {"schema": _ref(model)}
         if status in op.sse:
             entry["description"] = _sse_description(op)
-            content["text/event-stream"] = {"schema": {"type": "string"}}
+            content["text/event-stream"] = {"schema": _SSE_EVENT}
         elif model is None and status != 204:
             plain = op.content != "application/json"
             content[op.content] = {"schema": {"type": "string" if plain else "object"}}
         if content:
             entry["content"] = content
+        if status in op.links:
+            entry["links"] = {
+                name: {"operationId": target, "parameters": params}
+                for name, (target, params) in op.links[status].items()
+            }
         responses[str(status)] = entry
     error = {"application/json": {"schema": _ref(op.error)}}
     # every operation: a malformed X-Correlation-Id (400); past the connection limit (503)

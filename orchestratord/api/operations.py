@@ -37,6 +37,17 @@ class Operation:
     query: tuple[tuple[str, str], ...] = ()
     #: a multipart/form-data upload (the Files API), instead of a JSON `request`
     upload: bool = False
+    #: OpenAPI links from a success status: name -> (operationId, {parameter: expression})
+    links: dict[int, dict[str, tuple[str, dict[str, str]]]] = field(default_factory=dict)
+
+
+_TASK_ID = {"task_id": "$response.body#/task_id"}
+#: Where a new task's id leads (clients, and schemathesis' stateful phase, follow them).
+_TASK_LINKS = {
+    "GetTask": ("get_v1_tasks_task_id", _TASK_ID),
+    "StreamTask": ("get_v1_tasks_task_id_stream", _TASK_ID),
+    "CancelTask": ("post_v1_tasks_task_id_cancel", _TASK_ID),
+}
 
 
 _OPENAI_ERRORS = (400, 401, 404, 409, 413, 429, 502, 503, 504)
@@ -47,11 +58,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "Admit a task into its pool's queue (202); with `stream: true` or "
         "`Accept: text/event-stream`, answer with its SSE stream at once (200)",
         api.TaskRequest, {202: api.AdmissionResponse, 200: None}, (400, 404, 413, 429, 503),
-        sse=(200,), headers=(TENANT,),
+        sse=(200,), headers=(TENANT,), links={202: _TASK_LINKS},
     ),
     Operation(
         "get", "/v1/tasks/{task_id}", "data", "A task's state (and output once ended)",
-        ok={200: api.TaskStatus}, errors=(404,),
+        ok={200: api.TaskStatus}, errors=(404, 410),
     ),
     Operation(
         "get", "/v1/tasks/{task_id}/stream", "data",
@@ -61,7 +72,7 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "post", "/v1/tasks/{task_id}/cancel", "data", "Cancel a task (idempotent)",
-        ok={204: None}, errors=(404,),
+        ok={204: None}, errors=(404, 410),
     ),
     Operation(
         "get", "/v1/sessions/{session_id}", "data", "Session affinity and KV warmth",

@@ -53,7 +53,13 @@ def test_draining_or_unservable_pool_is_unavailable():
     got = run_check(AdmissionRequest("tiny-llama", 1, 1), PoolView("p", "m", None, replicas=()))
     assert got.code is ErrorCode.POOL_UNAVAILABLE
     strict = AdmissionRequest("tiny-llama", 1, 1, determinism=Determinism.STRICT)
-    got = run_check(strict)
+    got = run_check(strict)  # no deterministic replica, ever (config): the request is wrong
+    assert got.code is ErrorCode.INVALID_PARAMS and got.field == "determinism"
+    assert "deterministic" in got.message
+    # found by schemathesis: that was a retriable 503, which a client would retry forever;
+    # one that is only draining (a reload) is the transient 503
+    leaving = ReplicaSnapshot("r", ready=True, deterministic=True, draining=True)
+    got = run_check(strict, PoolView("p", "m", None, replicas=(leaving,)))
     assert got.code is ErrorCode.POOL_UNAVAILABLE and "deterministic" in got.message
     # a replica that is not Ready yet (starting) can still serve later
     starting = PoolView("p", "m", None, replicas=(ReplicaSnapshot("r", ready=False),))
