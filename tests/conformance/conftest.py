@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,11 +46,14 @@ def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, what: str) -> None:
     """Block until the server prints `needle`; then keep draining its output in the
     background so a chatty server never blocks on a full pipe."""
     assert proc.stdout is not None
+    said: deque[bytes] = deque(maxlen=20)
     for line in proc.stdout:
         if needle in line:
             threading.Thread(target=proc.stdout.read, daemon=True).start()
             return
-    raise RuntimeError(f"{what} exited before it was ready (code {proc.wait()})")
+        said.append(line)
+    last = b"".join(said).decode(errors="replace")
+    raise RuntimeError(f"{what} exited before it was ready (code {proc.wait()}):\n{last}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

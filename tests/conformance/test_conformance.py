@@ -176,16 +176,19 @@ async def test_ten_megabyte_output_streams_in_flat_memory(engine, adapter):
 
 @over("stall")
 async def test_stalled_engine_maps_to_decode_timeout(engine, adapter):
-    """OC-ADAPT-3004, OC-CTRL-2023"""
+    """OC-ADAPT-3004, OC-CTRL-2023: an engine that goes silent fails the stream typed.
+
+    Directive engines stall mid-stream on cue (after 2 tokens). A real engine process is
+    frozen before it is asked: freezing it after the first token raced it — llama-server
+    finishes 500 tiny-model tokens 6-8 ms later, often before the signal lands."""
     prompt = engine.prompts.get("stall", "") + "stall"
-    events = guard_stalls(
-        adapter.stream(GenerateRequest(prompt, max_tokens=500, seed=6)), 0.3, engine.name
-    )
-    await anext(events)
     paused = engine.pid is not None
     if paused:
-        pause(engine)  # freeze the real engine process mid-stream
+        pause(engine)  # the request is accepted by the kernel; nothing ever answers it
     try:
+        events = guard_stalls(
+            adapter.stream(GenerateRequest(prompt, max_tokens=500, seed=6)), 0.3, engine.name
+        )
         with pytest.raises(AdapterError) as err:
             async for _ in events:
                 pass
