@@ -116,6 +116,7 @@ class Soak:
         self.url, self.port, self.pid, self.args = url, port, pid, args
         self.tally = Tally()
         self.stopping = asyncio.Event()
+        self.has_tasks = asyncio.Event()  # slow readers need a task to read
         self.rng = random.Random(12)
         self.models = [m for e, m in (("mock", "mock-model"), ("llamacpp", "tiny-llama"))
                        if e in args.engines]  # fmt: skip
@@ -129,7 +130,7 @@ class Soak:
                 self.tally.answered(r.status, "stream")
                 if r.status != 200:
                     await r.read()
-                    await asyncio.sleep(0.2)  # a refused client backs off, as told
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))  # as told
                     continue
                 task_id = r.headers["X-Task-Id"]
                 self.tally.accepted.add(task_id)
@@ -147,6 +148,7 @@ class Soak:
                 data = await r.json()
                 if r.status == 202:
                     self.tally.accepted.add(data["task_id"])
+                    self.has_tasks.set()
 
         await asyncio.gather(*(one(i) for i in range(self.args.queued)))
 
@@ -164,11 +166,9 @@ class Soak:
             writer.close()
 
     async def slow_reader(self) -> None:
+        await self.has_tasks.wait()
         while not self.stopping.is_set():
-            task_id = self.rng.choice(sorted(self.tally.accepted)) if self.tally.accepted else None
-            if task_id is None:
-                await asyncio.sleep(0.1)
-                continue
+            task_id = self.rng.choice(sorted(self.tally.accepted))
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1024)
             self.tally.slow_opened += 1
             writer.write(f"GET /v1/tasks/{task_id}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())
