@@ -10,8 +10,9 @@ empty event by common client libraries). It counts as a reader of the task
 client goes away for good.
 
 A reader that does not take a write within `write_timeout_s` (its client stopped reading)
-is disconnected; one that falls behind the retained events gets an error event and is
-ended. Either way it lets go of the task.
+is disconnected (by one periodic check per reader, `_Watchdog`, never a timer per write);
+one that falls behind the retained events gets an error event and is ended. Either way it
+lets go of the task.
 """
 
 from __future__ import annotations
@@ -37,6 +38,34 @@ RETRY = b"retry: 1000\n"
 SSE_HEADERS = {
     "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
 }  # fmt: skip
+
+
+class _Watchdog:
+    """Aborts a reader's connection when one write has been pending for `timeout_s` (its
+    client stopped reading). One periodic check per reader, every `timeout_s`: writes are
+    the hot path and get no timer of their own — a write bumps a counter, and a check that
+    finds the same write still pending as the check before it fires."""
+
+    __slots__ = ("_handle", "_seen", "_timeout_s", "_transport", "fired", "pending", "writes")
+
+    def __init__(self, transport: asyncio.Transport, timeout_s: float) -> None:
+        self._transport, self._timeout_s = transport, timeout_s
+        self.writes = 0
+        self.pending = False
+        self.fired = False
+        self._seen = -1
+        self._handle = asyncio.get_running_loop().call_later(timeout_s, self._check)
+
+    def _check(self) -> None:
+        if self.pending and self.writes == self._seen:
+            self.fired = True
+            self._transport.abort()  # what it did not take is dropped, not flushed
+            return
+        self._seen = self.writes if self.pending else -1
+        self._handle = asyncio.get_running_loop().call_later(self._timeout_s, self._check)
+
+    def close(self) -> None:
+        self._handle.cancel()
 
 
 def _with_retry(frames: bytes) -> bytes:
@@ -67,13 +96,20 @@ async def stream_task(
         headers={**SSE_HEADERS, CORRELATION: request[CID], **(headers or {})}
     )
     timeout_s = svc.config.server.write_timeout_s
+    watchdog: _Watchdog | None = None
 
     async def write(data: bytes) -> None:
-        async with asyncio.timeout(timeout_s):
-            await response.write(data)
+        assert watchdog is not None
+        watchdog.writes += 1
+        watchdog.pending = True
+        await response.write(data)
+        watchdog.pending = False
 
     with svc.reading(rec):
         await response.prepare(request)
+        if request.transport is None:  # gone already
+            return response
+        watchdog = _Watchdog(request.transport, timeout_s)
         try:
             if svc.queue_position(rec) is not None:
                 await write(_pause(svc, rec))
@@ -91,10 +127,10 @@ async def stream_task(
             envelope = ErrorEnvelope.of(ErrorCode.STREAM_GAP, f"this reader fell behind: {gap}")
             await write(render.error(envelope))
             await response.write_eof()
-        except TimeoutError:  # the client stopped reading: let go of it and the task
-            log.info("slow reader disconnected", task_id=rec.task.id, write_timeout_s=timeout_s)
-            if request.transport is not None:
-                request.transport.abort()  # what it did not take is dropped, not flushed
         except (ConnectionResetError, asyncio.CancelledError):
-            pass  # the client went away (`reading` decides about the task)
+            if watchdog.fired:  # the client stopped reading: let go of it and the task
+                log.info("slow reader disconnected", task_id=rec.task.id, write_timeout_s=timeout_s)
+            # else the client went away (`reading` decides about the task)
+        finally:
+            watchdog.close()
     return response
