@@ -7,8 +7,13 @@ At once, for the whole run:
 - `--half-open` connections that send half a request line and nothing more, opened again
   whenever the daemon closes them;
 - `--slow` readers that open a running task's stream and never read it;
-- random cancels of queued and running tasks;
-- a prober asking `/healthz` every 0.25 s, and a sampler reading the daemon's RSS.
+- cancels of random tasks (one every 10 streams that end);
+- a prober asking `/healthz` (every 20 streams that end, and at the end) and reading the
+  daemon's RSS.
+
+Nothing is paced by sleeping: the load's clock is the streams that end (`pulse`). A
+refused client retries when some stream has ended (room may have freed); the soak's length
+is one timer.
 
 Then the load stops, every accepted task is followed to its end, and the run asserts: RSS
 stayed under `memory_budget_bytes` + the fixed overhead measured before the load, every
@@ -117,9 +122,28 @@ class Soak:
         self.tally = Tally()
         self.stopping = asyncio.Event()
         self.has_tasks = asyncio.Event()  # slow readers need a task to read
+        #: Set (and replaced) each time a stream ends: the load's clock.
+        self.pulse = asyncio.Event()
+        self.ended = 0
         self.rng = random.Random(12)
         self.models = [m for e, m in (("mock", "mock-model"), ("llamacpp", "tiny-llama"))
                        if e in args.engines]  # fmt: skip
+
+    def _stream_ended(self) -> None:
+        self.ended += 1
+        self.pulse.set()
+        self.pulse = asyncio.Event()
+
+    async def _next_pulse(self) -> bool:
+        """Wait until a stream ends; False once the soak is stopping."""
+        waits = {
+            asyncio.ensure_future(self.pulse.wait()),
+            asyncio.ensure_future(self.stopping.wait()),
+        }
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in pending:
+            waiting.cancel()
+        return not self.stopping.is_set()
 
     async def streamer(self, http: aiohttp.ClientSession, n: int) -> None:
         while not self.stopping.is_set():
@@ -130,12 +154,13 @@ class Soak:
                 self.tally.answered(r.status, "stream")
                 if r.status != 200:
                     await r.read()
-                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))  # as told
+                    await self._next_pulse()  # refused: try again once a stream has ended
                     continue
                 task_id = r.headers["X-Task-Id"]
                 self.tally.accepted.add(task_id)
                 ending = await _read_stream(r)
                 self.tally.stream_endings.setdefault(task_id, []).append(ending or "none")
+                self._stream_ended()
 
     async def submit_queued(self, http: aiohttp.ClientSession) -> None:
         body = {"model": "mock-model", "prompt": "queued", "max_tokens": 16, "priority": "batch"}
@@ -156,8 +181,8 @@ class Soak:
         while not self.stopping.is_set():
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.5)
+            except OSError:  # out of descriptors: again once a stream has ended
+                await self._next_pulse()
                 continue
             self.tally.half_open_opened += 1
             writer.write(b"GET /v1/po")
@@ -180,16 +205,18 @@ class Soak:
             writer.close()
 
     async def canceller(self, http: aiohttp.ClientSession) -> None:
-        while not self.stopping.is_set():
-            await asyncio.sleep(0.05)
-            if self.tally.accepted:
+        while await self._next_pulse():
+            if self.ended % 10 == 0 and self.tally.accepted:
                 task_id = self.rng.choice(sorted(self.tally.accepted))
                 async with http.post(f"{self.url}/v1/tasks/{task_id}/cancel") as r:
                     self.tally.answered(r.status, "cancel")
                     self.tally.cancels += 1
 
     async def prober(self, http: aiohttp.ClientSession) -> None:
-        while not self.stopping.is_set():
+        while True:
+            stopping = not await self._next_pulse()
+            if not stopping and self.ended % 20:
+                continue
             try:
                 async with http.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(5)) as r:
                     ok = r.status == 200
@@ -201,7 +228,8 @@ class Soak:
             else:
                 self.tally.health_failed += 1
             self.tally.rss_max = max(self.tally.rss_max, _rss(self.pid))
-            await asyncio.sleep(0.25)
+            if stopping:
+                return
 
     async def run(self) -> None:
         args = self.args
@@ -214,8 +242,8 @@ class Soak:
             background += [asyncio.create_task(self.half_open()) for _ in range(args.half_open)]
             background += [asyncio.create_task(self.slow_reader()) for _ in range(args.slow)]
             background.append(asyncio.create_task(self.canceller(http)))
-            await asyncio.sleep(args.minutes * 60)  # the soak's length, not synchronisation
-            self.stopping.set()
+            asyncio.get_running_loop().call_later(args.minutes * 60, self.stopping.set)
+            await self.stopping.wait()  # the soak's length
             await asyncio.gather(*background, return_exceptions=True)
             await probe.close()
             await self.check_endings(http)
