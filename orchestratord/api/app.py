@@ -18,14 +18,19 @@ from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
 from orchestratord.api.connections import connection_limits
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
-from orchestratord.api.http import CID, CORRELATION, MAX_CORRELATION_CHARS, checked_header
+from orchestratord.api.http import (
+    CID,
+    CORRELATION,
+    MAX_CORRELATION_CHARS,
+    Handler,
+    checked_header,
+)
 from orchestratord.api.openapi import document
 from orchestratord.api_models import ErrorEnvelope
 from orchestratord.service import Orchestrator, Refusal
 
 log = structlog.get_logger("orchestratord.http")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 

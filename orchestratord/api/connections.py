@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import resource
-from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, cast
 
@@ -30,6 +29,7 @@ from aiohttp.http_exceptions import LineTooLong
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api.errors import STATUS, code_for_http, error_response
+from orchestratord.api.http import Handler
 from orchestratord.api_models import ErrorEnvelope
 from orchestratord.config import ServerConfig
 
@@ -154,9 +154,6 @@ class GuardedHandler(web.RequestHandler):
         response = error_response(envelope, status)
         response.force_close()
         return response
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware

@@ -4,6 +4,7 @@ models, with errors naming the field) and JSON responses out."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
@@ -17,6 +18,9 @@ CORRELATION = "X-Correlation-Id"
 CID: web.RequestKey[str] = web.RequestKey("cid", str)
 
 M = TypeVar("M", bound=BaseModel)
+
+#: An aiohttp request handler, as middlewares see it.
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 TENANT = "X-Tenant-Id"

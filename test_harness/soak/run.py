@@ -125,9 +125,16 @@ class Soak:
         #: Set (and replaced) each time a stream ends: the load's clock.
         self.pulse = asyncio.Event()
         self.ended = 0
+        #: Accepted task ids in a list, to draw from (cancels, slow readers).
+        self.drawable: list[str] = []
         self.rng = random.Random(12)
         self.models = [m for e, m in (("mock", "mock-model"), ("llamacpp", "tiny-llama"))
                        if e in args.engines]  # fmt: skip
+
+    def accept(self, task_id: str) -> None:
+        self.tally.accepted.add(task_id)
+        self.drawable.append(task_id)
+        self.has_tasks.set()
 
     def _stream_ended(self) -> None:
         self.ended += 1
@@ -157,7 +164,7 @@ class Soak:
                     await self._next_pulse()  # refused: try again once a stream has ended
                     continue
                 task_id = r.headers["X-Task-Id"]
-                self.tally.accepted.add(task_id)
+                self.accept(task_id)
                 ending = await _read_stream(r)
                 self.tally.stream_endings.setdefault(task_id, []).append(ending or "none")
                 self._stream_ended()
@@ -172,8 +179,7 @@ class Soak:
                 self.tally.answered(r.status, "submit")
                 data = await r.json()
                 if r.status == 202:
-                    self.tally.accepted.add(data["task_id"])
-                    self.has_tasks.set()
+                    self.accept(data["task_id"])
 
         await asyncio.gather(*(one(i) for i in range(self.args.queued)))
 
@@ -193,7 +199,7 @@ class Soak:
     async def slow_reader(self) -> None:
         await self.has_tasks.wait()
         while not self.stopping.is_set():
-            task_id = self.rng.choice(sorted(self.tally.accepted))
+            task_id = self.rng.choice(self.drawable)
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1024)
             self.tally.slow_opened += 1
             writer.write(f"GET /v1/tasks/{task_id}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -207,7 +213,7 @@ class Soak:
     async def canceller(self, http: aiohttp.ClientSession) -> None:
         while await self._next_pulse():
             if self.ended % 10 == 0 and self.tally.accepted:
-                task_id = self.rng.choice(sorted(self.tally.accepted))
+                task_id = self.rng.choice(self.drawable)
                 async with http.post(f"{self.url}/v1/tasks/{task_id}/cancel") as r:
                     self.tally.answered(r.status, "cancel")
                     self.tally.cancels += 1
