@@ -91,7 +91,11 @@ def check(
             "max_tokens",
         )
     if pool.draining:
-        return Denied(ErrorCode.POOL_UNAVAILABLE, f"pool {pool.pool_id!r} is draining")
+        return Denied(
+            ErrorCode.POOL_DRAINING,
+            f"pool {pool.pool_id!r} is drained by an operator and takes no new work until it "
+            f"is resumed (POST /v1/pools/{pool.pool_id}/resume)",
+        )
     pinned = req.placement.mode is PlacementMode.PIN
     if pinned and all(r.id != req.placement.replica_id for r in pool.replicas):
         return Denied(

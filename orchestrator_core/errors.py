@@ -33,6 +33,16 @@ class ErrorCode(StrEnum):
     EXPIRED = "EXPIRED"
     #: Events a reader needs are no longer retained: it fell behind, or resumed too late.
     STREAM_GAP = "STREAM_GAP"
+    #: An operator drained the pool: it takes no new work until resumed (not retriable:
+    #: waiting does not help; another pool, or the operator, does).
+    POOL_DRAINING = "POOL_DRAINING"
+    #: The caller's key is past one of its limits (concurrent, queued, tokens per minute).
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    #: What is asked clashes with the state of its target (a pool already reloading; key
+    #: changes on a daemon without a key file).
+    CONFLICT = "CONFLICT"
+    #: A state-changing request whose body is not declared `application/json`.
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
 
 
 #: Codes a client may retry unchanged (possibly after a backoff).
@@ -48,6 +58,7 @@ RETRIABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.DAEMON_RESTART,
         ErrorCode.STORE_UNAVAILABLE,
         ErrorCode.OVERLOADED,
+        ErrorCode.QUOTA_EXCEEDED,
     }
 )
 

@@ -7,6 +7,7 @@ envelopes with it; the client SDK and `orchctl` import it and nothing else of th
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -19,6 +20,10 @@ from orchestrator_core.model import Determinism, PlacementMode, Priority, TaskSt
 __all__ = ["Determinism", "PlacementMode", "Priority", "TaskState"]  # re-exported for clients
 
 API_VERSION = "1.0"
+
+#: What an identifier a client chooses may be (tenants, correlation ids): it is logged,
+#: echoed and labels work.
+TOKEN_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]*"
 
 
 class _Strict(BaseModel):
@@ -193,9 +198,51 @@ class DrainRequest(_Strict):
 
 
 class ReloadRequest(_Strict):
-    model: Annotated[str, Field(min_length=1)] = Field(
-        description="The new model: a GGUF path for managed llama.cpp pools."
+    model: Annotated[str, Field(min_length=1, max_length=4096)] = Field(
+        description="The new model: a name the pool's config knows (its `model`, or a key "
+        "of its `models`), or for managed llama.cpp a GGUF path under `server.model_dirs`."
     )
+    resume: bool = Field(
+        False, description="Also resume a draining pool once the new model serves."
+    )
+
+
+class KeyRole(StrEnum):
+    READ = "read"
+    SUBMIT = "submit"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+class KeyLimits(_Strict):
+    """Per-key quotas (absent: unlimited); past one, submissions answer 429
+    `QUOTA_EXCEEDED`."""
+
+    max_concurrent: Annotated[int, Field(ge=1), INTEGRAL] | None = None
+    max_queued: Annotated[int, Field(ge=0), INTEGRAL] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1), INTEGRAL] | None = None
+
+
+class KeyCreate(_Strict):
+    tenant: Annotated[str, Field(min_length=1, max_length=64, pattern=f"^{TOKEN_PATTERN}$")]
+    roles: Annotated[list[KeyRole], Field(min_length=1, max_length=4)]
+    limits: KeyLimits = Field(default_factory=KeyLimits)
+
+
+class KeyInfo(BaseModel):
+    id: str
+    tenant: str
+    roles: list[KeyRole]
+    limits: KeyLimits
+    created: int = Field(description="Unix seconds.")
+
+
+class KeyCreated(KeyInfo):
+    key: str = Field(description="The key itself: shown once, never stored in plain text.")
+
+
+class KeyList(BaseModel):
+    keys: list[KeyInfo]
 
 
 class Accepted(BaseModel):

@@ -43,6 +43,11 @@ class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class TlsConfig(_Cfg):
+    cert: Annotated[str, Field(min_length=1)]
+    key: Annotated[str, Field(min_length=1)]
+
+
 class ServerConfig(_Cfg):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
@@ -67,9 +72,17 @@ class ServerConfig(_Cfg):
     #: native streaming, non-streamed OpenAI requests) is canceled when its client goes
     #: away and no reader comes back (Last-Event-ID resume) within this many seconds.
     abandon_grace_s: Annotated[float, Field(ge=0)] = 3.0
-    #: Environment variable holding the API key; when set, every `/v1/` request needs
-    #: `Authorization: Bearer <key>` (health, readiness, metrics and the OpenAPI stay open).
+    #: API keys, hashed (`orchestratord keys create`): each names a tenant, roles and
+    #: limits. With keys, every `/v1/` request needs `Authorization: Bearer <key>` (health,
+    #: readiness, metrics and the OpenAPI stay open). Re-read on SIGHUP.
+    keys_file: str | None = None
+    #: Environment variable holding one admin key (tenant `default`), for simple setups.
     api_key_env: str | None = None
+    #: Directories a reload may name GGUF files under (managed llama.cpp pools); any other
+    #: path is refused without saying why.
+    model_dirs: list[str] = []
+    #: Serve HTTPS with this certificate chain and key (PEM files).
+    tls: TlsConfig | None = None
     #: A connection with no request in progress — idle between requests, or still sending
     #: its request head — is closed after this long (bytes that do not complete a head do
     #: not extend it: slow-loris heads are bounded too).
@@ -184,6 +197,10 @@ class PoolConfig(_Cfg):
     #: for conversations sent to this pool: required where the engine has no chat route
     #: (triton); elsewhere it replaces the engine's own template.
     chat_template: str | None = None
+    #: More models a reload may switch this pool to, by name: name -> what the engine
+    #: loads (a GGUF path for managed llama.cpp, the engine's model name elsewhere). The
+    #: pool's own `model` is always one.
+    models: dict[str, Annotated[str, Field(min_length=1)]] = {}
     #: Environment variable holding the engine's bearer key (keys never live in configs).
     api_key_env: str | None = None
     #: Concurrent requests per attached endpoint for engines that do not report slots
@@ -219,6 +236,12 @@ class PoolConfig(_Cfg):
     def strict(self) -> bool:
         """Every task runs deterministically: single-slot replicas, prompt cache off."""
         return self.determinism is Determinism.STRICT
+
+    def model_refs(self) -> dict[str, str]:
+        """What a reload may name: model name -> what the engine loads."""
+        managed = self.replicas.managed
+        own = managed.model_path if managed is not None and managed.model_path else self.model
+        return {self.model: own, **self.models}
 
     @property
     def replica_count(self) -> int:

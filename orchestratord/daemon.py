@@ -1,18 +1,22 @@
-"""Running the daemon: service + HTTP server + signal handling."""
+"""Running the daemon: service + HTTP server (+ TLS) + API keys + signal handling."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from orchestratord.api.app import build_app
 from orchestratord.api.connections import ConnectionGuard, raise_fd_limit
-from orchestratord.config import Config
+from orchestratord.config import Config, ServerConfig
 from orchestratord.engines import launcher_for
+from orchestratord.keyring import KeyFileError, KeyRing
 from orchestratord.service import LauncherFactory, Orchestrator
 
 log = structlog.get_logger("orchestratord")
@@ -28,14 +32,18 @@ class Daemon:
         self.runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.port: int = config.server.port
+        self.keys = KeyRing()
 
     async def start(self) -> None:
+        """Start the service and listen. Raises KeyFileError or RuntimeError (one line) for
+        keys that cannot be used, StoreError for a store that cannot."""
+        self.keys = api_keys(self.config.server)
         self.service = Orchestrator(self.config, self.launchers)
         await self.service.start()
         # handler_cancellation: a client that goes away cancels its handler at once, so a
         # streamed request's task is canceled (or waits for a resume) without delay
         self.runner = web.AppRunner(
-            build_app(self.service), access_log=None, handle_signals=False,
+            build_app(self.service, self.keys), access_log=None, handle_signals=False,
             shutdown_timeout=1.0, handler_cancellation=True,
         )  # fmt: skip
         await self.runner.setup()
@@ -47,12 +55,25 @@ class Daemon:
         # A large backlog: bursts of connects must not drop SYNs (see PERFORMANCE.md);
         # aiohttp sets TCP_NODELAY on every accepted connection.
         self._listener = await asyncio.get_running_loop().create_server(
-            guard, host, self.port, backlog=4096, reuse_address=True
+            guard, host, self.port, backlog=4096, reuse_address=True, ssl=tls_context(server)
         )
         self.port = self._listener.sockets[0].getsockname()[1]  # the port bound, when 0
-        log.info(
-            "listening", url=f"http://{host}:{self.port}", pools=[p.id for p in self.config.pools]
-        )
+        log.info("listening", url=self.url, pools=[p.id for p in self.config.pools])
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.config.server.tls else "http"
+        return f"{scheme}://{self.config.server.host}:{self.port}"
+
+    def reload_keys(self) -> None:
+        """SIGHUP: read the key file again; a file that cannot be used leaves the keys as
+        they were."""
+        try:
+            count = self.keys.reload()
+        except KeyFileError as e:
+            log.error("key file not reloaded; the previous keys stay", error=str(e))
+            return
+        log.info("key file reloaded", keys=count)
 
     async def stop(self, grace_s: float | None = None) -> None:
         if self.service is not None:
@@ -65,6 +86,25 @@ class Daemon:
         log.info("stopped")
 
 
+def api_keys(server: ServerConfig) -> KeyRing:
+    """The keys `server` configures: its key file's, and the one `api_key_env` names."""
+    env_key = None
+    if server.api_key_env:
+        env_key = os.environ.get(server.api_key_env)
+        if not env_key:
+            raise RuntimeError(f"server.api_key_env: ${server.api_key_env} is not set")
+    path = Path(server.keys_file).expanduser() if server.keys_file else None
+    return KeyRing(path, env_key)
+
+
+def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
+    if server.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server.tls.cert, server.tls.key)
+    return context
+
+
 async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain gracefully and return."""
     daemon = Daemon(config)
@@ -72,6 +112,7 @@ async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload_keys)
     await daemon.start()
     if on_ready is not None:
         on_ready(daemon)

@@ -158,6 +158,8 @@ class PoolManager:
             await launched.stop()
             raise
         replica.mark_ready(launched.adapter, caps)
+        if self.draining:  # a replica that (re)starts in a drained pool takes no leases
+            replica.state = ReplicaState.DRAINING
         replica.last_error = None
         return launched
 
@@ -264,7 +266,7 @@ class PoolManager:
             if not await launched.adapter.ready():
                 return f"stopped answering after: {replica.last_error}"
             if replica.state is ReplicaState.UNREADY:  # a false alarm: serve again
-                replica.state = ReplicaState.READY
+                replica.state = ReplicaState.DRAINING if self.draining else ReplicaState.READY
                 self._changed(replica, ReplicaEvent.READY)
 
     async def _read_stats(self, replica: Replica, launched: Launched) -> None:
@@ -285,6 +287,19 @@ class PoolManager:
             if replica.state is ReplicaState.READY:
                 replica.state = ReplicaState.DRAINING
             self._changed(replica, ReplicaEvent.DRAINING)
+
+    def resume(self) -> None:
+        """Lease again after a drain (kubectl's uncordon); replicas a reload is retiring
+        stay retired."""
+        self.draining = False
+        for replica in self.replicas:
+            if replica.state is ReplicaState.DRAINING and replica.id not in self._retiring:
+                replica.state = ReplicaState.READY
+                self._changed(replica, ReplicaEvent.READY)
+
+    @property
+    def reloading(self) -> bool:
+        return self._reloading
 
     async def reload(self, model: str) -> None:
         """Start a full set of replicas on `model`; switch over only when all are Ready,

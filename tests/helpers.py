@@ -52,10 +52,16 @@ class Api:
             return r.status, data, r.headers
 
     async def events(
-        self, task_id: str, last_event_id: int | None = None, until: str | None = None
+        self,
+        task_id: str,
+        last_event_id: int | None = None,
+        until: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> list[tuple[str, int, dict[str, Any]]]:
         """Read a task's SSE stream to its end (or until event `until`)."""
-        headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+        headers = dict(headers or {})
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
         out: list[tuple[str, int, dict[str, Any]]] = []
         async with self.http.get(f"{self.base}/v1/tasks/{task_id}/stream", headers=headers) as r:
             assert r.status == 200, await r.text()
@@ -76,8 +82,8 @@ class Api:
                 event[key] = value
         return out
 
-    async def status(self, task_id: str) -> dict[str, Any]:
-        async with self.http.get(f"{self.base}/v1/tasks/{task_id}") as r:
+    async def status(self, task_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        async with self.http.get(f"{self.base}/v1/tasks/{task_id}", headers=headers) as r:
             assert r.status == 200
             return await r.json()
 
@@ -85,19 +91,21 @@ class Api:
         async with self.http.post(f"{self.base}/v1/tasks/{task_id}/cancel") as r:
             return r.status
 
-    async def get(self, path: str) -> tuple[int, Any]:
-        async with self.http.get(f"{self.base}{path}") as r:
+    async def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        async with self.http.get(f"{self.base}{path}", headers=headers) as r:
             body = await r.read()
             ctype = r.headers.get("Content-Type", "")
             return r.status, json.loads(body) if "json" in ctype else body.decode()
 
-    async def wait_state(self, task_id: str, state: str) -> dict[str, Any]:
+    async def wait_state(
+        self, task_id: str, state: str, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Follow the stream until the task reaches `state` (running: its `started`)."""
         if state == "running":
-            await self.events(task_id, until="started")
+            await self.events(task_id, until="started", headers=headers)
         else:
-            await self.events(task_id)
-        status = await self.status(task_id)
+            await self.events(task_id, headers=headers)
+        status = await self.status(task_id, headers)
         assert status["state"] == state, status
         return status
 

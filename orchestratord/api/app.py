@@ -1,14 +1,12 @@
-"""The aiohttp application: the middleware every request passes (correlation id, error
-envelopes — OpenAI-shaped on the OpenAI door —, optional bearer key) and the routes of the
-data plane, the control plane and the OpenAI-compatible door."""
+"""The aiohttp application: the middleware every request passes (connection limits;
+correlation id and error envelopes — OpenAI-shaped on the OpenAI door —; access control,
+`api.access`) and the routes of the data plane, the control plane and the OpenAI-compatible
+door."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import os
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -16,6 +14,7 @@ from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
+from orchestratord.api.access import access_control, is_loopback
 from orchestratord.api.connections import connection_limits
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
 from orchestratord.api.http import (
@@ -23,15 +22,15 @@ from orchestratord.api.http import (
     CORRELATION,
     MAX_CORRELATION_CHARS,
     Handler,
+    Middleware,
     checked_header,
 )
 from orchestratord.api.openapi import document
 from orchestratord.api_models import ErrorEnvelope
+from orchestratord.keyring import KeyRing
 from orchestratord.service import Orchestrator, Refusal
 
 log = structlog.get_logger("orchestratord.http")
-
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def correlation_and_errors(max_body: int) -> Middleware:
@@ -73,38 +72,21 @@ def correlation_and_errors(max_body: int) -> Middleware:
     return middleware
 
 
-def require_key(key: str) -> Middleware:
-    """Bearer-key auth for the API routes (compared in constant time)."""
-    expected = f"Bearer {key}".encode()
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/v1/"):
-            # headers are decoded leniently: bytes that are not UTF-8 must not crash this
-            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(given, expected):
-                raise Refusal(
-                    ErrorCode.UNAUTHORIZED,
-                    "missing or wrong API key (Authorization: Bearer <key>)",
-                )
-        return await handler(request)
-
-    return auth
-
-
-def build_app(service: Orchestrator) -> web.Application:
+def build_app(service: Orchestrator, keys: KeyRing | None = None) -> web.Application:
+    """The application; `keys`: the API keys (None: none configured)."""
     server = service.config.server
-    middlewares: list[Any] = [connection_limits, correlation_and_errors(server.max_body_bytes)]
-    if server.api_key_env:
-        key = os.environ.get(server.api_key_env)
-        if not key:
-            raise RuntimeError(f"server.api_key_env: ${server.api_key_env} is not set")
-        middlewares.append(require_key(key))
+    ring = keys or KeyRing()
+    access = access_control(ring, loopback=is_loopback(server.host))
+    middlewares: list[Any] = [
+        connection_limits,
+        correlation_and_errors(server.max_body_bytes),
+        access,
+    ]
     app = web.Application(client_max_size=server.max_body_bytes, middlewares=middlewares)
     app.add_routes(data_plane.routes(service))
     app.add_routes(openai_door.routes(service))
     app.add_routes(batch_api.routes(service))
-    app.add_routes(control_plane.routes(service, document()))
+    app.add_routes(control_plane.routes(service, document(), ring))
     if server.enable_test_endpoints:
         app.add_routes(provider_states.routes(service))
     return app

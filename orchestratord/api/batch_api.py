@@ -13,7 +13,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from orchestrator_core.errors import ErrorCode
-from orchestratord.api.http import json_response, parse, tenant_of
+from orchestratord.api.http import json_response, parse, principal_of
 from orchestratord.batch_models import BatchCreate
 from orchestratord.service import Orchestrator, Refusal
 
@@ -63,32 +63,33 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
             elif part.name == "file":
                 if purpose != "batch":  # the SDK sends `purpose` first, as OpenAI's does
                     raise _invalid("purpose must be 'batch' (sent before the file)", "purpose")
-                doc = await files.upload(part.filename or "input.jsonl", _chunks(part))
+                name = part.filename or "input.jsonl"
+                doc = await files.upload(name, _chunks(part), principal_of(request))
                 return json_response(doc)
             else:
                 raise _invalid(f"unexpected form field {part.name!r}", part.name or "form")
         raise _invalid("no file in the upload", "file")
 
     async def list_files(request: web.Request) -> web.Response:
-        return json_response(files.listing())
+        return json_response(files.listing(principal_of(request)))
 
     async def get_file(request: web.Request) -> web.Response:
-        return json_response(files.get(request.match_info["file_id"]))
+        return json_response(files.get(request.match_info["file_id"], principal_of(request)))
 
     async def file_content(request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["file_id"]
-        files.get(file_id)
+        files.get(file_id, principal_of(request))
         return web.FileResponse(files.path(file_id), headers={"Content-Type": "application/jsonl"})
 
     async def delete_file(request: web.Request) -> web.Response:
-        return json_response(files.delete(request.match_info["file_id"]))
+        return json_response(files.delete(request.match_info["file_id"], principal_of(request)))
 
     async def create(request: web.Request) -> web.Response:
         req = await parse(request, BatchCreate)
-        return json_response(await batches.create(req, tenant_of(request)))
+        return json_response(await batches.create(req, principal_of(request)))
 
     async def get(request: web.Request) -> web.Response:
-        return json_response(batches.get(request.match_info["batch_id"]))
+        return json_response(batches.get(request.match_info["batch_id"], principal_of(request)))
 
     async def listing(request: web.Request) -> web.Response:
         try:
@@ -97,10 +98,12 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
             raise _invalid("limit must be an integer", "limit") from None
         if not 1 <= limit <= 100:
             raise _invalid("limit must be between 1 and 100", "limit")
-        return json_response(batches.listing(request.query.get("after"), limit))
+        after = request.query.get("after")
+        return json_response(batches.listing(after, limit, principal_of(request)))
 
     async def cancel(request: web.Request) -> web.Response:
-        return json_response(await batches.cancel(request.match_info["batch_id"]))
+        batch_id = request.match_info["batch_id"]
+        return json_response(await batches.cancel(batch_id, principal_of(request)))
 
     return [
         web.post(FILES, upload),

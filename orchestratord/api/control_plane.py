@@ -1,19 +1,32 @@
-"""The control plane's routes: pools and their health, drain and reload, capabilities,
-liveness and readiness, Prometheus metrics, the OpenAPI document."""
+"""The control plane's routes: pools and their health, drain, resume and reload, API keys,
+capabilities, liveness and readiness, Prometheus metrics, the OpenAPI document."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from orchestrator_core.errors import ErrorCode
 from orchestratord import api_models as api
 from orchestratord.api.http import json_response, parse
-from orchestratord.service import Orchestrator
+from orchestratord.keyring import KeyFileError, KeyRing
+from orchestratord.service import Orchestrator, Refusal
+
+T = TypeVar("T")
 
 
-def routes(svc: Orchestrator, openapi: dict[str, Any]) -> list[web.RouteDef]:
+def _key_file(step: Callable[[], T]) -> T:
+    """A key-file step; a daemon without a key file, or with one it cannot read, is a 409."""
+    try:
+        return step()
+    except KeyFileError as e:
+        raise Refusal(ErrorCode.CONFLICT, str(e)) from None
+
+
+def routes(svc: Orchestrator, openapi: dict[str, Any], keys: KeyRing) -> list[web.RouteDef]:
     async def list_pools(request: web.Request) -> web.Response:
         return json_response(svc.pool_list())
 
@@ -30,12 +43,32 @@ def routes(svc: Orchestrator, openapi: dict[str, Any]) -> list[web.RouteDef]:
         svc.drain(pool_id, body.deadline_ms)
         return json_response(api.Accepted(pool_id=pool_id, status="draining"), 202)
 
+    async def resume(request: web.Request) -> web.Response:
+        pool_id = request.match_info["pool_id"]
+        svc.resume(pool_id)
+        return json_response(api.Accepted(pool_id=pool_id, status="resumed"), 202)
+
     async def reload(request: web.Request) -> web.Response:
         pool_id = request.match_info["pool_id"]
         svc.pool(pool_id)
         body = await parse(request, api.ReloadRequest)
-        svc.reload(pool_id, body.model)
+        svc.reload(pool_id, body.model, resume=body.resume)
         return json_response(api.Accepted(pool_id=pool_id, status="reloading"), 202)
+
+    async def create_key(request: web.Request) -> web.Response:
+        spec = await parse(request, api.KeyCreate)
+        info, key = _key_file(lambda: keys.create(spec))
+        return json_response(api.KeyCreated(**info.model_dump(), key=key), 201)
+
+    async def list_keys(request: web.Request) -> web.Response:
+        _key_file(keys.writable)
+        return json_response(api.KeyList(keys=keys.listing()))
+
+    async def revoke_key(request: web.Request) -> web.Response:
+        key_id = request.match_info["key_id"]
+        if not _key_file(lambda: keys.revoke(key_id)):
+            raise Refusal(ErrorCode.NOT_FOUND, f"no key {key_id!r}", field="key_id")
+        return web.Response(status=204)
 
     async def capabilities(request: web.Request) -> web.Response:
         return json_response(svc.capabilities())
@@ -59,7 +92,11 @@ def routes(svc: Orchestrator, openapi: dict[str, Any]) -> list[web.RouteDef]:
         web.get("/v1/pools/{pool_id}", get_pool),
         web.get("/v1/pools/{pool_id}/health", pool_health),
         web.post("/v1/pools/{pool_id}/drain", drain),
+        web.post("/v1/pools/{pool_id}/resume", resume),
         web.post("/v1/pools/{pool_id}/reload", reload),
+        web.post("/v1/keys", create_key),
+        web.get("/v1/keys", list_keys),
+        web.delete("/v1/keys/{key_id}", revoke_key),
         web.get("/v1/capabilities", capabilities),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),

@@ -12,7 +12,7 @@ from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import Placement
 from orchestratord import api_models as api
 from orchestratord.api.errors import gone
-from orchestratord.api.http import CID, json_response, parse, tenant_of
+from orchestratord.api.http import CID, json_response, parse, principal_of
 from orchestratord.api.sse import NativeEvents, renderer_for
 from orchestratord.api.streaming import stream_task
 from orchestratord.service import Orchestrator, Refusal, StreamGap
@@ -49,7 +49,7 @@ def submission(req: api.TaskRequest, request: web.Request, *, streamed: bool) ->
     """A native task request as admission takes it."""
     s = req.sampling
     return Submission(
-        model=req.model, tenant=tenant_of(request), correlation_id=request[CID],
+        model=req.model, tenant=principal_of(request).tenant, correlation_id=request[CID],
         prompt=req.prompt, max_tokens=req.max_tokens, seed=req.seed,
         temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, stop=tuple(s.stop),
         priority=req.priority, deadline_ms=req.deadline_ms, determinism=req.determinism,
@@ -63,7 +63,9 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
     async def submit(request: web.Request) -> web.StreamResponse:
         req = await parse(request, api.TaskRequest)
         streamed = req.stream or "text/event-stream" in request.headers.get("Accept", "")
-        rec = await svc.submit(submission(req, request, streamed=streamed))
+        rec = await svc.submit(
+            submission(req, request, streamed=streamed), by=principal_of(request)
+        )
         task_id = rec.task.id
         where = {"Location": f"/v1/tasks/{task_id}", "X-Task-Id": task_id}
         if streamed:  # one request: the answer is the stream itself
@@ -77,14 +79,14 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         return response
 
     async def status(request: web.Request) -> web.Response:
-        return json_response(svc.status(request.match_info["task_id"]))
+        return json_response(svc.status(request.match_info["task_id"], principal_of(request)))
 
     async def cancel(request: web.Request) -> web.Response:
-        svc.cancel(request.match_info["task_id"])
+        svc.cancel(request.match_info["task_id"], principal_of(request))
         return web.Response(status=204)
 
     async def stream(request: web.Request) -> web.StreamResponse:
-        rec = svc.task(request.match_info["task_id"])
+        rec = svc.task(request.match_info["task_id"], principal_of(request))
         render = renderer_for(rec, request.headers.get("Accept", ""))
         try:
             return await stream_task(request, svc, rec, render, after=_last_event_id(request, rec))
@@ -92,10 +94,10 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
             return gone(str(gap))
 
     async def get_session(request: web.Request) -> web.Response:
-        return json_response(svc.session(request.match_info["session_id"]))
+        return json_response(svc.session(request.match_info["session_id"], principal_of(request)))
 
     async def delete_session(request: web.Request) -> web.Response:
-        svc.delete_session(request.match_info["session_id"])
+        svc.delete_session(request.match_info["session_id"], principal_of(request))
         return web.Response(status=204)
 
     return [

@@ -39,6 +39,10 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.OVERLOADED: 503,
     ErrorCode.EXPIRED: 410,
     ErrorCode.STREAM_GAP: 410,
+    ErrorCode.POOL_DRAINING: 503,
+    ErrorCode.QUOTA_EXCEEDED: 429,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
 }
 
 #: aiohttp's own refusals (routing, body size, method) in the taxonomy.
@@ -63,11 +67,15 @@ def _retry_after(ms: int | None) -> str:
     return str(max(1, ceil((ms or 1000) / 1000)))
 
 
-def headers_for(status: int, retry_after_ms: int | None = None) -> dict[str, str]:
+def headers_for(
+    status: int, retry_after_ms: int | None = None, *, retriable: bool = True
+) -> dict[str, str]:
+    """A 429 says when to retry (`Retry-After`, and `X-Backoff-Ms` in ms); so does a
+    retriable 503 — a drained pool's does not, as waiting will not lift it."""
     if status == 429:
         ms = retry_after_ms or 1000
         return {"Retry-After": _retry_after(ms), "X-Backoff-Ms": str(ms)}
-    if status == 503:
+    if status == 503 and retriable:
         return {"Retry-After": _retry_after(retry_after_ms)}
     if status == 401:
         return {"WWW-Authenticate": "Bearer"}
@@ -78,7 +86,7 @@ def headers_for(status: int, retry_after_ms: int | None = None) -> dict[str, str
 _OPENAI_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
     404: "not_found_error", 409: "invalid_request_error", 410: "invalid_request_error",
-    413: "invalid_request_error", 429: "rate_limit_error",
+    413: "invalid_request_error", 415: "invalid_request_error", 429: "rate_limit_error",
 }  # fmt: skip
 
 
@@ -108,7 +116,7 @@ def error_response(
     return web.Response(
         body=body,
         status=status,
-        headers=headers_for(status, retry_after_ms),
+        headers=headers_for(status, retry_after_ms, retriable=envelope.retriable),
         content_type="application/json",
     )
 

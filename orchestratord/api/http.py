@@ -11,6 +11,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from orchestrator_core.errors import ErrorCode
+from orchestratord.api_models import TOKEN_PATTERN
+from orchestratord.principals import Principal
 from orchestratord.service import Refusal
 
 CORRELATION = "X-Correlation-Id"
@@ -21,11 +23,12 @@ M = TypeVar("M", bound=BaseModel)
 
 #: An aiohttp request handler, as middlewares see it.
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+#: Who is asking (set by `api.access` on every `/v1/` route).
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 
 TENANT = "X-Tenant-Id"
-#: What an identifier a client chooses may be: it is logged, echoed and labels work.
-TOKEN_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]*"
 _TOKEN = re.compile(TOKEN_PATTERN)
 MAX_CORRELATION_CHARS = 128
 MAX_TENANT_CHARS = 64
@@ -46,9 +49,9 @@ def checked_header(request: web.Request, name: str, limit: int) -> str | None:
     return value
 
 
-def tenant_of(request: web.Request) -> str:
-    """Who a task is accounted to for fairness (`X-Tenant-Id`)."""
-    return checked_header(request, TENANT, MAX_TENANT_CHARS) or "default"
+def principal_of(request: web.Request) -> Principal:
+    """Who is asking; tasks are accounted to its tenant."""
+    return request[PRINCIPAL]
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:

@@ -17,7 +17,7 @@ from aiohttp import web
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import Priority
 from orchestratord.api.errors import STATUS, error_response
-from orchestratord.api.http import CID, json_response, parse, tenant_of
+from orchestratord.api.http import CID, json_response, parse, principal_of
 from orchestratord.api.sse import OpenAIChunks
 from orchestratord.api.streaming import stream_task
 from orchestratord.api_models import EndEvent, ErrorEnvelope
@@ -45,9 +45,15 @@ def _priority(request: web.Request, field: Priority | None) -> Priority:
 
 def _submission(request: web.Request, req: ChatCompletionRequest | CompletionRequest) -> Submission:
     return submission(
-        req, tenant=tenant_of(request), correlation_id=request[CID],
+        req, tenant=principal_of(request).tenant, correlation_id=request[CID],
         priority=_priority(request, req.priority), cancel_when_abandoned=True,
     )  # fmt: skip
+
+
+async def _submit(
+    svc: Orchestrator, request: web.Request, req: ChatCompletionRequest | CompletionRequest
+) -> TaskRecord:
+    return await svc.submit(_submission(request, req), by=principal_of(request))
 
 
 async def _collect(
@@ -92,11 +98,11 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
 
     async def chat_completions(request: web.Request) -> web.StreamResponse:
         req = await parse(request, ChatCompletionRequest)
-        return await answer(request, await svc.submit(_submission(request, req)), req)
+        return await answer(request, await _submit(svc, request, req), req)
 
     async def completions(request: web.Request) -> web.StreamResponse:
         req = await parse(request, CompletionRequest)
-        return await answer(request, await svc.submit(_submission(request, req)), req)
+        return await answer(request, await _submit(svc, request, req), req)
 
     async def models(request: web.Request) -> web.Response:
         return json_response(svc.models())

@@ -19,8 +19,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from orchestratord import api_models as api
-from orchestratord.api.http import MAX_CORRELATION_CHARS, TOKEN_PATTERN
+from orchestratord.api.http import MAX_CORRELATION_CHARS
 from orchestratord.api.operations import OPERATIONS, Operation
+from orchestratord.api_models import TOKEN_PATTERN
 from orchestratord.config import Config
 
 PLANES = {"data": "data plane", "control": "control plane", "openai": "OpenAI-compatible door"}
@@ -94,7 +95,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     string = {"type": "string"}
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": string}
-        for name in ("task_id", "session_id", "pool_id", "file_id", "batch_id")
+        for name in ("task_id", "session_id", "pool_id", "file_id", "batch_id", "key_id")
         if f"{{{name}}}" in op.path
     ]
     params.append({
@@ -150,8 +151,18 @@ def _operation(op: Operation) -> dict[str, Any]:
             }
         responses[str(status)] = entry
     error = {"application/json": {"schema": _ref(op.error)}}
-    # every operation: a malformed X-Correlation-Id (400); past the connection limit (503)
-    for status in sorted({400, 503, *op.errors}):
+    # every operation: a malformed X-Correlation-Id (400); past the connection limit (503);
+    # a Host that is not loopback's on a loopback daemon (403). With keys: no key (401), a
+    # key without the role (403). State changes: a body that is not JSON (415).
+    always = {400, 403, 503}
+    if op.access:
+        always.add(401)
+        doc["security"] = [{"bearer": []}]
+    else:
+        doc["security"] = []
+    if op.method != "get":
+        always.add(415)
+    for status in sorted(always | set(op.errors)):
         headers = dict(_CORRELATION)
         if status == 429:
             headers.update(_BACKPRESSURE_HEADERS)

@@ -12,10 +12,13 @@ import asyncio
 
 from aiohttp import web
 
+from orchestratord.principals import Principal, Role
 from orchestratord.service import Orchestrator
 from orchestratord.service.admission import Submission
 from orchestratord.service.streams import END, STARTED, TOKEN
 
+#: Provider states are set up as an operator would (they see and end every tenant's work).
+OPERATOR = Principal("pact", frozenset({Role.OPERATOR}))
 #: Fixed ids the consumer pacts refer to.
 RUNNING_TASK = "00000000-0000-4000-8000-000000000001"
 FINISHED_TASK = "00000000-0000-4000-8000-000000000002"
@@ -39,7 +42,7 @@ async def _teardown(svc: Orchestrator) -> None:
     """Cancel everything and wait until every slot is free again."""
     for pool in svc.pools.values():
         for task_id in [*pool.running, *(task.id for task in pool.queue)]:
-            svc.cancel(task_id)
+            svc.cancel(task_id, OPERATOR)
     await asyncio.gather(*(pool.wait_idle() for pool in svc.pools.values()))
 
 

@@ -23,6 +23,7 @@ from orchestratord.client.cli_common import (
     fail,
     run_async,
 )
+from orchestratord.client.keys_cli import keys
 
 
 @click.group(epilog=EXIT_CODES_HELP)
@@ -39,12 +40,20 @@ from orchestratord.client.cli_common import (
     default=None,
     help="Bearer key, when the daemon requires one (env ORCH_API_KEY).",
 )
+@click.option(
+    "--api-key-file",
+    envvar="ORCH_API_KEY_FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the key from this file instead (env ORCH_API_KEY_FILE): keeps it out of "
+    "the shell history and the process list.",
+)
 @click.pass_context
-def main(ctx: click.Context, url: str, api_key: str | None) -> None:
+def main(ctx: click.Context, url: str, api_key: str | None, api_key_file: Path | None) -> None:
     """orchctl: talk to an orchestratord daemon."""
     ctx.ensure_object(dict)
     ctx.obj["url"] = url
-    ctx.obj["api_key"] = api_key
+    ctx.obj["api_key"] = api_key_file.read_text().strip() if api_key_file else api_key
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -171,13 +180,26 @@ async def drain(ctx: click.Context, pool_id: str, deadline_ms: int) -> None:
 
 @main.command()
 @click.argument("pool_id")
-@click.argument("model")
 @click.pass_context
 @run_async
-async def reload(ctx: click.Context, pool_id: str, model: str) -> None:
-    """Swap POOL to MODEL atomically (rolled back if the new replicas fail)."""
+async def resume(ctx: click.Context, pool_id: str) -> None:
+    """Undo a drain: POOL admits and serves again (kubectl's uncordon)."""
     async with client_of(ctx) as client:
-        await client.reload(pool_id, model)
+        await client.resume(pool_id)
+    click.echo(f"resumed {pool_id}")
+
+
+@main.command()
+@click.argument("pool_id")
+@click.argument("model")
+@click.option("--resume", "and_resume", is_flag=True, help="Also resume a drained pool.")
+@click.pass_context
+@run_async
+async def reload(ctx: click.Context, pool_id: str, model: str, and_resume: bool) -> None:
+    """Swap POOL to MODEL — a model name the daemon's config gives the pool — atomically
+    (rolled back if the new replicas fail). A drained pool stays drained unless --resume."""
+    async with client_of(ctx) as client:
+        await client.reload(pool_id, model, resume=and_resume)
     click.echo(f"reloading {pool_id} to {model}; see `orchctl pools` for progress")
 
 
@@ -242,3 +264,4 @@ async def determinism(
 
 main.add_command(batch)
 main.add_command(batches)
+main.add_command(keys)

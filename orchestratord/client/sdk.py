@@ -146,9 +146,28 @@ class OrchClient:
         )
         return api.Accepted.model_validate_json(response.content)
 
-    async def reload(self, pool_id: str, model: str) -> api.Accepted:
-        response = await self._request("POST", f"/v1/pools/{pool_id}/reload", json={"model": model})
+    async def resume(self, pool_id: str) -> api.Accepted:
+        response = await self._request("POST", f"/v1/pools/{pool_id}/resume")
         return api.Accepted.model_validate_json(response.content)
+
+    async def reload(self, pool_id: str, model: str, *, resume: bool = False) -> api.Accepted:
+        body = {"model": model, "resume": resume}
+        response = await self._request("POST", f"/v1/pools/{pool_id}/reload", json=body)
+        return api.Accepted.model_validate_json(response.content)
+
+    # -- API keys (admin) ----------------------------------------------------------------
+
+    async def create_key(self, spec: api.KeyCreate) -> api.KeyCreated:
+        body = spec.model_dump(mode="json", exclude_none=True)
+        response = await self._request("POST", "/v1/keys", json=body)
+        return api.KeyCreated.model_validate_json(response.content)
+
+    async def keys(self) -> list[api.KeyInfo]:
+        response = await self._request("GET", "/v1/keys")
+        return api.KeyList.model_validate_json(response.content).keys
+
+    async def revoke_key(self, key_id: str) -> None:
+        await self._request("DELETE", f"/v1/keys/{key_id}")
 
     async def capabilities(self) -> api.CapabilitiesResponse:
         response = await self._request("GET", "/v1/capabilities")

@@ -22,9 +22,10 @@ from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import AUTO, Determinism, Placement, PlacementMode, Priority, Task
 from orchestratord.chat_template import ChatTemplateError
 from orchestratord.service.dispatcher import PoolDispatcher
+from orchestratord.service.quotas import QuotaAccount
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.streams import TaskStream
-from orchestratord.service.tasks import Door, TaskBook, TaskRecord
+from orchestratord.service.tasks import Door, TaskBook, TaskRecord, session_key
 from orchestratord.telemetry import Metrics
 from worker_adapters.base import ChatMessage, GenerateRequest, chat_dicts
 
@@ -63,6 +64,8 @@ class Submission:
     cancel_when_abandoned: bool = False
     #: A Batch API item: (batch id, input line).
     batch: tuple[str, int] | None = None
+    #: The submitting key's quotas, if it has any.
+    quota: QuotaAccount | None = None
 
 
 class Admission:
@@ -144,12 +147,16 @@ class Admission:
                 pool_id=pool.id, retry_after_ms=pool.estimator.backoff_ms(total),
                 policy_label="memory-budget",
             )  # fmt: skip
+        worst_tokens = prompt_tokens + max_tokens
+        if sub.quota is not None:
+            sub.quota.check(worst_tokens)
         seed = sub.seed
         if seed is None and strict:
             seed = random.getrandbits(31)  # reported in `started`, so the run can be replayed
+        session = session_key(sub.tenant, sub.session_id) if sub.session_id else None
         task = Task(
             id=task_id, pool_id=pool.id, priority=sub.priority, tenant=sub.tenant,
-            session_id=sub.session_id, deadline_ms=deadline, determinism=determinism,
+            session_id=session, deadline_ms=deadline, determinism=determinism,
             prompt_tokens=prompt_tokens, max_tokens=max_tokens, placement=placement,
         )  # fmt: skip
         request = GenerateRequest(
@@ -165,6 +172,8 @@ class Admission:
             footprint=footprint,
         )  # fmt: skip
         pool.admit(rec)
+        if sub.quota is not None:  # checked above, with no await between: no overspend
+            sub.quota.charge(rec, worst_tokens)
         return rec
 
     def _render(self, pool: PoolDispatcher, sub: Submission) -> tuple[str, tuple[ChatMessage, ...]]:

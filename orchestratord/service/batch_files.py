@@ -1,6 +1,7 @@
 """Batch API files (`/v1/files`): input files checked line by line as they arrive, and the
 output and error files batches write. Contents live in the store's `files_dir`, one file
-each; their documents live in the store.
+each; their documents live in the store, with the tenant that owns each (only it, and
+operators, see the file).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import orjson
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.batch_models import FileDeleted, FileList, FileObject
+from orchestratord.principals import Principal
 from orchestratord.service.batch_input import InputCheck
 from orchestratord.service.refusal import Refusal
 from orchestratord.store import TaskStore
@@ -31,9 +33,13 @@ class FileShelf:
         self._serves = serves
         self._max_bytes = max_bytes
         self._files: dict[str, FileObject] = {}
+        self._owners: dict[str, str] = {}
 
     def load(self, docs: dict[str, str]) -> None:
-        self._files = {fid: FileObject.model_validate_json(doc) for fid, doc in docs.items()}
+        for file_id, stored in docs.items():
+            data = orjson.loads(stored)
+            self._owners[file_id] = data.pop("tenant", "default")  # older stores: default
+            self._files[file_id] = FileObject.model_validate(data)
 
     @property
     def _dir(self) -> Path:
@@ -47,16 +53,20 @@ class FileShelf:
     def path(self, file_id: str) -> Path:
         return self._dir / f"{file_id}.jsonl"
 
-    def get(self, file_id: str) -> FileObject:
+    def get(self, file_id: str, viewer: Principal) -> FileObject:
+        """The file, if `viewer` may see it (another tenant's is a 404, like none)."""
         found = self._files.get(file_id)
-        if found is None:
+        if found is None or not viewer.owns(self._owners[file_id]):
             raise Refusal(ErrorCode.NOT_FOUND, f"no file {file_id!r}", field="file_id")
         return found
 
-    def listing(self) -> FileList:
-        return FileList(data=sorted(self._files.values(), key=lambda f: -f.created_at))
+    def listing(self, viewer: Principal) -> FileList:
+        mine = (f for f in self._files.values() if viewer.owns(self._owners[f.id]))
+        return FileList(data=sorted(mine, key=lambda f: -f.created_at))
 
-    async def upload(self, filename: str, chunks: AsyncIterator[bytes]) -> FileObject:
+    async def upload(
+        self, filename: str, chunks: AsyncIterator[bytes], owner: Principal
+    ) -> FileObject:
         """Keep a batch input file if every line is a request this daemon can run; else
         keep nothing and refuse, naming the bad lines."""
         file_id = new_id("file")
@@ -90,7 +100,7 @@ class FileShelf:
             id=file_id, bytes=size, created_at=int(time.time()), filename=filename,
             purpose="batch", lines=lines_total, endpoint=endpoint,
         )  # fmt: skip
-        await self._put(doc)
+        await self._put(doc, owner.tenant)
         return doc
 
     async def append(self, file_id: str, lines: list[bytes]) -> None:
@@ -102,28 +112,28 @@ class FileShelf:
         self._dir.mkdir(parents=True, exist_ok=True)
         self.path(file_id).write_bytes(b"")
 
-    async def keep_output(self, file_id: str, filename: str) -> FileObject:
-        """Publish an output file written by `write_output`."""
+    async def keep_output(self, file_id: str, filename: str, tenant: str) -> FileObject:
+        """Publish an output file written by `write_output`, owned by `tenant`."""
         size = self.path(file_id).stat().st_size
         doc = FileObject(
             id=file_id, bytes=size, created_at=int(time.time()), filename=filename,
             purpose="batch_output",
         )  # fmt: skip
-        await self._put(doc)
+        await self._put(doc, tenant)
         return doc
 
-    async def _put(self, doc: FileObject) -> None:
-        durable = self._store.put_file(
-            doc.id, doc.created_at, orjson.dumps(doc.model_dump()).decode()
-        )
+    async def _put(self, doc: FileObject, tenant: str) -> None:
+        stored = orjson.dumps({**doc.model_dump(), "tenant": tenant}).decode()
+        durable = self._store.put_file(doc.id, doc.created_at, stored)
         if durable is not None:
             await durable
         self._files[doc.id] = doc
+        self._owners[doc.id] = tenant
 
-    def delete(self, file_id: str) -> FileDeleted:
-        self.get(file_id)
+    def delete(self, file_id: str, viewer: Principal) -> FileDeleted:
+        self.get(file_id, viewer)
         self._store.delete_file(file_id)
-        del self._files[file_id]
+        del self._files[file_id], self._owners[file_id]
         self.path(file_id).unlink(missing_ok=True)
         return FileDeleted(id=file_id, deleted=True)
 

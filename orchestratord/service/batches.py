@@ -36,6 +36,7 @@ from orchestratord.batch_models import (
     RequestCounts,
 )
 from orchestratord.config import BatchConfig
+from orchestratord.principals import Principal
 from orchestratord.service import journal
 from orchestratord.service.admission import Admission
 from orchestratord.service.batch_files import FileShelf, new_id
@@ -145,8 +146,10 @@ class Batches:
 
     # -- operations ----------------------------------------------------------------
 
-    async def create(self, req: BatchCreate, tenant: str) -> Batch:
-        file = self.files.get(req.input_file_id)
+    async def create(self, req: BatchCreate, owner: Principal) -> Batch:
+        """Run an input file of the owner's tenant as that tenant's `batch`-priority tasks."""
+        tenant = owner.tenant
+        file = self.files.get(req.input_file_id, owner)
         if file.purpose != "batch":
             raise Refusal(ErrorCode.INVALID_PARAMS, "not a batch input file", field="input_file_id")
         if file.endpoint != req.endpoint:
@@ -171,11 +174,14 @@ class Batches:
         self._advance(run)
         return doc
 
-    def get(self, batch_id: str) -> Batch:
-        return self._run(batch_id).doc
+    def get(self, batch_id: str, viewer: Principal) -> Batch:
+        return self._run(batch_id, viewer).doc
 
-    def listing(self, after: str | None, limit: int) -> BatchList:
-        ordered = sorted(self._runs.values(), key=lambda r: (-r.doc.created_at, r.doc.id))
+    def listing(self, after: str | None, limit: int, viewer: Principal) -> BatchList:
+        ordered = sorted(
+            (r for r in self._runs.values() if viewer.owns(r.tenant)),
+            key=lambda r: (-r.doc.created_at, r.doc.id),
+        )
         if after is not None:
             ids = [r.doc.id for r in ordered]
             if after not in ids:
@@ -187,8 +193,8 @@ class Batches:
             last_id=page[-1].id if page else None, has_more=len(ordered) > limit,
         )  # fmt: skip
 
-    async def cancel(self, batch_id: str) -> Batch:
-        run = self._run(batch_id)
+    async def cancel(self, batch_id: str, viewer: Principal) -> Batch:
+        run = self._run(batch_id, viewer)
         if run.doc.status in ("validating", "in_progress"):
             durable = self._set(run, "cancelling")
             if durable is not None:
@@ -197,9 +203,10 @@ class Batches:
             self._advance(run)
         return run.doc
 
-    def _run(self, batch_id: str) -> _Run:
+    def _run(self, batch_id: str, viewer: Principal) -> _Run:
+        """The batch, if `viewer` may see it (another tenant's is a 404, like none)."""
         run = self._runs.get(batch_id)
-        if run is None:
+        if run is None or not viewer.owns(run.tenant):
             raise Refusal(ErrorCode.NOT_FOUND, f"no batch {batch_id!r}", field="batch_id")
         return run
 
@@ -334,7 +341,7 @@ class Batches:
         for file_id, count in written.items():
             if count:
                 kind = "output" if file_id == out_id else "errors"
-                await self.files.keep_output(file_id, f"{doc.id}_{kind}.jsonl")
+                await self.files.keep_output(file_id, f"{doc.id}_{kind}.jsonl", run.tenant)
         doc.output_file_id = out_id if written[out_id] else None
         doc.error_file_id = err_id if written[err_id] else None
         durable = self._set(run, final)

@@ -64,7 +64,7 @@ class PoolDispatcher:
         )
         self.estimator = ServiceEstimator()
         spec = PoolSpec(
-            id=config.id, engine=config.engine, model=_model_ref(config),
+            id=config.id, engine=config.engine, model=config.model_refs()[config.model],
             replicas=config.replica_count, slots=config.slots_per_replica,
             deterministic=config.strict, start_timeout_s=config.start_timeout_s,
             max_restarts=config.max_restarts, backoff_base_s=config.restart_backoff_s,
@@ -326,17 +326,34 @@ class PoolDispatcher:
             deadline_ms / 1000.0, self.abort, f"pool {self.id!r} was drained"
         )
 
-    def start_reload(self, model: str) -> None:
-        """Swap to `model` in the background (`reload_task`)."""
-        self.reload_task = asyncio.create_task(self.reload(model))
+    def resume(self) -> None:
+        """Undo a drain: its deadline is called off and the replicas take leases again."""
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self.draining:
+            log.info("resuming pool", pool_id=self.id)
+            self.manager.resume()
+        self.pump()
 
-    async def reload(self, model: str) -> None:
+    @property
+    def reloading(self) -> bool:
+        return self.reload_task is not None and not self.reload_task.done()
+
+    def start_reload(self, model: str, *, resume: bool = False) -> None:
+        """Swap to `model` (what the engine loads) in the background (`reload_task`); a
+        drained pool stays drained unless `resume`."""
+        self.reload_task = asyncio.create_task(self.reload(model, resume=resume))
+
+    async def reload(self, model: str, *, resume: bool = False) -> None:
         """Swap to `model` atomically; on failure the old replicas keep serving and
         `last_error` says why."""
         try:
             await self.manager.reload(model)
         except ReloadFailed:
             return
+        if resume:
+            self.resume()
         self.pump()
 
     async def stop(self) -> None:
@@ -349,9 +366,3 @@ class PoolDispatcher:
         await self.manager.stop()
         runners = [rec.runner for rec in self.running.values() if rec.runner is not None]
         await asyncio.gather(*runners, return_exceptions=True)
-
-
-def _model_ref(config: PoolConfig) -> str:
-    """What the engine loads: the model file for managed replicas, else the model ref."""
-    managed = config.replicas.managed
-    return managed.model_path if managed is not None and managed.model_path else config.model

@@ -7,9 +7,11 @@ never chooses an HTTP status or header.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import structlog
 
@@ -18,15 +20,17 @@ from orchestrator_core.sessions import SessionTable
 from orchestratord import api_models as api
 from orchestratord import openai_models as oai
 from orchestratord.config import Config, PoolConfig
-from orchestratord.engines import launcher_for
+from orchestratord.engines import ENGINES, launcher_for
+from orchestratord.principals import Principal
 from orchestratord.service import views
 from orchestratord.service.admission import Admission, Submission
 from orchestratord.service.batches import Batches
 from orchestratord.service.dispatcher import PoolDispatcher
+from orchestratord.service.quotas import Quotas
 from orchestratord.service.recovery import recover
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.runner import RunLimits
-from orchestratord.service.tasks import TaskBook, TaskRecord
+from orchestratord.service.tasks import TaskBook, TaskRecord, session_key
 from orchestratord.store import StoreError, TaskStore, open_store
 from orchestratord.telemetry import Metrics
 from pool_managerd.launchers import Launcher
@@ -80,6 +84,7 @@ class Orchestrator:
             self.pools, self.book, self.metrics, now_ms,
             stream_buffer_events=server.stream_buffer_events,
         )  # fmt: skip
+        self.quotas = Quotas(now_ms)
         self.batches = Batches(
             self.store, self.admission, self.pools, self.book, self.metrics, config.batch
         )
@@ -132,11 +137,13 @@ class Orchestrator:
 
     # -- tasks ---------------------------------------------------------------------
 
-    async def submit(self, submission: Submission) -> TaskRecord:
+    async def submit(self, submission: Submission, by: Principal | None = None) -> TaskRecord:
         """Admit a task (queued, maybe already running) and return once it is durable; or
-        raise Refusal."""
+        raise Refusal. `by`: the key that asks, held to its quotas."""
         if not self.accepting:
             raise Refusal(ErrorCode.POOL_UNAVAILABLE, "the daemon is shutting down")
+        if by is not None and (quota := self.quotas.account(by.key_id, by.limits)):
+            submission = dataclasses.replace(submission, quota=quota)
         rec = self.admission.admit(submission)
         if rec.durable is not None:
             try:
@@ -146,20 +153,24 @@ class Orchestrator:
                 raise Refusal(ErrorCode.STORE_UNAVAILABLE, str(e)) from None
         return rec
 
-    def task(self, task_id: str) -> TaskRecord:
+    def task(self, task_id: str, viewer: Principal) -> TaskRecord:
+        """The task, if `viewer` may see it; another tenant's answers as a task that never
+        existed (404), so ids cannot be probed."""
         rec = self.book.get(task_id)
+        if rec is not None and viewer.owns(rec.task.tenant):
+            return rec
         if rec is None:
-            if self.book.expired(task_id):
+            tenant = self.book.expired(task_id)
+            if tenant is not None and viewer.owns(tenant):
                 raise Refusal(
                     ErrorCode.EXPIRED,
                     f"task {task_id!r} ended and its record is no longer kept (retention "
                     "or the memory budget); its outcome was reported on its stream",
                 )
-            raise Refusal(ErrorCode.NOT_FOUND, f"no task {task_id!r}")
-        return rec
+        raise Refusal(ErrorCode.NOT_FOUND, f"no task {task_id!r}")
 
-    def status(self, task_id: str) -> api.TaskStatus:
-        rec = self.task(task_id)
+    def status(self, task_id: str, viewer: Principal) -> api.TaskStatus:
+        rec = self.task(task_id, viewer)
         return views.task_status(rec, self.queue_position(rec))
 
     def queue_position(self, rec: TaskRecord) -> int | None:
@@ -189,9 +200,9 @@ class Orchestrator:
             log.info("client went away; canceling", task_id=rec.task.id)
             self.pools[rec.task.pool_id].cancel(rec)
 
-    def cancel(self, task_id: str) -> None:
+    def cancel(self, task_id: str, viewer: Principal) -> None:
         """Cancel a task; idempotent. No token event follows once this returns."""
-        rec = self.task(task_id)
+        rec = self.task(task_id, viewer)
         self.pools[rec.task.pool_id].cancel(rec)
 
     def forget(self, task_id: str) -> None:
@@ -200,16 +211,17 @@ class Orchestrator:
 
     # -- sessions ------------------------------------------------------------------
 
-    def session(self, session_id: str) -> api.SessionInfo:
+    def session(self, session_id: str, viewer: Principal) -> api.SessionInfo:
+        """A session of the viewer's tenant (sessions are named within a tenant)."""
         now = self.now_ms()
-        info = self.sessions.get(session_id, now)
+        info = self.sessions.get(session_key(viewer.tenant, session_id), now)
         if info is None:
             raise Refusal(ErrorCode.NOT_FOUND, f"no session {session_id!r}")
         ttl = max(0, round(self.sessions.ttl_ms - (now - info.last_used_ms)))
         return views.session_info(session_id, info, ttl, self.sessions.kv_warmth(info, now))
 
-    def delete_session(self, session_id: str) -> None:
-        self.sessions.delete(session_id)
+    def delete_session(self, session_id: str, viewer: Principal) -> None:
+        self.sessions.delete(session_key(viewer.tenant, session_id))
 
     # -- pools ---------------------------------------------------------------------
 
@@ -237,6 +249,43 @@ class Orchestrator:
     def drain(self, pool_id: str, deadline_ms: int) -> None:
         self.pool(pool_id).drain(deadline_ms)
 
-    def reload(self, pool_id: str, model: str) -> None:
-        """Start swapping the pool's model; `pool(id).reload_task` follows it."""
-        self.pool(pool_id).start_reload(model)
+    def resume(self, pool_id: str) -> None:
+        """Undo a drain (idempotent)."""
+        self.pool(pool_id).resume()
+
+    def reload(self, pool_id: str, model: str, *, resume: bool = False) -> None:
+        """Start swapping the pool's model to `model` — a name its config knows, or for
+        managed llama.cpp a GGUF path under `server.model_dirs`; `pool(id).reload_task`
+        follows it. A drained pool stays drained unless `resume`."""
+        pool = self.pool(pool_id)
+        if pool.reloading:
+            raise Refusal(
+                ErrorCode.CONFLICT,
+                f"pool {pool_id!r} is already reloading; ask again once it has settled "
+                f"(GET /v1/pools/{pool_id})",
+                pool_id=pool_id,
+            )
+        target = reload_target(pool.config, model, self.config.server.model_dirs)
+        pool.start_reload(target, resume=resume)
+
+
+def reload_target(pool: PoolConfig, model: str, model_dirs: list[str]) -> str:
+    """What the engine loads when `pool` reloads to `model`: a name its config knows, or for
+    managed llama.cpp an absolute GGUF path under one of `model_dirs` (symlinks resolved).
+    Anything else is refused with one message that says nothing about the filesystem."""
+    refs = pool.model_refs()
+    if model in refs:
+        return refs[model]
+    takes_paths = pool.replicas.managed is not None and ENGINES[pool.engine].needs_model_path
+    path = Path(model)
+    if takes_paths and path.is_absolute():
+        resolved = path.resolve()
+        for root in model_dirs:
+            if resolved.is_relative_to(Path(root).expanduser().resolve()):
+                return str(resolved)
+    where = " or a GGUF path under server.model_dirs" if takes_paths else ""
+    raise Refusal(
+        ErrorCode.INVALID_PARAMS,
+        f"pool {pool.id!r} may reload to one of {sorted(refs)}{where}",
+        field="model", pool_id=pool.id,
+    )  # fmt: skip

@@ -129,6 +129,17 @@ class TaskRecord:
         return self.ended_at is not None
 
 
+def session_key(tenant: str, session_id: str) -> str:
+    """Sessions are named within a tenant: two tenants' `s1` are two sessions. (A tenant
+    cannot contain `|`, so the key is unambiguous.)"""
+    return f"{tenant}|{session_id}"
+
+
+def session_name(key: str | None) -> str | None:
+    """The client's name of a session `session_key` made."""
+    return None if key is None else key.partition("|")[2]
+
+
 def request_bytes(request: GenerateRequest) -> int:
     """The text an engine request carries, in UTF-8 bytes."""
     return len(request.prompt.encode()) + sum(len(m.content.encode()) for m in request.messages)
@@ -175,7 +186,8 @@ class TaskBook:
         #: Bytes charged to live tasks, and to retained finished ones.
         self.live_bytes = 0
         self.retained_bytes = 0
-        self._expired: OrderedDict[str, None] = OrderedDict()
+        #: Forgotten task ids -> their tenant (only its tenant may learn they existed).
+        self._expired: OrderedDict[str, str] = OrderedDict()
         #: Told when a Batch API item ends (the batch feeds its next line).
         self.on_batch_item: Callable[[TaskRecord], None] | None = None
         #: The daemon is shutting down.
@@ -187,9 +199,9 @@ class TaskBook:
     def get(self, task_id: str) -> TaskRecord | None:
         return self._tasks.get(task_id)
 
-    def expired(self, task_id: str) -> bool:
-        """Whether `task_id` was a task whose record has been forgotten."""
-        return task_id in self._expired
+    def expired(self, task_id: str) -> str | None:
+        """The tenant of `task_id` if it was a task whose record has been forgotten."""
+        return self._expired.get(task_id)
 
     # -- the memory budget -------------------------------------------------------------
 
@@ -319,7 +331,8 @@ class TaskBook:
             "task ended", task_id=task.id, state=state.value, pool_id=task.pool_id,
             replica_id=rec.replica_id, engine=rec.engine, tokens_out=rec.tokens_out,
             finish_reason=rec.finish_reason, error=rec.error.code if rec.error else None,
-            session_id=task.session_id, correlation_id=rec.correlation_id,
+            tenant=task.tenant, session_id=session_name(task.session_id),
+            correlation_id=rec.correlation_id,
         )  # fmt: skip
         self.live_bytes -= rec.footprint
         if rec.batch is None:
@@ -364,7 +377,7 @@ class TaskBook:
             rec = self._tasks.pop(task_id, None)
             if rec is not None:
                 self.retained_bytes -= rec.footprint
-            self._expired[task_id] = None
+            self._expired[task_id] = rec.task.tenant if rec is not None else ""
             if len(self._expired) > EXPIRED_IDS_REMEMBERED:
                 self._expired.popitem(last=False)
             self._store.forgotten([task_id])

@@ -49,7 +49,8 @@ def test_context_overflow_names_the_limit():
 def test_draining_or_unservable_pool_is_unavailable():
     """OC-CORE-1042"""
     got = run_check(AdmissionRequest("tiny-llama", 1, 1), PoolView("p", "m", None, draining=True))
-    assert got.code is ErrorCode.POOL_UNAVAILABLE
+    # a drain is an operator's act: not retriable, and the message says how it ends
+    assert got.code is ErrorCode.POOL_DRAINING and "resume" in got.message
     got = run_check(AdmissionRequest("tiny-llama", 1, 1), PoolView("p", "m", None, replicas=()))
     assert got.code is ErrorCode.POOL_UNAVAILABLE
     strict = AdmissionRequest("tiny-llama", 1, 1, determinism=Determinism.STRICT)

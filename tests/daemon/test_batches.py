@@ -194,18 +194,23 @@ async def test_orchctl_batch_runs_through_the_batch_api(start_daemon, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("content_type", "body"),
+    ("content_type", "body", "status", "code", "param"),
     [
-        ("multipart/form-data", b""),  # no boundary
-        ("multipart/form-data; boundary=b", b"--b\r\n\x15\xa6--b--\r\n"),  # a broken part
-        ("application/json", b"{}"),
+        ("multipart/form-data", b"", 400, "INVALID_PARAMS", "file"),  # no boundary
+        # a broken part
+        ("multipart/form-data; boundary=b", b"--b\r\n\x15\xa6--b--\r\n", 400, "INVALID_PARAMS",
+         "file"),
+        # not an upload at all (OC-AUTH-1304)
+        ("application/json", b"{}", 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type"),
     ],
-)
-async def test_a_malformed_upload_is_a_400_never_a_500(start_daemon, content_type, body):
+)  # fmt: skip
+async def test_a_malformed_upload_is_a_400_never_a_500(
+    start_daemon, content_type, body, status, code, param
+):
     """OC-BATCH-1104 (found by schemathesis)"""
     api = await start_daemon(mock_pool())
     headers = {"Content-Type": content_type}
     async with api.http.post(f"{api.base}/v1/files", data=body, headers=headers) as r:
-        assert r.status == 400
+        assert r.status == status
         error = (await r.json())["error"]
-    assert error["code"] == "INVALID_PARAMS" and error["param"] == "file"
+    assert error["code"] == code and error["param"] == param

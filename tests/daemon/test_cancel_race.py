@@ -11,6 +11,7 @@ import aiohttp
 import yaml
 
 from orchestrator_core.model import TaskState
+from orchestratord.principals import open_principal
 from orchestratord.service.admission import Submission
 from tests.helpers import mock_pool, start_serve, wait_log
 
@@ -32,7 +33,7 @@ async def test_runner_cancelled_before_its_first_step_frees_its_slot(start_daemo
     rec = service.admission.admit(submission)
     assert rec.task.state is TaskState.RUNNING and rec.runner is not None
     assert replica.busy == 1
-    service.cancel(rec.task.id)
+    service.cancel(rec.task.id, open_principal("default"))
     await pool.wait_idle()
     assert replica.busy == 0 and not pool.running
     events = await api.events(rec.task.id)

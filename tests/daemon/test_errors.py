@@ -36,7 +36,8 @@ async def test_invalid_requests_get_400_naming_the_field(start_daemon, body, fie
 async def test_malformed_json_and_oversized_body(start_daemon):
     """OC-CTRL-2012"""
     api = await start_daemon(mock_pool(), max_body_bytes=2048)
-    async with api.http.post(f"{api.base}/v1/tasks", data=b'{"model": ') as r:
+    json_body = {"Content-Type": "application/json"}
+    async with api.http.post(f"{api.base}/v1/tasks", data=b'{"model": ', headers=json_body) as r:
         assert r.status == 400
         err = await r.json()
         assert err["code"] == "INVALID_PARAMS" and "malformed JSON" in err["message"]

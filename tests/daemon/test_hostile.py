@@ -40,7 +40,7 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], by
 
 
 def _get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
 
 # -- the memory budget ------------------------------------------------------------------
@@ -164,7 +164,7 @@ async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon)
     api = await start_daemon(mock_pool(), idle_timeout_s=600, header_timeout_s=0.2)
     port = api.daemon.port
     idle_reader, idle_writer = await _raw(port)  # open, silent: the idle timer's, not this
-    reader, writer = await _raw(port, b"GET /v1/pools HTTP/1.1\r\nHost: x\r\n")
+    reader, writer = await _raw(port, b"GET /v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     async with asyncio.timeout(30):
         assert await reader.read() == b""  # closed, unanswered, long before the idle timeout
     writer.close()
@@ -230,7 +230,7 @@ async def test_a_non_utf8_authorization_header_is_a_401(start_daemon, monkeypatc
     """OC-LOAD-1206: it was a 500 with a traceback."""
     monkeypatch.setenv("ORCH_TEST_KEY", "s3cret")
     api = await start_daemon(mock_pool(), api_key_env="ORCH_TEST_KEY")
-    request = b"GET /v1/pools HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+    request = b"GET /v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
     reader, _ = await _raw(api.daemon.port, request)
     status, _, body = await _answer(reader)
     assert status == 401 and b'"UNAUTHORIZED"' in body

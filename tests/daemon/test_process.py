@@ -135,7 +135,7 @@ async def test_orchctl_submit_and_exit_codes(start_daemon):
 
 async def test_orchctl_status_cancel_drain_reload(start_daemon):
     """OC-CLI-5001"""
-    api = await start_daemon(mock_pool())
+    api = await start_daemon(mock_pool(models={"v2": "mock-v2"}))
     _, task, _ = await api.submit(model="mock-model", prompt="[[stall:0]]")
     await api.wait_state(task["task_id"], "running")
     code, out, _ = await orchctl(api.base, "status", task["task_id"])
@@ -143,7 +143,11 @@ async def test_orchctl_status_cancel_drain_reload(start_daemon):
     assert (await orchctl(api.base, "cancel", task["task_id"]))[0] == 0
     assert (await api.status(task["task_id"]))["state"] == "canceled"
     assert (await orchctl(api.base, "status", "missing"))[0] == 4
-    assert (await orchctl(api.base, "reload", "mock", "mock-v2"))[0] == 0
+    assert (await orchctl(api.base, "reload", "mock", "v2"))[0] == 0
+    code, _, err = await orchctl(api.base, "reload", "mock", "/srv/elsewhere.gguf")
+    assert (
+        code == 4 and "INVALID_PARAMS" in err and "may reload to one of ['mock-model', 'v2']" in err
+    )
     assert (await orchctl(api.base, "drain", "mock", "--deadline-ms", "10"))[0] == 0
     code, out, _ = await orchctl(api.base, "pools", "--json")
     assert code == 0 and json.loads(out)[0]["draining"] is True
