@@ -94,6 +94,11 @@ def api_keys(server: ServerConfig) -> KeyRing:
         if not env_key:
             raise RuntimeError(f"server.api_key_env: ${server.api_key_env} is not set")
     path = Path(server.keys_file).expanduser() if server.keys_file else None
+    if path is not None and not path.exists():  # nobody could ever get in
+        raise KeyFileError(
+            f"server.keys_file: {path} does not exist; make it with "
+            f"`orchestratord keys create --file {path} --tenant ops --role admin`"
+        )
     return KeyRing(path, env_key)
 
 

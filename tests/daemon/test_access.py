@@ -261,6 +261,14 @@ async def test_serving_off_loopback_without_keys_refuses_to_start(tmp_path):
     assert len(lines) == 1 and "server.keys_file" in lines[0] and "--insecure" in lines[0]
 
 
+async def test_a_missing_key_file_is_a_clear_start_up_error(tmp_path):
+    """OC-AUTH-1305"""
+    proc = await _serve("--config", str(_config(tmp_path, keys_file=str(tmp_path / "nope"))))
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert "does not exist" in err.decode() and "orchestratord keys create" in err.decode()
+
+
 async def test_insecure_serves_off_loopback_and_warns(tmp_path):
     """OC-AUTH-1305"""
     proc = await _serve("--config", str(_config(tmp_path, host="0.0.0.0")), "--insecure")
