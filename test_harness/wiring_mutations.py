@@ -26,6 +26,7 @@ class Mutation(NamedTuple):
 
 
 WIRING = "tests/daemon/test_wiring.py"
+ACCESS = "tests/daemon/test_access.py"
 
 MUTATIONS = (
     Mutation(
@@ -37,10 +38,17 @@ MUTATIONS = (
     ),
     Mutation(
         "X-Tenant-Id ignored by the HTTP layer",
-        "orchestratord/api/http.py",
-        'return checked_header(request, TENANT, MAX_TENANT_CHARS) or "default"',
-        'return "default"',
+        "orchestratord/api/access.py",
+        'return open_principal(on_behalf or "default")',
+        'return open_principal("default")',
         f"{WIRING}::test_tenant_weights_and_header_reach_the_dispatch_order",
+    ),
+    Mutation(
+        "X-Tenant-Id honoured from any key (a forged tenant)",
+        "orchestratord/api/access.py",
+        "        if not principal.sees_all:\n",
+        "        if False:\n",
+        f"{ACCESS}::test_tenants_cannot_see_each_others_work_but_operators_can",
     ),
     Mutation(
         "reload retires the old replicas at once",
@@ -69,6 +77,28 @@ MUTATIONS = (
         "warm = req.warm_replica == r.id",
         "warm = False",
         f"{WIRING}::test_session_affinity_beats_the_less_busy_replica",
+    ),
+    Mutation(
+        "queued tasks stop being leased during the SIGTERM grace period",
+        "orchestratord/service/orchestrator.py",
+        "        self.batches.pause()\n",
+        "        self.batches.pause()\n        for p in self.pools.values():\n"
+        "            p.manager.drain()\n",
+        f"{WIRING}::test_sigterm_runs_queued_tasks_in_its_grace_and_ends_the_rest_typed",
+    ),
+    Mutation(
+        "queued tasks left without an ending when the grace period is over",
+        "orchestratord/service/dispatcher.py",
+        "        for task in list(self.queue):\n",
+        "        for task in []:\n",
+        f"{WIRING}::test_sigterm_runs_queued_tasks_in_its_grace_and_ends_the_rest_typed",
+    ),
+    Mutation(
+        "TGI stats that always read 0",
+        "worker_adapters/tgi_http.py",
+        "return EngineStats(None if busy is None else int(busy), None)",
+        "return EngineStats(0, None)",
+        "tests/conformance/test_conformance.py::test_stats_report_the_engines_own_view[tgi]",
     ),
     Mutation(
         "retention 1,000 times shorter",

@@ -205,5 +205,16 @@ async def test_stats_report_the_engines_own_view(engine, adapter):
 
     stats = await adapter.stats()
     assert isinstance(stats, EngineStats)
-    if engine.busy is not None and engine.name != "openai":  # vLLM names only
-        assert stats.busy == await engine.busy()
+    if engine.busy is None or engine.name == "openai":  # vLLM names only
+        return
+    assert stats.busy == await engine.busy()
+    stall = engine.prompts.get("stall")
+    if stall is None:  # (llama.cpp finishes too fast to be seen busy without a stall)
+        return
+    # under load too: a stats reader stuck at 0 passed the idle comparison above
+    held = adapter.stream(GenerateRequest(stall + "held", max_tokens=50))
+    try:
+        await anext(held)
+        assert (await adapter.stats()).busy == await engine.busy() == 1
+    finally:
+        await held.aclose()

@@ -102,3 +102,62 @@ def test_predicted_start_uses_ewma_and_slots():
     assert est.backoff_ms(slots_total=2) == 1000
     est.observe(10_000.0, 10)
     assert est.backoff_ms(slots_total=2) > 1000
+
+
+# -- found by `make mutate` (docs/TESTING.md): each kills survivors that were not equivalent
+
+
+def test_resolve_narrows_to_the_named_pool_and_says_which():
+    """OC-CORE-1040"""
+    a, b = PoolView("a", "m", 10), PoolView("b", "m", 10)
+    assert resolve_pool("m", "b", [a, b]) is b
+    assert resolve_pool("m", "c", [a, b]).message == (
+        "model 'm' is not served in pool 'c'; known models: m"
+    )
+    assert resolve_pool("x", None, [a]).message == "model 'x' is not served; known models: m"
+    # every pool of the model draining: the first, whose check then says it drains
+    drained = [PoolView("a", "m", 10, draining=True), PoolView("b", "m", 10, draining=True)]
+    assert resolve_pool("m", None, drained) is drained[0]
+
+
+def test_refusals_name_what_is_missing():
+    """OC-CORE-1042, OC-CORE-1043"""
+    pin = Placement(PlacementMode.PIN, "ghost")
+    got = run_check(AdmissionRequest("m", 1, 1, placement=pin))
+    assert got.message == "replica 'ghost' is not in pool 'tiny'"
+    leaving = PoolView("p", "m", None, replicas=(ReplicaSnapshot("r1", True, draining=True),
+                                                  ReplicaSnapshot("r2", True)))  # fmt: skip
+    got = run_check(AdmissionRequest("m", 1, 1, placement=Placement(PlacementMode.PIN, "r1")),
+                    leaving)  # fmt: skip
+    assert got.code is ErrorCode.POOL_UNAVAILABLE
+    assert got.message == "pool 'p' has no replica that can serve"
+
+
+def test_deadline_bounds_are_inclusive_of_the_budget():
+    """OC-CORE-1043"""
+    past = run_check(AdmissionRequest("m", 1, 10, deadline_ms=5.0), now=5.0)
+    assert past == Denied(ErrorCode.DEADLINE_UNMET, "deadline_ms is already in the past")
+    assert run_check(AdmissionRequest("m", 1, 10, deadline_ms=6.0), now=5.0) is None
+    est = ServiceEstimator()
+    est.observe(service_ms=100.0, tokens_out=10)  # 10 ms a token: 10 tokens take 100 ms
+    assert run_check(AdmissionRequest("m", 1, 10, deadline_ms=100.0), est=est) is None
+    got = run_check(AdmissionRequest("m", 1, 10, deadline_ms=50.0), est=est)
+    assert (
+        got.message == "expected completion in 100 ms (start in 0 ms) exceeds the deadline in 50 ms"
+    )
+
+
+def test_estimates_at_their_edges():
+    """OC-CORE-1044"""
+    est = ServiceEstimator()
+    est.observe(100.0, 0)  # a task that made no token says nothing of the token time
+    assert est.task_ms == 100.0 and est.token_ms == 0.0
+    one = ServiceEstimator()
+    one.observe(100.0, 1)
+    assert one.token_ms == 100.0
+    # waves of whole tasks: 3 ahead on 2 busy slots start after two task times
+    assert one.predicted_start_ms(ahead=3, slots_total=2, slots_busy=2) == 200
+    assert one.predicted_start_ms(ahead=1, slots_total=1, slots_busy=1) == 200
+    big = ServiceEstimator()
+    big.observe(10_000.0, 10)
+    assert big.backoff_ms(slots_total=4) == 2500 and big.backoff_ms(slots_total=1) == 10_000

@@ -187,3 +187,72 @@ def test_session_table_warmth_and_ttl():
     s.forget_replica("r1")
     assert s.warm_replica("b", 1) is None and s.warm_replica("c", 1) == "r2"
     assert s.delete("c") and not s.delete("c")
+
+
+# -- found by `make mutate` (docs/TESTING.md): each kills survivors that were not equivalent
+
+
+def test_unknown_kv_counts_as_none_and_prefer_and_warm_outrank_it():
+    """OC-CORE-1051"""
+    assert place(PlacementRequest(), [r("a"), r("b", kv_free_fraction=0.1)]) == Placed("b")
+    assert place(PlacementRequest(), [r("a", kv_free_fraction=0.0), r("b")]) == Placed("a")
+
+
+def test_could_ever_serve_weighs_draining_and_the_pin():
+    """OC-CORE-1042"""
+    from orchestrator_core.placement import could_ever_serve
+
+    reps = [r("a", draining=True), r("b")]
+    pin = PlacementRequest(placement=Placement(PlacementMode.PIN, "a"))
+    assert not could_ever_serve(pin, reps)  # its replica is leaving
+    assert could_ever_serve(PlacementRequest(placement=Placement(PlacementMode.PIN, "b")), reps)
+    assert not could_ever_serve(PlacementRequest(), [r("a", draining=True)])
+
+
+def test_a_strict_lane_opens_only_with_a_free_deterministic_slot():
+    """OC-CORE-1060, OC-CORE-1031"""
+    q = PoolQueue(10)
+    q.offer(Task("s", "p", determinism=STRICT))
+    plain_free = [r("r1"), r("r2", deterministic=True, slots_busy=2)]
+    step = next_dispatch(q, plain_free, SessionTable(), 0.0)
+    assert step.task is None and step.unplaceable is None and q.depth() == 1
+    one_free = [r("r2", deterministic=True, slots_busy=1)]  # exactly one slot left
+    step = next_dispatch(q, one_free, SessionTable(), 0.0)
+    assert step.task.id == "s" and step.replica_id == "r2"
+
+
+def test_dispatch_with_no_free_slot_still_expires_due_tasks():
+    """OC-CORE-1028"""
+    q = PoolQueue(10)
+    q.offer(Task("old", "p", deadline_ms=5.0))
+    step = next_dispatch(q, [r("r1", slots_busy=2)], SessionTable(), now_ms=10.0)
+    assert [t.id for t in step.expired] == ["old"] and step.task is None
+    q.offer(Task("young", "p", deadline_ms=50.0))
+    assert next_dispatch(q, [r("r1", slots_busy=2)], SessionTable(), 10.0).expired == []
+
+
+def test_a_retried_task_is_placed_away_from_the_replica_it_failed_on():
+    """OC-CORE-1030, OC-CORE-1051"""
+    q = PoolQueue(10)
+    q.offer(Task("t", "p", failed_on=frozenset({"r1"})))
+    reps = [r("r1", kv_free_fraction=0.9), r("r2", kv_free_fraction=0.1)]
+    step = next_dispatch(q, reps, SessionTable(), 0.0)
+    assert step.replica_id == "r2"
+
+
+def test_session_table_counts_turns_and_ages_from_the_last_one():
+    """OC-CORE-1051"""
+    s = SessionTable(warm_ms=100, ttl_ms=1000, max_sessions=2)
+    s.record_turn("a", "r1", 1000)
+    s.record_turn("a", "r2", 1000)
+    info = s.get("a", 1000)
+    assert info.id == "a" and info.turns == 2 and info.replica_id == "r2"
+    # ages count from the last turn (at 1000), inclusive of their bounds
+    assert s.warm_replica("a", 1100) == "r2" and s.warm_replica("a", 1101) is None
+    assert s.kv_warmth(info, 1050) == 0.5
+    assert s.get("a", 2000) is info and s.get("a", 2001) is None
+    s.record_turn("b", "r1", 0)
+    s.record_turn("c", "r1", 0)
+    assert s.get("b", 0) is not None  # two sessions fit in two
+    s.forget_replica("r1")
+    assert s.kv_warmth(s.get("b", 0), 0) == 0.0  # its replica is gone: cold

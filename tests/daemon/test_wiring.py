@@ -4,8 +4,14 @@ if that wiring is broken, through the HTTP API."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+from pathlib import Path
 
-from tests.helpers import mock_pool
+import aiohttp
+import yaml
+
+from tests.helpers import Served, mock_pool, start_serve, wait_log
 from worker_adapters.mock import MockAdapter
 
 
@@ -104,3 +110,55 @@ async def test_session_affinity_beats_the_less_busy_replica(start_daemon):
     _, other, _ = await api.submit(model="mock-model", prompt="no session", max_tokens=1)
     assert (await api.events(other["task_id"]))[0][2]["replica_id"] != warm  # (it would be)
     assert await api.cancel(busy["task_id"]) == 204
+
+
+async def _serving(tmp_path: Path, grace_s: float) -> tuple[asyncio.subprocess.Process, Served]:
+    """A real `orchestratord serve` with one single-slot mock pool and this grace period."""
+    config = {
+        "server": {"shutdown_grace_s": grace_s},
+        "pools": [mock_pool(replicas={"managed": {"count": 1, "slots": 1}})],
+    }
+    tmp_path.mkdir()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc, url = await start_serve(tmp_path / "c.yaml")
+    daemon = Served(tmp_path, aiohttp.ClientSession())
+    daemon.proc, daemon.url = proc, url
+    return proc, daemon
+
+
+async def test_sigterm_runs_queued_tasks_in_its_grace_and_ends_the_rest_typed(tmp_path):
+    """OC-CTRL-2017"""
+    # within the grace period, queued work still runs once a slot frees
+    proc, daemon = await _serving(tmp_path / "a", 60)
+    async with daemon.http:
+        running = (await daemon.submit(model="mock-model", prompt="[[stall:0]]"))["task_id"]
+        await daemon.events(running, until="started")
+        queued = (await daemon.submit(model="mock-model", prompt="q", max_tokens=3))["task_id"]
+        proc.send_signal(signal.SIGTERM)
+        await wait_log(proc, "signal received")
+        await daemon.submit(expect=503, model="mock-model", prompt="late")
+        async with daemon.http.post(f"{daemon.url}/v1/tasks/{running}/cancel") as r:
+            assert r.status == 204
+        events = await daemon.events(queued)
+        assert events[-1][0] == "end" and '"finish_reason":"length"' in events[-1][2]
+        assert sum(e[0] == "token" for e in events) == 3
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+    # at its end, what is still queued or running ends with a typed, retriable error
+    proc, daemon = await _serving(tmp_path / "b", 0)
+    async with daemon.http:
+        running = (await daemon.submit(model="mock-model", prompt="[[stall:0]]"))["task_id"]
+        await daemon.events(running, until="started")
+        queued = (await daemon.submit(model="mock-model", prompt="q", max_tokens=3))["task_id"]
+        streams = [
+            await daemon.http.get(f"{daemon.url}/v1/tasks/{task_id}/stream")
+            for task_id in (running, queued)
+        ]  # both streams are open (their heads arrived) before the signal
+        proc.send_signal(signal.SIGTERM)
+        for stream in streams:
+            frames = [f for f in (await stream.text()).split("\n\n") if f.startswith("event:")]
+            last = dict(line.split(": ", 1) for line in frames[-1].splitlines())
+            assert last["event"] == "error"
+            error = json.loads(last["data"])
+            assert error["code"] == "POOL_UNAVAILABLE" and error["retriable"] is True
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
