@@ -161,3 +161,19 @@ def test_estimates_at_their_edges():
     big = ServiceEstimator()
     big.observe(10_000.0, 10)
     assert big.backoff_ms(slots_total=4) == 2500 and big.backoff_ms(slots_total=1) == 10_000
+
+
+def test_strict_tasks_need_a_deterministic_replica_that_can_serve():
+    """OC-CORE-1042"""
+    strict = AdmissionRequest("m", 1, 1, determinism=Determinism.STRICT)
+    det = ReplicaSnapshot("r1", True, deterministic=True)
+    assert run_check(strict, PoolView("p", "m", None, replicas=(det,))) is None
+    leaving = ReplicaSnapshot("r1", True, deterministic=True, draining=True)
+    plain = ReplicaSnapshot("r2", True)
+    got = run_check(strict, PoolView("p", "m", None, replicas=(leaving, plain)))
+    assert got.message == "pool 'p' has no deterministic replica that can serve"
+    got = run_check(strict, PoolView("p", "m", None, replicas=(plain,)))
+    assert got.message == (
+        "pool 'p' has no deterministic replicas: a strict task needs a pool configured "
+        "`determinism: strict`"
+    )

@@ -35,3 +35,11 @@ def test_terminal_states_are_final():
         for dst in TaskState:
             with pytest.raises(IllegalTransition):
                 task.transition(dst)
+
+
+def test_an_illegal_transition_names_the_task_and_both_states():
+    """OC-CORE-1011"""
+    task = Task("t1", "p")
+    task.transition(TaskState.CANCELED)
+    with pytest.raises(IllegalTransition, match="task t1: canceled -> running"):
+        task.transition(TaskState.RUNNING)

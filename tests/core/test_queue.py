@@ -288,3 +288,124 @@ def test_cancel_reports_the_canceled_code():
     q.offer(t(1))
     canceled = q.cancel("t1")
     assert canceled is not None and canceled.error is ErrorCode.CANCELED
+
+
+# -- found by `make mutate` (docs/TESTING.md): each kills survivors that were not equivalent
+
+
+def _t(id: str, tenant: str = "default", **kw) -> Task:
+    return Task(id, "p", tenant=tenant, **kw)
+
+
+def test_weights_split_dispatch_in_proportion_and_are_checked():
+    """OC-CORE-1026"""
+    with pytest.raises(ValueError, match="tenant weights must be positive integers"):
+        FairClass({"a": 0})
+    fair = FairClass({"heavy": 3, "light": 1})  # a weight of 1 is allowed
+    seq = 0
+    for _ in range(12):
+        for tenant in ("light", "heavy"):
+            seq += 1
+            task = _t(f"{tenant}{seq}", tenant)
+            task.seq = seq
+            fair.push(task)
+    first8 = [fair.pop().tenant for _ in range(8)]
+    assert first8.count("heavy") == 6 and first8.count("light") == 2
+
+
+def test_a_long_fifo_keeps_order_and_ranks_through_its_compaction():
+    """OC-CORE-1025, OC-CORE-1027"""
+    q = PoolQueue(1000)
+    tasks = [_t(f"t{i}") for i in range(200)]
+    for task in tasks:
+        q.offer(task)
+    q.cancel("t150")  # a hole past the compaction point
+    taken = [q.take_next([ANY_LANE], 0.0)[0].id for _ in range(140)]
+    assert taken == [f"t{i}" for i in range(140)]  # (compacted after 65+ were taken)
+    assert q.position("t140") == 0 and q.position("t151") == 10
+    rest = [q.take_next([ANY_LANE], 0.0)[0].id for _ in range(59)]
+    assert rest == [f"t{i}" for i in range(140, 200) if i != 150]
+
+
+def test_idle_tenants_are_forgotten_oldest_first_past_the_bound(monkeypatch):
+    """OC-CORE-1029"""
+    from orchestrator_core import fair as fair_module
+
+    monkeypatch.setattr(fair_module, "IDLE_TENANTS_REMEMBERED", 2)
+    fair = FairClass()
+    for i, tenant in enumerate(("a", "b", "c")):
+        task = _t(f"x{i}", tenant)
+        task.seq = i + 1
+        fair.push(task)
+    keep = _t("keep", "z")
+    keep.seq = 10
+    fair.push(keep)  # holds the clock back: idle tenants stay remembered until the bound
+    for task in list(fair):
+        if task.tenant != "z":
+            fair.remove(task)
+    # a and b went idle, then c: with room for two, a (the oldest) was forgotten
+    assert fair.tenants_remembered() == 3  # b, c and the backlogged z
+    assert "a" not in fair._tenants and {"b", "c"} <= set(fair._tenants)
+
+
+def test_prefer_does_not_pin():
+    """OC-CORE-1031, OC-CORE-1042"""
+    q = PoolQueue(10)
+    q.offer(_t("p", placement=Placement(PlacementMode.PREFER, "r1")))
+    task, _ = q.take_next([ANY_LANE], 0.0)  # r1 busy: only the any-lane is free
+    assert task is not None and task.id == "p"
+
+
+def test_positions_count_other_lanes_and_their_retries():
+    """OC-CORE-1027"""
+    q = PoolQueue(10)
+    q.offer(_t("pinned", placement=Placement(PlacementMode.PIN, "r1")))
+    admitted = q.offer(_t("any"))
+    assert admitted.position == 1  # the pinned task arrived first
+    q.offer(_t("r"))
+    retried, _ = q.take_next([ANY_LANE], 0.0)
+    assert retried.id == "any"
+    q.requeue_front(retried, failed_on="r2")
+    assert q.offer(_t("late", placement=Placement(PlacementMode.PIN, "r1"))).position == 3
+
+
+def test_retries_are_counted_kept_in_order_and_release_their_room():
+    """OC-CORE-1030"""
+    q = PoolQueue(1)
+    a, b = _t("a"), _t("b")
+    q.offer(a)
+    assert q.take_next([ANY_LANE], 0.0)[0] is a
+    q.requeue_front(a, failed_on="r1")
+    assert q.take_next([ANY_LANE], 0.0)[0] is a
+    q.requeue_front(a, failed_on="r2")
+    assert a.retries == 2 and a.failed_on == {"r1", "r2"}
+    q.offer(b)  # a retry does not take a new task's room
+    assert isinstance(q.offer(_t("c")), Rejected)  # the queue holds one new task
+    assert q.take_next([ANY_LANE], 0.0)[0] is a  # the retry first
+    assert q.take_next([ANY_LANE], 0.0)[0] is b
+    assert isinstance(q.offer(_t("d")), Admitted)  # the retry's room is free again
+    assert isinstance(q.offer(_t("e")), Rejected)
+
+
+def test_two_retries_go_back_in_the_order_they_failed():
+    """OC-CORE-1030"""
+    q = PoolQueue(10)
+    for id in ("a", "b"):
+        q.offer(_t(id))
+    a, _ = q.take_next([ANY_LANE], 0.0)
+    b, _ = q.take_next([ANY_LANE], 0.0)
+    for task in (a, b):
+        q.requeue_front(task, failed_on="r1")
+    assert [q.take_next([ANY_LANE], 0.0)[0].id for _ in range(2)] == ["a", "b"]
+
+
+def test_queue_errors_say_what_is_wrong():
+    """OC-CORE-1021"""
+    with pytest.raises(ValueError, match="capacity must be >= 0"):
+        PoolQueue(-1)
+    q = PoolQueue(1)
+    task = _t("x")
+    q.offer(task)
+    with pytest.raises(ValueError, match="task x is not a new queued task"):
+        q.offer(task)
+    assert q.offer(_t("y"), backoff_ms=0).backoff_ms == 0
