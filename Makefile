@@ -22,6 +22,14 @@ $(STAMP): pyproject.toml ci/llama-wheel.sh
 $(TRITON): ci/triton-venv.sh $(STAMP)
 	bash ci/triton-venv.sh > $(TRITON)
 
+# Tests only: Debian's Prometheus and promtool, for the dashboards and alert rules test.
+PROMETHEUS := $(VENV)/.prometheus
+$(PROMETHEUS): $(STAMP)
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	   apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+	touch $(PROMETHEUS)
+
 setup: $(STAMP)  ## .venv with the project, dev tools and llama-server
 
 run: setup  ## serve the embedded default (or CONFIG=file.yaml)
@@ -30,7 +38,7 @@ run: setup  ## serve the embedded default (or CONFIG=file.yaml)
 # The traceability gate then reads what passed in this very run (OC-TEST-8007).
 RESULTS := $(VENV)/test-results.json
 
-test: setup $(TRITON) lint typecheck  ## everything CI gates on (in file order)
+test: setup $(TRITON) $(PROMETHEUS) lint typecheck  ## everything CI gates on (in file order)
 	rm -f $(RESULTS)
 	ORCH_TEST_RESULTS=$(RESULTS) $(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly
 	$(BIN)/python ci/check_traceability.py --results $(RESULTS)
@@ -52,7 +60,7 @@ mutate: setup  ## mutation testing of orchestrator_core (mutmut, ~10 min here); 
 	$(BIN)/python -m pip install --quiet -e '.[mutate]'
 	rm -rf mutants
 	$(BIN)/mutmut run > $(VENV)/mutmut.log 2>&1 || (tail -c 2000 $(VENV)/mutmut.log; exit 1)
-	$(BIN)/mutmut results | grep -c ': killed' | xargs echo killed:
+	tail -c 160 $(VENV)/mutmut.log | tr '\r' '\n' | tail -2  # 🎉 killed 🫥 no tests ⏰ timeout 🙁 survived
 	$(BIN)/mutmut results | grep -v ': killed'
 
 wiring-mutations: setup  ## plant each wiring bug of docs/TESTING.md, check its test catches it
@@ -84,6 +92,7 @@ bench: setup  ## benchmarks (not tests); results go to docs/BENCHMARKS.md by han
 	$(BIN)/python -m test_harness.bench.store
 	$(BIN)/python -m test_harness.bench.batches
 	$(BIN)/python -m test_harness.bench.tenants
+	$(BIN)/python -m test_harness.bench.tracing
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

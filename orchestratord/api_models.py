@@ -83,6 +83,11 @@ class TaskRequest(_Strict):
     )
     determinism: Determinism = Determinism.BEST_EFFORT
     placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    stream_metrics_ms: Annotated[int, Field(ge=250, le=60_000), INTEGRAL] | None = Field(
+        None,
+        description="With `stream`: also send an `event: metrics` (tokens so far, tokens/s, "
+        "queue wait, replica) at most this often.",
+    )
     stream: bool = Field(
         False,
         description="Answer with the task's SSE stream (as `Accept: text/event-stream` does) "
@@ -283,6 +288,18 @@ class TokenEvent(BaseModel):
     ids: list[int] | None = Field(
         None, description="The engine's token ids, where it reports them."
     )
+
+
+class MetricsEvent(BaseModel):
+    """`event: metrics` (opt-in, at most every `stream_metrics_ms`; no `id:` — it is not one
+    of the task's events and never replays)."""
+
+    tokens_out: int
+    queue_wait_ms: int | None = Field(None, description="Admission to dispatch, once started.")
+    decode_ms_so_far: int | None = Field(None, description="Since the first token.")
+    tokens_per_s: float | None = None
+    replica_id: str | None = None
+    queue_position: int | None = Field(None, description="While queued.")
 
 
 class EndEvent(BaseModel):

@@ -151,6 +151,9 @@ class MockEngineConfig(_Cfg):
     #: Answer every request with the engine's overload error (retriable backpressure).
     overloaded: bool = False
     fail_start: bool = False
+    #: This replica (e.g. `mock-r1`) alters every stream's third token: non-determinism on
+    #: purpose, for proving that the determinism gate fails.
+    perturb_replica: str | None = None
 
 
 class ReplicasConfig(_Cfg):

@@ -18,6 +18,7 @@ from orchestratord.config import Config, ServerConfig
 from orchestratord.engines import launcher_for
 from orchestratord.keyring import KeyFileError, KeyRing
 from orchestratord.service import LauncherFactory, Orchestrator
+from orchestratord.telemetry import tracing
 
 log = structlog.get_logger("orchestratord")
 
@@ -118,9 +119,12 @@ async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload_keys)
+    if tracing.configure_from_env():
+        log.info("tracing to OTLP (OTEL_* environment)")
     await daemon.start()
     if on_ready is not None:
         on_ready(daemon)
     await stop.wait()
     log.info("signal received; draining", grace_s=config.server.shutdown_grace_s)
     await daemon.stop()
+    tracing.shutdown()

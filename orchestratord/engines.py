@@ -65,6 +65,7 @@ def _mock(pool: PoolConfig) -> Launcher:
         slots=pool.slots_per_replica, ctx_per_slot=m.ctx_per_slot, token_rate=m.token_rate,
         model=pool.model, start_delay_s=m.start_delay_s, fail_after_tokens=m.fail_after_tokens,
         stall_after_tokens=m.stall_after_tokens, fail_start=m.fail_start, overloaded=m.overloaded,
+        perturb_replica=m.perturb_replica,
     ))  # fmt: skip
 
 

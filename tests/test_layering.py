@@ -59,7 +59,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.principals",),
     ("orchestratord.engines", "orchestratord.chat_template"),
     ("orchestratord.telemetry", "orchestratord.telemetry.metrics",
-     "orchestratord.telemetry.logging"),
+     "orchestratord.telemetry.logging", "orchestratord.telemetry.tracing"),
     ("orchestratord.api_models", "orchestratord.openai_models", "orchestratord.batch_models",
      "orchestratord"),
 )  # fmt: skip

@@ -70,6 +70,8 @@ class GenerateRequest:
     priority: int | None = None
     #: A conversation for the engine's chat route to template; empty for plain prompts.
     messages: tuple[ChatMessage, ...] = ()
+    #: W3C trace context for the engine (HTTP engines get it as the `traceparent` header).
+    traceparent: str | None = None
 
     def chat(self) -> list[dict[str, str]]:
         """`messages` as OpenAI-style dicts (every engine's chat route takes these)."""

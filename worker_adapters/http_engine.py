@@ -97,24 +97,29 @@ class HttpEngine:
                     continue
         return found
 
-    async def _post(self, path: str, body: bytes) -> aiohttp.ClientResponse:
+    async def _post(
+        self, path: str, body: bytes, traceparent: str | None = None
+    ) -> aiohttp.ClientResponse:
         """POST, sending once more when a pooled connection was closed under us."""
+        headers = JSON if traceparent is None else {**JSON, "traceparent": traceparent}
         for attempt in range(1, _STALE_TRIES + 1):
             if self._session.closed:  # the replica was stopped while this task waited
                 raise aiohttp.ClientConnectionError(f"{self.engine} replica was stopped")
             try:
-                return await self._session.post(self.base_url + path, data=body, headers=JSON)
+                return await self._session.post(self.base_url + path, data=body, headers=headers)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
                 # the pooled connection was closed under us: the request was not answered
                 if attempt == _STALE_TRIES:
                     raise
         raise AssertionError("unreachable")
 
-    async def _post_sse(self, path: str, body: Mapping[str, Any]) -> AsyncIterator[Any]:
+    async def _post_sse(
+        self, path: str, body: Mapping[str, Any], traceparent: str | None = None
+    ) -> AsyncIterator[Any]:
         """POST and yield each SSE event's JSON until `[DONE]` or the end of the body.
         HTTP errors, dropped connections and malformed events raise AdapterError."""
         try:
-            async with await self._post(path, orjson.dumps(body)) as r:
+            async with await self._post(path, orjson.dumps(body), traceparent) as r:
                 if r.status != 200:
                     raise status_error(r.status, await r.read(), self.engine)
                 async for data in sse_data(r.content.iter_any()):

@@ -130,12 +130,16 @@ class LlamaCppAdapter(HttpEngine):
     def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
         body = self._body(request)
         if request.messages:
-            return openai_events(self._post_sse(CHAT_PATH, body), self.ended_early())
-        return self._completion(body)
+            return openai_events(
+                self._post_sse(CHAT_PATH, body, request.traceparent), self.ended_early()
+            )
+        return self._completion(body, request.traceparent)
 
-    async def _completion(self, body: dict[str, Any]) -> AsyncIterator[StreamEvent]:
+    async def _completion(
+        self, body: dict[str, Any], traceparent: str | None
+    ) -> AsyncIterator[StreamEvent]:
         predicted = 0  # tokens counted so far, from the engine's own tally
-        async for event in self._post_sse("/completion", body):
+        async for event in self._post_sse("/completion", body, traceparent):
             if "error" in event:  # an error after the stream started
                 err = event["error"]
                 code = err.get("code", 500) if isinstance(err, dict) else 500

@@ -57,6 +57,9 @@ class MockConfig:
     fail_start: bool = False
     #: The replica this engine is (for per-replica fault directives).
     replica_id: str = ""
+    #: The replica that alters every stream's third token: a non-deterministic replica,
+    #: made on purpose (the determinism gate must fail on it).
+    perturb_replica: str | None = None
 
 
 _DIRECTIVE = re.compile(r"\[\[(stall|fail|big):(\d+)\]\]")
@@ -141,6 +144,8 @@ class MockAdapter:
                 if request.stop and any(word.strip() == s for s in request.stop):
                     yield End("stop", sent, len(prompt.split()))
                     return
+                if sent == 2 and cfg.perturb_replica == cfg.replica_id:
+                    word += "~"
                 sent += 1
                 yield Token((word * (big // len(word) + 1))[:big] if big else word)
             yield End("length", sent, len(prompt.split()))

@@ -130,4 +130,6 @@ class OpenAIAdapter(HttpEngine):
 
     def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
         path = CHAT_PATH if request.messages or self.chat else "/v1/completions"
-        return openai_events(self._post_sse(path, self._body(request)), self.ended_early())
+        return openai_events(
+            self._post_sse(path, self._body(request), request.traceparent), self.ended_early()
+        )

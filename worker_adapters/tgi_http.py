@@ -104,12 +104,14 @@ class TGIAdapter(HttpEngine):
 
     def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
         if request.messages:
-            chunks = self._post_sse(CHAT_PATH, self._chat_body(request))
+            chunks = self._post_sse(CHAT_PATH, self._chat_body(request), request.traceparent)
             return openai_events(chunks, self.ended_early())
         return self._generate(request)
 
     async def _generate(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
-        async for event in self._post_sse("/generate_stream", self._body(request)):
+        async for event in self._post_sse(
+            "/generate_stream", self._body(request), request.traceparent
+        ):
             if "error" in event:
                 code = _ERROR_TYPES.get(event.get("error_type", ""), ErrorCode.WORKER_RESET)
                 raise AdapterError(code, f"tgi: {event['error']}", engine=ENGINE)

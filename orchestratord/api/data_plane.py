@@ -12,7 +12,7 @@ from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import Placement
 from orchestratord import api_models as api
 from orchestratord.api.errors import gone
-from orchestratord.api.http import CID, json_response, parse, principal_of
+from orchestratord.api.http import CID, json_response, parse, principal_of, traceparent_of
 from orchestratord.api.sse import NativeEvents, renderer_for
 from orchestratord.api.streaming import stream_task
 from orchestratord.service import Orchestrator, Refusal, StreamGap
@@ -45,6 +45,23 @@ def _last_event_id(request: web.Request, rec: TaskRecord) -> int | None:
     return after
 
 
+def _metrics_ms(request: web.Request, render: object) -> int | None:
+    """`?metrics_ms=N`: live `metrics` events at most every N ms (native events only)."""
+    raw = request.query.get("metrics_ms")
+    if raw is None:
+        return None
+    if not (raw.isdigit() and 250 <= int(raw) <= 60_000):
+        raise Refusal(
+            ErrorCode.INVALID_PARAMS, "metrics_ms must be 250 to 60000", field="metrics_ms"
+        )
+    if not isinstance(render, NativeEvents):
+        raise Refusal(
+            ErrorCode.INVALID_PARAMS, "metrics events come with the native event format only",
+            field="metrics_ms",
+        )  # fmt: skip
+    return int(raw)
+
+
 def submission(req: api.TaskRequest, request: web.Request, *, streamed: bool) -> Submission:
     """A native task request as admission takes it."""
     s = req.sampling
@@ -56,6 +73,7 @@ def submission(req: api.TaskRequest, request: web.Request, *, streamed: bool) ->
         placement=Placement(req.placement.mode, req.placement.replica_id),
         pool_id=req.placement.pool_id, session_id=req.session_id,
         task_id=str(req.task_id) if req.task_id else None, cancel_when_abandoned=streamed,
+        traceparent=traceparent_of(request),
     )  # fmt: skip
 
 
@@ -69,7 +87,9 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         task_id = rec.task.id
         where = {"Location": f"/v1/tasks/{task_id}", "X-Task-Id": task_id}
         if streamed:  # one request: the answer is the stream itself
-            return await stream_task(request, svc, rec, NativeEvents(), headers=where)
+            return await stream_task(
+                request, svc, rec, NativeEvents(), headers=where, metrics_ms=req.stream_metrics_ms
+            )
         admitted = api.AdmissionResponse(
             task_id=task_id, queue_position=rec.queue_position,
             predicted_start_ms=rec.predicted_start_ms, stream_url=f"/v1/tasks/{task_id}/stream",
@@ -88,8 +108,10 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
     async def stream(request: web.Request) -> web.StreamResponse:
         rec = svc.task(request.match_info["task_id"], principal_of(request))
         render = renderer_for(rec, request.headers.get("Accept", ""))
+        metrics_ms = _metrics_ms(request, render)
+        after = _last_event_id(request, rec)
         try:
-            return await stream_task(request, svc, rec, render, after=_last_event_id(request, rec))
+            return await stream_task(request, svc, rec, render, after=after, metrics_ms=metrics_ms)
         except StreamGap as gap:  # resuming after events no longer retained
             return gone(str(gap))
 

@@ -49,6 +49,16 @@ def checked_header(request: web.Request, name: str, limit: int) -> str | None:
     return value
 
 
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def traceparent_of(request: web.Request) -> str | None:
+    """The client's W3C `traceparent`, if it is one (an invalid one is ignored, as the
+    W3C Trace Context spec says)."""
+    value = request.headers.get("traceparent")
+    return value if value is not None and _TRACEPARENT.fullmatch(value) else None
+
+
 def principal_of(request: web.Request) -> Principal:
     """Who is asking; tasks are accounted to its tenant."""
     return request[PRINCIPAL]

@@ -17,7 +17,7 @@ from aiohttp import web
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import Priority
 from orchestratord.api.errors import STATUS, error_response
-from orchestratord.api.http import CID, json_response, parse, principal_of
+from orchestratord.api.http import CID, json_response, parse, principal_of, traceparent_of
 from orchestratord.api.sse import OpenAIChunks
 from orchestratord.api.streaming import stream_task
 from orchestratord.api_models import EndEvent, ErrorEnvelope
@@ -47,6 +47,7 @@ def _submission(request: web.Request, req: ChatCompletionRequest | CompletionReq
     return submission(
         req, tenant=principal_of(request).tenant, correlation_id=request[CID],
         priority=_priority(request, req.priority), cancel_when_abandoned=True,
+        traceparent=traceparent_of(request),
     )  # fmt: skip
 
 

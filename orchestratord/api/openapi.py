@@ -28,6 +28,7 @@ PLANES = {"data": "data plane", "control": "control plane", "openai": "OpenAI-co
 SSE_EVENTS: dict[str, type[BaseModel]] = {
     "started": api.StartedEvent,
     "token": api.TokenEvent,
+    "metrics": api.MetricsEvent,
     "end": api.EndEvent,
     "error": api.ErrorEnvelope,
 }

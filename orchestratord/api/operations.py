@@ -88,6 +88,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "The task's SSE stream; Last-Event-ID resumes after that event; "
         "`Accept: text/event-stream; format=openai` renders OpenAI chunks",
         ok={200: None}, errors=(400, 404, 410), sse=(200,), headers=(RESUME,), access=READ,
+        query=(("metrics_ms", "Also send `event: metrics` at most every N ms (250-60000; "
+                "native format)"),),
     ),
     Operation(
         "post", "/v1/tasks/{task_id}/cancel", "data", "Cancel a task (idempotent)",

@@ -26,9 +26,10 @@ from aiohttp import web
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api.http import CID, CORRELATION
 from orchestratord.api.sse import Renderer, comment
-from orchestratord.api_models import ErrorEnvelope
+from orchestratord.api_models import ErrorEnvelope, MetricsEvent
 from orchestratord.service import Orchestrator, StreamGap
 from orchestratord.service.tasks import TaskRecord
+from orchestratord.telemetry import tracing
 
 log = structlog.get_logger("orchestratord.http")
 
@@ -74,6 +75,23 @@ def _with_retry(frames: bytes) -> bytes:
     return frames[:end] + RETRY + frames[end:]
 
 
+def _metrics(svc: Orchestrator, rec: TaskRecord) -> bytes:
+    """An `event: metrics` frame: how the task is doing now."""
+    now = svc.now_ms()
+    waited = decoding = rate = None
+    if rec.started_at is not None:
+        waited = round(rec.started_at - rec.admitted_at)
+    if rec.first_token_at is not None:
+        elapsed = (rec.ended_at or now) - rec.first_token_at
+        decoding = round(elapsed)
+        rate = round(rec.tokens_out * 1000.0 / elapsed, 1) if elapsed > 0 else None
+    event = MetricsEvent(
+        tokens_out=rec.tokens_out, queue_wait_ms=waited, decode_ms_so_far=decoding,
+        tokens_per_s=rate, replica_id=rec.replica_id, queue_position=svc.queue_position(rec),
+    )  # fmt: skip
+    return b"event: metrics\ndata: %s\n\n" % event.model_dump_json(exclude_none=True).encode()
+
+
 def _pause(svc: Orchestrator, rec: TaskRecord) -> bytes:
     position = svc.queue_position(rec)
     return comment("keep-alive" if position is None else f"queued position={position}")
@@ -87,9 +105,11 @@ async def stream_task(
     *,
     after: int | None = None,
     headers: Mapping[str, str] | None = None,
+    metrics_ms: int | None = None,
 ) -> web.StreamResponse:
     """Write `rec`'s events after `after` as SSE until its end (StreamGap, raised before
-    any byte, when they are no longer retained)."""
+    any byte, when they are no longer retained); with `metrics_ms`, an `event: metrics`
+    at most that often (after a write, so an idle task sends one per heartbeat)."""
     rec.stream.check_resume(after)
     events = rec.stream.read(after, idle_s=svc.config.server.stream_heartbeat_s)
     response = web.StreamResponse(
@@ -97,6 +117,7 @@ async def stream_task(
     )
     timeout_s = svc.config.server.write_timeout_s
     watchdog: _Watchdog | None = None
+    metrics_due = 0.0
 
     async def write(data: bytes) -> None:
         assert watchdog is not None
@@ -104,12 +125,17 @@ async def stream_task(
         watchdog.pending = True
         await response.write(data)
         watchdog.pending = False
+        nonlocal metrics_due
+        if metrics_ms is not None and svc.now_ms() >= metrics_due:
+            metrics_due = svc.now_ms() + metrics_ms
+            await response.write(_metrics(svc, rec))
 
     with svc.reading(rec):
         await response.prepare(request)
         if request.transport is None:  # gone already
             return response
         watchdog = _Watchdog(request.transport, timeout_s)
+        span = tracing.reader(rec.spans, type(render).__name__)
         try:
             if svc.queue_position(rec) is not None:
                 await write(_pause(svc, rec))
@@ -133,4 +159,7 @@ async def stream_task(
             # else the client went away (`reading` decides about the task)
         finally:
             watchdog.close()
+            if span is not None:
+                span.set_attribute("writes", watchdog.writes)
+                span.end()
     return response

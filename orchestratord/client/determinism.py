@@ -4,7 +4,9 @@ daemon on every Ready replica of a pool, compared byte for byte.
 Client-side only (the SDK): `orchctl determinism --pool P` runs it, writes a proof file and
 exits non-zero on any mismatch, naming the first diverging case and token. `--compare
 proof.json` also checks the streams against an earlier proof — how CI proves determinism
-across a restart (reload) of the replicas.
+across a restart (reload) of the replicas. `--junit FILE` writes JUnit XML for CI systems to
+render: one test case per prompt x seed x replica pair (and per comparison with the earlier
+proof), a failure naming the first differing token.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from xml.etree import ElementTree as ET
 
 from orchestratord.client.sdk import OrchClient
 
@@ -60,6 +63,21 @@ class Divergence:
         )
 
 
+#: The `replica` of a comparison with the earlier proof (`--compare`).
+EARLIER = "earlier proof"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One check of the suite: a case and seed on `replica` against the reference stream
+    (the first replica's, or the earlier proof's); `divergence` when they differ."""
+
+    case: str
+    seed: int
+    replica: str
+    divergence: Divergence | None
+
+
 @dataclass
 class Proof:
     pool_id: str
@@ -70,6 +88,7 @@ class Proof:
     max_tokens: int
     cases: list[dict[str, Any]] = field(default_factory=list)
     divergence: Divergence | None = None
+    comparisons: list[Comparison] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -174,26 +193,64 @@ async def run_suite(
             proof.cases.append(
                 {"case": case, "seed": seed, "tokens": len(reference), "hash": digest}
             )
-            if proof.divergence is not None:
-                continue
             for rid, tokens in streams.items():
+                if rid == first.replica_id:
+                    continue
+                found = None
                 if tokens != reference:
                     i = _first_difference(reference, tokens)
-                    proof.divergence = Divergence(
-                        case,
-                        seed,
-                        i,
-                        reference[i] if i < len(reference) else None,
-                        tokens[i] if i < len(tokens) else None,
-                        f"{first.replica_id} vs {rid}",
-                    )
-                    break
+                    found = Divergence(
+                        case, seed, i, reference[i] if i < len(reference) else None,
+                        tokens[i] if i < len(tokens) else None, f"{first.replica_id} vs {rid}",
+                    )  # fmt: skip
+                proof.comparisons.append(Comparison(case, seed, rid, found))
+                proof.divergence = proof.divergence or found
             before = earlier.get((case, seed))
-            if proof.divergence is None and before is not None and before["hash"] != digest:
-                proof.divergence = Divergence(
-                    case, seed, -1, before["hash"][:12], digest[:12], "against the earlier proof"
-                )
+            if before is not None:
+                found = None
+                if before["hash"] != digest:
+                    found = Divergence(
+                        case, seed, -1, before["hash"][:12], digest[:12],
+                        "against the earlier proof",
+                    )  # fmt: skip
+                proof.comparisons.append(Comparison(case, seed, EARLIER, found))
+                proof.divergence = proof.divergence or found
     if proof.divergence is None and not any(c["tokens"] for c in proof.cases):
         # (one empty case is a model that ended at once; all of them compared nothing)
         proof.divergence = Divergence("*", 0, 0, None, None, "every stream was empty")
     return proof
+
+
+def junit_xml(proof: Proof) -> str:
+    """The proof as JUnit XML: a suite per pool, a test case per comparison."""
+    failures = sum(c.divergence is not None for c in proof.comparisons)
+    empty = not any(c["tokens"] for c in proof.cases)
+    counts = {"tests": str(len(proof.comparisons) + 1), "failures": str(failures + empty),
+              "errors": "0"}  # fmt: skip
+    root = ET.Element("testsuites", {"name": "orchestratord determinism", **counts})
+    suite = ET.SubElement(root, "testsuite", {
+        "name": f"determinism.{proof.pool_id}", "skipped": "0", "time": "0", **counts
+    })  # fmt: skip
+    properties = ET.SubElement(suite, "properties")
+    facts = proof.to_json()
+    for key in ("engine", "engine_version", "model_digest", "corpus_hash", "max_tokens"):
+        ET.SubElement(properties, "property", name=key, value=str(facts[key]))
+    ET.SubElement(properties, "property", name="replicas", value=",".join(proof.replicas))
+    classname = f"determinism.{proof.pool_id}"
+    reference = proof.replicas[0]
+    for c in proof.comparisons:
+        against = (
+            "against the earlier proof" if c.replica == EARLIER else f"{c.replica} vs {reference}"
+        )
+        name = f"{c.case} seed {c.seed}: {against}"
+        case = ET.SubElement(suite, "testcase", classname=classname, name=name, time="0")
+        if c.divergence is not None:
+            message = c.divergence.describe()
+            ET.SubElement(case, "failure", message=message, type="NonDeterminism").text = message
+    case = ET.SubElement(suite, "testcase", classname=classname, name="streams not empty",
+                         time="0")  # fmt: skip
+    if empty:
+        message = "every stream was empty: nothing was compared"
+        ET.SubElement(case, "failure", message=message, type="EmptyStreams").text = message
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

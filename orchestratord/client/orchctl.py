@@ -228,6 +228,11 @@ async def capabilities(ctx: click.Context) -> None:
     help="Also require the same streams as this earlier proof (e.g. before a "
     "restart of the replicas).",
 )
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JUnit XML report here (a test case per prompt x seed x replica pair).",
+)
 @click.pass_context
 @run_async
 async def determinism(
@@ -237,11 +242,12 @@ async def determinism(
     max_tokens: int,
     out: Path | None,
     compare: Path | None,
+    junit: Path | None,
 ) -> None:
     """Run the determinism suite against POOL: every prompt of the corpus x SEEDS seeds in
     strict mode on each replica, compared byte for byte. Exits 4 on any mismatch, naming
     the first diverging case and token."""
-    from orchestratord.client.determinism import run_suite
+    from orchestratord.client.determinism import junit_xml, run_suite
 
     earlier = json.loads(await asyncio.to_thread(compare.read_text)) if compare else None
     async with client_of(ctx) as client:
@@ -253,6 +259,8 @@ async def determinism(
             fail(EXIT_FAILED, str(e))
     if out is not None:
         await asyncio.to_thread(out.write_text, json.dumps(proof.to_json(), indent=2) + "\n")
+    if junit is not None:
+        await asyncio.to_thread(junit.write_text, junit_xml(proof))
     cases = len(proof.cases)
     if proof.divergence is not None:
         fail(EXIT_FAILED, f"determinism FAILED on {pool_id}: {proof.divergence.describe()}")

@@ -26,7 +26,7 @@ from orchestratord.service.quotas import QuotaAccount
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.streams import TaskStream
 from orchestratord.service.tasks import Door, TaskBook, TaskRecord, session_key
-from orchestratord.telemetry import Metrics
+from orchestratord.telemetry import Metrics, tracing
 from worker_adapters.base import ChatMessage, GenerateRequest, chat_dicts
 
 #: max_tokens when the request names none and the pool's context is not known yet.
@@ -66,6 +66,8 @@ class Submission:
     batch: tuple[str, int] | None = None
     #: The submitting key's quotas, if it has any.
     quota: QuotaAccount | None = None
+    #: The client's W3C trace context (a valid `traceparent`), continued by the task's trace.
+    traceparent: str | None = None
 
 
 class Admission:
@@ -162,7 +164,7 @@ class Admission:
         request = GenerateRequest(
             prompt=prompt, max_tokens=max_tokens, seed=seed, temperature=sub.temperature,
             top_p=sub.top_p, top_k=sub.top_k, stop=sub.stop, cache_prompt=not strict,
-            priority=sub.priority.rank, messages=messages,
+            priority=sub.priority.rank, messages=messages, traceparent=sub.traceparent,
         )  # fmt: skip
         rec = TaskRecord(
             task=task, request=request, model=pool.config.model, door=sub.door,
@@ -171,7 +173,18 @@ class Admission:
             seed=seed, cancel_when_abandoned=sub.cancel_when_abandoned, batch=sub.batch,
             footprint=footprint,
         )  # fmt: skip
-        pool.admit(rec)
+        rec.spans = tracing.admitted(
+            sub.traceparent,
+            {"task_id": task_id, "pool_id": pool.id, "model": rec.model, "tenant": sub.tenant,
+             "priority": sub.priority.value, "door": sub.door.value},
+            {"priority": sub.priority.value, "tenant": sub.tenant},
+        )  # fmt: skip
+        try:
+            pool.admit(rec)  # (it may dispatch the task at once)
+        except Refusal as refused:
+            tracing.finished(rec.spans, "refused", refused.code.value, None, 0)
+            raise
+        tracing.queued(rec.spans, rec.queue_position, rec.predicted_start_ms)
         if sub.quota is not None:  # checked above, with no await between: no overspend
             sub.quota.charge(rec, worst_tokens)
         return rec

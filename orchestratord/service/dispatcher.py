@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 
 import structlog
@@ -32,7 +33,7 @@ from orchestratord.engines import ENGINES
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.runner import RunLimits, run_task
 from orchestratord.service.tasks import TaskBook, TaskRecord
-from orchestratord.telemetry import Metrics
+from orchestratord.telemetry import Metrics, tracing
 from pool_managerd.launchers import Launcher
 from pool_managerd.pool import PoolManager, PoolSpec, ReloadFailed
 from pool_managerd.replica import Lease, Replica, ReplicaEvent, ReplicaState
@@ -71,6 +72,7 @@ class PoolDispatcher:
             stats_interval_s=config.health_interval_s,
         )  # fmt: skip
         self.manager = PoolManager(spec, launcher, self._on_replica_event)
+        metrics.add_pool(self.id, self.estimated_wait_ms)
         #: Tasks holding a slot lease, by id.
         self.running: dict[str, TaskRecord] = {}
         self._book = book
@@ -146,6 +148,12 @@ class PoolDispatcher:
             )  # fmt: skip
         self.pump()
 
+    def estimated_wait_ms(self, priority: Priority) -> int:
+        """How long a task of `priority` admitted now would wait to start (what admission
+        predicts; 0 while the pool has no service-time estimate yet)."""
+        total, busy = self.slot_counts()
+        return self.estimator.predicted_start_ms(self.ahead_of(priority), total, busy)
+
     def ahead_of(self, priority: Priority) -> int:
         """How many queued tasks dispatch before a new task of `priority`."""
         if priority is Priority.INTERACTIVE:
@@ -191,7 +199,11 @@ class PoolDispatcher:
     def _start(self, rec: TaskRecord, lease: Lease, now: float) -> None:
         replica = lease.replica
         self._metrics.on_placement(self.id, "placed")
-        self._metrics.on_started(self.id, replica)
+        waited = now - rec.admitted_at
+        self._metrics.on_started(self.id, replica, rec.task.priority, waited)
+        traceparent = tracing.started(rec.spans, replica.id, replica.engine, rec.task.retries)
+        if traceparent is not None and rec.request is not None:
+            rec.request = replace(rec.request, traceparent=traceparent)
         if rec.task.session_id:
             self._sessions.record_turn(rec.task.session_id, replica.id, now)
         self.running[rec.task.id] = rec

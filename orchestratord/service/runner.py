@@ -26,6 +26,7 @@ from orchestratord.api_models import StartedEvent
 from orchestratord.service.journal import Journaled
 from orchestratord.service.tasks import TaskBook, TaskRecord
 from orchestratord.store import StoreError
+from orchestratord.telemetry import tracing
 from pool_managerd.replica import Replica
 from worker_adapters.base import AdapterError, End, Token, guard_stalls
 
@@ -72,6 +73,7 @@ async def run_task(
                     index = rec.tokens_out
                     if rec.first_token_at is None:
                         rec.first_token_at = now_ms()
+                        tracing.first_token(rec.spans)
                     if output.text_bytes < cap:
                         output.append(index, event.text, event.ids)
                     else:
@@ -130,6 +132,7 @@ def _replays(rec: TaskRecord, token: Journaled, book: TaskBook) -> bool:
     if it does not, it fails loudly instead of continuing a different stream."""
     assert rec.replay is not None
     if token != rec.replay[0]:
+        book.metrics.on_determinism_failure(rec.task.pool_id)
         book.finish(
             rec, TaskState.FAILED, ErrorCode.DAEMON_RESTART,
             f"resumed after a daemon restart, the engine diverged at token {token[0]} from "

@@ -36,7 +36,7 @@ from orchestratord.service import journal
 from orchestratord.service.output import Output
 from orchestratord.service.streams import TaskStream
 from orchestratord.store import TaskStore
-from orchestratord.telemetry import Metrics
+from orchestratord.telemetry import Metrics, tracing
 from worker_adapters.base import FinishReason, GenerateRequest
 
 log = structlog.get_logger("orchestratord")
@@ -123,6 +123,8 @@ class TaskRecord:
     cancel_when_abandoned: bool = False
     #: Bytes the memory budget charges it: its reservation while live, then what it holds.
     footprint: int = 0
+    #: Its open trace spans (None: tracing is off).
+    spans: tracing.TaskSpans | None = None
 
     @property
     def ended(self) -> bool:
@@ -171,7 +173,7 @@ class TaskBook:
         stream_events: int,
         max_output_bytes: int,
     ) -> None:
-        self._metrics = metrics
+        self.metrics = metrics
         self._store = store
         self._now_ms = now_ms
         self._retention_ms = retention_s * 1000.0
@@ -325,15 +327,18 @@ class TaskBook:
             ending()
         else:  # clients (and batches) hear how it ended once a restart would say the same
             durable.add_done_callback(lambda done: _publish(done, ending))
-        self._metrics.on_finished(rec)
+        self.metrics.on_finished(rec)
         # one line per task (never per token), with everything needed to follow it
         log.info(
             "task ended", task_id=task.id, state=state.value, pool_id=task.pool_id,
             replica_id=rec.replica_id, engine=rec.engine, tokens_out=rec.tokens_out,
             finish_reason=rec.finish_reason, error=rec.error.code if rec.error else None,
             tenant=task.tenant, session_id=session_name(task.session_id),
-            correlation_id=rec.correlation_id,
+            correlation_id=rec.correlation_id, trace_id=tracing.trace_id(rec.spans),
         )  # fmt: skip
+        tracing.finished(
+            rec.spans, state.value, code.value if code else None, rec.tokens_in, rec.tokens_out
+        )
         self.live_bytes -= rec.footprint
         if rec.batch is None:
             self._retain(rec, now)

@@ -1,5 +1,6 @@
-"""What operators see: Prometheus metrics changed through named hooks (`metrics`), and
-structured JSON logs (`logging`). A leaf of the daemon: it imports no other stage."""
+"""What operators see: Prometheus metrics changed through named hooks (`metrics`),
+OpenTelemetry traces per task (`tracing`), and structured JSON logs (`logging`). A leaf of
+the daemon: it imports no other stage."""
 
 from orchestratord.telemetry.metrics import Metrics
 

@@ -27,6 +27,8 @@ from pool_managerd.replica import Replica, ReplicaEvent, ReplicaState
 # `*_created` series double the exposition and are not in the metrics contract.
 disable_created_metrics()
 
+#: Tenants labelled by name in the per-tenant families (the rest are `other`).
+MAX_TENANT_LABELS = 100
 _MS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 _POOL_REPLICA = ("pool_id", "replica_id")
 
@@ -42,6 +44,11 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
     ("tasks_finished", Counter, "tasks_finished", "Tasks that reached a terminal state",
      ("pool_id", "state")),
     ("queue_depth", Gauge, "queue_depth", "Queued tasks", ("pool_id", "priority")),
+    ("queue_wait", Histogram, "queue_wait_ms", "Admission to dispatch (time in queue), ms",
+     ("pool_id", "priority")),
+    ("queue_estimated_wait", Gauge, "queue_estimated_wait_ms",
+     "How long a task admitted now would wait before it starts (the admission estimate): "
+     "the signal to scale a pool by", ("pool_id", "priority")),
     ("tokens_in", Counter, "tokens_in", "Prompt tokens processed", ("pool_id", "engine")),
     ("tokens_out", Counter, "tokens_out", "Tokens generated", ("pool_id", "engine")),
     ("latency_first_token", Histogram, "latency_first_token_ms",
@@ -62,6 +69,14 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
     ("replica_ready", Gauge, "replica_ready", "1 when the replica is Ready", _POOL_REPLICA),
     ("placement_decisions", Counter, "placement_decisions", "Placement outcomes",
      ("pool_id", "outcome")),
+    ("determinism_failures", Counter, "determinism_failures",
+     "Strict tasks whose rerun after a restart diverged from what they had streamed",
+     ("pool_id",)),
+    ("tenant_tasks_finished", Counter, "tenant_tasks_finished",
+     "Tasks that reached a terminal state, by tenant (the first 100 tenants seen; the rest "
+     "count as `other`)", ("tenant", "state")),
+    ("tenant_tokens_out", Counter, "tenant_tokens_out", "Tokens generated, by tenant (as above)",
+     ("tenant",)),
     ("replica_restarts", Counter, "replica_restarts", "Engine restarts", _POOL_REPLICA),
     ("store_commit", Histogram, "store_commit_latency_ms",
      "One group commit of the task store, ms", ()),
@@ -108,6 +123,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._families: dict[str, Any] = {}
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._tenants: set[str] = set()
         for attr, kind, name, help_text, labels in _FAMILIES:
             extra = {"buckets": _BUCKETS.get(attr, _MS_BUCKETS)} if kind is Histogram else {}
             self._families[attr] = kind(name, help_text, labels, registry=self.registry, **extra)
@@ -147,18 +163,48 @@ class Metrics:
     def on_placement(self, pool_id: str, outcome: str) -> None:
         self._inc("placement_decisions", pool_id, outcome)
 
-    def on_started(self, pool_id: str, replica: Replica) -> None:
+    def on_started(
+        self, pool_id: str, replica: Replica, priority: Priority, waited_ms: float
+    ) -> None:
+        """A task leased a slot after `waited_ms` in the queue (retries: since admission)."""
         self._inc("tasks_started", pool_id, replica.id, replica.engine, replica.engine_version)
         self._set("slots_busy", replica.busy, pool_id, replica.id)
+        self._child("queue_wait", (pool_id, priority.value)).observe(waited_ms)
+
+    def add_pool(self, pool_id: str, estimate: Callable[[Priority], float]) -> None:
+        """A pool exists: its rare-event counters start at 0 (so alerts on them have a
+        series to watch), and `estimate` gives the wait a new task of each priority would
+        see, read at each scrape."""
+        self._child("determinism_failures", (pool_id,))
+        for priority in PRIORITIES:
+            child = self._child("queue_estimated_wait", (pool_id, priority.value))
+            child.set_function(lambda p=priority: estimate(p))
 
     def on_released(self, pool_id: str, replica: Replica) -> None:
         self._set("slots_busy", replica.busy, pool_id, replica.id)
+
+    def on_determinism_failure(self, pool_id: str) -> None:
+        self._inc("determinism_failures", pool_id)
+
+    def _tenant(self, tenant: str) -> str:
+        """The tenant's label: its own for the first `MAX_TENANT_LABELS` seen, then `other`
+        (tenants are chosen by clients: their series must stay bounded)."""
+        if tenant in self._tenants:
+            return tenant
+        if len(self._tenants) < MAX_TENANT_LABELS:
+            self._tenants.add(tenant)
+            return tenant
+        return "other"
 
     def on_finished(self, ended: EndedTask) -> None:
         """Once per task, at its terminal state."""
         task = ended.task
         pool_id = task.pool_id
         self._inc("tasks_finished", pool_id, task.state.value)
+        tenant = self._tenant(task.tenant)
+        self._inc("tenant_tasks_finished", tenant, task.state.value)
+        if ended.tokens_out:
+            self._inc("tenant_tokens_out", tenant, by=ended.tokens_out)
         counted = _ENDINGS.get((task.state, task.error))
         if counted is not None:
             self._inc(counted[0], pool_id, counted[1])
@@ -182,6 +228,7 @@ class Metrics:
             self._drop_series(pool_id, rid)
             return
         self._set("replica_ready", int(replica.state is ReplicaState.READY), pool_id, rid)
+        self._child("replica_restarts", (pool_id, rid))  # 0 until the first restart
         self._set("slots_total", replica.slots_total, pool_id, rid)
         if event is ReplicaEvent.RESTART:
             self._inc("replica_restarts", pool_id, rid)

@@ -35,6 +35,7 @@ import hashlib
 import json
 import random
 import re
+from collections import deque
 from typing import Any
 
 from aiohttp import web
@@ -56,6 +57,7 @@ class TGIServer:
         self.max_concurrent = max_concurrent
         self.prefix = b"data: " if space else b"data:"
         self.in_flight = 0
+        self.seen_traceparents: deque[str] = deque(maxlen=64)
 
     def validate(self, body: Any) -> tuple[str, dict[str, Any]] | web.Response:
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), str):
@@ -114,7 +116,14 @@ class TGIServer:
                 break
         return out, {"finish_reason": finish, "seed": seed, "faults": faults}
 
+    async def traceparents(self, request: web.Request) -> web.Response:
+        """Test-only: the W3C `traceparent` headers of the latest requests (TGI continues
+        them in its own OTLP traces)."""
+        return web.json_response(list(self.seen_traceparents))
+
     async def generate_stream(self, request: web.Request) -> web.StreamResponse:
+        if "traceparent" in request.headers:
+            self.seen_traceparents.append(request.headers["traceparent"])
         try:
             body = await request.json()
         except ValueError:
@@ -287,6 +296,7 @@ def make_app(max_concurrent: int = 4, space: bool = True) -> web.Application:
     app.router.add_get("/info", server.info)
     app.router.add_get("/health", server.health)
     app.router.add_get("/metrics", server.metrics)
+    app.router.add_get("/_test/traceparents", server.traceparents)
     return app
 
 

@@ -112,15 +112,20 @@ async def test_session_affinity_beats_the_less_busy_replica(start_daemon):
     assert await api.cancel(busy["task_id"]) == 204
 
 
-async def _serving(tmp_path: Path, grace_s: float) -> tuple[asyncio.subprocess.Process, Served]:
-    """A real `orchestratord serve` with one single-slot mock pool and this grace period."""
+def _grace_config(tmp_path: Path, grace_s: float) -> Path:
+    """A config: one single-slot mock pool and this grace period."""
     config = {
         "server": {"shutdown_grace_s": grace_s},
         "pools": [mock_pool(replicas={"managed": {"count": 1, "slots": 1}})],
     }
     tmp_path.mkdir()
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    proc, url = await start_serve(tmp_path / "c.yaml")
+    return tmp_path / "c.yaml"
+
+
+async def _serving(tmp_path: Path, grace_s: float) -> tuple[asyncio.subprocess.Process, Served]:
+    """A real `orchestratord serve` with that config."""
+    proc, url = await start_serve(_grace_config(tmp_path, grace_s))
     daemon = Served(tmp_path, aiohttp.ClientSession())
     daemon.proc, daemon.url = proc, url
     return proc, daemon

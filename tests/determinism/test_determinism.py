@@ -93,3 +93,38 @@ async def test_triton_pool_is_deterministic_across_two_real_servers(
     proof = json.loads((tmp_path / "triton.json").read_text())
     assert proof["verdict"] == "pass" and proof["engine"] == "triton"
     assert len(proof["replicas"]) == 2 and len(proof["cases"]) == 4 * 64
+
+
+async def test_the_junit_report_validates_and_fails_a_perturbed_replica(start_daemon, tmp_path):
+    """OC-OBS-1405"""
+    import xml.etree.ElementTree as ET
+
+    import xmlschema
+
+    schema = xmlschema.XMLSchema(Path(__file__).with_name("junit.xsd"))
+    perturbed = mock_pool(
+        "bad", determinism="strict", replicas={"managed": {"count": 2}},
+        mock={"perturb_replica": "bad-r1"},
+    )  # fmt: skip
+    good = mock_pool("good", determinism="strict", replicas={"managed": {"count": 2}})
+    api = await start_daemon(good, perturbed)
+    reports = {}
+    for pool in ("good", "bad"):
+        report = tmp_path / f"{pool}.xml"
+        code, _, err = await orchctl(
+            api.base, "determinism", "--pool", pool, "--seeds", "3", "--junit", str(report)
+        )
+        assert code == (0 if pool == "good" else 4), err
+        schema.validate(str(report))  # raises, naming the element, if it does not conform
+        reports[pool] = ET.parse(report).getroot()
+    good_suite, bad_suite = (reports[p].find("testsuite") for p in ("good", "bad"))
+    # one case per prompt x seed x replica pair, plus the non-empty check
+    assert good_suite.get("tests") == str(4 * 3 * 1 + 1) and good_suite.get("failures") == "0"
+    assert bad_suite.get("failures") == str(4 * 3)  # every stream differs at its third token
+    failure = bad_suite.find("testcase/failure")
+    assert "token 2 differs" in failure.get("message")
+    names = [c.get("name") for c in bad_suite.iter("testcase")]
+    assert "ascii seed 0: bad-r1 vs bad-r0" in names
+    props = {p.get("name"): p.get("value") for p in good_suite.iter("property")}
+    assert props["engine"] == "mock" and props["model_digest"].startswith("sha256:")
+    assert props["engine_version"] and props["replicas"] == "good-r0,good-r1"
