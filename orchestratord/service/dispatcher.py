@@ -24,7 +24,7 @@ from orchestrator_core.admission import PoolView
 from orchestrator_core.dispatch import next_dispatch
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.estimator import ServiceEstimator
-from orchestrator_core.model import Priority, TaskState
+from orchestrator_core.model import PlacementMode, Priority, TaskState
 from orchestrator_core.queue import Admitted, PoolQueue
 from orchestrator_core.sessions import SessionTable
 from orchestratord.chat_template import ChatTemplate
@@ -196,13 +196,25 @@ class PoolDispatcher:
             self._pumping = False
         self._check_idle()
 
+    def _why(self, rec: TaskRecord, replica_id: str, now: float) -> str:
+        """Why placement chose `replica_id` (for the trace), before this turn is recorded."""
+        placement = rec.task.placement
+        if placement.replica_id == replica_id and placement.mode is not PlacementMode.AUTO:
+            return placement.mode.value
+        if self._sessions.warm_replica(rec.task.session_id, now) == replica_id:
+            return "session-affinity"
+        return "least-loaded"
+
     def _start(self, rec: TaskRecord, lease: Lease, now: float) -> None:
         replica = lease.replica
         self._metrics.on_placement(self.id, "placed")
         waited = now - rec.admitted_at
         self._metrics.on_started(self.id, replica, rec.task.priority, waited)
-        traceparent = tracing.started(rec.spans, replica.id, replica.engine, rec.task.retries)
-        if traceparent is not None and rec.request is not None:
+        if rec.spans is not None and rec.request is not None:  # traced (tracing is on)
+            why = self._why(rec, replica.id, now)
+            traceparent = tracing.started(
+                rec.spans, replica.id, replica.engine, rec.task.retries, why
+            )
             rec.request = replace(rec.request, traceparent=traceparent)
         if rec.task.session_id:
             self._sessions.record_turn(rec.task.session_id, replica.id, now)

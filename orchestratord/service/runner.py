@@ -73,7 +73,7 @@ async def run_task(
                     index = rec.tokens_out
                     if rec.first_token_at is None:
                         rec.first_token_at = now_ms()
-                        tracing.first_token(rec.spans)
+                        tracing.first_token(rec.spans, rec.first_token_at - rec.admitted_at)
                     if output.text_bytes < cap:
                         output.append(index, event.text, event.ids)
                     else:

@@ -334,7 +334,7 @@ class TaskBook:
             replica_id=rec.replica_id, engine=rec.engine, tokens_out=rec.tokens_out,
             finish_reason=rec.finish_reason, error=rec.error.code if rec.error else None,
             tenant=task.tenant, session_id=session_name(task.session_id),
-            correlation_id=rec.correlation_id, trace_id=tracing.trace_id(rec.spans),
+            correlation_id=rec.correlation_id, **tracing.log_ids(rec.spans),
         )  # fmt: skip
         tracing.finished(
             rec.spans, state.value, code.value if code else None, rec.tokens_in, rec.tokens_out

@@ -93,13 +93,16 @@ def queued(spans: TaskSpans | None, position: int, predicted_start_ms: int) -> N
         spans.queue.set_attribute("predicted_start_ms", predicted_start_ms)
 
 
-def started(spans: TaskSpans | None, replica_id: str, engine: str, retries: int) -> str | None:
-    """The task left the queue for `replica_id`: the `traceparent` its engine gets."""
+def started(
+    spans: TaskSpans | None, replica_id: str, engine: str, retries: int, reason: str
+) -> str | None:
+    """The task left the queue for `replica_id` (chosen for `reason`): the `traceparent`
+    its engine gets."""
     if _tracer is None or spans is None:
         return None
     spans.queue.end()
     inside = trace.set_span_in_context(spans.task)
-    placed = {"replica_id": replica_id, "outcome": "placed"}
+    placed = {"replica_id": replica_id, "outcome": "placed", "reason": reason}
     with _tracer.start_as_current_span("placement", context=inside, attributes=placed):
         pass
     spans.engine = _tracer.start_span(
@@ -111,9 +114,10 @@ def started(spans: TaskSpans | None, replica_id: str, engine: str, retries: int)
     return carrier.get("traceparent")
 
 
-def first_token(spans: TaskSpans | None) -> None:
+def first_token(spans: TaskSpans | None, ttft_ms: float) -> None:
     if spans is not None and spans.engine is not None:
         spans.engine.add_event("first_token")
+        spans.engine.set_attribute("ttft_ms", round(ttft_ms, 3))
 
 
 def finished(
@@ -145,8 +149,12 @@ def reader(spans: TaskSpans | None, render: str) -> Span | None:
     return _tracer.start_span("stream", context=inside, attributes={"format": render})
 
 
-def trace_id(spans: TaskSpans | None) -> str | None:
-    """For the task's log lines."""
+def log_ids(spans: TaskSpans | None) -> dict[str, str]:
+    """`trace_id` and `span_id` (of the task span) for the task's log lines."""
     if spans is None:
-        return None
-    return format(spans.task.get_span_context().trace_id, "032x")
+        return {}
+    context = spans.task.get_span_context()
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }

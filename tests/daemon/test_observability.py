@@ -133,6 +133,9 @@ async def test_a_task_is_one_trace_continuing_the_clients_and_reaching_the_engin
     assert seen[-1] == f"00-{CLIENT_TRACE}-{format(engine.context.span_id, '016x')}-01"
     ended = [e for e in logs if e["event"] == "task ended" and e["task_id"] == task_id]
     assert ended[0]["trace_id"] == CLIENT_TRACE
+    assert ended[0]["span_id"] == format(task.context.span_id, "016x")
+    assert finished["placement"].attributes["reason"] == "least-loaded"
+    assert engine.attributes["ttft_ms"] > 0
 
 
 async def test_tracing_off_costs_no_spans_and_passes_the_clients_context_on(
