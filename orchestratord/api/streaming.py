@@ -155,7 +155,10 @@ async def stream_task(
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
             if watchdog.fired:  # the client stopped reading: let go of it and the task
-                log.info("slow reader disconnected", task_id=rec.task.id, write_timeout_s=timeout_s)
+                log.info(
+                    "slow reader disconnected", task_id=rec.task.id, write_timeout_s=timeout_s,
+                    **tracing.log_ids(rec.spans),
+                )  # fmt: skip
             # else the client went away (`reading` decides about the task)
         finally:
             watchdog.close()

@@ -256,7 +256,7 @@ class PoolDispatcher:
         log.warning(
             "engine error", task_id=task.id, pool_id=self.id, replica_id=replica.id,
             engine=replica.engine, code=e.code.value, error=e.message, detail=e.detail,
-            retry=retry, correlation_id=rec.correlation_id,
+            retry=retry, correlation_id=rec.correlation_id, **tracing.log_ids(rec.spans),
         )  # fmt: skip
         if retry:  # nothing reached the client yet: run it elsewhere, ahead of never-run work
             self.queue.requeue_front(task, replica.id)
@@ -305,7 +305,10 @@ class PoolDispatcher:
             self._book.finish(rec, TaskState.CANCELED, code, why)
             if rec.runner is not None:
                 rec.runner.cancel()  # closes the engine request; the slot frees when it ends
-        log.info("canceled task", task_id=task.id, pool_id=self.id, replica_id=rec.replica_id)
+        log.info(
+            "canceled task", task_id=task.id, pool_id=self.id, replica_id=rec.replica_id,
+            **tracing.log_ids(rec.spans),
+        )  # fmt: skip
 
     def abort(self, why: str, *, running: bool = True) -> None:
         """End every queued (and, with `running`, every running) task with the retriable

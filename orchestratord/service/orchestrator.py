@@ -32,7 +32,7 @@ from orchestratord.service.refusal import Refusal
 from orchestratord.service.runner import RunLimits
 from orchestratord.service.tasks import TaskBook, TaskRecord, session_key
 from orchestratord.store import StoreError, TaskStore, open_store
-from orchestratord.telemetry import Metrics
+from orchestratord.telemetry import Metrics, tracing
 from pool_managerd.launchers import Launcher
 
 log = structlog.get_logger("orchestratord")
@@ -197,7 +197,9 @@ class Orchestrator:
 
     def _cancel_abandoned(self, rec: TaskRecord) -> None:
         if not rec.readers and not rec.ended:
-            log.info("client went away; canceling", task_id=rec.task.id)
+            log.info(
+                "client went away; canceling", task_id=rec.task.id, **tracing.log_ids(rec.spans)
+            )
             self.pools[rec.task.pool_id].cancel(rec)
 
     def cancel(self, task_id: str, viewer: Principal) -> None:

@@ -325,3 +325,17 @@ async def test_live_metrics_events_are_opt_in_and_bounded(start_daemon):
     _, done, _ = await api.submit(model="mock-model", prompt="x", max_tokens=1)
     async with api.http.get(f"{api.base}/v1/tasks/{done['task_id']}/stream?metrics_ms=10") as r:
         assert r.status == 400 and (await r.json())["field"] == "metrics_ms"
+
+
+async def test_a_traced_tasks_log_lines_carry_its_trace(start_daemon, spans):
+    """OC-OBS-1402"""
+    with capture_logs() as logs:
+        api = await start_daemon(mock_pool())
+        _, task, _ = await api.submit(model="mock-model", prompt="[[fail:1]]")
+        await api.wait_state(task["task_id"], "failed")
+    mine = [e for e in logs if e.get("task_id") == task["task_id"]]
+    assert {e["event"] for e in mine} >= {"engine error", "task ended"}
+    traces = {e["trace_id"] for e in mine}
+    assert len(traces) == 1 and len(traces.pop()) == 32
+    exported = {s.name: s for s in spans.get_finished_spans()}
+    assert exported["engine"].status.status_code.name == "ERROR"
