@@ -16,6 +16,7 @@ and another tenant's ids answer as if they did not exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from orchestratord.api_models import KeyLimits as Limits
 from orchestratord.api_models import KeyRole as Role
@@ -71,6 +72,7 @@ class Principal:
         return self.key_id or "anonymous"
 
 
-#: With no keys configured (loopback only): every role, the tenant from `X-Tenant-Id`.
+@lru_cache(maxsize=1024)  # per request on the hot path: made once per tenant
 def open_principal(tenant: str) -> Principal:
+    """With no keys configured (loopback only): every role, the tenant `X-Tenant-Id` names."""
     return Principal(tenant=tenant, roles=frozenset({Role.ADMIN}))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 import structlog
@@ -65,14 +66,17 @@ def _forbidden(message: str, field: str | None = None) -> Refusal:
     return Refusal(ErrorCode.FORBIDDEN, message, field=field)
 
 
+@lru_cache(maxsize=256)  # per request: the few Host values clients send, parsed once
+def _loopback_host(header: str) -> bool:
+    return is_loopback(urlsplit(f"//{header}").hostname or "")
+
+
 def _browser_guard(request: web.Request, loopback: bool) -> None:
-    if loopback:
-        host = urlsplit(f"//{request.host}").hostname or ""
-        if not is_loopback(host):
-            raise _forbidden(
-                f"this daemon listens on loopback and answers only loopback names, not "
-                f"Host {request.host!r}", "Host",
-            )  # fmt: skip
+    if loopback and not _loopback_host(request.host):
+        raise _forbidden(
+            f"this daemon listens on loopback and answers only loopback names, not "
+            f"Host {request.host!r}", "Host",
+        )  # fmt: skip
     if request.method not in _CHANGES_STATE:
         return
     origin = request.headers.get(hdrs.ORIGIN)
