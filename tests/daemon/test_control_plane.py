@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from pool_managerd.launchers import MockLauncher
 from tests.helpers import mock_pool, wait_ready
 
 
@@ -160,12 +164,29 @@ async def test_metrics_minimum_set(start_daemon):
             assert "task_id" not in s.labels and "session_id" not in s.labels
 
 
-async def test_queued_work_ends_with_a_typed_error_when_no_replica_can_start(start_daemon):
+async def test_queued_work_ends_with_a_typed_error_when_no_replica_can_start(
+    start_daemon, monkeypatch
+):
     """OC-CTRL-2022, OC-POOL-4006"""
+    # The restart waits until the task is queued: under load the replica used to fail for
+    # good before the submit arrived, which then (rightly) got 503 instead of a queued task.
+    queued = asyncio.Event()
+    launch = MockLauncher.launch
+    launches = 0
+
+    async def gated(self: MockLauncher, replica_id: str, model: str) -> Any:
+        nonlocal launches
+        launches += 1
+        if launches > 1:
+            await queued.wait()
+        return await launch(self, replica_id, model)
+
+    monkeypatch.setattr(MockLauncher, "launch", gated)
     api = await start_daemon(
         mock_pool(mock={"fail_start": True}, max_restarts=1, restart_backoff_s=0.01), ready=False
     )
     _, task, _ = await api.submit(model="mock-model", prompt="waits for a replica")
+    queued.set()
     events = await api.events(task["task_id"])
     assert [e[0] for e in events] == ["error"]
     assert events[0][2]["code"] == "POOL_UNAVAILABLE" and "can start" in events[0][2]["message"]
