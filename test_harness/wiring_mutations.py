@@ -101,6 +101,13 @@ MUTATIONS = (
         "tests/conformance/test_conformance.py::test_stats_report_the_engines_own_view[tgi]",
     ),
     Mutation(
+        "a reloaded replica restarts on no model",
+        "pool_managerd/pool.py",
+        "                self._add(replica, model, launched)",
+        "                self._add(replica, None, launched)",
+        f"{WIRING}::test_a_reloaded_replica_that_fails_restarts_on_the_new_model",
+    ),
+    Mutation(
         "retention 1,000 times shorter",
         "orchestratord/service/tasks.py",
         "self._retention_ms = retention_s * 1000.0",

@@ -167,3 +167,34 @@ async def test_sigterm_runs_queued_tasks_in_its_grace_and_ends_the_rest_typed(tm
             error = json.loads(last["data"])
             assert error["code"] == "POOL_UNAVAILABLE" and error["retriable"] is True
     assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_a_reloaded_replica_that_fails_restarts_on_the_new_model(start_daemon, monkeypatch):
+    """OC-POOL-4007 (found by the mutation run over pool.py: a restart given no model
+    survived)"""
+    import hashlib
+
+    from pool_managerd.replica import ReplicaState
+
+    api = await start_daemon(mock_pool(models={"v2": "mock-model-v2"}))
+    dispatcher = api.daemon.service.pools["mock"]
+    manager = dispatcher.manager
+    v2 = "sha256:" + hashlib.sha256(b"mock-model-v2").hexdigest()
+    async with api.http.post(f"{api.base}/v1/pools/mock/reload", json={"model": "v2"}) as r:
+        assert r.status == 202
+    await dispatcher.reload_task
+    replica = next(r for r in manager.replicas if r.model_digest == v2)
+    restarts = replica.restarts
+
+    async def gone() -> bool:  # the engine stops answering its probes
+        return False
+
+    monkeypatch.setattr(replica.adapter, "ready", gone)
+    manager.suspect(replica, "test: the engine stopped answering")
+    async with asyncio.timeout(30):
+        await manager.wait_for(
+            lambda: replica.restarts > restarts and replica.state is ReplicaState.READY
+        )
+    assert replica.model_digest == v2  # restarted on the model it was reloaded to
+    _, task, _ = await api.submit(model="mock-model", prompt="x", max_tokens=2)
+    assert (await api.events(task["task_id"]))[-1][0] == "end"
