@@ -136,7 +136,10 @@ class KeyRing:
             else KeyEntry(id="0" * 10, sha256=digest(env_key), tenant="default",
                           roles=[KeyRole.ADMIN])
         )  # fmt: skip
+        self._env_principal = self._env.principal() if self._env is not None else None
         self._entries: dict[str, KeyEntry] = {}
+        #: Each entry's principal, made once per (re)load, not per request.
+        self._principals: dict[str, Principal] = {}
         self.reload()
 
     @property
@@ -149,19 +152,20 @@ class KeyRing:
         the keys as they were."""
         if self.path is not None:
             self._entries = {e.id: e for e in read_entries(self.path)}
+            self._principals = {key_id: e.principal() for key_id, e in self._entries.items()}
         return len(self._entries)
 
     def authenticate(self, presented: str) -> Principal | None:
         """The principal `presented` names, or None. Constant-time in the secret."""
         given = digest(presented)
         if self._env is not None and hmac.compare_digest(given, self._env.sha256):
-            return self._env.principal()
+            return self._env_principal
         prefix, _, rest = presented.partition("-")
         key_id = rest.partition("-")[0] if prefix == _PREFIX else ""
         entry = self._entries.get(key_id)
         expected = entry.sha256 if entry is not None else _STAND_IN
         if hmac.compare_digest(given, expected) and entry is not None:
-            return entry.principal()
+            return self._principals[key_id]
         return None
 
     def listing(self) -> list[KeyInfo]:

@@ -173,12 +173,13 @@ class Admission:
             seed=seed, cancel_when_abandoned=sub.cancel_when_abandoned, batch=sub.batch,
             footprint=footprint,
         )  # fmt: skip
-        rec.spans = tracing.admitted(
-            sub.traceparent,
-            {"task_id": task_id, "pool_id": pool.id, "model": rec.model, "tenant": sub.tenant,
-             "priority": sub.priority.value, "door": sub.door.value},
-            {"priority": sub.priority.value, "tenant": sub.tenant},
-        )  # fmt: skip
+        if tracing.enabled():  # (off, not even the attributes are built)
+            rec.spans = tracing.admitted(
+                sub.traceparent,
+                {"task_id": task_id, "pool_id": pool.id, "model": rec.model,
+                 "tenant": sub.tenant, "priority": sub.priority.value, "door": sub.door.value},
+                {"priority": sub.priority.value, "tenant": sub.tenant},
+            )  # fmt: skip
         try:
             pool.admit(rec)  # (it may dispatch the task at once)
         except Refusal as refused:

@@ -49,6 +49,10 @@ def configure(provider: TracerProvider | None) -> None:
     _tracer = None if provider is None else provider.get_tracer("orchestratord")
 
 
+def enabled() -> bool:
+    return _tracer is not None
+
+
 def shutdown() -> None:
     """Export what is buffered (the daemon is stopping)."""
     if _provider is not None:
