@@ -15,6 +15,8 @@ class ServiceEstimator:
     task_ms: float = 0.0
     token_ms: float = 0.0
     observed: int = 0
+    #: Prefill time per uncached prompt token, where engines report it (0: unknown).
+    prefill_token_ms: float = 0.0
 
     def observe(self, service_ms: float, tokens_out: int) -> None:
         per_token = service_ms / tokens_out if tokens_out > 0 else self.token_ms
@@ -25,6 +27,17 @@ class ServiceEstimator:
             self.task_ms += a * (service_ms - self.task_ms)
             self.token_ms += a * (per_token - self.token_ms)
         self.observed += 1
+
+    def observe_prefill(self, prefill_ms: float, tokens: int) -> None:
+        """An engine prefilled `tokens` uncached prompt tokens in `prefill_ms`. Short
+        prefills (under 16 tokens: mostly overhead) teach nothing about the per-token cost."""
+        if tokens < 16:
+            return
+        per_token = prefill_ms / tokens
+        if self.prefill_token_ms == 0.0:
+            self.prefill_token_ms = per_token
+        else:
+            self.prefill_token_ms += self.alpha * (per_token - self.prefill_token_ms)
 
     def predicted_start_ms(self, ahead: int, slots_total: int, slots_busy: int) -> int:
         """When a task with `ahead` queued tasks before it should start, from now.

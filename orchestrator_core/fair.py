@@ -25,6 +25,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from math import lcm
+from typing import Generic, TypeVar
 
 from sortedcontainers import SortedList
 
@@ -34,7 +35,7 @@ from orchestrator_core.model import Task
 IDLE_TENANTS_REMEMBERED = 4096
 
 
-class _RankedFifo:
+class RankedFifo:
     """A FIFO of increasing arrival numbers with O(1) append and pop-front, O(log n) removal
     from the middle and O(log n) rank: an append-only list with a head index, plus the
     (rare) holes left by mid-queue removals."""
@@ -96,55 +97,107 @@ class _RankedFifo:
         return before - int(self._holes.bisect_left(seq))
 
 
-class _TenantQueue:
-    __slots__ = ("cost", "fifo", "finish", "name", "next_tag", "ordinal")
+class Tenant:
+    """One tenant of a fairness class: its FIFO of queued tasks and its ordinal (a new one
+    each time it is created again, so no stale order key can point at it)."""
 
-    def __init__(self, name: str, ordinal: int, cost: int) -> None:
+    __slots__ = ("fifo", "name", "ordinal", "scale")
+
+    def __init__(self, name: str, ordinal: int, scale: int) -> None:
         self.name = name
         self.ordinal = ordinal
-        self.cost = cost
-        #: Tag of the tenant's head task while it is backlogged.
-        self.next_tag = 0
-        #: Tag its next task would start at after its last dispatch.
-        self.finish = 0
-        self.fifo = _RankedFifo()
-
-    def tag(self, rank: int) -> int:
-        """The tag of the tenant's queued task of rank `rank` (0 = its head)."""
-        return self.next_tag + rank * self.cost
+        #: `base // weight`: what one unit of service costs it, in integers.
+        self.scale = scale
+        self.fifo = RankedFifo()
 
 
-class FairClass:
-    """The tasks of one priority in one lane, ordered by weighted fairness over tenants."""
+T = TypeVar("T", bound=Tenant)
 
-    def __init__(self, tenant_weights: Mapping[str, int] | None = None) -> None:
+
+class TenantClass(Generic[T]):
+    """What both fairness disciplines share: weights made integer scales, the backlogged
+    tenants, the idle ones remembered (bounded), and the queued tasks' arrival numbers.
+    Subclasses decide the order (`peek`, `pop`)."""
+
+    def __init__(self, tenant_weights: Mapping[str, int] | None) -> None:
         weights = dict(tenant_weights or {})
         if any(w < 1 for w in weights.values()):
             raise ValueError("tenant weights must be positive integers")
         self._weights = weights
         self._base = lcm(1, *weights.values())
-        self._tenants: dict[str, _TenantQueue] = {}
-        #: Backlogged tenants by ordinal (what a key points at).
-        self._backlogged: dict[int, _TenantQueue] = {}
-        # Empty tenants still remembered for their finish tag, oldest first.
+        self._tenants: dict[str, T] = {}
+        #: Backlogged tenants by ordinal (what an order key points at).
+        self._backlogged: dict[int, T] = {}
+        #: Empty tenants still remembered, oldest first.
         self._idle: OrderedDict[str, None] = OrderedDict()
-        #: One `(tag, ordinal)` per queued task: the dispatch order.
-        self._keys: SortedList = SortedList()
         #: Arrival numbers of the queued tasks (to count arrivals across lanes).
         self._seqs: SortedList = SortedList()
-        self._vclock = 0
         self._ordinals = 0
 
     def __len__(self) -> int:
         return len(self._seqs)
 
+    def _next_ordinal(self, name: str) -> tuple[int, int]:
+        """(a new ordinal, the scale) for a tenant being created."""
+        self._ordinals += 1
+        return self._ordinals, self._base // self._weights.get(name, 1)
+
+    def _remember_idle(self, t: T) -> None:
+        self._idle[t.name] = None
+        self._idle.move_to_end(t.name)
+        if len(self._idle) > IDLE_TENANTS_REMEMBERED:
+            del self._tenants[self._idle.popitem(last=False)[0]]
+
+    def peek(self) -> Task | None:
+        raise NotImplementedError
+
+    def peek_seq(self) -> int:
+        """Arrival number of the task `pop` would return (the class must not be empty)."""
+        head = self.peek()
+        assert head is not None
+        return head.seq
+
+    def count_before_seq(self, seq: int) -> int:
+        """How many tasks of this class arrived before arrival number `seq`."""
+        return int(self._seqs.bisect_left(seq))
+
+    def tenants_remembered(self) -> int:
+        """Tenants this class holds state for (backlogged or idle-remembered)."""
+        return len(self._tenants)
+
+    def __iter__(self) -> Iterator[Task]:
+        for t in self._backlogged.values():
+            yield from t.fifo.tasks.values()
+
+
+class _TenantQueue(Tenant):
+    __slots__ = ("finish", "next_tag")
+
+    def __init__(self, name: str, ordinal: int, scale: int) -> None:
+        super().__init__(name, ordinal, scale)
+        #: Tag of the tenant's head task while it is backlogged.
+        self.next_tag = 0
+        #: Tag its next task would start at after its last dispatch.
+        self.finish = 0
+
+    def tag(self, rank: int) -> int:
+        """The tag of the tenant's queued task of rank `rank` (0 = its head)."""
+        return self.next_tag + rank * self.scale
+
+
+class FairClass(TenantClass[_TenantQueue]):
+    """The tasks of one priority in one lane, ordered by weighted fairness over tenants."""
+
+    def __init__(self, tenant_weights: Mapping[str, int] | None = None) -> None:
+        super().__init__(tenant_weights)
+        #: One `(tag, ordinal)` per queued task: the dispatch order.
+        self._keys: SortedList = SortedList()
+        self._vclock = 0
+
     def _tenant(self, name: str) -> _TenantQueue:
         tq = self._tenants.get(name)
         if tq is None:
-            # A new ordinal even for a tenant seen before: no stale key can point at it.
-            self._ordinals += 1
-            tq = _TenantQueue(name, self._ordinals, self._base // self._weights.get(name, 1))
-            self._tenants[name] = tq
+            tq = self._tenants[name] = _TenantQueue(name, *self._next_ordinal(name))
         return tq
 
     def push(self, task: Task) -> None:
@@ -164,12 +217,6 @@ class FairClass:
             return None
         return self._backlogged[self._keys[0][1]].fifo.first()
 
-    def peek_seq(self) -> int:
-        """Arrival number of the task `pop` would return (the class must not be empty)."""
-        head = self.peek()
-        assert head is not None
-        return head.seq
-
     def pop(self) -> Task | None:
         """Remove and return the next task in fair order."""
         if not self._keys:
@@ -179,7 +226,7 @@ class FairClass:
         task = tq.fifo.popleft()
         self._seqs.remove(task.seq)
         self._vclock = tag
-        tq.next_tag += tq.cost
+        tq.next_tag += tq.scale
         tq.finish = tq.next_tag
         if not tq.fifo.tasks:
             self._went_idle(tq)
@@ -197,9 +244,7 @@ class FairClass:
 
     def _went_idle(self, tq: _TenantQueue) -> None:
         del self._backlogged[tq.ordinal]
-        self._idle[tq.name] = None
-        if len(self._idle) > IDLE_TENANTS_REMEMBERED:
-            del self._tenants[self._idle.popitem(last=False)[0]]
+        self._remember_idle(tq)
 
     def _sweep_idle(self) -> None:
         # An empty tenant whose finish tag the clock has passed carries no fairness memory
@@ -222,15 +267,3 @@ class FairClass:
         """`position` of the tenant's newest task."""
         me = self._tenants[tenant]
         return int(self._keys.bisect_left((me.tag(len(me.fifo) - 1), me.ordinal)))
-
-    def count_before_seq(self, seq: int) -> int:
-        """How many tasks of this class arrived before arrival number `seq`."""
-        return int(self._seqs.bisect_left(seq))
-
-    def tenants_remembered(self) -> int:
-        """Tenants this class holds state for (backlogged or idle-remembered)."""
-        return len(self._tenants)
-
-    def __iter__(self) -> Iterator[Task]:
-        for tq in self._backlogged.values():
-            yield from tq.fifo.tasks.values()

@@ -95,6 +95,11 @@ class Task:
     prompt_tokens: int = 0
     max_tokens: int = 0
     placement: Placement = AUTO
+    #: Chained names of the prompt's leading blocks, for prefix-aware placement (empty:
+    #: placement ignores the prompt).
+    prefix: tuple[int, ...] = ()
+    #: While the task waits for a replica that holds its prefix: until when it may.
+    hold_until_ms: float | None = None
     state: TaskState = TaskState.QUEUED
     #: Assigned by the queue on first admission; the global arrival order.
     seq: int = -1

@@ -33,6 +33,7 @@ from orchestrator_core.model import (
     Task,
     TaskState,
 )
+from orchestrator_core.vtc import TokenFairClass
 
 ANY_LANE = "any"
 STRICT_LANE = "strict"
@@ -75,12 +76,28 @@ class Rejected:
 OfferResult = Admitted | Rejected
 
 
+@dataclass(frozen=True, slots=True)
+class TokenCosts:
+    """Token fairness (`queue.fairness: tokens`): what one prompt and one output token
+    charge a tenant's counter (the paper's w_p = 1, w_q = 2 by default)."""
+
+    input: int = 1
+    output: int = 2
+
+    def estimate(self, task: Task) -> int:
+        """The most a queued task can charge: its prompt and all the output it may make."""
+        return self.input * task.prompt_tokens + self.output * task.max_tokens
+
+
 class _Lane:
     __slots__ = ("classes", "key", "retries")
 
-    def __init__(self, key: str, weights: Mapping[str, int]) -> None:
+    def __init__(self, key: str, weights: Mapping[str, int], tokens: TokenCosts | None) -> None:
         self.key = key
-        self.classes = {p: FairClass(weights) for p in PRIORITIES}
+        self.classes: dict[Priority, FairClass | TokenFairClass] = {
+            p: FairClass(weights) if tokens is None else TokenFairClass(tokens.estimate, weights)
+            for p in PRIORITIES
+        }
         # Retried tasks, in the order they were put back; dispatched first.
         self.retries: dict[Priority, OrderedDict[str, Task]] = {
             p: OrderedDict() for p in PRIORITIES
@@ -99,12 +116,16 @@ class PoolQueue:
         capacity: int,
         policy: QueuePolicy = QueuePolicy.REJECT,
         tenant_weights: Mapping[str, int] | None = None,
+        token_costs: TokenCosts | None = None,
     ) -> None:
+        """`token_costs` set: tenants share by tokens served (`TokenFairClass`), else by
+        tasks dispatched (`FairClass`)."""
         if capacity < 0:
             raise ValueError("capacity must be >= 0")
         self.capacity = capacity
         self.policy = policy
         self._weights = dict(tenant_weights or {})
+        self.token_costs = token_costs
         FairClass(self._weights)  # validate weights now, not on the first offer
         self._lanes: dict[str, _Lane] = {}
         self._tasks: dict[str, Task] = {}
@@ -219,6 +240,17 @@ class PoolQueue:
         task.failed_on = task.failed_on | {failed_on}
         self._attach(task, retry=True)
 
+    def charge(self, task: Task, prompt_tokens: int = 0, output_tokens: int = 0) -> None:
+        """Token fairness: count service `task` received to its tenant (a no-op under
+        request fairness, or when its lane is gone: a pinned lane keeps no memory)."""
+        costs = self.token_costs
+        lane = self._lanes.get(lane_of(task))
+        if costs is None or lane is None:
+            return
+        fair = lane.classes[task.priority]
+        assert isinstance(fair, TokenFairClass)
+        fair.charge(task.tenant, costs.input * prompt_tokens + costs.output * output_tokens)
+
     # -- leaving the queue ---------------------------------------------------------
 
     def cancel(self, task_id: str) -> Task | None:
@@ -244,6 +276,16 @@ class PoolQueue:
             expired.append(task)
         return expired
 
+    def peek_next(self, lanes: Iterable[str]) -> Task | None:
+        """The task `take_next(lanes, ...)` would take (ignoring expiry), left queued."""
+        head = self._head([key for key in lanes if key in self._lanes])
+        if head is None:
+            return None
+        lane, priority, from_retry = head
+        if from_retry:
+            return next(iter(lane.retries[priority].values()))
+        return lane.classes[priority].peek()
+
     def take_next(self, lanes: Iterable[str], now_ms: float) -> tuple[Task | None, list[Task]]:
         """Dispatch: take the next task that may use a slot in one of `lanes`.
 
@@ -251,9 +293,34 @@ class PoolQueue:
         taken task is RUNNING. Returns `(None, expired)` when no eligible task waits.
         """
         expired = self.expire_due(now_ms) if self._deadlines else []
-        keys = [key for key in lanes if key in self._lanes]
+        head = self._head([key for key in lanes if key in self._lanes])
+        if head is None:
+            return None, expired
+        lane, priority, from_retry = head
+        if from_retry:
+            task = lane.retries[priority].popitem(last=False)[1]
+        else:
+            # pop, not remove: dispatching is what advances the tenants' fair clock
+            popped = lane.classes[priority].pop()
+            assert popped is not None
+            task = popped
+            # token fairness charges the prompt as its service begins (a retry is not
+            # charged twice)
+            self.charge(task, prompt_tokens=task.prompt_tokens)
+        self._forget(task, lane, retry=from_retry)
+        task.transition(TaskState.RUNNING)
+        return task, expired
+
+    def _head(self, keys: list[str]) -> tuple[_Lane, Priority, bool] | None:
+        """Where the next task of `keys`' lanes waits: (lane, priority, in its retry line)."""
         if len(keys) == 1:  # the common case: one lane has work, no comparison needed
-            return self._take_from(self._lanes[keys[0]]), expired
+            lane = self._lanes[keys[0]]
+            for priority in PRIORITIES:
+                if lane.retries[priority]:
+                    return lane, priority, True
+                if len(lane.classes[priority]):
+                    return lane, priority, False
+            return None
         for priority in PRIORITIES:
             best: tuple[int, int] | None = None
             best_lane: _Lane | None = None
@@ -269,35 +336,8 @@ class PoolQueue:
                     head = (1, fair.peek_seq())
                 if best is None or head < best:
                     best, best_lane = head, lane
-            if best is None or best_lane is None:
-                continue
-            from_retry = best[0] == 0
-            if from_retry:
-                task = best_lane.retries[priority].popitem(last=False)[1]
-            else:
-                # pop, not remove: dispatching is what advances the tenants' fair clock
-                popped = best_lane.classes[priority].pop()
-                assert popped is not None
-                task = popped
-            self._forget(task, best_lane, retry=from_retry)
-            task.transition(TaskState.RUNNING)
-            return task, expired
-        return None, expired
-
-    def _take_from(self, lane: _Lane) -> Task | None:
-        for priority in PRIORITIES:
-            retries = lane.retries[priority]
-            if retries:
-                task = retries.popitem(last=False)[1]
-                self._forget(task, lane, retry=True)
-            else:
-                popped = lane.classes[priority].pop()
-                if popped is None:
-                    continue
-                task = popped
-                self._forget(task, lane, retry=False)
-            task.transition(TaskState.RUNNING)
-            return task
+            if best is not None and best_lane is not None:
+                return best_lane, priority, best[0] == 0
         return None
 
     # -- internals -----------------------------------------------------------------
@@ -306,7 +346,7 @@ class PoolQueue:
         key = lane_of(task)
         lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[key] = _Lane(key, self._weights)
+            lane = self._lanes[key] = _Lane(key, self._weights, self.token_costs)
         if retry:
             lane.retries[task.priority][task.id] = task
             self._retrying += 1

@@ -126,10 +126,35 @@ class StoreConfig(_Cfg):
     max_bytes: Annotated[int, Field(ge=65536)] | None = None
 
 
+class TokenCostsConfig(_Cfg):
+    #: What one prompt token and one output token charge a tenant under token fairness.
+    input: Annotated[int, Field(ge=0, le=1000)] = 1
+    output: Annotated[int, Field(ge=0, le=1000)] = 2
+
+
 class QueueConfig(_Cfg):
     capacity: Annotated[int, Field(ge=0)] = 256
     policy: QueuePolicy = QueuePolicy.REJECT
     tenant_weights: dict[str, Annotated[int, Field(ge=1)]] = {}
+    #: How tenants share a priority: by tasks dispatched, or by tokens served (a virtual
+    #: token counter per tenant: prompt and output tokens, weighed by `token_costs`).
+    fairness: Literal["requests", "tokens"] = "requests"
+    token_costs: TokenCostsConfig = TokenCostsConfig()
+
+
+class PlacementConfig(_Cfg):
+    #: Send a task where its prompt's prefix probably sits in an engine's KV cache.
+    prefix_aware: bool = False
+    #: Prompt bytes per indexed block (a prefix is matched in whole blocks).
+    block_bytes: Annotated[int, Field(ge=16, le=65536)] = 256
+    #: Memory the prefix index may use per replica.
+    index_bytes: Annotated[int, Field(ge=4096)] = 1 << 20
+    #: A replica counts its cached prefix only while it has at most this many more busy
+    #: slots than the least busy replica (one hot prefix must not pile onto one replica).
+    load_guard: Annotated[int, Field(ge=0)] = 1
+    #: How long a task may wait for a busy replica holding its prefix, when the estimated
+    #: prefill saved beats it (0: never wait).
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
 
 
 class ManagedReplicas(_Cfg):
@@ -174,6 +199,7 @@ class PoolConfig(_Cfg):
     engine: EngineName
     model: Annotated[str, Field(min_length=1)]
     queue: QueueConfig = QueueConfig()
+    placement: PlacementConfig = PlacementConfig()
     replicas: ReplicasConfig
     determinism: Determinism = Determinism.BEST_EFFORT
     #: Prompt bytes per token, to estimate prompt length at admission without a tokenizer.

@@ -42,6 +42,9 @@ class EngineKind:
     needs_model_path: bool = False
     #: The engine renders conversations with its own chat template (a chat route).
     chat: bool = True
+    #: Its prompt cache is per slot (a slot reuses only its own last prompt, and a request
+    #: can name its slot: llama.cpp `id_slot`), else shared by the replica's sequences.
+    slot_cache: bool = False
 
 
 def _llamacpp_endpoint(pool: PoolConfig, url: str) -> WorkerAdapter:
@@ -81,7 +84,9 @@ def _openai_endpoint(pool: PoolConfig, url: str) -> WorkerAdapter:
 ENGINES: dict[str, EngineKind] = {
     kind.name: kind
     for kind in (
-        EngineKind("llamacpp", _llamacpp_endpoint, _llama_server, needs_model_path=True),
+        EngineKind(
+            "llamacpp", _llamacpp_endpoint, _llama_server, needs_model_path=True, slot_cache=True
+        ),
         EngineKind("tgi", lambda pool, url: TGIAdapter(url)),
         EngineKind(
             "triton",

@@ -131,11 +131,11 @@ class PoolManager:
 
     # -- leases --------------------------------------------------------------------
 
-    def lease(self, replica_id: str) -> Lease:
+    def lease(self, replica_id: str, slot: int | None = None) -> Lease:
         replica = self.get(replica_id)
         if replica is None or replica.state is not ReplicaState.READY:
             raise RuntimeError(f"replica {replica_id} cannot take a lease")
-        return Lease(replica)
+        return Lease(replica, slot)
 
     def release(self, lease: Lease) -> None:
         if lease.release() and lease.replica.busy == 0:

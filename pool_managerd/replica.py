@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from orchestrator_core.placement import ReplicaSnapshot
@@ -50,6 +50,8 @@ class Replica:
     engine_busy: int | None = None
     #: The engine process, when pool_managerd spawned it.
     pid: int | None = None
+    #: The slots leased now, by index (`busy` of them).
+    leased_slots: set[int] = field(default_factory=set)
 
     def mark_ready(self, adapter: WorkerAdapter, caps: Capabilities) -> None:
         self.adapter = adapter
@@ -76,6 +78,7 @@ class Replica:
             engine_version=self.engine_version,
             model_digest=self.model_digest,
             deterministic=self.deterministic,
+            busy_slot_ids=frozenset(self.leased_slots),
         )
 
     @property
@@ -85,15 +88,23 @@ class Replica:
 
 
 class Lease:
-    """The right to one slot on one replica; released exactly once."""
+    """The right to one slot on one replica — slot `slot`, or the lowest free one; released
+    exactly once."""
 
-    __slots__ = ("_released", "replica")
+    __slots__ = ("_released", "replica", "slot")
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, slot: int | None = None) -> None:
         if replica.busy >= replica.slots_total:
             raise RuntimeError(f"replica {replica.id} has no free slot")
+        leased = replica.leased_slots
+        if slot is None or slot in leased:
+            # the lowest free index; past slots_total only while a restart shrank the
+            # replica under leases still held (they never reach the engine as `id_slot`)
+            slot = next(i for i in range(replica.slots_total + len(leased)) if i not in leased)
+        leased.add(slot)
         replica.busy += 1
         self.replica = replica
+        self.slot = slot
         self._released = False
 
     def release(self) -> bool:
@@ -102,4 +113,5 @@ class Lease:
             return False
         self._released = True
         self.replica.busy -= 1
+        self.replica.leased_slots.discard(self.slot)
         return True

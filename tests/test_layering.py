@@ -46,7 +46,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.service.quotas",),
     ("orchestratord.service.recovery",),
     ("orchestratord.service.dispatcher",),
-    ("orchestratord.service.runner",),
+    ("orchestratord.service.runner", "orchestratord.service.placement"),
     ("orchestratord.service.tasks",),
     ("orchestratord.service.journal",),
     ("orchestratord.service.refusal", "orchestratord.service.streams"),

@@ -72,6 +72,9 @@ class GenerateRequest:
     messages: tuple[ChatMessage, ...] = ()
     #: W3C trace context for the engine (HTTP engines get it as the `traceparent` header).
     traceparent: str | None = None
+    #: The engine slot to run on, where the engine takes one (llama.cpp `id_slot`): the
+    #: slot whose prompt cache probably holds this prompt's prefix.
+    slot: int | None = None
 
     def chat(self) -> list[dict[str, str]]:
         """`messages` as OpenAI-style dicts (every engine's chat route takes these)."""
@@ -103,6 +106,11 @@ class End:
     finish_reason: FinishReason
     tokens_out: int
     tokens_in: int | None = None
+    #: Where the engine reports its prefill: prompt tokens it found in its cache, and the
+    #: time it spent on the rest (`prefill_tokens` of them).
+    cached_tokens: int | None = None
+    prefill_ms: float | None = None
+    prefill_tokens: int | None = None
 
 
 StreamEvent = Token | End

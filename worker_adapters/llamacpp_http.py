@@ -6,6 +6,9 @@ Protocol notes (design/PROTOCOLS.md A1, ENGINES.md):
 - the server closes the TCP connection after a streamed response although it advertises
   keep-alive, so its connections are never pooled (`keep_alive=False`);
 - cancel = close the connection: generation stops and the slot frees at once;
+- `id_slot` runs a request on a chosen slot (the one whose prompt cache holds its prefix);
+  the last event's `timings` tell how many prompt tokens came from that cache (`cache_n`)
+  and how long the rest took (`prompt_n`, `prompt_ms`);
 - readiness is `GET /health` (503 while loading, 200 when ready); slots and context come
   from `/props` and `/slots`;
 - conversations go to its OpenAI chat route (`/v1/chat/completions`), which renders them
@@ -125,6 +128,8 @@ class LlamaCppAdapter(HttpEngine):
         body.update(req.sampling())
         if req.stop:
             body["stop"] = list(req.stop)
+        if req.slot is not None:
+            body["id_slot"] = req.slot
         return body
 
     def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
@@ -153,6 +158,10 @@ class LlamaCppAdapter(HttpEngine):
                 predicted = total
             if event.get("stop"):
                 reason = _FINISH.get(event.get("stop_type", ""), "stop")
-                yield End(reason, total, event.get("tokens_evaluated"))
+                timings = event.get("timings") or {}
+                yield End(
+                    reason, total, event.get("tokens_evaluated"), timings.get("cache_n"),
+                    timings.get("prompt_ms"), timings.get("prompt_n"),
+                )  # fmt: skip
                 return
         raise self.ended_early()

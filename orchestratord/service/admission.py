@@ -166,6 +166,7 @@ class Admission:
             top_p=sub.top_p, top_k=sub.top_k, stop=sub.stop, cache_prompt=not strict,
             priority=sub.priority.rank, messages=messages, traceparent=sub.traceparent,
         )  # fmt: skip
+        task.prefix = pool.placement.blocks(request)
         rec = TaskRecord(
             task=task, request=request, model=pool.config.model, door=sub.door,
             engine=pool.config.engine, stream=TaskStream(self._stream_buffer_events),

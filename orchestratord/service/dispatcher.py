@@ -21,15 +21,16 @@ from functools import partial
 import structlog
 
 from orchestrator_core.admission import PoolView
-from orchestrator_core.dispatch import next_dispatch
+from orchestrator_core.dispatch import DispatchStep, next_dispatch
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.estimator import ServiceEstimator
-from orchestrator_core.model import PlacementMode, Priority, TaskState
+from orchestrator_core.model import Priority, TaskState
 from orchestrator_core.queue import Admitted, PoolQueue
 from orchestrator_core.sessions import SessionTable
 from orchestratord.chat_template import ChatTemplate
 from orchestratord.config import PoolConfig
 from orchestratord.engines import ENGINES
+from orchestratord.service.placement import PoolPlacement, token_costs
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.runner import RunLimits, run_task
 from orchestratord.service.tasks import TaskBook, TaskRecord
@@ -61,9 +62,11 @@ class PoolDispatcher:
         self.config = config
         self.id = config.id
         self.queue = PoolQueue(
-            config.queue.capacity, config.queue.policy, config.queue.tenant_weights
-        )
+            config.queue.capacity, config.queue.policy, config.queue.tenant_weights,
+            token_costs(config),
+        )  # fmt: skip
         self.estimator = ServiceEstimator()
+        self.placement = PoolPlacement(config, self.queue, self.estimator, metrics)
         spec = PoolSpec(
             id=config.id, engine=config.engine, model=config.model_refs()[config.model],
             replicas=config.replica_count, slots=config.slots_per_replica,
@@ -83,6 +86,8 @@ class PoolDispatcher:
         self._loop = asyncio.get_running_loop()
         self._pumping = False
         self._deadline_timer: asyncio.TimerHandle | None = None
+        #: A task waits for a warm replica until then (ms), at the latest.
+        self._hold_until: float | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
         #: The latest reload (`start_reload`), running or settled.
         self.reload_task: asyncio.Task[None] | None = None
@@ -169,8 +174,13 @@ class PoolDispatcher:
         self._pumping = True
         try:
             now = self._now_ms()
+            self._hold_until = None
+            self.placement.streamed(self.running.values())
+            prefix, per_block = self.placement.prefix, self.placement.prefill_ms_per_block()
             while True:
-                step = next_dispatch(self.queue, self.manager.snapshots(), self._sessions, now)
+                step = next_dispatch(
+                    self.queue, self.manager.snapshots(), self._sessions, now, prefix, per_block
+                )
                 for expired in step.expired:
                     self._finish_queued(
                         expired.id, TaskState.EXPIRED, ErrorCode.DEADLINE_UNMET,
@@ -184,36 +194,27 @@ class PoolDispatcher:
                         f"no replica can serve this task: {reason.value}",
                     )  # fmt: skip
                     continue
-                if step.task is None:
+                if step.task is None:  # nothing to run now, or it waits for a warm replica
+                    self._hold_until = step.hold_until_ms
                     break
                 assert step.replica_id is not None
                 rec = self._book.get(step.task.id)
                 assert rec is not None
-                self._start(rec, self.manager.lease(step.replica_id), now)
+                self._start(rec, step, self.manager.lease(step.replica_id, step.slot), now)
             self._metrics.on_queue(self.id, self.queue)
-            self._arm_deadline_timer()
+            self._arm_timer()
         finally:
             self._pumping = False
         self._check_idle()
 
-    def _why(self, rec: TaskRecord, replica_id: str, now: float) -> str:
-        """Why placement chose `replica_id` (for the trace), before this turn is recorded."""
-        placement = rec.task.placement
-        if placement.replica_id == replica_id and placement.mode is not PlacementMode.AUTO:
-            return placement.mode.value
-        if self._sessions.warm_replica(rec.task.session_id, now) == replica_id:
-            return "session-affinity"
-        return "least-loaded"
-
-    def _start(self, rec: TaskRecord, lease: Lease, now: float) -> None:
+    def _start(self, rec: TaskRecord, step: DispatchStep, lease: Lease, now: float) -> None:
         replica = lease.replica
-        self._metrics.on_placement(self.id, "placed")
+        self.placement.started(rec, step, lease)
         waited = now - rec.admitted_at
         self._metrics.on_started(self.id, replica, rec.task.priority, waited)
         if rec.spans is not None and rec.request is not None:  # traced (tracing is on)
-            why = self._why(rec, replica.id, now)
             traceparent = tracing.started(
-                rec.spans, replica.id, replica.engine, rec.task.retries, why
+                rec.spans, replica.id, replica.engine, rec.task.retries, step.reason
             )
             rec.request = replace(rec.request, traceparent=traceparent)
         if rec.task.session_id:
@@ -231,6 +232,7 @@ class PoolDispatcher:
         self.running.pop(rec.task.id, None)
         rec.runner = None
         self.manager.release(lease)
+        self.placement.ended(rec)
         self._metrics.on_released(self.id, lease.replica)
         # run_task catches everything but cancellation
         failure = None if runner.cancelled() else runner.result()
@@ -273,14 +275,15 @@ class PoolDispatcher:
         label = self.config.queue.policy.value if code is ErrorCode.QUEUE_FULL_DROP_LRU else None
         self._book.finish(rec, state, code, why, policy_label=label)
 
-    def _arm_deadline_timer(self) -> None:
-        deadline = self.queue.next_deadline_ms()
+    def _arm_timer(self) -> None:
+        """Pump again at the next queued deadline or the end of a warm-replica wait."""
+        due = [t for t in (self.queue.next_deadline_ms(), self._hold_until) if t is not None]
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
-        if deadline is not None:
+        if due:
             # +1 ms: expiry is strict (deadline < now), so wake just after it.
-            self._deadline_timer = self._loop.call_at((deadline + 1) / 1000.0, self.pump)
+            self._deadline_timer = self._loop.call_at((min(due) + 1) / 1000.0, self.pump)
 
     def _check_idle(self) -> None:
         if not self._idle.is_set() and self.active() == 0:
@@ -327,8 +330,9 @@ class PoolDispatcher:
 
     def _on_replica_event(self, replica: Replica, event: ReplicaEvent) -> None:
         self._metrics.on_replica(self.id, replica, event)
-        if event in (ReplicaEvent.DOWN, ReplicaEvent.REMOVED):
+        if event in (ReplicaEvent.DOWN, ReplicaEvent.REMOVED, ReplicaEvent.RESTART):
             self._sessions.forget_replica(replica.id)
+            self.placement.forget(replica.id)
         elif event is ReplicaEvent.READY:
             self.pump()
         elif event is ReplicaEvent.FAILED and not self.manager.could_serve():

@@ -107,6 +107,8 @@ def recover(
                 done.resumed += 1
             else:
                 done.requeued += 1
+            if rec.request is not None:
+                rec.task.prefix = pool.placement.blocks(rec.request)
             try:
                 pool.admit(rec, recovered=True)
             except Refusal as refused:  # the queue is smaller than it was

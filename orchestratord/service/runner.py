@@ -105,7 +105,7 @@ async def run_task(
             "the engine closed the stream without finishing",
             engine=replica.engine,
         )
-    rec.tokens_in = end.tokens_in
+    rec.tokens_in, rec.engine_end = end.tokens_in, end
     # the engine's count is authoritative (bytes of a cut-off UTF-8 sequence at the very
     # end are tokens without text)
     rec.tokens_out = max(rec.tokens_out, end.tokens_out)

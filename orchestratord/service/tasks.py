@@ -37,7 +37,7 @@ from orchestratord.service.output import Output
 from orchestratord.service.streams import TaskStream
 from orchestratord.store import TaskStore
 from orchestratord.telemetry import Metrics, tracing
-from worker_adapters.base import FinishReason, GenerateRequest
+from worker_adapters.base import End, FinishReason, GenerateRequest
 
 log = structlog.get_logger("orchestratord")
 
@@ -125,6 +125,10 @@ class TaskRecord:
     footprint: int = 0
     #: Its open trace spans (None: tracing is off).
     spans: tracing.TaskSpans | None = None
+    #: Output tokens charged to its tenant so far (token fairness).
+    tokens_charged: int = 0
+    #: The engine's last word on the task: its counts and prefill (None until it ends).
+    engine_end: End | None = None
 
     @property
     def ended(self) -> bool:

@@ -69,6 +69,14 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
     ("replica_ready", Gauge, "replica_ready", "1 when the replica is Ready", _POOL_REPLICA),
     ("placement_decisions", Counter, "placement_decisions", "Placement outcomes",
      ("pool_id", "outcome")),
+    ("prefix_prompt_tokens", Counter, "prefix_prompt_tokens",
+     "Prompt tokens (admission estimate) of tasks placed in prefix-aware pools", ("pool_id",)),
+    ("prefix_cached_tokens", Counter, "prefix_cached_tokens",
+     "Of those, tokens the prefix index expected in the chosen replica's cache (the hit "
+     "ratio is this over prefix_prompt_tokens)", ("pool_id",)),
+    ("engine_cached_tokens", Counter, "engine_cached_tokens",
+     "Prompt tokens engines reported taking from their cache (llama.cpp `cache_n`), in "
+     "prefix-aware pools", ("pool_id",)),
     ("determinism_failures", Counter, "determinism_failures",
      "Strict tasks whose rerun after a restart diverged from what they had streamed",
      ("pool_id",)),
@@ -77,6 +85,8 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
      "count as `other`)", ("tenant", "state")),
     ("tenant_tokens_out", Counter, "tenant_tokens_out", "Tokens generated, by tenant (as above)",
      ("tenant",)),
+    ("tenant_tokens_in", Counter, "tenant_tokens_in",
+     "Prompt tokens processed, by tenant (as above)", ("tenant",)),
     ("replica_restarts", Counter, "replica_restarts", "Engine restarts", _POOL_REPLICA),
     ("store_commit", Histogram, "store_commit_latency_ms",
      "One group commit of the task store, ms", ()),
@@ -163,6 +173,14 @@ class Metrics:
     def on_placement(self, pool_id: str, outcome: str) -> None:
         self._inc("placement_decisions", pool_id, outcome)
 
+    def on_prefix(self, pool_id: str, prompt_tokens: int, cached_tokens: int) -> None:
+        """A task was placed in a prefix-aware pool, expecting `cached_tokens` cached."""
+        self._inc("prefix_prompt_tokens", pool_id, by=prompt_tokens)
+        self._inc("prefix_cached_tokens", pool_id, by=cached_tokens)
+
+    def on_engine_cache_hit(self, pool_id: str, cached_tokens: int) -> None:
+        self._inc("engine_cached_tokens", pool_id, by=cached_tokens)
+
     def on_started(
         self, pool_id: str, replica: Replica, priority: Priority, waited_ms: float
     ) -> None:
@@ -205,6 +223,8 @@ class Metrics:
         self._inc("tenant_tasks_finished", tenant, task.state.value)
         if ended.tokens_out:
             self._inc("tenant_tokens_out", tenant, by=ended.tokens_out)
+        if ended.tokens_in:
+            self._inc("tenant_tokens_in", tenant, by=ended.tokens_in)
         counted = _ENDINGS.get((task.state, task.error))
         if counted is not None:
             self._inc(counted[0], pool_id, counted[1])

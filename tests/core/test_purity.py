@@ -11,6 +11,7 @@ ALLOWED = {
     "collections",
     "dataclasses",
     "enum",
+    "hashlib",  # block names for prefix-aware placement: pure computation
     "heapq",
     "itertools",
     "math",

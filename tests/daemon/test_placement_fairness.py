@@ -1,0 +1,132 @@
+"""Prefix-aware placement and token fairness through a live daemon (mock engines; the real
+llama.cpp side is in tests/engines/test_prefix_llamacpp.py). .specs/41-placement-fairness.md"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from orchestratord.config import ConfigError, parse_config
+from tests.daemon.test_access import bearer, make_keys
+from tests.helpers import mock_pool
+
+SYSTEM_A = "alpha-system-prompt " * 40  # 800 bytes: 12 blocks of 64
+SYSTEM_B = "bravo-system-prompt " * 40
+
+
+def prefix_pool(**overrides):
+    return mock_pool(
+        replicas={"managed": {"count": 2, "slots": 2}},
+        placement={"prefix_aware": True, "block_bytes": 64},
+        **overrides,
+    )
+
+
+async def _replica_of(api, **body) -> str:
+    _, task, _ = await api.submit(model="mock-model", max_tokens=2, seed=1, **body)
+    status = await api.wait_state(task["task_id"], "completed")
+    return status["replica_id"]
+
+
+def _counter(metrics: str, line_start: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_a_shared_prefix_follows_the_replica_that_saw_it(start_daemon):
+    """OC-PFX-1502, OC-PFX-1503, OC-PFX-1507"""
+    api = await start_daemon(prefix_pool())
+    pin = lambda rid: {"mode": "pin", "replica_id": rid}  # noqa: E731
+    assert await _replica_of(api, prompt=SYSTEM_A + "one", placement=pin("mock-r0")) == "mock-r0"
+    assert await _replica_of(api, prompt=SYSTEM_B + "one", placement=pin("mock-r1")) == "mock-r1"
+    # equal load everywhere: without prefixes the id would decide (r0); the prefix decides
+    for question in ("two", "three"):
+        assert await _replica_of(api, prompt=SYSTEM_B + question) == "mock-r1"
+        assert await _replica_of(api, prompt=SYSTEM_A + question) == "mock-r0"
+    # a prompt nobody has seen: least-loaded, then the id
+    assert await _replica_of(api, prompt="fresh " * 100) == "mock-r0"
+    _, metrics = await api.get("/metrics")
+    assert _counter(metrics, 'placement_decisions_total{outcome="prefix",pool_id="mock"}') == 4
+    assert _counter(metrics, 'placement_decisions_total{outcome="pin",pool_id="mock"}') == 2
+    prompt = _counter(metrics, 'prefix_prompt_tokens_total{pool_id="mock"}')
+    cached = _counter(metrics, 'prefix_cached_tokens_total{pool_id="mock"}')
+    assert 0 < cached < prompt  # four of seven placements hit 12 of 12-13 blocks
+    assert 'engine_cached_tokens_total{pool_id="mock"}' not in metrics  # mock reports none
+
+
+async def test_a_replica_that_goes_down_forgets_its_prefixes(start_daemon):
+    """OC-PFX-1502"""
+    api = await start_daemon(prefix_pool())
+    pool = api.daemon.service.pools["mock"]
+    pin = {"mode": "pin", "replica_id": "mock-r1"}
+    assert await _replica_of(api, prompt=SYSTEM_A + "one", placement=pin) == "mock-r1"
+    assert pool.placement.prefix.index.size("mock-r1") > 0
+    replica = pool.manager.get("mock-r1")
+    pool.manager.suspect(replica, "test: a connection reset")  # its KV may be gone
+    assert pool.placement.prefix.index.size("mock-r1") == 0
+    async with asyncio.timeout(10):  # its supervisor finds it answering: Ready again
+        await pool.manager.wait_for(lambda: replica.state == "ready")
+    assert await _replica_of(api, prompt=SYSTEM_A + "two") == "mock-r0"  # nothing warm: the id
+
+
+async def test_tokens_fairness_serves_a_light_tenant_ten_tasks_per_heavy_one(
+    start_daemon, tmp_path
+):
+    """OC-FAIR-1510: through the daemon, with one slot held busy while both queue."""
+    keys = make_keys(
+        tmp_path / "keys.yaml",
+        heavy=("heavy", "submit"), light=("light", "submit"), gate=("gate", "submit"),
+    )  # fmt: skip
+    api = await start_daemon(
+        mock_pool(
+            replicas={"managed": {"count": 1, "slots": 1}},
+            queue={"capacity": 64, "fairness": "tokens", "token_costs": {"input": 1, "output": 0}},
+        ),
+        keys_file=str(tmp_path / "keys.yaml"),
+    )
+
+    async def submit(key: str, prompt: str) -> str:
+        async with api.http.post(
+            f"{api.base}/v1/tasks", headers=bearer(keys[key]),
+            json={"model": "mock-model", "prompt": prompt, "max_tokens": 1, "seed": 1},
+        ) as r:  # fmt: skip
+            assert r.status == 202, await r.text()
+            return str((await r.json())["task_id"])
+
+    dispatched: list[str] = []  # the dispatch order, as the pool hands out the slot
+    placement = api.daemon.service.pools["mock"].placement
+    started = placement.started
+    placement.started = lambda rec, *rest: (dispatched.append(rec.task.tenant), started(rec, *rest))
+    gate = await submit("gate", "[[stall:0]] hold the slot")
+    tenants = {}
+    for i in range(10):  # 1000 and 100 prompt tokens (4 bytes per token)
+        tenants[await submit("heavy", f"h{i} " + "x" * 4000)] = "heavy"
+        tenants[await submit("light", f"l{i} " + "y" * 400)] = "light"
+    async with api.http.post(
+        f"{api.base}/v1/tasks/{gate}/cancel", headers=bearer(keys["gate"])
+    ) as r:
+        assert r.status == 204, await r.text()
+    for task_id, tenant in tenants.items():
+        await api.wait_state(task_id, "completed", headers=bearer(keys[tenant]))
+    # the slot's holder first; then one 1000-token task buys ten 100-token ones
+    assert dispatched[:12] == ["gate", "heavy"] + ["light"] * 10, dispatched
+
+
+def test_placement_and_fairness_config_is_validated():
+    """OC-PFX-1503, OC-FAIR-1510"""
+    base = {"server": {"port": 0}, "pools": [mock_pool()]}
+    for bad in (
+        {"placement": {"block_bytes": 8}},
+        {"placement": {"load_guard": -1}},
+        {"placement": {"max_wait_ms": -5}},
+        {"placement": {"prefix": True}},
+        {"queue": {"fairness": "bytes"}},
+        {"queue": {"token_costs": {"input": -1}}},
+    ):
+        with pytest.raises(ConfigError):
+            parse_config({**base, "pools": [mock_pool(**bad)]})
+    config = parse_config({**base, "pools": [prefix_pool(queue={"fairness": "tokens"})]})
+    assert config.pools[0].placement.prefix_aware and config.pools[0].queue.fairness == "tokens"
