@@ -93,6 +93,9 @@ bench: setup  ## benchmarks (not tests); results go to docs/BENCHMARKS.md by han
 	$(BIN)/python -m test_harness.bench.batches
 	$(BIN)/python -m test_harness.bench.tenants
 	$(BIN)/python -m test_harness.bench.tracing
+	$(BIN)/python -m test_harness.bench.prefix
+	$(BIN)/python -m test_harness.bench.prefix --cache-ram 32
+	$(BIN)/python -m test_harness.bench.fairness
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -13,7 +13,7 @@ from orchestrator_core.placement import (
     ReplicaSnapshot,
     place,
 )
-from orchestrator_core.prefix import PrefixIndex
+from orchestrator_core.prefix import CacheHit, PrefixIndex
 from orchestrator_core.queue import ANY_LANE, STRICT_LANE, PoolQueue, pin_lane
 from orchestrator_core.sessions import SessionTable
 
@@ -101,8 +101,9 @@ def next_dispatch(
         task.placement,
         sessions.warm_replica(task.session_id, now_ms),
         task.failed_on,
-        {rid: hit[0] for rid, hit in hits.items()},
+        {rid: hit.blocks for rid, hit in hits.items()},
         prefix.load_guard if prefix is not None else None,
+        {rid: hit.used for rid, hit in hits.items()},
     )
     result = place(request, replicas)
     if isinstance(result, NoFit):
@@ -110,7 +111,8 @@ def next_dispatch(
         return step
     step.task, step.replica_id, step.reason = task, result.replica_id, result.reason
     if prefix is not None:
-        cached, slot = hits.get(result.replica_id, (0, None))
+        hit = hits.get(result.replica_id, CacheHit(0))
+        cached, slot = hit.blocks, hit.slot
         if prefix.per_slot:
             if slot is None:  # no prefix considered: the least recently used free slot
                 chosen = next(r for r in replicas if r.id == result.replica_id)
@@ -123,15 +125,13 @@ def next_dispatch(
 
 def _hits(
     task: Task, replicas: Sequence[ReplicaSnapshot], prefix: PrefixRouting
-) -> dict[str, tuple[int, int | None]]:
-    """(cached blocks, best free slot) of each replica with a free slot."""
-    hits: dict[str, tuple[int, int | None]] = {}
-    for r in replicas:
-        if r.serving and r.slots_free > 0:
-            free = r.free_slot_ids() if prefix.per_slot else ()
-            hit = prefix.index.hit(r.id, task.prefix, free)
-            hits[r.id] = (hit.blocks, hit.slot)
-    return hits
+) -> dict[str, CacheHit]:
+    """The best hit on a free slot of each replica that has one."""
+    return {
+        r.id: prefix.index.hit(r.id, task.prefix, r.free_slot_ids() if prefix.per_slot else ())
+        for r in replicas
+        if r.serving and r.slots_free > 0
+    }
 
 
 def _hold_until(
@@ -146,13 +146,9 @@ def _hold_until(
         return None
     if task.hold_until_ms is not None and now_ms >= task.hold_until_ms:
         return None  # it waited as long as it may
-    free_best = max((hit[0] for hit in _hits(task, replicas, prefix).values()), default=0)
+    free_best = max((hit.blocks for hit in _hits(task, replicas, prefix).values()), default=0)
     warm_best = max(
-        (
-            prefix.index.best_anywhere(r.id, task.prefix, r.slots_total)
-            for r in replicas
-            if r.serving
-        ),
+        (prefix.index.best_anywhere(r.id, task.prefix) for r in replicas if r.serving),
         default=0,
     )
     if (warm_best - free_best) * prefill_ms_per_block <= prefix.max_wait_ms:

@@ -66,6 +66,10 @@ class PlacementRequest:
     #: prefix cannot pile onto one replica. None: placement ignores prefixes.
     cached: Mapping[str, int] = field(default_factory=dict)
     load_guard: int | None = None
+    #: When what each replica's chosen slot holds was last used (0: never). Among replicas
+    #: equally loaded, the least recently used content is overwritten first, so a miss does
+    #: not evict a hot prefix.
+    recency: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +96,14 @@ def _eligible(req: PlacementRequest, r: ReplicaSnapshot) -> bool:
     return not (pin.mode is PlacementMode.PIN and pin.replica_id != r.id)
 
 
-Score = tuple[int, int, int, int, float, int, str]
+Score = tuple[int, int, int, int, float, int, int, str]
 
 
 def _score(req: PlacementRequest, r: ReplicaSnapshot, prefix_busy_max: int) -> Score:
     # Sorted ascending: anywhere the task has not failed before first, then an explicit
     # `prefer`, session affinity (warm KV), the longest cached prompt prefix among replicas
-    # within the load guard, most free KV (unknown counts as none), fewest busy slots, id.
+    # within the load guard, most free KV (unknown counts as none), fewest busy slots, the
+    # least recently used cache content, id.
     failed = r.id in req.failed_on
     preferred = req.placement.mode is PlacementMode.PREFER and req.placement.replica_id == r.id
     warm = req.warm_replica == r.id
@@ -106,7 +111,7 @@ def _score(req: PlacementRequest, r: ReplicaSnapshot, prefix_busy_max: int) -> S
     kv_free = r.kv_free_fraction if r.kv_free_fraction is not None else 0.0
     return (
         int(failed), 0 if preferred else 1, 0 if warm else 1, -cached, -kv_free, r.slots_busy,
-        r.id,
+        req.recency.get(r.id, 0), r.id,
     )  # fmt: skip
 
 

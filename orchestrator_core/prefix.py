@@ -7,21 +7,22 @@ mean equal prefixes and a prompt's cached prefix is its longest run of known nam
 bytes, not tokens: the engine tokenizes, and a byte prefix approximates a token prefix to
 within a token per block boundary.
 
-Two shapes of cache:
-- *per slot* (llama.cpp): a slot keeps the KV of the last prompt it processed, and a new
-  prompt reuses the common prefix only on that slot. The index keeps each slot's blocks.
-- *shared* (vLLM, SGLang, TGI with prefix caching, the mock engine): any sequence reuses any
-  cached block. The index keeps an LRU set of block names per replica.
+Every replica has a cache its sequences share — vLLM's and SGLang's prefix caches, TGI's
+radix, llama.cpp's prompt cache in host RAM (`--cache-ram`, on by default since late 2025) —
+kept as an LRU set of block names. Engines with slots (llama.cpp) also keep the KV of the
+last prompt in each slot, which is reused without a restore when the next prompt is sent to
+that slot (`id_slot`): for them the index also keeps each slot's last prompt.
 
-Memory is bounded: at most `capacity` names per replica, in either shape. The index is
-updated on dispatch and forgotten when a replica restarts, reloads or leaves.
+Memory is bounded: at most `capacity` names in a replica's LRU and `capacity` in its slots
+together. The index is updated on dispatch and forgotten when a replica restarts, reloads or
+leaves.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 #: Measured on CPython 3.11: one name in an LRU (dict entry, key int, order links), or in a
@@ -55,11 +56,14 @@ def _common(a: BlockNames, b: BlockNames) -> int:
 
 @dataclass(frozen=True, slots=True)
 class CacheHit:
-    """How many leading blocks of a prompt a replica probably holds, and on which slot (for
-    per-slot caches; None for shared ones)."""
+    """How many leading blocks of a prompt a replica probably holds, on which slot (for
+    per-slot caches; None for shared ones), and when what that slot (or shared cache) holds
+    was last used — a use counter, 0 for never: on a miss, the least recently used content
+    is the cheapest to overwrite."""
 
     blocks: int
     slot: int | None = None
+    used: int = 0
 
 
 class _Slots:
@@ -81,69 +85,71 @@ class PrefixIndex:
         #: Names kept per replica.
         self.capacity = capacity
         self._shared: dict[str, OrderedDict[int, None]] = {}
+        #: When each shared cache was last sent a prompt (a use counter).
+        self._shared_used: dict[str, int] = {}
         self._slots: dict[str, _Slots] = {}
         self._uses = 0
 
     def record(self, replica_id: str, names: BlockNames, slot: int | None = None) -> None:
         """`names` were just sent to `replica_id` (on `slot`, for a per-slot cache)."""
-        if slot is not None:
-            slots = self._slots.setdefault(replica_id, _Slots())
-            self._uses += 1
-            slots.used[slot] = self._uses
-            # each slot gets an even share of the replica's budget
-            share = max(self.capacity // max(len(slots.used), 1), 1)
-            slots.names[slot] = names[:share]
-            for other, kept in slots.names.items():
-                if len(kept) > share:
-                    slots.names[other] = kept[:share]
-            return
+        self._uses += 1
+        self._shared_used[replica_id] = self._uses
         lru = self._shared.setdefault(replica_id, OrderedDict())
-        for name in names:
+        # deepest block first, so the first block is the freshest: eviction takes a prompt's
+        # tail before its head, and what remains is still a prefix (as engines evict leaves)
+        for name in reversed(names):
             lru[name] = None
             lru.move_to_end(name)
         while len(lru) > self.capacity:
             lru.popitem(last=False)
+        if slot is not None:
+            slots = self._slots.setdefault(replica_id, _Slots())
+            slots.used[slot] = self._uses
+            # the slots share one more `capacity` evenly
+            share = max(self.capacity // len(slots.used), 1)
+            slots.names[slot] = names[:share]
+            for other, kept in slots.names.items():
+                if len(kept) > share:
+                    slots.names[other] = kept[:share]
 
     def hit(self, replica_id: str, names: BlockNames, free_slots: Iterable[int] = ()) -> CacheHit:
-        """The best hit for `names` on `replica_id`: in its shared cache, or on one of
-        `free_slots` (longest common prefix; ties go to the least recently used slot, whose
-        content is worth least, then the lowest index)."""
+        """The best hit for `names` on `replica_id`, and the free slot to send it to: the
+        one whose own KV shares the longest prefix (ties: the least recently used slot,
+        whose content is worth least, then the lowest index). `used` is when the replica's
+        cache was last sent a prompt: on a miss, the least recently used replica is the
+        cheapest to overwrite."""
+        lru: Mapping[int, None] = self._shared.get(replica_id) or {}
+        n = 0
+        for name in names:  # chained names: the first miss ends the prefix
+            if name not in lru:
+                break
+            n += 1
+        used = self._shared_used.get(replica_id, 0)
         slots = self._slots.get(replica_id)
         if slots is None:
-            lru = self._shared.get(replica_id)
-            if not lru or not names:
-                return CacheHit(0, min(free_slots, default=None))
-            n = 0
-            for name in names:  # chained names: the first miss ends the prefix
-                if name not in lru:
-                    break
-                n += 1
-            return CacheHit(n, min(free_slots, default=None))
+            return CacheHit(n, min(free_slots, default=None), used)
         best: tuple[int, int, int] | None = None
         for slot in free_slots:
-            kept = slots.names.get(slot, ())
-            key = (-_common(names, kept), slots.used.get(slot, 0), slot)
+            key = (-_common(names, slots.names.get(slot, ())), slots.used.get(slot, 0), slot)
             if best is None or key < best:
                 best = key
         if best is None:
-            return CacheHit(0, None)
-        return CacheHit(-best[0], best[2])
+            return CacheHit(n, None, used)
+        return CacheHit(max(n, -best[0]), best[2], used)
 
-    def best_anywhere(self, replica_id: str, names: BlockNames, slots_total: int) -> int:
-        """The longest prefix `replica_id` probably holds on any slot, busy or free (what a
-        task would find there once a slot frees)."""
-        if replica_id in self._slots:
-            return self.hit(replica_id, names, range(slots_total)).blocks
+    def best_anywhere(self, replica_id: str, names: BlockNames) -> int:
+        """The longest prefix `replica_id` probably holds, whichever slot is free (what a
+        task would find there once one frees)."""
         return self.hit(replica_id, names).blocks
 
     def forget(self, replica_id: str) -> None:
         """The replica's cache is gone (restart, reload, removal)."""
         self._shared.pop(replica_id, None)
+        self._shared_used.pop(replica_id, None)
         self._slots.pop(replica_id, None)
 
     def size(self, replica_id: str) -> int:
         """Names held for `replica_id` (for tests and the memory bound)."""
         slots = self._slots.get(replica_id)
-        if slots is not None:
-            return sum(len(n) for n in slots.names.values())
-        return len(self._shared.get(replica_id, ()))
+        in_slots = sum(len(n) for n in slots.names.values()) if slots is not None else 0
+        return len(self._shared.get(replica_id, ())) + in_slots

@@ -149,6 +149,10 @@ class PlacementConfig(_Cfg):
     block_bytes: Annotated[int, Field(ge=16, le=65536)] = 256
     #: Memory the prefix index may use per replica.
     index_bytes: Annotated[int, Field(ge=4096)] = 1 << 20
+    #: Prompt tokens one replica's cache holds (its KV memory, llama.cpp's `--cache-ram`):
+    #: the index forgets, as the engine does, what no longer fits. None: as much as
+    #: `index_bytes` can name.
+    engine_cache_tokens: Annotated[int, Field(ge=1)] | None = None
     #: A replica counts its cached prefix only while it has at most this many more busy
     #: slots than the least busy replica (one hot prefix must not pile onto one replica).
     load_guard: Annotated[int, Field(ge=0)] = 1

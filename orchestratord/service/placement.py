@@ -43,12 +43,17 @@ class PoolPlacement:
         placement = config.placement
         self._block_bytes = placement.block_bytes
         self._tokens_per_block = placement.block_bytes / config.bytes_per_token
-        self._max_blocks = max(placement.index_bytes // NAME_BYTES, 1)
+        slot_cache = ENGINES[config.engine].slot_cache
+        # a replica's LRU and its slots hold up to `capacity` names each (`PrefixIndex`)
+        capacity = placement.index_bytes // NAME_BYTES // (2 if slot_cache else 1)
+        if placement.engine_cache_tokens is not None:
+            capacity = min(capacity, int(placement.engine_cache_tokens / self._tokens_per_block))
+        self._max_blocks = max(capacity, 1)
         #: None: placement ignores prompts (off, or a strict pool: its engines cache nothing).
         self.prefix: PrefixRouting | None = None
         if placement.prefix_aware and not config.strict:
             self.prefix = PrefixRouting(
-                PrefixIndex(self._max_blocks), ENGINES[config.engine].slot_cache,
+                PrefixIndex(self._max_blocks), slot_cache,
                 placement.load_guard, placement.max_wait_ms,
             )  # fmt: skip
 
@@ -105,7 +110,7 @@ class PoolPlacement:
             self._queue.charge(rec.task, prompt_tokens=end.tokens_in - rec.task.prompt_tokens)
         if end.prefill_ms is not None and end.prefill_tokens is not None:
             self._estimator.observe_prefill(end.prefill_ms, end.prefill_tokens)
-        if end.cached_tokens is not None and self.prefix is not None:
+        if end.cached_tokens is not None:
             self._metrics.on_engine_cache_hit(self.pool_id, end.cached_tokens)
 
     def forget(self, replica_id: str) -> None:

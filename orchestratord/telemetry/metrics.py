@@ -75,8 +75,8 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
      "Of those, tokens the prefix index expected in the chosen replica's cache (the hit "
      "ratio is this over prefix_prompt_tokens)", ("pool_id",)),
     ("engine_cached_tokens", Counter, "engine_cached_tokens",
-     "Prompt tokens engines reported taking from their cache (llama.cpp `cache_n`), in "
-     "prefix-aware pools", ("pool_id",)),
+     "Prompt tokens engines reported taking from their cache (llama.cpp `cache_n`; the "
+     "engine's hit ratio is this over tokens_in)", ("pool_id",)),
     ("determinism_failures", Counter, "determinism_failures",
      "Strict tasks whose rerun after a restart diverged from what they had streamed",
      ("pool_id",)),

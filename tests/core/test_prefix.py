@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from orchestrator_core.dispatch import PrefixRouting, next_dispatch
 from orchestrator_core.model import Determinism, Placement, PlacementMode, Task, TaskState
 from orchestrator_core.placement import Placed, PlacementRequest, ReplicaSnapshot, place
-from orchestrator_core.prefix import PrefixIndex, block_names
+from orchestrator_core.prefix import CacheHit, PrefixIndex, block_names
 from orchestrator_core.queue import PoolQueue
 from orchestrator_core.sessions import SessionTable
 from tests.core.test_placement import replicas
@@ -38,7 +38,7 @@ def test_property_equal_names_mean_equal_prefixes(x, y):
         assert (p == q) == (x[: (i + 1) * 32] == y[: (i + 1) * 32])
 
 
-def test_shared_index_is_an_lru_bounded_per_replica_and_forgotten():
+def test_replica_index_is_an_lru_bounded_per_replica_and_forgotten():
     """OC-PFX-1502"""
     index = PrefixIndex(capacity=6)
     first = names(SYSTEM)
@@ -46,28 +46,31 @@ def test_shared_index_is_an_lru_bounded_per_replica_and_forgotten():
     assert index.hit("r0", first).blocks == 4
     assert index.hit("r1", first).blocks == 0
     other = names(b"Z" * 1024)
-    index.record("r0", other)  # 8 names for 6 places: the oldest go
+    index.record("r0", other)  # 8 names for 6 places: the least recently used go
     assert index.size("r0") == 6
     assert index.hit("r0", other).blocks == 4
-    assert index.hit("r0", first).blocks == 0  # its first blocks were evicted
+    # what is left of the first prompt is still its head (tails are evicted first)
+    assert index.hit("r0", first).blocks == 2
     index.forget("r0")
     assert index.size("r0") == 0 and index.hit("r0", other).blocks == 0
 
 
 def test_slot_index_keeps_each_slots_last_prompt_within_the_budget():
     """OC-PFX-1502, OC-PFX-1505"""
-    index = PrefixIndex(capacity=6)
+    index = PrefixIndex(capacity=8)
     a, b = names(SYSTEM + b"a"), names(b"Q" * 1024)
     index.record("r0", a, slot=0)
     index.record("r0", b, slot=1)
-    assert index.size("r0") <= 6  # two slots share the replica's budget
-    assert index.hit("r0", a, [0, 1]).slot == 0
+    assert index.size("r0") <= 2 * 8  # the replica's LRU, and its slots sharing as much
+    assert index.hit("r0", a, [0, 1]) == CacheHit(4, 0, 2)  # its own slot's KV
     assert index.hit("r0", b, [0, 1]).slot == 1
-    assert index.hit("r0", a, [1]).blocks == 0  # only free slots count
+    # slot 0 busy: slot 1 gets it, and the replica's prompt cache still holds it
+    assert index.hit("r0", a, [1]) == CacheHit(4, 1, 2)
     # nothing matches: the least recently used free slot, whose content is worth least
     assert index.hit("r0", names(b"W" * 600), [0, 1]).slot == 0
-    index.record("r0", b, slot=0)  # slot 0 now holds b: its old prompt is gone
-    assert index.hit("r0", a, [0, 1]).blocks == 0
+    index.record("r0", b, slot=0)  # slot 0 now holds b
+    assert index.hit("r0", b, [0, 1]).slot == 1  # both hold b: the less recently used
+    assert index.hit("r0", a, [0, 1]).blocks == 4  # a is still in the replica's cache
 
 
 def r(id, busy=0, total=4, **kw):
@@ -134,25 +137,26 @@ def test_dispatch_records_what_it_sent_and_the_next_shared_prefix_follows_it():
     """OC-PFX-1502, OC-PFX-1503, OC-PFX-1505"""
     routing = PrefixRouting(PrefixIndex(100), per_slot=True, load_guard=1)
     queue = PoolQueue(10)
-    first = Task("t1", "p", prefix=names(SYSTEM + b"one"))
-    second = Task("t2", "p", prefix=names(SYSTEM + b"two"))
-    queue.offer(first)
-    queue.offer(second)
-    reps = [r("a", total=2), r("b", total=2)]
-    step = _dispatch(queue, reps, routing)
+    tasks = [Task(f"t{i}", "p", prefix=names(SYSTEM + b"q%d" % i)) for i in range(4)]
+    for task in tasks[:2]:
+        queue.offer(task)
+    step = _dispatch(queue, [r("a", total=2), r("b", total=2)], routing)
     assert (step.replica_id, step.slot, step.reason) == ("a", 0, "least-loaded")
-    # a slot of `a` is leased now; `b` is idle, but `a`'s other slot... holds nothing: the
-    # prefix lives on slot 0, which is busy — so the guard-respecting choice is load
+    # slot 0 of `a` is leased; `a` still holds the prefix (its prompt cache) and is within
+    # the load guard: the same prefix goes to its other slot
     reps = [r("a", 1, total=2, busy_slot_ids=frozenset({0})), r("b", total=2)]
     step = _dispatch(queue, reps, routing)
-    assert step.replica_id == "b" and step.cached_blocks == 0
-    # once slot 0 is free again, the next task with that prefix goes to slot 0 of `a`
-    third = Task("t3", "p", prefix=names(SYSTEM + b"three"))
-    queue.offer(third)
-    reps = [r("a", total=2), r("b", 1, total=2, busy_slot_ids=frozenset({0}))]
+    assert (step.replica_id, step.slot, step.reason, step.cached_blocks) == ("a", 1, "prefix", 4)
+    # `a` two slots ahead of `b` is past the guard: load wins
+    queue.offer(tasks[2])
+    reps = [r("a", 2, total=3, busy_slot_ids=frozenset({0, 1})), r("b", total=3)]
     step = _dispatch(queue, reps, routing)
-    assert (step.task, step.replica_id, step.slot, step.reason) == (third, "a", 0, "prefix")
-    assert step.cached_blocks == 4
+    assert (step.replica_id, step.reason) == ("b", "least-loaded")
+    # both hold it now, equally loaded: the slot whose own KV has it, on the lower id
+    queue.offer(tasks[3])
+    reps = [r("a", 1, total=3, busy_slot_ids=frozenset({1})), r("b", 1, total=3)]
+    step = _dispatch(queue, reps, routing)
+    assert (step.task, step.replica_id, step.slot, step.reason) == (tasks[3], "a", 0, "prefix")
 
 
 def _warm_routing(prefix):

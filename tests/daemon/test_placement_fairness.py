@@ -10,16 +10,16 @@ import pytest
 from orchestratord.config import ConfigError, parse_config
 from tests.daemon.test_access import bearer, make_keys
 from tests.helpers import mock_pool
+from worker_adapters.base import GenerateRequest
 
 SYSTEM_A = "alpha-system-prompt " * 40  # 800 bytes: 12 blocks of 64
 SYSTEM_B = "bravo-system-prompt " * 40
 
 
 def prefix_pool(**overrides):
+    placement = {"prefix_aware": True, "block_bytes": 64, **overrides.pop("placement", {})}
     return mock_pool(
-        replicas={"managed": {"count": 2, "slots": 2}},
-        placement={"prefix_aware": True, "block_bytes": 64},
-        **overrides,
+        replicas={"managed": {"count": 2, "slots": 2}}, placement=placement, **overrides
     )
 
 
@@ -46,8 +46,9 @@ async def test_a_shared_prefix_follows_the_replica_that_saw_it(start_daemon):
     for question in ("two", "three"):
         assert await _replica_of(api, prompt=SYSTEM_B + question) == "mock-r1"
         assert await _replica_of(api, prompt=SYSTEM_A + question) == "mock-r0"
-    # a prompt nobody has seen: least-loaded, then the id
-    assert await _replica_of(api, prompt="fresh " * 100) == "mock-r0"
+    # a prompt nobody has seen: least loaded, then the cache used least recently (r0 just
+    # served A): a miss does not evict the freshest prefix
+    assert await _replica_of(api, prompt="fresh " * 100) == "mock-r1"
     _, metrics = await api.get("/metrics")
     assert _counter(metrics, 'placement_decisions_total{outcome="prefix",pool_id="mock"}') == 4
     assert _counter(metrics, 'placement_decisions_total{outcome="pin",pool_id="mock"}') == 2
@@ -55,6 +56,26 @@ async def test_a_shared_prefix_follows_the_replica_that_saw_it(start_daemon):
     cached = _counter(metrics, 'prefix_cached_tokens_total{pool_id="mock"}')
     assert 0 < cached < prompt  # four of seven placements hit 12 of 12-13 blocks
     assert 'engine_cached_tokens_total{pool_id="mock"}' not in metrics  # mock reports none
+
+
+async def test_the_index_holds_what_the_engines_cache_holds(start_daemon):
+    """OC-PFX-1502: `engine_cache_tokens` bounds the index as the engine's memory bounds its
+    cache — what no longer fits there is not expected there."""
+    api = await start_daemon(
+        prefix_pool(placement={"engine_cache_tokens": 320})  # 20 blocks of 16 tokens
+    )
+    placement = api.daemon.service.pools["mock"].placement
+    index = placement.prefix.index
+    assert index.capacity == 20  # 320 tokens / (64 bytes / 4 bytes per token)
+    pin = {"mode": "pin", "replica_id": "mock-r1"}
+    await _replica_of(api, prompt=SYSTEM_A + "one", placement=pin)  # 12 blocks
+    await _replica_of(api, prompt=SYSTEM_B + "one", placement=pin)  # 12 more: A's tail goes
+    assert index.size("mock-r1") == 20
+
+    def cached(prompt: str) -> int:
+        return index.hit("mock-r1", placement.blocks(GenerateRequest(prompt, 1))).blocks
+
+    assert (cached(SYSTEM_B), cached(SYSTEM_A)) == (12, 8)  # A keeps its head
 
 
 async def test_a_replica_that_goes_down_forgets_its_prefixes(start_daemon):
