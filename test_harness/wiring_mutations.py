@@ -27,6 +27,7 @@ class Mutation(NamedTuple):
 
 WIRING = "tests/daemon/test_wiring.py"
 ACCESS = "tests/daemon/test_access.py"
+FAIRNESS = "tests/daemon/test_placement_fairness.py"
 
 MUTATIONS = (
     Mutation(
@@ -106,6 +107,27 @@ MUTATIONS = (
         "                self._add(replica, model, launched)",
         "                self._add(replica, None, launched)",
         f"{WIRING}::test_a_reloaded_replica_that_fails_restarts_on_the_new_model",
+    ),
+    Mutation(
+        "queue.fairness: tokens dropped where the pool's queue is built",
+        "orchestratord/service/dispatcher.py",
+        "            token_costs(config),\n",
+        "            None,\n",
+        f"{FAIRNESS}::test_tokens_fairness_serves_a_light_tenant_ten_tasks_per_heavy_one",
+    ),
+    Mutation(
+        "streamed output never charged to its tenant",
+        "orchestratord/service/placement.py",
+        "                self._queue.charge(rec.task, output_tokens=new)",
+        "                pass",
+        f"{FAIRNESS}::test_tokens_fairness_charges_output_as_it_streams",
+    ),
+    Mutation(
+        "a replica that goes down keeps its prefixes",
+        "orchestratord/service/dispatcher.py",
+        "            self.placement.forget(replica.id)\n",
+        "",
+        f"{FAIRNESS}::test_a_replica_that_goes_down_forgets_its_prefixes",
     ),
     Mutation(
         "retention 1,000 times shorter",

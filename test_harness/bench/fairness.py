@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 from orchestratord.api_models import KeyCreate, KeyRole
 from orchestratord.keyring import make_entry, write_entries
 from pool_managerd.launchers import free_port
-from pool_managerd.probe import poll_until
 from pool_managerd.tiny_gguf import write_tiny_model
-from test_harness.bench.common import start
+from test_harness.bench.common import serve_daemon
 
 PROMPT = {"long": 200, "short": 20}  # tokens: one per byte, no spaces
 MAX_TOKENS = 16
@@ -94,23 +91,8 @@ async def main() -> None:
         "pools": [pool("requests", model, "requests", {}), pool("tokens", model, "tokens", {}),
                   pool("tokens-1-3", model, "tokens", {"short": 3})],
     }  # fmt: skip
-    (tmp / "c.yaml").write_text(yaml.safe_dump(config))
-    daemon_bin = str(Path(sys.executable).parent / "orchestratord")
-    cmd = [daemon_bin, "serve", "--config", str(tmp / "c.yaml"), "--log-level", "warning"]
-    proc = await start(cmd, "serving on")
-    daemon = f"http://127.0.0.1:{port}"
+    proc, daemon = await serve_daemon(tmp, config, {"Authorization": f"Bearer {keys['long']}"})
     try:
-        headers = {"Authorization": f"Bearer {keys['long']}"}
-
-        async def all_ready() -> bool:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(f"{daemon}/v1/pools", headers=headers) as r,
-            ):
-                return all(p["ready"] for p in (await r.json())["pools"])
-
-        async with asyncio.timeout(120):
-            await poll_until(all_ready)
         print(
             f"\nlong: {PROMPT['long']}-token prompts, short: {PROMPT['short']}; {MAX_TOKENS} "
             f"output tokens each; {OUTSTANDING} outstanding per tenant; {COMPLETIONS} tasks\n"

@@ -22,6 +22,7 @@ import yaml
 
 from pool_managerd.probe import poll_until
 from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
+from test_harness.bench.common import task_stream
 from test_harness.bench.daemon_relay import free_port, pct, start
 
 TOKENS = 200
@@ -47,20 +48,8 @@ async def direct_run(http: aiohttp.ClientSession, engine: str, seed: int) -> tup
 
 
 async def daemon_run(http: aiohttp.ClientSession, daemon: str, seed: int) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    async with http.post(
-        f"{daemon}/v1/tasks",
-        json={"model": "tiny", "prompt": "bench", "max_tokens": TOKENS, "seed": seed},
-    ) as r:
-        url = daemon + (await r.json())["stream_url"]
-    ttft, tokens = 0.0, 0
-    async with http.get(url) as r:
-        async for line in r.content:
-            if line.startswith(b"event: token"):
-                if not tokens:
-                    ttft = time.perf_counter() - t0
-                tokens += 1
-    return ttft, tokens
+    body = {"model": "tiny", "prompt": "bench", "max_tokens": TOKENS, "seed": seed}
+    return await task_stream(http, daemon, body)
 
 
 async def measure(run, target: str, streams: int, rounds: int) -> tuple[list[float], float]:

@@ -29,18 +29,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 from pool_managerd.launchers import free_port
-from pool_managerd.probe import poll_until
 from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
-from test_harness.bench.common import pct, start
+from test_harness.bench.common import pct, serve_daemon, task_stream
 
 CLIENTS = 2
 SYSTEM_PROMPTS = 4
@@ -89,21 +86,11 @@ def pool(pool_id: str, model: Path, prefix_aware: bool, cache_ram: int | None) -
 async def one(
     http: aiohttp.ClientSession, daemon: str, model: str, prompt: str, pin: str | None
 ) -> tuple[float, int]:
-    """One task through the native API: (time to first token, tokens)."""
+    """One task: (time to first token, tokens)."""
     body: dict[str, object] = {"model": model, "prompt": prompt, "max_tokens": MAX_TOKENS}
     if pin is not None:
         body["placement"] = {"mode": "pin", "replica_id": pin}
-    t0 = time.perf_counter()
-    async with http.post(f"{daemon}/v1/tasks", json=body) as r:
-        url = daemon + (await r.json())["stream_url"]
-    ttft, tokens = 0.0, 0
-    async with http.get(url) as r:
-        async for line in r.content:
-            if line.startswith(b"event: token"):
-                if not tokens:
-                    ttft = time.perf_counter() - t0
-                tokens += 1
-    return ttft, tokens
+    return await task_stream(http, daemon, body)
 
 
 async def prompt_tokens(daemon: str, pool_id: str) -> tuple[float, float]:
@@ -166,19 +153,8 @@ async def main() -> None:
         "pools": [pool(name, model, name == "prefix", args.cache_ram)
                   for name in ("prefix", "least", "rr")],
     }  # fmt: skip
-    (tmp / "c.yaml").write_text(yaml.safe_dump(config))
-    daemon_bin = str(Path(sys.executable).parent / "orchestratord")
-    cmd = [daemon_bin, "serve", "--config", str(tmp / "c.yaml"), "--log-level", "warning"]
-    proc = await start(cmd, "serving on")
-    daemon = f"http://127.0.0.1:{port}"
+    proc, daemon = await serve_daemon(tmp, config)
     try:
-
-        async def all_ready() -> bool:
-            async with aiohttp.ClientSession() as http, http.get(f"{daemon}/v1/pools") as r:
-                return all(p["ready"] for p in (await r.json())["pools"])
-
-        async with asyncio.timeout(180):
-            await poll_until(all_ready)
         header = (
             "| placement | TTFT p50 ms | TTFT p99 ms | tokens/s | engine cache hits "
             "| TTFT p50 vs least-loaded | tokens/s vs least-loaded |\n"

@@ -136,6 +136,48 @@ async def test_tokens_fairness_serves_a_light_tenant_ten_tasks_per_heavy_one(
     assert dispatched[:12] == ["gate", "heavy"] + ["light"] * 10, dispatched
 
 
+async def test_tokens_fairness_charges_output_as_it_streams(start_daemon, tmp_path):
+    """OC-FAIR-1510: output tokens count (here only they do): one 400-token answer buys
+    ten 40-token ones."""
+    keys = make_keys(
+        tmp_path / "keys.yaml",
+        chatty=("chatty", "submit"), terse=("terse", "submit"), gate=("gate", "submit"),
+    )  # fmt: skip
+    api = await start_daemon(
+        mock_pool(
+            replicas={"managed": {"count": 1, "slots": 1}},
+            queue={"capacity": 64, "fairness": "tokens", "token_costs": {"input": 0, "output": 1}},
+        ),
+        keys_file=str(tmp_path / "keys.yaml"),
+    )
+    dispatched: list[str] = []
+    placement = api.daemon.service.pools["mock"].placement
+    started = placement.started
+    placement.started = lambda rec, *rest: (dispatched.append(rec.task.tenant), started(rec, *rest))
+
+    async def submit(key: str, prompt: str, max_tokens: int) -> str:
+        async with api.http.post(
+            f"{api.base}/v1/tasks", headers=bearer(keys[key]),
+            json={"model": "mock-model", "prompt": prompt, "max_tokens": max_tokens, "seed": 1},
+        ) as r:  # fmt: skip
+            assert r.status == 202, await r.text()
+            return str((await r.json())["task_id"])
+
+    gate = await submit("gate", "[[stall:0]] hold the slot", 1)
+    tenants = {}
+    for i in range(10):
+        tenants[await submit("chatty", f"c{i}", 400)] = "chatty"
+        tenants[await submit("terse", f"t{i}", 40)] = "terse"
+    async with api.http.post(
+        f"{api.base}/v1/tasks/{gate}/cancel", headers=bearer(keys["gate"])
+    ) as r:
+        assert r.status == 204
+    for task_id, tenant in tenants.items():
+        status = await api.wait_state(task_id, "completed", headers=bearer(keys[tenant]))
+        assert status["tokens_out"] == (400 if tenant == "chatty" else 40)
+    assert dispatched[:12] == ["gate", "chatty"] + ["terse"] * 10, dispatched
+
+
 def test_placement_and_fairness_config_is_validated():
     """OC-PFX-1503, OC-FAIR-1510"""
     base = {"server": {"port": 0}, "pools": [mock_pool()]}
