@@ -43,7 +43,8 @@ class PrefixRouting:
     """Prefix-aware placement for one pool (see `PrefixIndex`, `PlacementRequest`)."""
 
     index: PrefixIndex
-    #: A slot cache per engine slot (llama.cpp), else one shared cache per replica.
+    #: The engine's slots keep their own KV besides the replica's shared cache, and a
+    #: request can name its slot (llama.cpp `id_slot`): tasks are placed on a slot.
     per_slot: bool
     load_guard: int = 1
     #: How long a task may wait for a busy replica holding a longer prefix (0: never).

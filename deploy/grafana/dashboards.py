@@ -34,11 +34,18 @@ OVERVIEW = (
      "sum by (pool_id) (increase(replica_restarts_total{sel}[15m]))"),
     ("Tasks finished/s by state", "reqps",
      "sum by (state) (rate(tasks_finished_total{sel}[1m]))"),
+    ("Placement decisions/s by reason", "reqps",
+     "sum by (outcome) (rate(placement_decisions_total{sel}[1m]))"),
+    ("Prefix cache hit ratio, estimated (prefix-aware pools)", "percentunit",
+     "sum by (pool_id) (rate(prefix_cached_tokens_total{sel}[5m])) / "
+     "sum by (pool_id) (rate(prefix_prompt_tokens_total{sel}[5m]))"),
 )  # fmt: skip
 TENANTS = (
     ("Tasks finished/s by tenant", "reqps",
      "sum by (tenant) (rate(tenant_tasks_finished_total{sel}[1m]))"),
     ("Tokens/s by tenant", "short", "sum by (tenant) (rate(tenant_tokens_out_total{sel}[1m]))"),
+    ("Prompt tokens/s by tenant", "short",
+     "sum by (tenant) (rate(tenant_tokens_in_total{sel}[1m]))"),
 )  # fmt: skip
 DASHBOARDS = {
     "overview": ("orchestratord — overview", OVERVIEW, None),

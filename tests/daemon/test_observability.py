@@ -239,7 +239,8 @@ async def test_dashboards_and_alerts_work_against_a_real_prometheus(start_daemon
 
     # a live daemon under a little load; one pool whose replica can never start (a fault)
     api = await start_daemon(
-        mock_pool(), mock_pool("broken", mock={"fail_start": True}, max_restarts=0),
+        mock_pool(placement={"prefix_aware": True, "block_bytes": 16}),
+        mock_pool("broken", mock={"fail_start": True}, max_restarts=0),
         ready=False,
     )  # fmt: skip
     await wait_ready_pool(api, "mock")
@@ -269,7 +270,8 @@ async def test_dashboards_and_alerts_work_against_a_real_prometheus(start_daemon
 
             async def load() -> bool:  # until every panel and signal has series
                 for i in range(4):
-                    _, task, _ = await api.submit(model="mock-model", prompt=f"p{i}", max_tokens=2)
+                    prompt = f"a shared system prompt, then {i}"  # whole blocks: prefixes
+                    _, task, _ = await api.submit(model="mock-model", prompt=prompt, max_tokens=2)
                     await api.wait_state(task["task_id"], "completed")
                 _, failing, _ = await api.submit(model="mock-model", prompt="[[fail:1]]")
                 await api.wait_state(failing["task_id"], "failed")
