@@ -7,9 +7,9 @@ dominates time to first token on this CPU), each of 4 replicas x 1 slot, 1 threa
 every prompt here; 32 MiB about three of them, 16 MiB one — the kind of limit a GPU's KV
 memory sets, where the pool's caches together hold the hot prompts but no one replica's
 does); prefix-aware placement is told that size (`placement.engine_cache_tokens`):
-- `prefix`: `placement.prefix_aware: true`, waiting up to 100 ms for a warm replica, load
-  guard 0 (a replica is one CPU thread here: two tasks on one run at half speed while
-  another core idles);
+- `prefix`: `placement.prefix_aware: true`, load guard 0 (a replica is one CPU thread
+  here: two tasks on one run at half speed while another core idles), no waiting for a warm
+  replica (`max_wait_ms: 0`, the default; docs/BENCHMARKS.md has what 100 ms did);
 - `least`: the default placement (least loaded, then replica id);
 - `rr`: the same default placement, but the client pins task i to replica i mod 2 —
   round-robin, through the same daemon path.
@@ -72,7 +72,7 @@ def pool(pool_id: str, model: Path, prefix_aware: bool, cache_ram: int | None) -
         "engine_params": {"ignore_eos": True},
         "queue": {"capacity": 1024},
         "placement": {
-            "prefix_aware": prefix_aware, "block_bytes": 64, "max_wait_ms": 100, "load_guard": 0,
+            "prefix_aware": prefix_aware, "block_bytes": 64, "load_guard": 0,
             # what --cache-ram holds (16 KiB of KV per token of this model)
             "engine_cache_tokens": None if cache_ram is None else cache_ram * 64,
         },
