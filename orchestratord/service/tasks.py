@@ -53,8 +53,6 @@ TOKEN_TEXT_BYTES = 8
 EXPIRED_IDS_REMEMBERED = 65_536
 
 
-#: Terminal (state, code) pairs that end a stream with `end`, and their finish reason
-#: (None: the engine's own, `stop` or `length`). Every other ending is an `error` event.
 class Door(StrEnum):
     """The API a task came through."""
 
@@ -63,6 +61,8 @@ class Door(StrEnum):
     OPENAI_COMPLETION = "openai-completion"
 
 
+#: Terminal (state, code) pairs that end a stream with `end`, and their finish reason
+#: (None: the engine's own, `stop` or `length`). Every other ending is an `error` event.
 _CLEAN_ENDINGS: dict[tuple[TaskState, ErrorCode | None], FinishReason | None] = {
     (TaskState.COMPLETED, None): None,
     (TaskState.CANCELED, ErrorCode.CANCELED): "canceled",
@@ -125,10 +125,9 @@ class TaskRecord:
     footprint: int = 0
     #: Its open trace spans (None: tracing is off).
     spans: tracing.TaskSpans | None = None
-    #: Output tokens charged to its tenant so far (token fairness).
+    #: Token fairness: output tokens charged to its tenant so far.
     tokens_charged: int = 0
-    #: The engine's last word on the task: its counts and prefill (None until it ends).
-    engine_end: End | None = None
+    engine_end: End | None = None  # the engine's last word (counts, prefill), once it ended
 
     @property
     def ended(self) -> bool:
@@ -136,8 +135,7 @@ class TaskRecord:
 
 
 def session_key(tenant: str, session_id: str) -> str:
-    """Sessions are named within a tenant: two tenants' `s1` are two sessions. (A tenant
-    cannot contain `|`, so the key is unambiguous.)"""
+    """Sessions are named within a tenant (which cannot contain `|`: no ambiguity)."""
     return f"{tenant}|{session_id}"
 
 

@@ -93,60 +93,17 @@ async def test_a_replica_that_goes_down_forgets_its_prefixes(start_daemon):
     assert await _replica_of(api, prompt=SYSTEM_A + "two") == "mock-r0"  # nothing warm: the id
 
 
-async def test_tokens_fairness_serves_a_light_tenant_ten_tasks_per_heavy_one(
-    start_daemon, tmp_path
-):
-    """OC-FAIR-1510: through the daemon, with one slot held busy while both queue."""
-    keys = make_keys(
-        tmp_path / "keys.yaml",
-        heavy=("heavy", "submit"), light=("light", "submit"), gate=("gate", "submit"),
-    )  # fmt: skip
+async def _first_dispatches(start_daemon, tmp_path, costs, work) -> list[str]:
+    """Token fairness through the daemon: one slot, held by a `gate` task while every
+    (tenant, prompt, max_tokens) of `work` queues (each tenant with its own key), then
+    freed; every task must complete. Returns the tenants in the order the slot was handed
+    out (a spy on the pool's dispatch hook)."""
+    tenants = {t for t, _, _ in work} | {"gate"}
+    keys = make_keys(tmp_path / "keys.yaml", **{t: (t, "submit") for t in tenants})
     api = await start_daemon(
         mock_pool(
             replicas={"managed": {"count": 1, "slots": 1}},
-            queue={"capacity": 64, "fairness": "tokens", "token_costs": {"input": 1, "output": 0}},
-        ),
-        keys_file=str(tmp_path / "keys.yaml"),
-    )
-
-    async def submit(key: str, prompt: str) -> str:
-        async with api.http.post(
-            f"{api.base}/v1/tasks", headers=bearer(keys[key]),
-            json={"model": "mock-model", "prompt": prompt, "max_tokens": 1, "seed": 1},
-        ) as r:  # fmt: skip
-            assert r.status == 202, await r.text()
-            return str((await r.json())["task_id"])
-
-    dispatched: list[str] = []  # the dispatch order, as the pool hands out the slot
-    placement = api.daemon.service.pools["mock"].placement
-    started = placement.started
-    placement.started = lambda rec, *rest: (dispatched.append(rec.task.tenant), started(rec, *rest))
-    gate = await submit("gate", "[[stall:0]] hold the slot")
-    tenants = {}
-    for i in range(10):  # 1000 and 100 prompt tokens (4 bytes per token)
-        tenants[await submit("heavy", f"h{i} " + "x" * 4000)] = "heavy"
-        tenants[await submit("light", f"l{i} " + "y" * 400)] = "light"
-    async with api.http.post(
-        f"{api.base}/v1/tasks/{gate}/cancel", headers=bearer(keys["gate"])
-    ) as r:
-        assert r.status == 204, await r.text()
-    for task_id, tenant in tenants.items():
-        await api.wait_state(task_id, "completed", headers=bearer(keys[tenant]))
-    # the slot's holder first; then one 1000-token task buys ten 100-token ones
-    assert dispatched[:12] == ["gate", "heavy"] + ["light"] * 10, dispatched
-
-
-async def test_tokens_fairness_charges_output_as_it_streams(start_daemon, tmp_path):
-    """OC-FAIR-1510: output tokens count (here only they do): one 400-token answer buys
-    ten 40-token ones."""
-    keys = make_keys(
-        tmp_path / "keys.yaml",
-        chatty=("chatty", "submit"), terse=("terse", "submit"), gate=("gate", "submit"),
-    )  # fmt: skip
-    api = await start_daemon(
-        mock_pool(
-            replicas={"managed": {"count": 1, "slots": 1}},
-            queue={"capacity": 64, "fairness": "tokens", "token_costs": {"input": 0, "output": 1}},
+            queue={"capacity": 64, "fairness": "tokens", "token_costs": costs},
         ),
         keys_file=str(tmp_path / "keys.yaml"),
     )
@@ -155,26 +112,45 @@ async def test_tokens_fairness_charges_output_as_it_streams(start_daemon, tmp_pa
     started = placement.started
     placement.started = lambda rec, *rest: (dispatched.append(rec.task.tenant), started(rec, *rest))
 
-    async def submit(key: str, prompt: str, max_tokens: int) -> str:
+    async def submit(tenant: str, prompt: str, max_tokens: int) -> str:
         async with api.http.post(
-            f"{api.base}/v1/tasks", headers=bearer(keys[key]),
+            f"{api.base}/v1/tasks", headers=bearer(keys[tenant]),
             json={"model": "mock-model", "prompt": prompt, "max_tokens": max_tokens, "seed": 1},
         ) as r:  # fmt: skip
             assert r.status == 202, await r.text()
             return str((await r.json())["task_id"])
 
     gate = await submit("gate", "[[stall:0]] hold the slot", 1)
-    tenants = {}
-    for i in range(10):
-        tenants[await submit("chatty", f"c{i}", 400)] = "chatty"
-        tenants[await submit("terse", f"t{i}", 40)] = "terse"
+    queued = {await submit(*item): item for item in work}
     async with api.http.post(
         f"{api.base}/v1/tasks/{gate}/cancel", headers=bearer(keys["gate"])
     ) as r:
-        assert r.status == 204
-    for task_id, tenant in tenants.items():
+        assert r.status == 204, await r.text()
+    for task_id, (tenant, _, max_tokens) in queued.items():
         status = await api.wait_state(task_id, "completed", headers=bearer(keys[tenant]))
-        assert status["tokens_out"] == (400 if tenant == "chatty" else 40)
+        assert status["tokens_out"] == max_tokens
+    return dispatched
+
+
+async def test_tokens_fairness_serves_a_light_tenant_ten_tasks_per_heavy_one(
+    start_daemon, tmp_path
+):
+    """OC-FAIR-1510: prompt tokens count (here only they do): one 1000-token prompt (4 bytes
+    per token) buys ten 100-token ones."""
+    work = []
+    for i in range(10):
+        work += [("heavy", f"h{i} " + "x" * 4000, 1), ("light", f"l{i} " + "y" * 400, 1)]
+    dispatched = await _first_dispatches(start_daemon, tmp_path, {"input": 1, "output": 0}, work)
+    assert dispatched[:12] == ["gate", "heavy"] + ["light"] * 10, dispatched
+
+
+async def test_tokens_fairness_charges_output_as_it_streams(start_daemon, tmp_path):
+    """OC-FAIR-1510: output tokens count (here only they do): one 400-token answer buys
+    ten 40-token ones."""
+    work = []
+    for i in range(10):
+        work += [("chatty", f"c{i}", 400), ("terse", f"t{i}", 40)]
+    dispatched = await _first_dispatches(start_daemon, tmp_path, {"input": 0, "output": 1}, work)
     assert dispatched[:12] == ["gate", "chatty"] + ["terse"] * 10, dispatched
 
 
