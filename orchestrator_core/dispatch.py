@@ -148,9 +148,9 @@ def _hold_until(
     if task.hold_until_ms is not None and now_ms >= task.hold_until_ms:
         return None  # it waited as long as it may
     free_best = max((hit.blocks for hit in _hits(task, replicas, prefix).values()), default=0)
+    # what a replica holds whichever of its slots frees (no slots named: the replica's own)
     warm_best = max(
-        (prefix.index.best_anywhere(r.id, task.prefix) for r in replicas if r.serving),
-        default=0,
+        (prefix.index.hit(r.id, task.prefix).blocks for r in replicas if r.serving), default=0
     )
     if (warm_best - free_best) * prefill_ms_per_block <= prefix.max_wait_ms:
         return None

@@ -151,6 +151,22 @@ class TenantClass(Generic[T]):
     def peek(self) -> Task | None:
         raise NotImplementedError
 
+    def _ahead(self, t: T) -> bool:
+        """Whether an idle tenant still remembers something the class's clock has not
+        passed (else it would restart at the clock anyway)."""
+        raise NotImplementedError
+
+    def _sweep_idle(self) -> None:
+        # Forget idle tenants that carry no fairness memory, oldest first, so one-off
+        # tenants do not leak. Amortised O(1): stops at the first one still ahead.
+        idle = self._idle
+        while idle:
+            name = next(iter(idle))
+            if self._ahead(self._tenants[name]):
+                return
+            del idle[name]
+            del self._tenants[name]
+
     def peek_seq(self) -> int:
         """Arrival number of the task `pop` would return (the class must not be empty)."""
         head = self.peek()
@@ -246,17 +262,8 @@ class FairClass(TenantClass[_TenantQueue]):
         del self._backlogged[tq.ordinal]
         self._remember_idle(tq)
 
-    def _sweep_idle(self) -> None:
-        # An empty tenant whose finish tag the clock has passed carries no fairness memory
-        # (it would restart at the clock anyway): forget it so one-off tenants do not leak.
-        # Amortised O(1): stops at the first idle tenant still ahead of the clock.
-        idle = self._idle
-        while idle:
-            name = next(iter(idle))
-            if self._tenants[name].finish > self._vclock:
-                return
-            del idle[name]
-            del self._tenants[name]
+    def _ahead(self, t: _TenantQueue) -> bool:
+        return t.finish > self._vclock
 
     def position(self, task: Task) -> int:
         """How many tasks of this class dispatch before `task` (0 = next)."""

@@ -137,11 +137,6 @@ class PrefixIndex:
             return CacheHit(n, None, used)
         return CacheHit(max(n, -best[0]), best[2], used)
 
-    def best_anywhere(self, replica_id: str, names: BlockNames) -> int:
-        """The longest prefix `replica_id` probably holds, whichever slot is free (what a
-        task would find there once one frees)."""
-        return self.hit(replica_id, names).blocks
-
     def forget(self, replica_id: str) -> None:
         """The replica's cache is gone (restart, reload, removal)."""
         self._shared.pop(replica_id, None)

@@ -131,15 +131,8 @@ class TokenFairClass(TenantClass[_Tenant]):
         t = self._tenants.get(tenant)
         return t.counter if t is not None else self._floor
 
-    def _sweep_idle(self) -> None:
-        # An idle tenant at or below the floor would be lifted to it anyway: forget it.
-        idle = self._idle
-        while idle:
-            name = next(iter(idle))
-            if self._tenants[name].counter > self._floor:
-                return
-            del idle[name]
-            del self._tenants[name]
+    def _ahead(self, t: _Tenant) -> bool:
+        return t.counter > self._floor  # at or below it, a lift would restore it anyway
 
     def position(self, task: Task) -> int:
         """Estimated number of tasks of this class dispatched before `task` (0 = next)."""

@@ -38,7 +38,6 @@ class Replica:
     slots_total: int
     state: ReplicaState = ReplicaState.STARTING
     adapter: WorkerAdapter | None = None
-    busy: int = 0
     engine_version: str = ""
     model_digest: str = ""
     ctx_per_slot: int | None = None
@@ -50,8 +49,13 @@ class Replica:
     engine_busy: int | None = None
     #: The engine process, when pool_managerd spawned it.
     pid: int | None = None
-    #: The slots leased now, by index (`busy` of them).
+    #: The slots leased now, by index.
     leased_slots: set[int] = field(default_factory=set)
+
+    @property
+    def busy(self) -> int:
+        """Slots leased now."""
+        return len(self.leased_slots)
 
     def mark_ready(self, adapter: WorkerAdapter, caps: Capabilities) -> None:
         self.adapter = adapter
@@ -102,7 +106,6 @@ class Lease:
             # replica under leases still held (they never reach the engine as `id_slot`)
             slot = next(i for i in range(replica.slots_total + len(leased)) if i not in leased)
         leased.add(slot)
-        replica.busy += 1
         self.replica = replica
         self.slot = slot
         self._released = False
@@ -112,6 +115,5 @@ class Lease:
         if self._released:
             return False
         self._released = True
-        self.replica.busy -= 1
         self.replica.leased_slots.discard(self.slot)
         return True
