@@ -104,7 +104,8 @@ def check(
             "placement.replica_id",
         )
     strict = req.determinism is Determinism.STRICT
-    if strict and not any(r.deterministic for r in pool.replicas):  # never will: config
+    # never will (config); a remote pool with no agent joined yet is merely unavailable
+    if strict and pool.replicas and not any(r.deterministic for r in pool.replicas):
         return Denied(
             ErrorCode.INVALID_PARAMS,
             f"pool {pool.pool_id!r} has no deterministic replicas: a strict task needs a pool "

@@ -18,7 +18,7 @@ from orchestratord.config import ConfigError, load_config
 from orchestratord.defaults import default_config
 from orchestratord.keyring import KeyFileError, make_entry, read_entries, write_entries
 from orchestratord.store import StoreError
-from orchestratord.telemetry.logging import configure
+from pool_managerd.logs import configure
 from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
 
 log = structlog.get_logger("orchestratord")

@@ -10,13 +10,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -26,6 +24,9 @@ from orchestrator_core.model import Determinism
 from orchestrator_core.queue import QueuePolicy
 from orchestratord.chat_template import ChatTemplate
 from orchestratord.engines import ENGINES
+from pool_managerd import yaml_config
+from pool_managerd.node_config import ID_PATTERN, ManagedReplicas
+from pool_managerd.yaml_config import ConfigError as ConfigError  # re-exported
 
 
 def _known_engine(name: str) -> str:
@@ -46,6 +47,28 @@ class _Cfg(BaseModel):
 class TlsConfig(_Cfg):
     cert: Annotated[str, Field(min_length=1)]
     key: Annotated[str, Field(min_length=1)]
+
+
+class AgentTlsConfig(TlsConfig):
+    #: Require agents to present a client certificate signed by this CA (PEM).
+    client_ca: str | None = None
+
+
+class AgentsConfig(_Cfg):
+    """Where pool-managerd agents join (`pool-managerd serve --join grpc://HOST:PORT`)."""
+
+    #: host:port of the agents' gRPC service (port 0: any free port, logged).
+    listen: str = "127.0.0.1:7070"
+    #: File holding the join token agents present (required: nobody joins without it).
+    token_file: Annotated[str, Field(min_length=1)]
+    #: Serve the agents over TLS (`grpcs://`); plaintext is refused then.
+    tls: AgentTlsConfig | None = None
+    #: How often agents send heartbeats, and how many may be missed before their replicas
+    #: go Unready.
+    heartbeat_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    heartbeat_misses: Annotated[int, Field(ge=1, le=100)] = 3
+    #: An agent away this long leaves its pools (its replicas are removed).
+    forget_after_s: Annotated[float, Field(gt=0)] = 300.0
 
 
 class ServerConfig(_Cfg):
@@ -101,6 +124,8 @@ class ServerConfig(_Cfg):
     write_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     #: Enables the test-only provider-state endpoint (pact verification). Never in production.
     enable_test_endpoints: bool = False
+    #: pool-managerd agents on other hosts join here (pools with `replicas.remote`).
+    agents: AgentsConfig | None = None
     #: Where the daemon keeps its state (the task store); default
     #: `$XDG_STATE_HOME/orchestratord` (`~/.local/state/orchestratord`).
     state_dir: str | None = None
@@ -161,16 +186,6 @@ class PlacementConfig(_Cfg):
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
 
 
-class ManagedReplicas(_Cfg):
-    count: Annotated[int, Field(ge=1, le=64)] = 1
-    slots: Annotated[int, Field(ge=1, le=256)] = 2
-    model_path: str | None = None
-    #: Total context per replica; split across its slots (llama.cpp `-c`).
-    ctx: Annotated[int, Field(ge=16)] | None = None
-    threads: Annotated[int, Field(ge=1)] | None = None
-    args: list[str] = []
-
-
 class MockEngineConfig(_Cfg):
     token_rate: Annotated[float, Field(ge=0)] = 0.0
     ctx_per_slot: Annotated[int, Field(ge=1)] = 4096
@@ -185,21 +200,29 @@ class MockEngineConfig(_Cfg):
     perturb_replica: str | None = None
 
 
+class RemoteReplicas(_Cfg):
+    """Replicas that pool-managerd agents on other hosts run and report."""
+
+    #: The agent ids that may serve this pool; omitted: any agent that offers it.
+    agents: list[Annotated[str, Field(pattern=ID_PATTERN)]] | None = None
+
+
 class ReplicasConfig(_Cfg):
     managed: ManagedReplicas | None = None
     endpoints: list[str] | None = None
+    remote: RemoteReplicas | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> ReplicasConfig:
-        if (self.managed is None) == (self.endpoints is None):
-            raise ValueError("give exactly one of 'managed' or 'endpoints'")
+        if [self.managed, self.endpoints, self.remote].count(None) != 2:
+            raise ValueError("give exactly one of 'managed', 'endpoints' or 'remote'")
         if self.endpoints is not None and not self.endpoints:
             raise ValueError("'endpoints' must list at least one URL")
         return self
 
 
 class PoolConfig(_Cfg):
-    id: Annotated[str, Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")]
+    id: Annotated[str, Field(pattern=ID_PATTERN)]
     engine: EngineName
     model: Annotated[str, Field(min_length=1)]
     queue: QueueConfig = QueueConfig()
@@ -254,6 +277,8 @@ class PoolConfig(_Cfg):
             raise ValueError(f"engine {self.engine!r} cannot be managed here; use 'endpoints'")
         if self.replicas.endpoints is not None and kind.attach is None:
             raise ValueError(f"engine {self.engine!r} cannot attach to endpoints; use 'managed'")
+        if self.replicas.remote is not None and kind.attach is None:
+            raise ValueError(f"engine {self.engine!r} has no endpoints to reach on agents")
         if managed is not None and kind.needs_model_path and not managed.model_path:
             raise ValueError(f"managed {self.engine} replicas need 'replicas.managed.model_path'")
         return self
@@ -308,46 +333,21 @@ class Config(_Cfg):
     pools: Annotated[list[PoolConfig], Field(min_length=1)]
 
     @model_validator(mode="after")
-    def _unique_ids(self) -> Config:
+    def _pools_fit(self) -> Config:
         seen: set[str] = set()
         for pool in self.pools:
             if pool.id in seen:
                 raise ValueError(f"duplicate pool id {pool.id!r}")
             seen.add(pool.id)
+            if pool.replicas.remote is not None and self.server.agents is None:
+                raise ValueError(f"pool {pool.id!r} has remote replicas: set server.agents")
         return self
 
 
-class ConfigError(Exception):
-    """A config that cannot be used; `problems` has one line per problem, naming the key."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(root)"
-
-
 def parse_config(data: object, source: str = "config") -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(
-            [f"{source}: {_loc(err['loc'])}: {err['msg']}" for err in e.errors()]
-        ) from None
+    return yaml_config.parse(Config, data, source)
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config; raise ConfigError with every problem found."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
-    return parse_config(data, str(path))
+    return yaml_config.load(Config, path)

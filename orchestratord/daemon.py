@@ -8,6 +8,7 @@ import signal
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -15,10 +16,11 @@ from aiohttp import web
 from orchestratord.api.app import build_app
 from orchestratord.api.connections import ConnectionGuard, raise_fd_limit
 from orchestratord.config import Config, ServerConfig
-from orchestratord.engines import launcher_for
 from orchestratord.keyring import KeyFileError, KeyRing
-from orchestratord.service import LauncherFactory, Orchestrator
+from orchestratord.service import Orchestrator
 from orchestratord.telemetry import tracing
+from pool_managerd.hub import TlsFiles
+from pool_managerd.hub import serve as serve_agents
 
 log = structlog.get_logger("orchestratord")
 
@@ -26,20 +28,22 @@ log = structlog.get_logger("orchestratord")
 class Daemon:
     """The service and its HTTP server, started and stopped together."""
 
-    def __init__(self, config: Config, launchers: LauncherFactory = launcher_for) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.launchers = launchers
         self.service: Orchestrator | None = None
         self.runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self.port: int = config.server.port
+        #: The agents' gRPC server and its port, when agents may join.
+        self._agents_server: Any = None
+        self.agents_port: int | None = None
         self.keys = KeyRing()
 
     async def start(self) -> None:
         """Start the service and listen. Raises KeyFileError or RuntimeError (one line) for
         keys that cannot be used, StoreError for a store that cannot."""
         self.keys = api_keys(self.config.server)
-        self.service = Orchestrator(self.config, self.launchers)
+        self.service = Orchestrator(self.config)
         await self.service.start()
         # handler_cancellation: a client that goes away cancels its handler at once, so a
         # streamed request's task is canceled (or waits for a resume) without delay
@@ -60,6 +64,17 @@ class Daemon:
         )
         self.port = self._listener.sockets[0].getsockname()[1]  # the port bound, when 0
         log.info("listening", url=self.url, pools=[p.id for p in self.config.pools])
+        remote = self.service.remote
+        if remote is not None:
+            agents = remote.config
+            t = agents.tls
+            tls = TlsFiles(t.cert, t.key, t.client_ca) if t is not None else None
+            self._agents_server, self.agents_port = await serve_agents(
+                remote.hub, agents.listen, tls
+            )
+            host = agents.listen.rsplit(":", 1)[0]
+            scheme = "grpcs" if tls else "grpc"
+            log.info("agents may join", url=f"{scheme}://{host}:{self.agents_port}")
 
     @property
     def url(self) -> str:
@@ -80,6 +95,8 @@ class Daemon:
         if self.service is not None:
             grace = self.config.server.shutdown_grace_s if grace_s is None else grace_s
             await self.service.shutdown(grace)
+        if self._agents_server is not None:  # agents reconnect to the next control plane
+            await self._agents_server.stop(grace=None)
         if self._listener is not None:
             self._listener.close()
         if self.runner is not None:

@@ -116,6 +116,8 @@ class LlamaServerOptions:
     extra_params: dict[str, Any] = field(default_factory=dict)
     health_interval_s: float = 2.0
     health_misses: int = 3
+    #: Where the engine listens (and is reached): loopback unless an agent serves others.
+    host: str = "127.0.0.1"
 
 
 @lru_cache(maxsize=1)
@@ -132,7 +134,7 @@ def llama_server_binary() -> tuple[str, str]:
 
 class LlamaServerLauncher:
     """Spawns `llama-server` (the binary itself, never its Python wrapper, which does not
-    forward signals) on 127.0.0.1 with an allocated port, in its own process group."""
+    forward signals) on `options.host` with an allocated port, in its own process group."""
 
     def __init__(self, options: LlamaServerOptions) -> None:
         self.options = options
@@ -144,7 +146,7 @@ class LlamaServerLauncher:
             "-m",
             model,
             "--host",
-            "127.0.0.1",
+            o.host,
             "--port",
             str(port),
             "--parallel",
@@ -166,7 +168,7 @@ class LlamaServerLauncher:
         binary, version = await asyncio.to_thread(llama_server_binary)
         if not await asyncio.to_thread(os.path.isfile, model):
             raise FileNotFoundError(f"model file not found: {model}")
-        port = free_port()
+        port = free_port(self.options.host)
         proc = await asyncio.create_subprocess_exec(
             *self.command(binary, model, port),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -174,7 +176,8 @@ class LlamaServerLauncher:
             preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )  # fmt: skip
         logs = asyncio.create_task(_relay_stderr(proc, replica_id))
-        url = f"http://127.0.0.1:{port}"
+        host = self.options.host
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         adapter = LlamaCppAdapter(
             url, model_path=model, engine_version=version, extra_params=self.options.extra_params
         )

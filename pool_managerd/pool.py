@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
-from orchestrator_core.placement import ReplicaSnapshot
 from pool_managerd.launchers import Launched, Launcher
 from pool_managerd.probe import Aborted, poll_until
-from pool_managerd.replica import Lease, Replica, ReplicaEvent, ReplicaState
+from pool_managerd.replica import Replica, ReplicaEvent, ReplicaState
+from pool_managerd.replica_set import ChangeHook, ReloadFailed, ReplicaSet
 
 log = structlog.get_logger("pool_managerd")
 
@@ -40,29 +39,19 @@ class PoolSpec:
     stats_interval_s: float = 2.0
 
 
-class ReloadFailed(Exception):
-    pass
-
-
 def describe(e: BaseException) -> str:
     if isinstance(e, TimeoutError):
         return "timed out waiting for the engine to become Ready"
     return str(e) or type(e).__name__
 
 
-#: on_change(replica, event): called on the event loop for every change, synchronously
-ChangeHook = Callable[[Replica, ReplicaEvent], None]
+class PoolManager(ReplicaSet):
+    """Replicas spawned (or attached to) on this host, each under its own supervisor."""
 
-
-class PoolManager:
     def __init__(self, spec: PoolSpec, launcher: Launcher, on_change: ChangeHook) -> None:
+        super().__init__(spec.id, spec.model, on_change)
         self.spec = spec
-        self.model = spec.model
         self.launcher = launcher
-        self.on_change = on_change
-        self.replicas: list[Replica] = []
-        self.draining = False
-        self.last_error: str | None = None
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._retiring: dict[str, asyncio.Event] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -70,7 +59,6 @@ class PoolManager:
         self._next_index = 0
         self._stopping = False
         self._reloading = False
-        self._waiters: list[asyncio.Future[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -99,47 +87,9 @@ class PoolManager:
         task = asyncio.create_task(self._supervise(replica, model, launched))
         self._supervisors[replica.id] = task
 
-    def _changed(self, replica: Replica, event: ReplicaEvent) -> None:
-        self.on_change(replica, event)
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        """Return once `predicate()` holds, checked again after every replica change (wait
-        on state, never on time). Bound it with `asyncio.timeout`."""
-        while not predicate():
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
-
-    # -- queries -------------------------------------------------------------------
-
-    def snapshots(self) -> list[ReplicaSnapshot]:
-        return [r.snapshot() for r in self.replicas]
-
-    def get(self, replica_id: str) -> Replica | None:
-        return next((r for r in self.replicas if r.id == replica_id), None)
-
-    @property
-    def ready(self) -> bool:
-        return any(r.state is ReplicaState.READY for r in self.replicas)
-
-    def could_serve(self) -> bool:
-        return not self.draining and any(r.could_serve for r in self.replicas)
-
-    # -- leases --------------------------------------------------------------------
-
-    def lease(self, replica_id: str, slot: int | None = None) -> Lease:
-        replica = self.get(replica_id)
-        if replica is None or replica.state is not ReplicaState.READY:
-            raise RuntimeError(f"replica {replica_id} cannot take a lease")
-        return Lease(replica, slot)
-
-    def release(self, lease: Lease) -> None:
-        if lease.release() and lease.replica.busy == 0:
-            idle = self._retiring.get(lease.replica.id)
+    def _released(self, replica: Replica) -> None:
+        if replica.busy == 0:
+            idle = self._retiring.get(replica.id)
             if idle is not None:
                 idle.set()
 
@@ -228,8 +178,7 @@ class PoolManager:
             self._changed(replica, ReplicaEvent.RESTART)
 
     def suspect(self, replica: Replica, why: str) -> None:
-        """A client of the engine saw it fail (connection reset): stop leasing it at once
-        and let its supervisor check it; it comes back Ready if it still answers."""
+        """Its supervisor checks it at once."""
         if replica.state is not ReplicaState.READY:
             return
         replica.state = ReplicaState.UNREADY
@@ -281,7 +230,6 @@ class PoolManager:
     # -- drain and reload ----------------------------------------------------------
 
     def drain(self) -> None:
-        """Stop new leases on every replica; running leases continue."""
         self.draining = True
         for replica in self.replicas:
             if replica.state is ReplicaState.READY:
@@ -289,8 +237,7 @@ class PoolManager:
             self._changed(replica, ReplicaEvent.DRAINING)
 
     def resume(self) -> None:
-        """Lease again after a drain (kubectl's uncordon); replicas a reload is retiring
-        stay retired."""
+        """Replicas a reload is retiring stay retired."""
         self.draining = False
         for replica in self.replicas:
             if replica.state is ReplicaState.DRAINING and replica.id not in self._retiring:
@@ -304,7 +251,7 @@ class PoolManager:
     async def reload(self, model: str) -> None:
         """Start a full set of replicas on `model`; switch over only when all are Ready,
         then retire the old ones as their running tasks finish. On failure the new ones are
-        stopped and the old ones keep serving (rollback); raises ReloadFailed."""
+        stopped (rollback)."""
         if self._reloading:
             raise ReloadFailed("a reload is already in progress")
         self._reloading = True

@@ -51,6 +51,9 @@ class Replica:
     pid: int | None = None
     #: The slots leased now, by index.
     leased_slots: set[int] = field(default_factory=set)
+    #: The pool-managerd agent that runs it, and that agent's host; None when local.
+    agent_id: str | None = None
+    host: str | None = None
 
     @property
     def busy(self) -> int:

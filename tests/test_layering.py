@@ -46,6 +46,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.service.quotas",),
     ("orchestratord.service.recovery",),
     ("orchestratord.service.dispatcher",),
+    ("orchestratord.service.replicas",),
     ("orchestratord.service.runner", "orchestratord.service.placement"),
     ("orchestratord.service.tasks",),
     ("orchestratord.service.journal",),
@@ -59,7 +60,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.principals",),
     ("orchestratord.engines", "orchestratord.chat_template"),
     ("orchestratord.telemetry", "orchestratord.telemetry.metrics",
-     "orchestratord.telemetry.logging", "orchestratord.telemetry.tracing"),
+     "orchestratord.telemetry.tracing"),
     ("orchestratord.api_models", "orchestratord.openai_models", "orchestratord.batch_models",
      "orchestratord"),
 )  # fmt: skip

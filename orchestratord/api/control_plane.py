@@ -1,4 +1,4 @@
-"""The control plane's routes: pools and their health, drain, resume and reload, API keys,
+"""The control plane's routes: pools and their health, drain, resume and reload, agents, API keys,
 capabilities, liveness and readiness, Prometheus metrics, the OpenAPI document."""
 
 from __future__ import annotations
@@ -70,6 +70,9 @@ def routes(svc: Orchestrator, openapi: dict[str, Any], keys: KeyRing) -> list[we
             raise Refusal(ErrorCode.NOT_FOUND, f"no key {key_id!r}", field="key_id")
         return web.Response(status=204)
 
+    async def agents(request: web.Request) -> web.Response:
+        return json_response(svc.agent_list())
+
     async def capabilities(request: web.Request) -> web.Response:
         return json_response(svc.capabilities())
 
@@ -94,6 +97,7 @@ def routes(svc: Orchestrator, openapi: dict[str, Any], keys: KeyRing) -> list[we
         web.post("/v1/pools/{pool_id}/drain", drain),
         web.post("/v1/pools/{pool_id}/resume", resume),
         web.post("/v1/pools/{pool_id}/reload", reload),
+        web.get("/v1/agents", agents),
         web.post("/v1/keys", create_key),
         web.get("/v1/keys", list_keys),
         web.delete("/v1/keys/{key_id}", revoke_key),

@@ -194,6 +194,11 @@ OPERATIONS: tuple[Operation, ...] = (
         (400, 404, 409), access=OPERATOR,
     ),
     Operation(
+        "get", "/v1/agents", "control",
+        "pool-managerd agents: connected or lost, their pools, replicas and GPUs",
+        ok={200: api.AgentList}, access=READ,
+    ),
+    Operation(
         "post", "/v1/keys", "control",
         "Make an API key (shown once; only its hash is kept)", api.KeyCreate,
         {201: api.KeyCreated}, (400, 409), access=ADMIN,

@@ -155,7 +155,9 @@ async def pools(ctx: click.Context, as_json: bool) -> None:
     for p in found:
         depth = sum(p.queue_depth.values())
         reps = ", ".join(
-            f"{r.replica_id}({r.state} {r.slots_free}/{r.slots_total})" for r in p.replicas
+            f"{r.replica_id}({r.state} {r.slots_free}/{r.slots_total}"
+            f"{f' on {r.host}' if r.host else ''})"
+            for r in p.replicas
         )
         state = "drain" if p.draining else ("yes" if p.ready else "no")
         click.echo(
@@ -164,6 +166,42 @@ async def pools(ctx: click.Context, as_json: bool) -> None:
         )
         if p.last_error:
             click.echo(f"  last error: {p.last_error}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@run_async
+async def agents(ctx: click.Context, as_json: bool) -> None:
+    """List pool-managerd agents: connected or lost, their replicas and GPUs."""
+    async with client_of(ctx) as client:
+        found = await client.agents()
+    if as_json:
+        click.echo(json.dumps([a.model_dump(mode="json") for a in found], indent=2))
+        return
+    click.echo(
+        f"{'AGENT':<16}{'HOST':<20}{'STATE':<11}{'SEEN':<8}{'POOLS':<16}{'REPLICAS':<20}GPUS"
+    )
+    for a in found:
+        state = "connected" if a.connected else "lost"
+        replicas = " ".join(f"{k}={v}" for k, v in sorted(a.replicas.items())) or "-"
+        gpus = (
+            ", ".join(
+                f"{g.name} {g.memory_used_bytes / 2**30:.1f}/{g.memory_total_bytes / 2**30:.0f}GiB "
+                f"{g.utilization_percent}%"
+                for g in a.gpus
+            )
+            or "-"
+        )
+        click.echo(
+            f"{a.agent_id:<16}{a.host:<20}{state:<11}{a.last_seen_s:<8.1f}"
+            f"{','.join(a.pools):<16}{replicas:<20}{gpus}"
+        )
+        if a.lost_reason:
+            click.echo(f"  lost: {a.lost_reason}")
+        if a.last_command:
+            c = a.last_command
+            click.echo(f"  last command: {c.action} {c.pool_id}: {'ok' if c.ok else c.error}")
 
 
 @main.command()

@@ -136,6 +136,10 @@ class OrchClient:
         response = await self._request("GET", "/v1/pools")
         return [api.PoolInfo.model_validate(p) for p in response.json()["pools"]]
 
+    async def agents(self) -> list[api.AgentInfo]:
+        response = await self._request("GET", "/v1/agents")
+        return api.AgentList.model_validate_json(response.content).agents
+
     async def pool(self, pool_id: str) -> api.PoolInfo:
         response = await self._request("GET", f"/v1/pools/{pool_id}")
         return api.PoolInfo.model_validate_json(response.content)

@@ -6,8 +6,8 @@ pool: queue, timers, leases, replica events) → `runner` (relays one engine str
 `tasks` (the task book and its single terminal path, `finish`) → `streams` (SSE frames).
 """
 
-from orchestratord.service.orchestrator import LauncherFactory, Orchestrator
+from orchestratord.service.orchestrator import Orchestrator
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.streams import StreamGap
 
-__all__ = ["LauncherFactory", "Orchestrator", "Refusal", "StreamGap"]
+__all__ = ["Orchestrator", "Refusal", "StreamGap"]

@@ -32,12 +32,12 @@ from orchestratord.config import PoolConfig
 from orchestratord.engines import ENGINES
 from orchestratord.service.placement import PoolPlacement, token_costs
 from orchestratord.service.refusal import Refusal
+from orchestratord.service.replicas import RemoteReplicas, replica_set
 from orchestratord.service.runner import RunLimits, run_task
 from orchestratord.service.tasks import TaskBook, TaskRecord
 from orchestratord.telemetry import Metrics, tracing
-from pool_managerd.launchers import Launcher
-from pool_managerd.pool import PoolManager, PoolSpec, ReloadFailed
 from pool_managerd.replica import Lease, Replica, ReplicaEvent, ReplicaState
+from pool_managerd.replica_set import ReloadFailed
 from worker_adapters.base import AdapterError
 
 log = structlog.get_logger("orchestratord")
@@ -51,7 +51,7 @@ class PoolDispatcher:
     def __init__(
         self,
         config: PoolConfig,
-        launcher: Launcher,
+        remote: RemoteReplicas | None = None,
         *,
         book: TaskBook,
         sessions: SessionTable,
@@ -67,14 +67,7 @@ class PoolDispatcher:
         )  # fmt: skip
         self.estimator = ServiceEstimator()
         self.placement = PoolPlacement(config, self.queue, self.estimator, metrics)
-        spec = PoolSpec(
-            id=config.id, engine=config.engine, model=config.model_refs()[config.model],
-            replicas=config.replica_count, slots=config.slots_per_replica,
-            deterministic=config.strict, start_timeout_s=config.start_timeout_s,
-            max_restarts=config.max_restarts, backoff_base_s=config.restart_backoff_s,
-            stats_interval_s=config.health_interval_s,
-        )  # fmt: skip
-        self.manager = PoolManager(spec, launcher, self._on_replica_event)
+        self.manager = replica_set(config, self._on_replica_event, remote)
         metrics.add_pool(self.id, self.estimated_wait_ms)
         #: Tasks holding a slot lease, by id.
         self.running: dict[str, TaskRecord] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from orchestrator_core.sessions import SessionTable
 from orchestratord import api_models as api
 from orchestratord import openai_models as oai
 from orchestratord.config import Config, PoolConfig
-from orchestratord.engines import ENGINES, launcher_for
+from orchestratord.engines import ENGINES
 from orchestratord.principals import Principal
 from orchestratord.service import views
 from orchestratord.service.admission import Admission, Submission
@@ -29,15 +29,13 @@ from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.quotas import Quotas
 from orchestratord.service.recovery import recover
 from orchestratord.service.refusal import Refusal
+from orchestratord.service.replicas import RemoteReplicas
 from orchestratord.service.runner import RunLimits
 from orchestratord.service.tasks import TaskBook, TaskRecord, session_key
 from orchestratord.store import StoreError, TaskStore, open_store
 from orchestratord.telemetry import Metrics, tracing
-from pool_managerd.launchers import Launcher
 
 log = structlog.get_logger("orchestratord")
-
-LauncherFactory = Callable[[PoolConfig], Launcher]
 
 
 class Orchestrator:
@@ -46,7 +44,6 @@ class Orchestrator:
     def __init__(
         self,
         config: Config,
-        launchers: LauncherFactory = launcher_for,
         metrics: Metrics | None = None,
         store: TaskStore | None = None,
     ) -> None:
@@ -73,9 +70,11 @@ class Orchestrator:
             lambda: self.book.retained_bytes,
         )  # fmt: skip
         self.sessions = SessionTable()
+        #: The agents' hub and remote pools, when agents may join (`server.agents`).
+        self.remote = RemoteReplicas(server.agents, self.metrics) if server.agents else None
         self.pools: dict[str, PoolDispatcher] = {
             pc.id: PoolDispatcher(
-                pc, launchers(pc), book=self.book, sessions=self.sessions, metrics=self.metrics,
+                pc, self.remote, book=self.book, sessions=self.sessions, metrics=self.metrics,
                 limits=RunLimits(pc.token_timeout_s, server.max_output_bytes), now_ms=now_ms,
             )
             for pc in config.pools
@@ -132,6 +131,8 @@ class Orchestrator:
         for pool in self.pools.values():
             pool.abort("the daemon is shutting down")
         await asyncio.gather(*(p.stop() for p in self.pools.values()))
+        if self.remote is not None:
+            self.remote.hub.close()
         self.book.close()
         await self.store.close()
 
@@ -241,6 +242,9 @@ class Orchestrator:
 
     def pool_health(self, pool_id: str) -> api.PoolHealth:
         return views.pool_health(self.pool(pool_id))
+
+    def agent_list(self) -> api.AgentList:
+        return views.agent_list(self.remote, self.now_ms() / 1000.0)
 
     def capabilities(self) -> api.CapabilitiesResponse:
         return views.capabilities(self.pools.values())

@@ -3,6 +3,7 @@ task book and the dispatchers' public state. Nothing here changes anything."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Literal
 
@@ -11,6 +12,7 @@ from orchestrator_core.sessions import SessionInfo as Session
 from orchestratord import api_models as api
 from orchestratord import openai_models as oai
 from orchestratord.service.dispatcher import PoolDispatcher
+from orchestratord.service.replicas import RemoteReplicas
 from orchestratord.service.tasks import TaskRecord
 
 #: What the daemon offers beyond the core API (`GET /v1/capabilities`).
@@ -46,7 +48,7 @@ def pool_info(pool: PoolDispatcher) -> api.PoolInfo:
             slots_free=max(r.slots_total - r.busy, 0), engine=r.engine,
             engine_version=r.engine_version, model_digest=r.model_digest,
             deterministic=r.deterministic, restarts=r.restarts, last_error=r.last_error,
-            endpoint=r.endpoint,
+            endpoint=r.endpoint, agent_id=r.agent_id, host=r.host,
         )
         for r in manager.replicas
     ]  # fmt: skip
@@ -57,6 +59,32 @@ def pool_info(pool: PoolDispatcher) -> api.PoolInfo:
         queue_capacity=pool.queue.capacity, policy=config.queue.policy.value,
         ctx_max=pool.ctx_max(), replicas=replicas, last_error=manager.last_error,
     )  # fmt: skip
+
+
+def agent_list(remote: RemoteReplicas | None, now_s: float) -> api.AgentList:
+    if remote is None:
+        return api.AgentList(agents=[])
+    out = []
+    for agent in sorted(remote.hub.agents.values(), key=lambda a: a.agent_id):
+        states = Counter(
+            r.state.value for pool in remote.pools.values() for r in pool.replicas
+            if r.agent_id == agent.agent_id
+        )  # fmt: skip
+        last = agent.last_command
+        command = last and api.AgentCommand(
+            pool_id=last[0], action=last[1], ok=last[2] is None, error=last[2]
+        )
+        out.append(api.AgentInfo(
+            agent_id=agent.agent_id, host=agent.host, version=agent.version,
+            connected=agent.connected, last_seen_s=round(max(now_s - agent.last_seen, 0.0), 3),
+            lost_reason=agent.lost_reason, pools=agent.pools, replicas=dict(states),
+            gpus=[api.GpuInfo(
+                index=g.index, name=g.name, memory_used_bytes=g.memory_used_bytes,
+                memory_total_bytes=g.memory_total_bytes,
+                utilization_percent=g.utilization_percent,
+            ) for g in agent.gpus], last_command=command,
+        ))  # fmt: skip
+    return api.AgentList(agents=out)
 
 
 def pool_health(pool: PoolDispatcher) -> api.PoolHealth:

@@ -8,7 +8,7 @@ Nothing here runs per token: token counts are added once per task, when it ends.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -96,6 +96,16 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
      "Bytes charged to the memory budget, by live and retained (finished) tasks", ("kind",)),
     ("memory_budget", Gauge, "memory_budget_bytes", "server.memory_budget_bytes", ()),
     ("connections_open", Gauge, "connections_open", "HTTP connections held now", ()),
+    ("agent_connected", Gauge, "agent_connected",
+     "1 while the pool-managerd agent's stream is open", ("agent_id",)),
+    ("agent_seen_age", Gauge, "agent_heartbeat_age_seconds",
+     "Seconds since the agent's last message (heartbeat or report)", ("agent_id",)),
+    ("agent_replicas", Gauge, "agent_replicas", "The agent's replicas, by state",
+     ("agent_id", "state")),
+    ("agent_gpu_memory", Gauge, "agent_gpu_memory_used_bytes",
+     "GPU memory in use on the agent's host (NVML)", ("agent_id", "gpu")),
+    ("agent_gpu_utilization", Gauge, "agent_gpu_utilization",
+     "GPU utilisation 0..1 on the agent's host (NVML)", ("agent_id", "gpu")),
 )  # fmt: skip
 
 #: Families labelled per replica (their first two labels are the pool and the replica).
@@ -278,6 +288,33 @@ class Metrics:
 
     def watch_connections(self, open_now: Callable[[], float]) -> None:
         self._families["connections_open"].set_function(open_now)
+
+    # -- agents ------------------------------------------------------------------------
+
+    def on_agent(
+        self,
+        agent_id: str,
+        connected: bool,
+        seen_age: Callable[[], float],
+        replicas: dict[ReplicaState, int],
+        gpus: Sequence[tuple[int, int, float]],
+    ) -> None:
+        """An agent joined, reported, beat or was lost: its connection, replicas by state,
+        and GPUs as (index, memory used, utilisation 0..1); the age is read at scrape."""
+        self._set("agent_connected", int(connected), agent_id)
+        self._child("agent_seen_age", (agent_id,)).set_function(seen_age)
+        for state in ReplicaState:
+            self._set("agent_replicas", replicas.get(state, 0), agent_id, state.value)
+        for index, used, utilization in gpus:
+            self._set("agent_gpu_memory", used, agent_id, str(index))
+            self._set("agent_gpu_utilization", utilization, agent_id, str(index))
+
+    def drop_agent(self, agent_id: str) -> None:
+        """The agent was forgotten: its series go."""
+        for family, labels in list(self._children):
+            if family.startswith("agent_") and labels[0] == agent_id:
+                self._families[family].remove(*labels)
+                del self._children[family, labels]
 
     # -- the task store ----------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""structlog JSON logs: one object per line, with bound task/pool/replica context."""
+"""structlog JSON logs: one object per line, with bound task/pool/replica context (the
+daemon's and the agent's)."""
 
 from __future__ import annotations
 
