@@ -76,14 +76,26 @@ class AgentProcess:
         }  # fmt: skip
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def start(self, join: str, token_file: Path, *extra: str) -> None:
+    async def start(self, join: str, token_file: Path, *extra: str, watch: bool = False) -> None:
+        """Start the agent; `watch`: its log is read through `wait_log` (else a file)."""
         (self.dir / "node.yaml").write_text(yaml.safe_dump(self.node))
         self.proc = await asyncio.create_subprocess_exec(
             BIN / "pool-managerd", "serve", "--config", str(self.dir / "node.yaml"),
             "--join", join, "--token-file", str(token_file), *extra,
-            stdout=asyncio.subprocess.DEVNULL, stderr=self.log.open("ab"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE if watch else self.log.open("ab"),
             preexec_fn=die_with_parent,  # never outlives a killed test run
         )  # fmt: skip
+
+    async def wait_log(self, needle: str) -> str:
+        """Read the agent's log (started with `watch`) until a line with `needle`."""
+        assert self.proc is not None and self.proc.stderr is not None
+        async with asyncio.timeout(60):
+            while True:
+                line = (await self.proc.stderr.readline()).decode()
+                assert line, f"the agent exited before logging {needle!r}"
+                if needle in line:
+                    return line
 
     def engine_pids(self) -> list[int]:
         """The llama-server processes this agent spawned (its children)."""
@@ -99,9 +111,6 @@ class AgentProcess:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(self.proc.wait(), 30)
-
-    def logged(self) -> str:
-        return self.log.read_text()
 
 
 async def process_gone(pid: int) -> None:

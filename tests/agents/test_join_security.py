@@ -1,0 +1,168 @@
+"""Who may join, and how (OC-AGENT-1609, OC-AGENT-1610): the join token, the protocol
+version, well-formed messages, the pools an agent may serve, TLS. A refused call ends with
+a status that says why, is logged, and registers nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+import structlog
+import trustme
+
+from pool_managerd.proto import pool_manager_pb2 as pb
+from pool_managerd.proto import pool_manager_pb2_grpc as pb_grpc
+from tests.agents.conftest import (
+    TOKEN,
+    agents_server,
+    hub_of,
+    join_url,
+    pool_of,
+    remote_pool,
+    states,
+    until,
+)
+
+CONNECT = "/orchestratord.pool_manager.v1.PoolManagerControl/Connect"
+
+
+def hello(**fields) -> pb.AgentMessage:
+    base = {
+        "protocol_version": 1, "agent_id": "gpu-z", "host": "z.test",
+        "pools": [pb.PoolOffer(pool_id="tiny", engine="llamacpp", model="tiny", replicas=1)],
+    }  # fmt: skip
+    return pb.AgentMessage(hello=pb.Hello(**{**base, **fields}))
+
+
+async def refusal(target: str, *messages: pb.AgentMessage, token: str | None = TOKEN):
+    """Send `messages` on one stream; return the status it ended with (code, details)."""
+    metadata = () if token is None else (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = pb_grpc.PoolManagerControlStub(channel).Connect(metadata=metadata)
+        for message in messages:
+            await call.write(message)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        return e.value.code(), e.value.details()
+
+
+@pytest.mark.parametrize(
+    ("token", "messages", "code", "says"),
+    [
+        ("wrong-token-0123456789", [hello()], grpc.StatusCode.UNAUTHENTICATED, "join token"),
+        (None, [hello()], grpc.StatusCode.UNAUTHENTICATED, "join token"),
+        (TOKEN, [hello(protocol_version=2)], grpc.StatusCode.FAILED_PRECONDITION, "version 1"),
+        (TOKEN, [pb.AgentMessage(heartbeat=pb.Heartbeat())], grpc.StatusCode.INVALID_ARGUMENT,
+         "first message must be Hello"),
+        (TOKEN, [hello(agent_id="no spaces")], grpc.StatusCode.INVALID_ARGUMENT, "agent_id"),
+        (TOKEN, [hello(pools=[pb.PoolOffer(pool_id="elsewhere", engine="llamacpp")])],
+         grpc.StatusCode.PERMISSION_DENIED, "may not serve pool 'elsewhere'"),
+        (TOKEN, [hello(pools=[pb.PoolOffer(pool_id="tiny", engine="tgi")])],
+         grpc.StatusCode.INVALID_ARGUMENT, "runs engine 'llamacpp'"),
+        (TOKEN, [hello(replicas=[pb.ReplicaUpdate(
+            pool_id="tiny", replica_id="tiny-r0", state=pb.REPLICA_STATE_READY)])],
+         grpc.StatusCode.INVALID_ARGUMENT, "without an http(s) endpoint"),
+        (TOKEN, [hello(), pb.AgentMessage(replica=pb.ReplicaUpdate(
+            pool_id="other", replica_id="x-r0", state=pb.REPLICA_STATE_STARTING))],
+         grpc.StatusCode.INVALID_ARGUMENT, "did not offer"),
+        (TOKEN, [hello(), pb.AgentMessage()], grpc.StatusCode.INVALID_ARGUMENT,
+         "unexpected message kind None"),
+    ],
+    ids=["bad-token", "no-token", "version", "not-hello-first", "bad-id", "foreign-pool",
+         "wrong-engine", "ready-without-endpoint", "unoffered-pool", "empty-message"],
+)  # fmt: skip
+async def test_a_refused_join_says_why_is_logged_and_registers_nothing(
+    start_daemon, token_file, token, messages, code, says
+):
+    """OC-AGENT-1609"""
+    api = await start_daemon(remote_pool(), ready=False, agents=agents_server(token_file))
+    with structlog.testing.capture_logs() as logs:
+        got, details = await refusal(join_url(api, "")[3:], *messages, token=token)
+    assert got is code and says in details, (got, details)
+    assert any(e["event"] == "agent call ended" and e["code"] == code.name for e in logs)
+    if len(messages) == 1:  # refused at Hello: nothing of it was ever registered
+        assert hub_of(api).agents == {}
+    assert states(api) == {}
+
+
+async def test_bytes_that_are_not_a_message_end_the_call_and_register_nothing(
+    start_daemon, token_file
+):
+    """OC-AGENT-1609"""
+    api = await start_daemon(remote_pool(), ready=False, agents=agents_server(token_file))
+    async with grpc.aio.insecure_channel(join_url(api, "")[3:]) as channel:
+        connect = channel.stream_stream(CONNECT, lambda raw: raw, lambda raw: raw)
+        call = connect(metadata=(("authorization", f"Bearer {TOKEN}"),))
+        await call.write(b"\xff\xff\xff\xff not protobuf")
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await call.read()
+    assert e.value.code() is not grpc.StatusCode.OK
+    assert hub_of(api).agents == {} and states(api) == {}
+
+
+async def test_an_agent_with_a_wrong_token_is_refused_and_says_so(
+    start_daemon, agents, tiny_model, tmp_path
+):
+    """OC-AGENT-1609"""
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text(TOKEN)
+    bad.write_text("not-the-join-token-at-all")
+    api = await start_daemon(remote_pool(), ready=False, agents=agents_server(good))
+    agent = agents("gpu-a", tiny_model)
+    await agent.start(join_url(api), bad, watch=True)
+    line = await agent.wait_log("join failed")
+    assert "UNAUTHENTICATED" in line and "join token" in line
+    assert hub_of(api).agents == {} and states(api) == {}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A test CA (trustme, on PyPI cryptography), a server certificate for 127.0.0.1 and
+    a client certificate for an agent."""
+    root = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("gpu-a.test")
+    files = {"ca": root / "ca.pem", "cert": root / "server.pem", "key": root / "server.key",
+             "client_cert": root / "client.pem", "client_key": root / "client.key"}  # fmt: skip
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    server.private_key_pem.write_to_path(str(files["key"]))
+    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
+    client.private_key_pem.write_to_path(str(files["client_key"]))
+    return files
+
+
+async def test_tls_agents_join_and_plaintext_or_certless_ones_are_refused(
+    start_daemon, agents, tiny_model, token_file, pki
+):
+    """OC-AGENT-1610"""
+    tls = {"cert": str(pki["cert"]), "key": str(pki["key"]), "client_ca": str(pki["ca"])}
+    api = await start_daemon(remote_pool(), ready=False, agents=agents_server(token_file, tls=tls))
+    target = join_url(api, "")[3:]
+    no_cert = grpc.ssl_channel_credentials(pki["ca"].read_bytes())
+    for channel in (  # plaintext, and TLS without a client certificate, never get a stream
+        grpc.aio.insecure_channel(target),
+        grpc.aio.secure_channel(target, no_cert),
+    ):
+        async with channel:
+            call = pb_grpc.PoolManagerControlStub(channel).Connect(
+                metadata=(("authorization", f"Bearer {TOKEN}"),)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call.write(hello())
+                await call.read()
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert hub_of(api).agents == {}
+
+    agent = agents("gpu-a", tiny_model)
+    await agent.start(
+        join_url(api, "grpcs"), token_file, "--tls-ca", str(pki["ca"]),
+        "--tls-cert", str(pki["client_cert"]), "--tls-key", str(pki["client_key"]),
+    )  # fmt: skip
+    await until(api, lambda: states(api) == {"tiny-r0@gpu-a": "ready"})
+    _, task, _ = await api.submit(model="tiny", prompt="over tls", max_tokens=4)
+    assert (await api.wait_state(task["task_id"], "completed"))["replica_id"] == "tiny-r0@gpu-a"
+    assert pool_of(api).get("tiny-r0@gpu-a").host == "gpu-a.test"
