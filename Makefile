@@ -73,8 +73,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy orchestrator_core worker_adapters pool_managerd orchestratord
 
-regen: setup  ## write contracts/ (OpenAPI, config schema) from the pydantic models
+regen: setup  ## write contracts/ (OpenAPI, config schema) from the pydantic models; pool_managerd/proto/ from contracts/proto/
 	$(BIN)/python -m orchestratord.api.openapi contracts
+	$(BIN)/python ci/regen_proto.py
 
 pact: setup $(TRITON)  ## record the consumer pact (contracts/pacts/), then verify every pact
 	$(BIN)/python -m tests.pact.consumer

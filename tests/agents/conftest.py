@@ -38,6 +38,12 @@ def tiny_model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~150 tokens/s here: a stream still runs when the test acts on it."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "slow.gguf", TinyModelSpec.slow())
+
+
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
     path = tmp_path / "join-token"

@@ -1,5 +1,5 @@
 """Agents on engine hosts: real `pool-managerd serve` processes, real llama-servers, a real
-orchestratord (in this process) — joined over gRPC on loopback (OC-AGENT-*)."""
+orchestratord (in this process) — joined over gRPC on loopback."""
 
 from __future__ import annotations
 
@@ -88,6 +88,29 @@ async def test_two_agents_serve_one_pool_and_a_killed_agent_takes_its_engine_alo
         placement={"mode": "pin", "replica_id": "tiny-r0@gpu-a"},
     )  # fmt: skip
     assert (await api.wait_state(pinned["task_id"], "completed"))["replica_id"] == "tiny-r0@gpu-a"
+
+
+async def test_a_stream_cut_by_a_dying_agent_ends_worker_reset_and_queued_work_waits_for_it(
+    start_daemon, agents, slow_model, token_file
+):
+    """OC-AGENT-1604"""
+    api = await start_daemon(
+        remote_pool(engine_params={"ignore_eos": True}), ready=False,
+        agents=agents_server(token_file),
+    )  # fmt: skip
+    agent = agents("gpu-a", slow_model)
+    agent.node["pools"][0]["managed"]["ctx"] = 2048  # ~13 s of tokens for the long task
+    await agent.start(join_url(api), token_file)
+    await until(api, all_ready(api, 1))
+    _, long, _ = await api.submit(model="tiny", prompt="long", max_tokens=2000)
+    _, queued, _ = await api.submit(model="tiny", prompt="queued", max_tokens=4)
+    await api.events(long["task_id"], until="token")  # it has streamed a token
+    agent.signal(signal.SIGKILL)
+    events = await api.events(long["task_id"])
+    assert events[-1][0] == "error" and events[-1][2]["code"] == "WORKER_RESET"
+    assert (await api.status(queued["task_id"]))["state"] == "queued"  # nowhere to run yet
+    await agent.start(join_url(api), token_file)
+    assert (await api.wait_state(queued["task_id"], "completed"))["replica_id"] == ("tiny-r0@gpu-a")
 
 
 async def test_an_agent_that_stops_beating_goes_unready_and_comes_back(

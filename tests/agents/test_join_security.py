@@ -1,5 +1,5 @@
-"""Who may join, and how (OC-AGENT-1609, OC-AGENT-1610): the join token, the protocol
-version, well-formed messages, the pools an agent may serve, TLS. A refused call ends with
+"""Who may join, and how: the join token, the protocol version, well-formed messages, the
+pools an agent may serve, TLS. A refused call ends with
 a status that says why, is logged, and registers nothing."""
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""A remote pool's bookkeeping, without the network: what agents report becomes replicas
-(OC-AGENT-1603, OC-AGENT-1607); the node config and the generated protocol code
-(OC-AGENT-1601, OC-AGENT-1602)."""
+"""A remote pool's bookkeeping, without the network: what agents report becomes replicas;
+the node config; GPUs; the generated protocol code."""
 
 from __future__ import annotations
 
