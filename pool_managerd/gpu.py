@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import pynvml  # PyPI nvidia-ml-py: ctypes bindings over the driver's libnvidia-ml
 
@@ -32,6 +33,15 @@ def nvml_available() -> bool:
     return True
 
 
+def _memory(handle: Any) -> Any:
+    """Memory as nvidia-smi shows it: v2 counts the driver's reservation apart from `used`
+    (v1 counts it in: 480 MiB `used` on an idle H100 that nvidia-smi shows at 0 MiB)."""
+    try:
+        return pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+    except pynvml.NVMLError_FunctionNotFound:  # drivers before r510
+        return pynvml.nvmlDeviceGetMemoryInfo(handle)
+
+
 def read_gpus() -> list[GpuReading]:
     """Every GPU on this host, now; [] without NVML. Blocking (microseconds per device):
     call it off the event loop."""
@@ -41,7 +51,7 @@ def read_gpus() -> list[GpuReading]:
     try:
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            memory = _memory(handle)
             utilization = pynvml.nvmlDeviceGetUtilizationRates(handle)
             name = pynvml.nvmlDeviceGetName(handle)
             readings.append(GpuReading(
