@@ -238,6 +238,11 @@ class AgentList(BaseModel):
     agents: list[AgentInfo]
 
 
+class AgentAccepted(BaseModel):
+    agent_id: str
+    status: str
+
+
 class PoolHealth(BaseModel):
     live: bool
     ready: bool

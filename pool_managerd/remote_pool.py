@@ -252,6 +252,10 @@ class RemotePool(ReplicaSet):
                 command=command.WhichOneof("action"), error=str(e),
             )  # fmt: skip
 
+    async def stop_on(self, link: AgentLink) -> None:
+        """Stop this pool's engines on one agent (it reports its replicas stopped)."""
+        await self._tell(link, pb.Command(stop=pb.Stop()))
+
     async def reload(self, model: str) -> None:
         """Every agent serving the pool reloads its engines to `model` (a name its node
         config knows); fails naming each agent that could not."""

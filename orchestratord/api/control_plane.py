@@ -73,6 +73,11 @@ def routes(svc: Orchestrator, openapi: dict[str, Any], keys: KeyRing) -> list[we
     async def agents(request: web.Request) -> web.Response:
         return json_response(svc.agent_list())
 
+    async def stop_agent(request: web.Request) -> web.Response:
+        agent_id = request.match_info["agent_id"]
+        svc.stop_agent(agent_id)
+        return json_response(api.AgentAccepted(agent_id=agent_id, status="stopping"), 202)
+
     async def capabilities(request: web.Request) -> web.Response:
         return json_response(svc.capabilities())
 
@@ -98,6 +103,7 @@ def routes(svc: Orchestrator, openapi: dict[str, Any], keys: KeyRing) -> list[we
         web.post("/v1/pools/{pool_id}/resume", resume),
         web.post("/v1/pools/{pool_id}/reload", reload),
         web.get("/v1/agents", agents),
+        web.post("/v1/agents/{agent_id}/stop", stop_agent),
         web.post("/v1/keys", create_key),
         web.get("/v1/keys", list_keys),
         web.delete("/v1/keys/{key_id}", revoke_key),

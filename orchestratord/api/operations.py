@@ -199,6 +199,12 @@ OPERATIONS: tuple[Operation, ...] = (
         ok={200: api.AgentList}, access=READ,
     ),
     Operation(
+        "post", "/v1/agents/{agent_id}/stop", "control",
+        "Stop the agent's engines (every pool it serves), e.g. before maintenance; the agent "
+        "stays joined and reports them stopped; they start again when it restarts",
+        ok={202: api.AgentAccepted}, errors=(404, 409), access=OPERATOR,
+    ),
+    Operation(
         "post", "/v1/keys", "control",
         "Make an API key (shown once; only its hash is kept)", api.KeyCreate,
         {201: api.KeyCreated}, (400, 409), access=ADMIN,

@@ -168,12 +168,30 @@ async def pools(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  last error: {p.last_error}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
+def agents(ctx: click.Context, as_json: bool) -> None:
+    """List pool-managerd agents: connected or lost, their replicas, GPUs and last command
+    (`orchctl agents stop AGENT` stops an agent's engines)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_agents, as_json=as_json)
+
+
+@agents.command("stop")
+@click.argument("agent_id")
+@click.pass_context
 @run_async
-async def agents(ctx: click.Context, as_json: bool) -> None:
-    """List pool-managerd agents: connected or lost, their replicas and GPUs."""
+async def stop_agent(ctx: click.Context, agent_id: str) -> None:
+    """Stop AGENT's engines (before maintenance); it stays joined and reports them stopped."""
+    async with client_of(ctx) as client:
+        await client.stop_agent(agent_id)
+    click.echo(f"stopping the engines of {agent_id}; see `orchctl agents` for the result")
+
+
+@click.pass_context
+@run_async
+async def list_agents(ctx: click.Context, as_json: bool) -> None:
     async with client_of(ctx) as client:
         found = await client.agents()
     if as_json:

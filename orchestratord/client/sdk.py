@@ -140,6 +140,10 @@ class OrchClient:
         response = await self._request("GET", "/v1/agents")
         return api.AgentList.model_validate_json(response.content).agents
 
+    async def stop_agent(self, agent_id: str) -> api.AgentAccepted:
+        response = await self._request("POST", f"/v1/agents/{agent_id}/stop")
+        return api.AgentAccepted.model_validate_json(response.content)
+
     async def pool(self, pool_id: str) -> api.PoolInfo:
         response = await self._request("GET", f"/v1/pools/{pool_id}")
         return api.PoolInfo.model_validate_json(response.content)

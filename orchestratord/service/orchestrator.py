@@ -246,6 +246,20 @@ class Orchestrator:
     def agent_list(self) -> api.AgentList:
         return views.agent_list(self.remote, self.now_ms() / 1000.0)
 
+    def stop_agent(self, agent_id: str) -> None:
+        """Ask a connected agent to stop its engines (in the background; its latest
+        command in `GET /v1/agents` says how it went)."""
+        agent = self.remote.hub.agents.get(agent_id) if self.remote else None
+        if self.remote is None or agent is None:
+            raise Refusal(ErrorCode.NOT_FOUND, f"no agent {agent_id!r}", field="agent_id")
+        if not agent.connected:
+            raise Refusal(
+                ErrorCode.CONFLICT,
+                f"agent {agent_id!r} is not connected (its engines stop with it): "
+                f"{agent.lost_reason}",
+            )
+        self.remote.stop_agent(agent)
+
     def capabilities(self) -> api.CapabilitiesResponse:
         return views.capabilities(self.pools.values())
 

@@ -29,6 +29,7 @@ class RemoteReplicas:
         )  # fmt: skip
         self.hub.on_change = self._report
         self._metrics = metrics
+        self._background: set[asyncio.Future[None]] = set()
 
     def _report(self, agent: AgentSession) -> None:
         if self.hub.agents.get(agent.agent_id) is not agent:  # forgotten
@@ -44,6 +45,12 @@ class RemoteReplicas:
             agent.agent_id, agent.connected, lambda: loop.time() - agent.last_seen, states,
             [(g.index, g.memory_used_bytes, g.utilization_percent / 100) for g in agent.gpus],
         )  # fmt: skip
+
+    def stop_agent(self, agent: AgentSession) -> None:
+        """Stop the agent's engines for every pool it serves (in the background)."""
+        for pool_id in agent.pools:
+            self._background.add(asyncio.ensure_future(self.pools[pool_id].stop_on(agent)))
+        self._background = {t for t in self._background if not t.done()}
 
     def pool(self, config: PoolConfig, on_change: ChangeHook) -> RemotePool:
         remote = config.replicas.remote

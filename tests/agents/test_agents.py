@@ -133,7 +133,7 @@ async def test_an_agent_that_stops_beating_goes_unready_and_comes_back(
     assert (await api.wait_state(task["task_id"], "completed"))["replica_id"] == "tiny-r0@gpu-a"
 
 
-async def test_drain_resume_and_reload_travel_to_the_agent_with_their_results(
+async def test_drain_resume_reload_and_stop_travel_to_the_agent_with_their_results(
     start_daemon, agents, tiny_model, tiny_model_b, token_file
 ):
     """OC-AGENT-1606"""
@@ -179,6 +179,21 @@ async def test_drain_resume_and_reload_travel_to_the_agent_with_their_results(
     assert "gpu-a" in info["last_error"] and "rolled back" in info["last_error"]
     assert hub.agents["gpu-a"].last_command[1:] == ("reload", info["last_error"].split(": ", 1)[1])
     assert states(api) == {"tiny-r1@gpu-a": "ready"}  # the old replica kept serving
+
+    engines = agent.engine_pids()
+    code, out, err = await orchctl(api.base, "agents", "stop", "gpu-a")
+    assert code == 0, err
+    async with asyncio.timeout(30):
+        await hub.changes.wait_for(last("stop"))
+    assert hub.agents["gpu-a"].last_command == ("tiny", "stop", None)
+    await until(api, lambda: states(api) == {})  # its replicas left the pool
+    for pid in engines:
+        await asyncio.wait_for(process_gone(pid), 30)
+    assert hub.agents["gpu-a"].connected
+    code, out, _ = await orchctl(api.base, "agents")
+    assert code == 0 and "gpu-a" in out and "last command: stop tiny: ok" in out
+    code, _, err = await orchctl(api.base, "agents", "stop", "nobody")
+    assert code != 0 and "no agent 'nobody'" in err
 
 
 async def test_a_restarted_control_plane_gets_the_agent_back_without_duplicates(

@@ -4,6 +4,7 @@ a status that says why, is logged, and registers nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -166,3 +167,31 @@ async def test_tls_agents_join_and_plaintext_or_certless_ones_are_refused(
     _, task, _ = await api.submit(model="tiny", prompt="over tls", max_tokens=4)
     assert (await api.wait_state(task["task_id"], "completed"))["replica_id"] == "tiny-r0@gpu-a"
     assert pool_of(api).get("tiny-r0@gpu-a").host == "gpu-a.test"
+
+
+async def test_a_newer_connection_of_an_agent_replaces_the_older_one(start_daemon, token_file):
+    """OC-AGENT-1607"""
+    api = await start_daemon(remote_pool(), ready=False, agents=agents_server(token_file))
+    starting = pb.ReplicaUpdate(
+        pool_id="tiny", replica_id="tiny-r0", state=pb.REPLICA_STATE_STARTING
+    )
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    async with grpc.aio.insecure_channel(join_url(api, "")[3:]) as channel:
+        stub = pb_grpc.PoolManagerControlStub(channel)
+        older = stub.Connect(metadata=metadata)
+        await older.write(hello(replicas=[starting]))
+        assert (await older.read()).WhichOneof("kind") == "welcome"
+        newer = stub.Connect(metadata=metadata)  # e.g. after a partition the older missed
+        await newer.write(hello(replicas=[starting]))
+        assert (await newer.read()).WhichOneof("kind") == "welcome"
+        with pytest.raises(grpc.aio.AioRpcError) as replaced:
+            await older.read()
+        assert replaced.value.code() is grpc.StatusCode.ABORTED
+        assert "replaced by a newer connection" in replaced.value.details()
+        hub = hub_of(api)
+        assert hub.agents["gpu-z"].connected and hub.agents["gpu-z"].lost_reason is None
+        assert states(api) == {"tiny-r0@gpu-z": "starting"}  # not lost, not duplicated
+        newer.cancel()
+    async with asyncio.timeout(30):
+        await hub.changes.wait_for(lambda: not hub.agents["gpu-z"].connected)
+    assert states(api) == {"tiny-r0@gpu-z": "unready"}
