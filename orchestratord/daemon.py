@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from orchestratord.api.access import is_loopback
 from orchestratord.api.app import build_app
 from orchestratord.api.connections import ConnectionGuard, raise_fd_limit
 from orchestratord.config import Config, ServerConfig
@@ -75,6 +76,11 @@ class Daemon:
             host = agents.listen.rsplit(":", 1)[0]
             scheme = "grpcs" if tls else "grpc"
             log.info("agents may join", url=f"{scheme}://{host}:{self.agents_port}")
+            if tls is None and not is_loopback(host):
+                log.warning(
+                    "agents join in plaintext beyond loopback: the join token travels "
+                    "unencrypted (set server.agents.tls)"
+                )
 
     @property
     def url(self) -> str:

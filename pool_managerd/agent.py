@@ -116,6 +116,8 @@ class Agent:
         #: (changes then are not queued: the next Hello carries the whole state).
         self._outbox: asyncio.Queue[pb.AgentMessage] | None = None
         self._commands: set[asyncio.Task[None]] = set()
+        #: Whether the current stream got past Hello.
+        self.joined = False
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start the engines, stay joined until `stop` is set, then stop the engines."""
@@ -132,49 +134,59 @@ class Agent:
     async def _stay_joined(self) -> None:
         failures = 0
         for address in itertools.cycle(self.control.addresses):
+            self.joined = False
             try:
                 await self._session(address)
-                failures = 0  # it was joined: the next try starts from the first delay
-            except grpc.aio.AioRpcError as e:
-                failures += 1
-                code = e.code()
-                level = log.warning if code is grpc.StatusCode.UNAVAILABLE else log.error
-                level("join failed", address=address, code=code.name, error=e.details())
+                log.warning("the control plane closed the stream", address=address)
+            except JoinFailed as e:
+                level = log.warning if e.code is grpc.StatusCode.UNAVAILABLE else log.error
+                event = "stream ended" if self.joined else "join failed"
+                level(event, address=address, code=e.code.name, error=e.details)
             except ConnectionError as e:
-                failures += 1
                 log.error("join failed", address=address, error=str(e))
+            except Exception:  # whatever else breaks a stream, the agent stays up and rejoins
+                log.exception("stream failed", address=address)
             finally:
                 self._outbox = None
+            failures = 0 if self.joined else failures + 1  # a joined stream starts afresh
             delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(failures - 1, 0))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: no herd
 
     async def _session(self, address: str) -> None:
-        """One stream, until it ends: returns when the control plane closed it."""
+        """One stream, until the control plane closes it; raises JoinFailed with the
+        status it ended with otherwise."""
         async with self.control.channel(address) as channel:
             call = pb_grpc.PoolManagerControlStub(channel).Connect(  # type: ignore[no-untyped-call]
                 metadata=((AUTH_METADATA, f"Bearer {self.control.token}"),)
             )
-            outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
-            self._outbox = outbox  # before Hello is built: later changes follow it
-            await call.write(pb.AgentMessage(hello=self._hello()))
-            first = await call.read()
-            if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
-                raise ConnectionError("the control plane did not answer Hello with Welcome")
-            welcome = first.welcome
-            log.info("joined", address=address, agent_id=self.node.agent.id)
-            beat = asyncio.create_task(self._heartbeat(outbox, welcome.heartbeat_interval_ms))
-            sender = asyncio.create_task(_send(call, outbox))
             try:
-                while (message := await call.read()) is not grpc.aio.EOF:
-                    if message.WhichOneof("kind") == "command":
-                        task = asyncio.create_task(self._run_command(message.command, outbox))
-                        self._commands.add(task)
-                        task.add_done_callback(self._commands.discard)
-            finally:
-                beat.cancel()
-                sender.cancel()
-                await asyncio.gather(beat, sender, return_exceptions=True)
-            log.warning("the control plane closed the stream", address=address)
+                await self._converse(call, address)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
+                # a write that raced the control plane's ending of the call ("RPC already
+                # finished", or INTERNAL) does not say why: the call's own status does
+                raise JoinFailed(*await _final_status(call, e)) from None
+
+    async def _converse(self, call: grpc.aio.StreamStreamCall, address: str) -> None:
+        outbox: asyncio.Queue[pb.AgentMessage] = asyncio.Queue()
+        self._outbox = outbox  # before Hello is built: later changes follow it
+        await call.write(pb.AgentMessage(hello=self._hello()))
+        first = await call.read()
+        if first is grpc.aio.EOF or first.WhichOneof("kind") != "welcome":
+            raise ConnectionError("the control plane did not answer Hello with Welcome")
+        self.joined = True
+        log.info("joined", address=address, agent_id=self.node.agent.id)
+        beat = asyncio.create_task(self._heartbeat(outbox, first.welcome.heartbeat_interval_ms))
+        sender = asyncio.create_task(_send(call, outbox))
+        try:
+            while (message := await call.read()) is not grpc.aio.EOF:
+                if message.WhichOneof("kind") == "command":
+                    task = asyncio.create_task(self._run_command(message.command, outbox))
+                    self._commands.add(task)
+                    task.add_done_callback(self._commands.discard)
+        finally:
+            beat.cancel()
+            sender.cancel()
+            await asyncio.gather(beat, sender, return_exceptions=True)
 
     def _hello(self) -> pb.Hello:
         identity = self.node.agent
@@ -268,6 +280,31 @@ class Agent:
                 self._on_change(command.pool_id, replica, ReplicaEvent.REMOVED)
         else:
             raise LookupError(f"unknown command {action!r}")
+
+
+class JoinFailed(Exception):
+    """The stream ended with a status other than OK."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+async def _final_status(
+    call: grpc.aio.StreamStreamCall, error: Exception
+) -> tuple[grpc.StatusCode, str]:
+    """Why the call ended: its own status, else what `error` says."""
+    try:
+        async with asyncio.timeout(5):
+            code, details = await call.code(), await call.details()
+    except TimeoutError:
+        code = grpc.StatusCode.OK
+    if code is not grpc.StatusCode.OK:
+        return code, details
+    if isinstance(error, grpc.aio.AioRpcError):
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.UNKNOWN, str(error)
 
 
 async def _send(call: grpc.aio.StreamStreamCall, outbox: asyncio.Queue[pb.AgentMessage]) -> None:

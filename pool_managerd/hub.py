@@ -80,7 +80,10 @@ class AgentSession:
         action = message.WhichOneof("action") or ""
         try:
             async with self._write:
-                await self._context.write(pb.ControlMessage(command=message))
+                try:
+                    await self._context.write(pb.ControlMessage(command=message))
+                except Exception as e:  # the stream ended under the write
+                    raise CommandFailed(f"could not send it: {e or type(e).__name__}") from e
             await result
         except CommandFailed as e:
             self.last_command = (message.pool_id, action, str(e))
@@ -180,16 +183,17 @@ class AgentHub(pb_grpc.PoolManagerControlServicer):
         )  # fmt: skip
         session.on_settled = lambda: self._changed(session)
         previous = self.agents.get(session.agent_id)
-        if previous is not None and previous.connected:  # the newer connection wins
-            previous.disconnected("replaced by a newer connection of the same agent")
-            with contextlib.suppress(Exception):
-                await previous._context.abort(
-                    grpc.StatusCode.ABORTED, "replaced by a newer connection of the same agent"
-                )
+        # first: from now on the older stream's end is not this agent's loss
+        self.agents[session.agent_id] = session
         timer = self._forget_timers.pop(session.agent_id, None)
         if timer is not None:
             timer.cancel()
-        self.agents[session.agent_id] = session
+        if previous is not None and previous.connected:  # the newer connection wins
+            previous.disconnected("replaced by a newer connection of the same agent")
+            with contextlib.suppress(Exception):  # abort raises in its caller, by design
+                await previous._context.abort(
+                    grpc.StatusCode.ABORTED, "replaced by a newer connection of the same agent"
+                )
         await context.write(pb.ControlMessage(welcome=pb.Welcome(
             protocol_version=PROTOCOL_VERSION,
             heartbeat_interval_ms=int(self.heartbeat_interval_s * 1000),

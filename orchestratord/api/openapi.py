@@ -96,7 +96,15 @@ def _operation(op: Operation) -> dict[str, Any]:
     string = {"type": "string"}
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": string}
-        for name in ("task_id", "session_id", "pool_id", "file_id", "batch_id", "key_id")
+        for name in (
+            "task_id",
+            "session_id",
+            "pool_id",
+            "file_id",
+            "batch_id",
+            "key_id",
+            "agent_id",
+        )
         if f"{{{name}}}" in op.path
     ]
     params.append({

@@ -49,7 +49,8 @@ async def test_two_agents_serve_one_pool_and_a_killed_agent_takes_its_engine_alo
     )  # fmt: skip
     gpu_a, gpu_b = agents("gpu-a", tiny_model), agents("gpu-b", tiny_model)
     await gpu_a.start(join_url(api), token_file)
-    await gpu_b.start(join_url(api), token_file)
+    # gpu-b is given a dead control-plane address first: it tries the next one
+    await gpu_b.start(f"grpc://127.0.0.1:{free_port()}", token_file, "--join", join_url(api))
     await until(api, all_ready(api, 2))
     assert sorted(states(api)) == ["tiny-r0@gpu-a", "tiny-r0@gpu-b"]
     # one slot each: two long tasks at once run on both agents' engines
@@ -80,6 +81,7 @@ async def test_two_agents_serve_one_pool_and_a_killed_agent_takes_its_engine_alo
     assert metrics_lint.lint(scrape, json.loads(metrics_lint.LINT.read_text())) == []
     assert 'agent_connected{agent_id="gpu-a"} 0.0' in scrape
     assert 'agent_replicas{agent_id="gpu-b",state="ready"} 1.0' in scrape
+    assert 'agent_heartbeat_age_seconds{agent_id="gpu-b"}' in scrape
 
     await gpu_a.start(join_url(api), token_file)  # restarts, rejoins, serves again
     await until(api, all_ready(api, 2))

@@ -60,6 +60,8 @@ async def refusal(target: str, *messages: pb.AgentMessage, token: str | None = T
         (TOKEN, [hello(agent_id="no spaces")], grpc.StatusCode.INVALID_ARGUMENT, "agent_id"),
         (TOKEN, [hello(pools=[pb.PoolOffer(pool_id="elsewhere", engine="llamacpp")])],
          grpc.StatusCode.PERMISSION_DENIED, "may not serve pool 'elsewhere'"),
+        (TOKEN, [hello(agent_id="gpu-y")], grpc.StatusCode.PERMISSION_DENIED,
+         "agent 'gpu-y' may not serve pool 'tiny'"),
         (TOKEN, [hello(pools=[pb.PoolOffer(pool_id="tiny", engine="tgi")])],
          grpc.StatusCode.INVALID_ARGUMENT, "runs engine 'llamacpp'"),
         (TOKEN, [hello(replicas=[pb.ReplicaUpdate(
@@ -72,13 +74,16 @@ async def refusal(target: str, *messages: pb.AgentMessage, token: str | None = T
          "unexpected message kind None"),
     ],
     ids=["bad-token", "no-token", "version", "not-hello-first", "bad-id", "foreign-pool",
+         "agent-not-allowed",
          "wrong-engine", "ready-without-endpoint", "unoffered-pool", "empty-message"],
 )  # fmt: skip
 async def test_a_refused_join_says_why_is_logged_and_registers_nothing(
     start_daemon, token_file, token, messages, code, says
 ):
     """OC-AGENT-1609"""
-    api = await start_daemon(remote_pool(), ready=False, agents=agents_server(token_file))
+    api = await start_daemon(
+        remote_pool(agents=["gpu-z"]), ready=False, agents=agents_server(token_file)
+    )
     with structlog.testing.capture_logs() as logs:
         got, details = await refusal(join_url(api, "")[3:], *messages, token=token)
     assert got is code and says in details, (got, details)

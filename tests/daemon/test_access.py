@@ -55,6 +55,8 @@ RULES: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/pools/{pool_id}/drain"): {"operator"},
     ("post", "/v1/pools/{pool_id}/resume"): {"operator"},
     ("post", "/v1/pools/{pool_id}/reload"): {"operator"},
+    ("get", "/v1/agents"): {"read"},
+    ("post", "/v1/agents/{agent_id}/stop"): {"operator"},
     ("post", "/v1/keys"): {"admin"},
     ("get", "/v1/keys"): {"admin"},
     ("delete", "/v1/keys/{key_id}"): {"admin"},
@@ -102,7 +104,15 @@ async def test_role_by_route_matrix(start_daemon, tmp_path):
     api = await start_daemon(mock_pool(), keys_file=str(tmp_path / "keys.yaml"))
     for op in OPERATIONS:
         path = op.path
-        for name in ("task_id", "session_id", "pool_id", "file_id", "batch_id", "key_id"):
+        for name in (
+            "task_id",
+            "session_id",
+            "pool_id",
+            "file_id",
+            "batch_id",
+            "key_id",
+            "agent_id",
+        ):
             path = path.replace(f"{{{name}}}", "nope")  # unknown ids: no side effects
         json_body = {} if op.request is not None else None
         for role in (None, *ROLES):
