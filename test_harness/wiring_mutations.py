@@ -28,6 +28,9 @@ class Mutation(NamedTuple):
 WIRING = "tests/daemon/test_wiring.py"
 ACCESS = "tests/daemon/test_access.py"
 FAIRNESS = "tests/daemon/test_placement_fairness.py"
+AGENTS = "tests/agents/test_agents.py"
+JOIN = "tests/agents/test_join_security.py"
+REMOTE = "tests/agents/test_remote_pool.py"
 
 MUTATIONS = (
     Mutation(
@@ -128,6 +131,41 @@ MUTATIONS = (
         "            self.placement.forget(replica.id)\n",
         "",
         f"{FAIRNESS}::test_a_replica_that_goes_down_forgets_its_prefixes",
+    ),
+    Mutation(
+        "a lost agent's replicas keep taking leases",
+        "pool_managerd/hub.py",
+        '.lost(session.agent_id, f"agent {session.agent_id} lost: {why}")',
+        ".allows(session.agent_id)",
+        f"{AGENTS}::test_an_agent_that_stops_beating_goes_unready_and_comes_back",
+    ),
+    Mutation(
+        "heartbeats never checked (a silent agent stays Ready)",
+        "pool_managerd/hub.py",
+        "                async with asyncio.timeout(window):",
+        "                async with asyncio.timeout(None):",
+        f"{AGENTS}::test_an_agent_that_stops_beating_goes_unready_and_comes_back",
+    ),
+    Mutation(
+        "any join token accepted",
+        "pool_managerd/hub.py",
+        'if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):',
+        "if False:",
+        f"{JOIN}::test_a_refused_join_says_why_is_logged_and_registers_nothing",
+    ),
+    Mutation(
+        "a rejoining agent's stale replicas kept (duplicates after its restart)",
+        "pool_managerd/remote_pool.py",
+        "            if replica.id not in current:",
+        "            if False:",
+        f"{REMOTE}::test_what_agents_report_becomes_replicas_and_a_rejoin_replaces_not_duplicates",
+    ),
+    Mutation(
+        "a drain never sent to the agents",
+        "pool_managerd/remote_pool.py",
+        "        self._broadcast(pb.Command(drain=pb.Drain()))",
+        "        pass",
+        f"{AGENTS}::test_drain_resume_reload_and_stop_travel_to_the_agent_with_their_results",
     ),
     Mutation(
         "retention 1,000 times shorter",
