@@ -229,20 +229,8 @@ class PoolManager(ReplicaSet):
 
     # -- drain and reload ----------------------------------------------------------
 
-    def drain(self) -> None:
-        self.draining = True
-        for replica in self.replicas:
-            if replica.state is ReplicaState.READY:
-                replica.state = ReplicaState.DRAINING
-            self._changed(replica, ReplicaEvent.DRAINING)
-
-    def resume(self) -> None:
-        """Replicas a reload is retiring stay retired."""
-        self.draining = False
-        for replica in self.replicas:
-            if replica.state is ReplicaState.DRAINING and replica.id not in self._retiring:
-                replica.state = ReplicaState.READY
-                self._changed(replica, ReplicaEvent.READY)
+    def _retiring_now(self, replica: Replica) -> bool:
+        return replica.id in self._retiring  # a reload retires it
 
     @property
     def reloading(self) -> bool:

@@ -222,19 +222,11 @@ class RemotePool(ReplicaSet):
 
     def drain(self) -> None:
         """No new leases from now (here, at once); each agent drains its engines too."""
-        self.draining = True
-        for replica in self.replicas:
-            if replica.state is ReplicaState.READY:
-                replica.state = ReplicaState.DRAINING
-            self._changed(replica, ReplicaEvent.DRAINING)
+        super().drain()
         self._broadcast(pb.Command(drain=pb.Drain()))
 
     def resume(self) -> None:
-        self.draining = False
-        for replica in self.replicas:
-            if replica.state is ReplicaState.DRAINING:
-                replica.state = ReplicaState.READY
-                self._changed(replica, ReplicaEvent.READY)
+        super().resume()
         self._broadcast(pb.Command(resume=pb.Resume()))
 
     def _broadcast(self, command: pb.Command) -> None:

@@ -44,13 +44,25 @@ class ReplicaSet(ABC):
     async def stop(self) -> None:
         """Stop (or let go of) every replica; returns when they are gone."""
 
-    @abstractmethod
     def drain(self) -> None:
         """Stop new leases on every replica; running leases continue."""
+        self.draining = True
+        for replica in self.replicas:
+            if replica.state is ReplicaState.READY:
+                replica.state = ReplicaState.DRAINING
+            self._changed(replica, ReplicaEvent.DRAINING)
 
-    @abstractmethod
     def resume(self) -> None:
         """Lease again after a drain (kubectl's uncordon)."""
+        self.draining = False
+        for replica in self.replicas:
+            if replica.state is ReplicaState.DRAINING and not self._retiring_now(replica):
+                replica.state = ReplicaState.READY
+                self._changed(replica, ReplicaEvent.READY)
+
+    def _retiring_now(self, replica: Replica) -> bool:
+        """Whether `replica` is on its way out (it stays draining through a resume)."""
+        return False
 
     @abstractmethod
     async def reload(self, model: str) -> None:

@@ -15,6 +15,7 @@ import uvloop
 
 from orchestratord.config import parse_config
 from orchestratord.daemon import Daemon
+from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
 from tests.helpers import Api, Served, wait_ready
 
 # pact's FFI otherwise tries to send usage statistics out (there is no network here)
@@ -36,6 +37,25 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     # The loop production runs (`orchestratord serve` uses uvloop): its callback order is
     # what a race meets in the field; the default loop hid the submit/cancel race.
     return {"uvloop": uvloop.new_event_loop}
+
+
+# The models the project writes, for every suite that runs a real llama-server.
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(
+        tmp_path_factory.mktemp("models") / "tiny-b.gguf", TinyModelSpec(seed=1)
+    )
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~150 tokens/s here: slow enough to cancel or kill an engine mid-stream."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "slow.gguf", TinyModelSpec.slow())
 
 
 @pytest.fixture

@@ -18,30 +18,11 @@ import yaml
 from pool_managerd.hub import AgentHub
 from pool_managerd.launchers import die_with_parent
 from pool_managerd.remote_pool import RemotePool
-from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
 from tests.helpers import BIN, Api
 
 TOKEN = "agents-join-token-0123456789"
 #: Agents beat every 0.2 s; three missed (0.6 s of silence) lose one.
 HEARTBEAT = {"heartbeat_interval_s": 0.2, "heartbeat_misses": 3}
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
-
-
-@pytest.fixture(scope="session")
-def tiny_model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(
-        tmp_path_factory.mktemp("models") / "tiny-b.gguf", TinyModelSpec(seed=1)
-    )
-
-
-@pytest.fixture(scope="session")
-def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """~150 tokens/s here: a stream still runs when the test acts on it."""
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "slow.gguf", TinyModelSpec.slow())
 
 
 @pytest.fixture

@@ -1,3 +1,2 @@
-# shared session fixtures: the tiny model, and two real Triton servers
+# shared session fixtures: two real Triton servers (the tiny model is tests/conftest.py's)
 from tests.conformance.conftest import triton_server, triton_server_b  # noqa: F401
-from tests.engines.conftest import tiny_model  # noqa: F401

@@ -1,31 +1,9 @@
-"""Real llama-server fixtures: models the project writes itself, engines on 127.0.0.1."""
+"""Real llama-server helpers: pools on models the project writes itself (the models are
+tests/conftest.py's session fixtures), engines on 127.0.0.1."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
-
-from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
-
-
-@pytest.fixture(scope="session")
-def tiny_model_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(
-        tmp_path_factory.mktemp("models") / "tiny-b.gguf", TinyModelSpec(seed=1)
-    )
-
-
-@pytest.fixture(scope="session")
-def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """~150 tokens/s here: slow enough to cancel or kill an engine mid-stream."""
-    return write_tiny_model(tmp_path_factory.mktemp("models") / "slow.gguf", TinyModelSpec.slow())
-
 
 #: For tests that need a stream still running when they act on it: a random-weights model
 #: samples its end-of-sequence token whenever it likes (a 1500-token request once ended
