@@ -30,6 +30,14 @@ $(PROMETHEUS): $(STAMP)
 	   apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 	touch $(PROMETHEUS)
 
+# Tests only: Debian's PostgreSQL (initdb, pg_ctl; tests start throwaway servers with them).
+POSTGRES := $(VENV)/.postgres
+$(POSTGRES): $(STAMP)
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	   apt-get install -y -qq --no-install-recommends postgresql >/dev/null)
+	touch $(POSTGRES)
+
 setup: $(STAMP)  ## .venv with the project, dev tools and llama-server
 
 run: setup  ## serve the embedded default (or CONFIG=file.yaml)
@@ -38,7 +46,7 @@ run: setup  ## serve the embedded default (or CONFIG=file.yaml)
 # The traceability gate then reads what passed in this very run (OC-TEST-8007).
 RESULTS := $(VENV)/test-results.json
 
-test: setup $(TRITON) $(PROMETHEUS) lint typecheck  ## everything CI gates on (in file order)
+test: setup $(TRITON) $(PROMETHEUS) $(POSTGRES) lint typecheck  ## everything CI gates on (in file order)
 	rm -f $(RESULTS)
 	ORCH_TEST_RESULTS=$(RESULTS) $(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly
 	$(BIN)/python ci/check_traceability.py --results $(RESULTS)

@@ -140,9 +140,10 @@ class ServerConfig(_Cfg):
 class StoreConfig(_Cfg):
     """Where accepted tasks are journaled, so they survive the daemon."""
 
-    #: `sqlite:` (a file in `server.state_dir`), or `memory:` (durability off: accepted
-    #: work dies with the process).
-    url: Annotated[str, Field(pattern=r"^(sqlite|memory):$")] = "sqlite:"
+    #: `sqlite:` (a file in `server.state_dir`), `postgresql://user:pass@host/db` (a
+    #: database daemons may share), or `memory:` (durability off: accepted work dies with
+    #: the process).
+    url: Annotated[str, Field(pattern=r"^(sqlite:|memory:|postgres(ql)?://.+)$")] = "sqlite:"
     #: SQLite `synchronous`: `normal` survives the daemon being killed; `full` also power
     #: loss (an fsync per commit group).
     synchronous: Literal["normal", "full"] = "normal"

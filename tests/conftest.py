@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import uvloop
 from orchestratord.config import parse_config
 from orchestratord.daemon import Daemon
 from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
+from test_harness.postgres import PostgresServer
 from tests.helpers import Api, Served, wait_ready
 
 # pact's FFI otherwise tries to send usage statistics out (there is no network here)
@@ -108,6 +110,25 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     out = os.environ.get("ORCH_TEST_RESULTS")
     if out:
         Path(out).write_text(json.dumps({"passed": sorted(_PASSED - _FAILED)}, indent=0))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session (Debian's package, loopback). One that
+    cannot start fails the tests that need it, with the reason: nothing is skipped."""
+    server = PostgresServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest, served: Served) -> str:
+    """Runs a test on each task store backend: sets `served`'s store (a fresh database on
+    the session's PostgreSQL); the backend's name."""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        served.store = {"url": server.database(f"t{uuid.uuid4().hex[:12]}")}
+    return str(request.param)
 
 
 @pytest.fixture

@@ -177,10 +177,12 @@ class Served:
         self.tmp, self.http = tmp, http
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        #: The config's `store` (the `store_backend` fixture sets it).
+        self.store: dict[str, Any] = {}
 
     async def start(self, *pools: dict[str, Any]) -> None:
         path = self.tmp / "config.yaml"
-        path.write_text(yaml.safe_dump({"pools": list(pools)}))
+        path.write_text(yaml.safe_dump({"pools": list(pools), "store": self.store}))
         self.proc, self.url = await start_serve(path)
         # keep reading its log: a daemon whose stderr pipe fills up blocks on its next line
         assert self.proc.stderr is not None

@@ -108,10 +108,11 @@ class Batches:
             saved = orjson.loads(stored.doc)
             doc = Batch.model_validate(saved["batch"])
             run = _Run(doc, saved["tenant"], saved["final"], fed=stored.fed, offset=None)
-            doc.request_counts.completed, doc.request_counts.failed = (
-                stored.completed,
-                stored.failed,
-            )
+            if doc.status not in _FINAL:  # a final batch's items are gone: its doc counts
+                doc.request_counts.completed, doc.request_counts.failed = (
+                    stored.completed,
+                    stored.failed,
+                )
             self._runs[batch_id] = run
             self._metrics.on_batch(None, doc.status)
 

@@ -13,6 +13,7 @@ from orchestratord.store.base import (
     TaskStore,
 )
 from orchestratord.store.memory import MemoryStore
+from orchestratord.store.postgres import PostgresStore
 from orchestratord.store.sqlite import SqliteStore
 
 __all__ = [
@@ -32,6 +33,8 @@ def open_store(config: Config) -> TaskStore:
     store = config.store
     if store.url == "memory:":
         return MemoryStore()
+    if store.url.startswith("postgres"):
+        return PostgresStore(store.url, config.server.resolved_state_dir() / "files")
     return SqliteStore(
         config.server.resolved_state_dir(), max_bytes=store.max_bytes,
         synchronous=store.synchronous,

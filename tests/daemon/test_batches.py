@@ -214,3 +214,21 @@ async def test_a_malformed_upload_is_a_400_never_a_500(
         assert r.status == status
         error = (await r.json())["error"]
     assert error["code"] == code and error["param"] == param
+
+
+async def test_a_finished_batch_keeps_its_counts_across_a_restart(start_daemon):
+    """OC-BATCH-1105"""
+    api = await start_daemon(mock_pool())
+    client = sdk(api)
+    uploaded = await client.files.create(
+        file=("in.jsonl", jsonl([chat_line(i) for i in range(6)])), purpose="batch"
+    )
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert (await until_final(api, client, batch.id)).request_counts.completed == 6
+    await api.daemon.stop(grace_s=0)
+    # its items left the store with its output file; its own record keeps the counts
+    again = await start_daemon(mock_pool())
+    counts = (await sdk(again).batches.retrieve(batch.id)).request_counts
+    assert (counts.total, counts.completed, counts.failed) == (6, 6, 0)

@@ -7,20 +7,38 @@ import asyncio
 import json
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 
 from orchestratord.service.admission import Submission
-from orchestratord.store import Snapshot
+from orchestratord.store import Snapshot, StoreError
+from orchestratord.store.postgres import MIGRATIONS as PG_MIGRATIONS
+from orchestratord.store.postgres import PostgresStore
 from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
+from pool_managerd.launchers import free_port
 from tests.helpers import BIN, Event, Served, mock_pool
 
 
 def state_db() -> Path:
     return Path(os.environ["XDG_STATE_HOME"]) / "orchestratord" / "orchestratord.db"
+
+
+@contextmanager
+def journal(served: Served) -> Iterator[Any]:
+    """A connection to the served daemon's task store (committed on exit)."""
+    url = served.store.get("url")
+    if url:
+        with psycopg.connect(url) as conn:
+            yield conn
+    else:
+        with sqlite3.connect(state_db()) as conn:
+            yield conn
 
 
 def _pools(*, stall_a: int | None, stall_b: int | None, start_delay_s: float = 0.0):
@@ -40,8 +58,10 @@ async def _positions(served: Served, ids: list[str]) -> list[str]:
     return sorted(ids, key=lambda tid: where[tid])
 
 
-async def test_sigkill_loses_nothing_queued_reruns_unstreamed_and_ends_streamed(served):
-    """OC-STORE-1002, OC-STORE-1001"""
+async def test_sigkill_loses_nothing_queued_reruns_unstreamed_and_ends_streamed(
+    served, store_backend
+):
+    """OC-STORE-1002, OC-STORE-1001, OC-STORE-1007"""
     await served.start(*_pools(stall_a=0, stall_b=2))
     # 10 running on each pool: a's have streamed nothing, b's have streamed tokens
     running: dict[str, list[str]] = {"a": [], "b": []}
@@ -102,7 +122,7 @@ def _strict_pool(stall: int | None) -> dict[str, Any]:
 STRICT_TASK = {"model": "s-model", "prompt": "resume me exactly", "max_tokens": 150, "seed": 7}
 
 
-async def test_a_strict_stream_resumes_byte_identical_after_sigkill(served):
+async def test_a_strict_stream_resumes_byte_identical_after_sigkill(served, store_backend):
     """OC-STORE-1003"""
     await served.start(_strict_pool(stall=100))
     tid = (await served.submit(**STRICT_TASK))["task_id"]
@@ -122,7 +142,7 @@ async def test_a_strict_stream_resumes_byte_identical_after_sigkill(served):
     assert {**end, "decode_ms": 0} == {**ref_end, "decode_ms": 0}
 
 
-async def test_a_strict_rerun_that_diverges_fails_loudly(served):
+async def test_a_strict_rerun_that_diverges_fails_loudly(served, store_backend):
     """OC-STORE-1003"""
     await served.start(_strict_pool(stall=100))
     tid = (await served.submit(**STRICT_TASK))["task_id"]
@@ -131,14 +151,18 @@ async def test_a_strict_rerun_that_diverges_fails_loudly(served):
     # what was journaled is not what the engine repeats: tamper with the last journaled
     # token (checkpoints after the first are not awaited, so which chunk is last depends
     # on when the kill landed; chunk 0 always is there, journaled before any token left)
-    with sqlite3.connect(state_db()) as db:
+    with journal(served) as db:
         number, tokens = db.execute(
             "SELECT chunk, tokens FROM task_output ORDER BY chunk DESC LIMIT 1"
         ).fetchone()
         chunk = json.loads(tokens)
         chunk[-1][1] = "tampered"
         tampered = chunk[-1][0]
-        db.execute("UPDATE task_output SET tokens = ? WHERE chunk = ?", (json.dumps(chunk), number))
+        mark = "%s" if served.store else "?"
+        db.execute(
+            f"UPDATE task_output SET tokens = {mark} WHERE chunk = {mark}",
+            (json.dumps(chunk), number),
+        )
     await served.start(_strict_pool(stall=None))
     resumed = await served.events(tid, after=before[-1][1])
     assert resumed[-1][0] == "error"
@@ -147,8 +171,8 @@ async def test_a_strict_rerun_that_diverges_fails_loudly(served):
     assert f"diverged at token {tampered} " in error["message"]
 
 
-async def test_a_finished_task_keeps_status_and_stream_across_sigkill(served):
-    """OC-STORE-1004"""
+async def test_a_finished_task_keeps_status_and_stream_across_sigkill(served, store_backend):
+    """OC-STORE-1004, OC-STORE-1007"""
     await served.start(mock_pool())
     tid = (await served.submit(model="mock-model", prompt="kept", max_tokens=6))["task_id"]
     events = await served.events(tid)
@@ -222,12 +246,18 @@ async def test_a_full_store_refuses_new_work_and_finishes_accepted_work(start_da
         assert await api.cancel(tid) == 204
 
 
-@pytest.mark.parametrize("synchronous", ["normal", "full"])  # inline, or a writer thread
-async def test_admission_waits_for_its_commit_and_a_burst_shares_one(start_daemon, synchronous):
-    """OC-STORE-1001"""
-    api = await start_daemon(
-        mock_pool(replicas={"managed": {"slots": 64}}), store={"synchronous": synchronous}
-    )
+@pytest.mark.parametrize("backend", ["normal", "full", "postgresql"])
+async def test_admission_waits_for_its_commit_and_a_burst_shares_one(
+    start_daemon, backend, request
+):
+    """OC-STORE-1001, OC-STORE-1007"""
+    # SQLite inline on the loop, SQLite on a writer thread (fsync), PostgreSQL (pipelined)
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres").database("burst")
+        store = {"url": url}
+    else:
+        store = {"synchronous": backend}
+    api = await start_daemon(mock_pool(replicas={"managed": {"slots": 64}}), store=store)
     service = api.daemon.service
     commits = service.metrics.registry.get_sample_value
     before = commits("store_commit_latency_ms_count")
@@ -240,8 +270,14 @@ async def test_admission_waits_for_its_commit_and_a_burst_shares_one(start_daemo
     await asyncio.gather(*(rec.durable for rec in burst if rec.durable is not None))
     assert commits("store_commit_latency_ms_count") == before + 1
     _, body, _ = await api.submit(model="mock-model", prompt="durable", max_tokens=2)
-    with sqlite3.connect(state_db()) as db:  # once the client heard 202, it is on disk
-        assert db.execute("SELECT state FROM tasks WHERE id = ?", (body["task_id"],)).fetchone()
+    # once the client heard 202, it is in the store
+    if backend == "postgresql":
+        with psycopg.connect(url) as db:
+            row = db.execute("SELECT state FROM tasks WHERE id = %s", (body["task_id"],))
+            assert row.fetchone()
+    else:
+        with sqlite3.connect(state_db()) as db:
+            assert db.execute("SELECT state FROM tasks WHERE id = ?", (body["task_id"],)).fetchone()
 
 
 async def test_memory_store_writes_nothing(start_daemon):
@@ -264,3 +300,28 @@ async def test_the_schema_is_versioned_and_migrated(tmp_path):
     again = SqliteStore(tmp_path)  # reopening migrates nothing and loses nothing
     assert await again.open() == Snapshot()
     await again.close()
+
+
+async def test_the_postgres_schema_is_migrated_once_by_whoever_opens_it_first(postgres, tmp_path):
+    """OC-STORE-1007"""
+    url = postgres.database("migrate")
+    stores = [PostgresStore(url, tmp_path / "files") for _ in range(3)]
+    assert await asyncio.gather(*(s.open() for s in stores)) == [Snapshot()] * 3
+    for store in stores:
+        await store.close()
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT version FROM orch_schema").fetchall() == [(len(PG_MIGRATIONS),)]
+        db.execute("UPDATE orch_schema SET version = 99")
+    with pytest.raises(StoreError, match="schema 99, newer than this orchestratord knows"):
+        await PostgresStore(url, tmp_path / "files").open()
+
+
+async def test_an_unreachable_or_refusing_postgres_exits_2_with_one_line(postgres, tmp_path):
+    """OC-STORE-1007"""
+    down = f"postgresql://orch:secret@127.0.0.1:{free_port()}/none"
+    code, errors = await _serve_fails(tmp_path, {"store": {"url": down}, "pools": [mock_pool()]})
+    assert code == 2 and len(errors) == 1, errors
+    assert "cannot be reached" in errors[0] and "secret" not in errors[0]
+    missing = postgres.url.rsplit("/", 1)[0] + "/no_such_database"
+    code, errors = await _serve_fails(tmp_path, {"store": {"url": missing}, "pools": [mock_pool()]})
+    assert code == 2 and len(errors) == 1 and "no_such_database" in errors[0], errors
