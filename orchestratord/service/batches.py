@@ -260,6 +260,10 @@ class Batches:
         """A line that cannot run now (its model is no longer served...): journaled as an
         item that failed, so it is reported once and never retried."""
         task_id = f"{run.doc.id}-{line}"
+        log.warning(
+            "batch line failed", batch_id=run.doc.id, line=line, code=refused.code.value,
+            error=refused.message,
+        )  # fmt: skip
         error = ErrorEnvelope.of(refused.code, refused.message, field=refused.field)
         spec = orjson.dumps({"door": _door(item.url).value}).decode()
         row = TaskRow(task_id, "", "failed", spec, journal.unix_ms(), run.doc.id, line)
