@@ -1,17 +1,24 @@
 """Weighted fair queueing across tenants within one priority class.
 
 Start-time fair queueing with integer virtual time: each tenant keeps a FIFO of its tasks
-and a `next_tag`; the task with the smallest `(tag, tenant ordinal)` is dispatched next and
-its tenant's tag advances by `cost = base // weight`. A tenant that becomes backlogged
-starts at `max(its old finish tag, the class's virtual clock)`, so it neither loses its
-turn nor banks credit while idle. With equal weights this is round-robin; with one tenant
-it is plain FIFO. Integers keep the order exact (no float ties) and reproducible.
+and a `next_tag`; the task with the smallest `(tag, turn)` is dispatched next and its
+tenant's tag advances by `cost = base // weight`. A tenant that becomes backlogged starts
+at `max(its old finish tag, the class's virtual clock)`, so it neither loses its turn nor
+banks credit while idle. With equal weights this is round-robin; with one tenant it is
+plain FIFO. Integers keep the order exact (no float ties) and reproducible.
+
+Equal tags are a round. A tenant's head takes its `turn` in the round when it becomes the
+head (its previous task left, or the tenant became backlogged); heads go in turn order,
+and before any task still behind its tenant's head. So a tenant served twice in a row
+never passes one that stayed backlogged (OC-CORE-1026) — ties by tenant ordinal did, for a
+tenant a round behind (hypothesis found it).
 
 A backlogged tenant's queued tasks always carry the tags `next_tag, next_tag + cost, …` —
 an arithmetic run, whichever of its tasks left. So the class keeps one sorted multiset of
-`(tag, ordinal)` keys, one per queued task: the head is the next dispatch and a task's
-position is a bisection, whatever the number of tenants. A task leaving from the middle
-takes its tenant's *last* key (the run shortens by one; the tasks behind it move up).
+`(tag, turn, ordinal)` keys, one per queued task (behind the head, `turn` is `LATER +
+ordinal`; a pop re-keys only the tenant's new head): the head is the next dispatch and a
+task's position is a bisection, whatever the number of tenants. A task leaving from the
+middle takes its tenant's *last* key (the run shortens by one; the tasks behind it move up).
 
 Every operation is O(log n) in the queued tasks and O(1) in the number of tenants. An
 empty tenant is remembered (for its finish tag) only until the virtual clock passes it, and
@@ -33,6 +40,9 @@ from orchestrator_core.model import Task
 
 #: Empty tenants kept for their finish tag (a bound on memory, not on time).
 IDLE_TENANTS_REMEMBERED = 4096
+
+#: The turn of a task behind its tenant's head: after every head's turn in its round.
+LATER = 1 << 62
 
 
 class RankedFifo:
@@ -187,7 +197,7 @@ class TenantClass(Generic[T]):
 
 
 class _TenantQueue(Tenant):
-    __slots__ = ("finish", "next_tag")
+    __slots__ = ("finish", "next_tag", "turn")
 
     def __init__(self, name: str, ordinal: int, scale: int) -> None:
         super().__init__(name, ordinal, scale)
@@ -195,10 +205,13 @@ class _TenantQueue(Tenant):
         self.next_tag = 0
         #: Tag its next task would start at after its last dispatch.
         self.finish = 0
+        #: The head's turn in its round (when it became the head).
+        self.turn = 0
 
-    def tag(self, rank: int) -> int:
-        """The tag of the tenant's queued task of rank `rank` (0 = its head)."""
-        return self.next_tag + rank * self.scale
+    def key(self, rank: int) -> tuple[int, int, int]:
+        """The order key of the tenant's queued task of rank `rank` (0 = its head)."""
+        turn = self.turn if rank == 0 else LATER + self.ordinal
+        return self.next_tag + rank * self.scale, turn, self.ordinal
 
 
 class FairClass(TenantClass[_TenantQueue]):
@@ -206,9 +219,10 @@ class FairClass(TenantClass[_TenantQueue]):
 
     def __init__(self, tenant_weights: Mapping[str, int] | None = None) -> None:
         super().__init__(tenant_weights)
-        #: One `(tag, ordinal)` per queued task: the dispatch order.
+        #: One `(tag, turn, ordinal)` per queued task: the dispatch order.
         self._keys: SortedList = SortedList()
         self._vclock = 0
+        self._turns = 0
 
     def _tenant(self, name: str) -> _TenantQueue:
         tq = self._tenants.get(name)
@@ -222,8 +236,9 @@ class FairClass(TenantClass[_TenantQueue]):
         if not tq.fifo.tasks:
             self._idle.pop(tq.name, None)
             tq.next_tag = max(tq.finish, self._vclock)
+            self._take_turn(tq)
             self._backlogged[tq.ordinal] = tq
-        self._keys.add((tq.tag(len(tq.fifo)), tq.ordinal))
+        self._keys.add(tq.key(len(tq.fifo)))
         self._seqs.add(task.seq)
         tq.fifo.append(task)
 
@@ -231,20 +246,24 @@ class FairClass(TenantClass[_TenantQueue]):
         """The task that `pop` would return, without removing it."""
         if not self._keys:
             return None
-        return self._backlogged[self._keys[0][1]].fifo.first()
+        return self._backlogged[self._keys[0][2]].fifo.first()
 
     def pop(self) -> Task | None:
         """Remove and return the next task in fair order."""
         if not self._keys:
             return None
-        tag, ordinal = self._keys.pop(0)
+        tag, _, ordinal = self._keys.pop(0)
         tq = self._backlogged[ordinal]
         task = tq.fifo.popleft()
         self._seqs.remove(task.seq)
         self._vclock = tag
         tq.next_tag += tq.scale
         tq.finish = tq.next_tag
-        if not tq.fifo.tasks:
+        if tq.fifo.tasks:  # its next task is the head now: it takes its turn in its round
+            self._keys.remove((tq.next_tag, LATER + ordinal, ordinal))
+            self._take_turn(tq)
+            self._keys.add(tq.key(0))
+        else:
             self._went_idle(tq)
         self._sweep_idle()
         return task
@@ -252,11 +271,15 @@ class FairClass(TenantClass[_TenantQueue]):
     def remove(self, task: Task) -> None:
         """Remove a queued task from anywhere in the order (cancel, evict, expire)."""
         tq = self._tenants[task.tenant]
-        self._keys.remove((tq.tag(len(tq.fifo) - 1), tq.ordinal))
+        self._keys.remove(tq.key(len(tq.fifo) - 1))
         self._seqs.remove(task.seq)
         tq.fifo.remove(task)
         if not tq.fifo.tasks:
             self._went_idle(tq)
+
+    def _take_turn(self, tq: _TenantQueue) -> None:
+        self._turns += 1
+        tq.turn = self._turns
 
     def _went_idle(self, tq: _TenantQueue) -> None:
         del self._backlogged[tq.ordinal]
@@ -268,9 +291,9 @@ class FairClass(TenantClass[_TenantQueue]):
     def position(self, task: Task) -> int:
         """How many tasks of this class dispatch before `task` (0 = next)."""
         me = self._tenants[task.tenant]
-        return int(self._keys.bisect_left((me.tag(me.fifo.rank(task.seq)), me.ordinal)))
+        return int(self._keys.bisect_left(me.key(me.fifo.rank(task.seq))))
 
     def position_of_last(self, tenant: str) -> int:
         """`position` of the tenant's newest task."""
         me = self._tenants[tenant]
-        return int(self._keys.bisect_left((me.tag(len(me.fifo) - 1), me.ordinal)))
+        return int(self._keys.bisect_left(me.key(len(me.fifo) - 1)))

@@ -409,3 +409,34 @@ def test_queue_errors_say_what_is_wrong():
     with pytest.raises(ValueError, match="task x is not a new queued task"):
         q.offer(task)
     assert q.offer(_t("y"), backoff_ms=0).backoff_ms == 0
+
+
+@pytest.mark.parametrize(
+    ("steps", "order"),
+    [
+        # a's first task is canceled, so a comes back a round behind c: its two turns must
+        # not both pass c, which waited since before the first
+        ("+b . +a -a +c . +a +c . +a .", ["b", "c", "a", "c"]),
+        # b's second task ties a's at the next tag: a waited since before b's first turn
+        ("+a . +b +a +b . .", ["a", "b", "a"]),
+    ],
+)
+def test_a_tenant_is_never_served_twice_while_another_stays_backlogged(steps, order):
+    """OC-CORE-1026 (two cases hypothesis found: equal tags used to go by tenant ordinal)"""
+    fair, served, seq = FairClass(), [], 0
+    queued: dict[str, list[Task]] = {}
+    for step in steps.split():
+        if step == ".":
+            task = fair.pop()
+            assert task is not None
+            served.append(task.tenant)
+            queued[task.tenant].remove(task)
+        elif step.startswith("+"):
+            seq += 1
+            task = _t(f"x{seq}", step[1:])
+            task.seq = seq
+            fair.push(task)
+            queued.setdefault(step[1:], []).append(task)
+        else:
+            fair.remove(queued[step[1:]].pop())
+    assert served == order
