@@ -16,9 +16,10 @@ tenant a round behind (hypothesis found it).
 A backlogged tenant's queued tasks always carry the tags `next_tag, next_tag + cost, …` —
 an arithmetic run, whichever of its tasks left. So the class keeps one sorted multiset of
 `(tag, turn, ordinal)` keys, one per queued task (behind the head, `turn` is `LATER +
-ordinal`; a pop re-keys only the tenant's new head): the head is the next dispatch and a
-task's position is a bisection, whatever the number of tenants. A task leaving from the
-middle takes its tenant's *last* key (the run shortens by one; the tasks behind it move up).
+ordinal`; a pop re-keys only the tenant's new head, and not while it is the only tenant):
+the head is the next dispatch and a task's position is a bisection, whatever the number of
+tenants. A task leaving from the middle takes its tenant's *last* key (the run shortens by
+one; the tasks behind it move up).
 
 Every operation is O(log n) in the queued tasks and O(1) in the number of tenants. An
 empty tenant is remembered (for its finish tag) only until the virtual clock passes it, and
@@ -236,6 +237,12 @@ class FairClass(TenantClass[_TenantQueue]):
         if not tq.fifo.tasks:
             self._idle.pop(tq.name, None)
             tq.next_tag = max(tq.finish, self._vclock)
+            if len(self._backlogged) == 1:  # the tenant that was alone takes its turn first
+                (alone,) = self._backlogged.values()
+                if alone.turn >= LATER:
+                    self._keys.remove(alone.key(0))
+                    self._take_turn(alone)
+                    self._keys.add(alone.key(0))
             self._take_turn(tq)
             self._backlogged[tq.ordinal] = tq
         self._keys.add(tq.key(len(tq.fifo)))
@@ -259,12 +266,14 @@ class FairClass(TenantClass[_TenantQueue]):
         self._vclock = tag
         tq.next_tag += tq.scale
         tq.finish = tq.next_tag
-        if tq.fifo.tasks:  # its next task is the head now: it takes its turn in its round
+        if not tq.fifo.tasks:
+            self._went_idle(tq)
+        elif len(self._backlogged) > 1:  # its next task is the head: its turn in the round
             self._keys.remove((tq.next_tag, LATER + ordinal, ordinal))
             self._take_turn(tq)
             self._keys.add(tq.key(0))
-        else:
-            self._went_idle(tq)
+        else:  # alone, a turn orders nothing: taken once another tenant is backlogged
+            tq.turn = LATER + ordinal
         self._sweep_idle()
         return task
 
