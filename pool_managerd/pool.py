@@ -232,10 +232,6 @@ class PoolManager(ReplicaSet):
     def _retiring_now(self, replica: Replica) -> bool:
         return replica.id in self._retiring  # a reload retires it
 
-    @property
-    def reloading(self) -> bool:
-        return self._reloading
-
     async def reload(self, model: str) -> None:
         """Start a full set of replicas on `model`; switch over only when all are Ready,
         then retire the old ones as their running tasks finish. On failure the new ones are

@@ -110,8 +110,8 @@ class RemotePool(ReplicaSet):
         replica.restarts = update.restarts
         if state in (ReplicaState.READY, ReplicaState.DRAINING):
             self._serving(replica, update, drained=state is ReplicaState.DRAINING)
-            event = ReplicaEvent.READY if replica.state is ReplicaState.READY else None
-            self._changed(replica, event or ReplicaEvent.DRAINING)
+            serving = replica.state is ReplicaState.READY
+            self._changed(replica, ReplicaEvent.READY if serving else ReplicaEvent.DRAINING)
             return
         replica.state = state
         if state is ReplicaState.FAILED:

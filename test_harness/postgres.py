@@ -14,6 +14,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg
+
 from pool_managerd.launchers import free_port
 
 
@@ -72,8 +74,6 @@ class PostgresServer:
 
     def database(self, name: str) -> str:
         """A fresh empty database: its URL."""
-        import psycopg
-
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             conn.execute(f'CREATE DATABASE "{name}"')

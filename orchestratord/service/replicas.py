@@ -49,8 +49,9 @@ class RemoteReplicas:
     def stop_agent(self, agent: AgentSession) -> None:
         """Stop the agent's engines for every pool it serves (in the background)."""
         for pool_id in agent.pools:
-            self._background.add(asyncio.ensure_future(self.pools[pool_id].stop_on(agent)))
-        self._background = {t for t in self._background if not t.done()}
+            task = asyncio.ensure_future(self.pools[pool_id].stop_on(agent))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def pool(self, config: PoolConfig, on_change: ChangeHook) -> RemotePool:
         remote = config.replicas.remote

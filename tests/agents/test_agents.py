@@ -34,6 +34,15 @@ async def reloaded(api):
     await task
 
 
+async def long_streams(start_daemon, token_file):
+    """A daemon with one remote pool whose streams run to max_tokens (a random model ends
+    whenever it likes otherwise)."""
+    return await start_daemon(
+        remote_pool(engine_params={"ignore_eos": True}), ready=False,
+        agents=agents_server(token_file),
+    )  # fmt: skip
+
+
 def all_ready(api, n):
     return lambda: len(states(api)) == n and set(states(api).values()) == {"ready"}
 
@@ -42,11 +51,7 @@ async def test_two_agents_serve_one_pool_and_a_killed_agent_takes_its_engine_alo
     start_daemon, agents, tiny_model, token_file
 ):
     """OC-AGENT-1601, OC-AGENT-1603, OC-AGENT-1604, OC-AGENT-1605, OC-AGENT-1608"""
-    # streams run to max_tokens (a random model ends whenever it likes otherwise)
-    api = await start_daemon(
-        remote_pool(engine_params={"ignore_eos": True}), ready=False,
-        agents=agents_server(token_file),
-    )  # fmt: skip
+    api = await long_streams(start_daemon, token_file)
     gpu_a, gpu_b = agents("gpu-a", tiny_model), agents("gpu-b", tiny_model)
     await gpu_a.start(join_url(api), token_file)
     # gpu-b is given a dead control-plane address first: it tries the next one
@@ -96,10 +101,7 @@ async def test_a_stream_cut_by_a_dying_agent_ends_worker_reset_and_queued_work_w
     start_daemon, agents, slow_model, token_file
 ):
     """OC-AGENT-1604"""
-    api = await start_daemon(
-        remote_pool(engine_params={"ignore_eos": True}), ready=False,
-        agents=agents_server(token_file),
-    )  # fmt: skip
+    api = await long_streams(start_daemon, token_file)
     agent = agents("gpu-a", slow_model)
     agent.node["pools"][0]["managed"]["ctx"] = 2048  # ~13 s of tokens for the long task
     await agent.start(join_url(api), token_file)
