@@ -243,9 +243,9 @@ class Batches:
                     )  # fmt: skip
                     rec = self._admission.admit(sub)
                 except Refusal as refused:
-                    if refused.retry_after_ms is not None:  # the queue is full: later
-                        delay = refused.retry_after_ms / 1000
-                        run.retry = asyncio.get_running_loop().call_later(delay, self._retry, run)
+                    later = _not_now(refused)
+                    if later is not None:
+                        run.retry = asyncio.get_running_loop().call_later(later, self._retry, run)
                         return
                     self._fail_line(run, line, item, refused)
                 else:
@@ -257,7 +257,7 @@ class Batches:
         self._advance(run)
 
     def _fail_line(self, run: _Run, line: int, item: BatchInputLine, refused: Refusal) -> None:
-        """A line that cannot run now (its model is no longer served...): journaled as an
+        """A line that can never run (its model is no longer served...): journaled as an
         item that failed, so it is reported once and never retried."""
         task_id = f"{run.doc.id}-{line}"
         log.warning(
@@ -361,6 +361,20 @@ _STAMPS: dict[str, str] = {
     "failed": "failed_at", "expired": "expired_at", "cancelling": "cancelling_at",
     "cancelled": "cancelled_at",
 }  # fmt: skip
+
+
+#: Refusals that pass: a pool drained by an operator, or with no replica yet (its agents
+#: have not joined, or it is starting). A batch waits them out (its window bounds the wait).
+_PASSING = frozenset({ErrorCode.POOL_UNAVAILABLE, ErrorCode.POOL_DRAINING})
+_PASSING_RETRY_S = 1.0
+
+
+def _not_now(refused: Refusal) -> float | None:
+    """Seconds to wait before feeding again, for a refusal that passes; None: the line
+    itself cannot run."""
+    if refused.retry_after_ms is not None:  # the queue is full
+        return refused.retry_after_ms / 1000
+    return _PASSING_RETRY_S if refused.code in _PASSING else None
 
 
 def _door(url: str) -> Door:

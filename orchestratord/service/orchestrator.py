@@ -101,9 +101,10 @@ class Orchestrator:
             snapshot.tasks, self.pools, self.book, self.now_ms, retention_s=server.retention_s,
             stream_buffer_events=server.stream_buffer_events,
         )  # fmt: skip
-        self.batches.resume(recovered.batch_items)
         for pool in self.pools.values():
             pool.start()
+        # after the pools start: their replicas exist (starting), so feeding admits lines
+        self.batches.resume(recovered.batch_items)
 
     def active_count(self) -> int:
         return sum(pool.active() for pool in self.pools.values())

@@ -45,7 +45,7 @@ def pool(engine: str) -> dict:
     }  # fmt: skip
 
 
-async def test_a_batch_killed_twice_answers_each_item_once(served: Served, tmp_path):
+async def test_a_batch_killed_twice_answers_each_item_once(served: Served, store_backend: str):
     """OC-BATCH-1105"""
     engine, engine_url = await start_engine()
     http = served.http

@@ -232,3 +232,28 @@ async def test_a_finished_batch_keeps_its_counts_across_a_restart(start_daemon):
     again = await start_daemon(mock_pool())
     counts = (await sdk(again).batches.retrieve(batch.id)).request_counts
     assert (counts.total, counts.completed, counts.failed) == (6, 6, 0)
+
+
+async def test_a_drained_pool_holds_a_batch_back_and_fails_none_of_its_lines(start_daemon):
+    """OC-BATCH-1107"""
+    api = await start_daemon(mock_pool())
+    client = sdk(api)
+    async with api.http.post(f"{api.base}/v1/pools/mock/drain", json={}) as r:
+        assert r.status == 202, await r.text()
+    uploaded = await client.files.create(
+        file=("in.jsonl", jsonl([chat_line(i) for i in range(6)])), purpose="batch"
+    )
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    held = await client.batches.retrieve(batch.id)
+    assert held.status == "in_progress"
+    assert (held.request_counts.completed, held.request_counts.failed) == (0, 0)
+    async with api.http.post(f"{api.base}/v1/pools/mock/resume") as r:
+        assert r.status in (200, 202), await r.text()
+    done = await until_final(api, client, batch.id)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == (
+        "completed",
+        6,
+        0,
+    )
