@@ -43,6 +43,8 @@ class ErrorCode(StrEnum):
     CONFLICT = "CONFLICT"
     #: A state-changing request whose body is not declared `application/json`.
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    #: This daemon stands by (another leads the shared store): ask the leader it names.
+    NOT_LEADER = "NOT_LEADER"
 
 
 #: Codes a client may retry unchanged (possibly after a backoff).
@@ -59,6 +61,7 @@ RETRIABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.STORE_UNAVAILABLE,
         ErrorCode.OVERLOADED,
         ErrorCode.QUOTA_EXCEEDED,
+        ErrorCode.NOT_LEADER,
     }
 )
 

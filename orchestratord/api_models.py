@@ -111,6 +111,9 @@ class ErrorEnvelope(BaseModel):
     engine: str | None = None
     pool_id: str | None = None
     field: str | None = Field(None, description="The offending request field, as a dotted path.")
+    leader_url: str | None = Field(
+        None, description="`NOT_LEADER`: where the leader is reached (absent: not known)."
+    )
 
     @classmethod
     def of(

@@ -18,6 +18,7 @@ from orchestratord.config import ConfigError, load_config
 from orchestratord.defaults import default_config
 from orchestratord.keyring import KeyFileError, make_entry, read_entries, write_entries
 from orchestratord.store import StoreError
+from orchestratord.store.postgres import redacted
 from pool_managerd.logs import configure
 from pool_managerd.tiny_gguf import TinyModelSpec, write_tiny_model
 
@@ -79,8 +80,10 @@ def serve(
     def ready(daemon: Daemon) -> None:
         url = daemon.url
         model = config.pools[0].model
-        assert daemon.service is not None
-        where = daemon.service.store.location or "memory: (accepted work dies with the process)"
+        if daemon.service is None:  # a shared store: leadership is elected after this
+            where = f"{redacted(config.store.url)} (shared: one daemon leads, others stand by)"
+        else:
+            where = daemon.service.store.location or "memory: (accepted work dies with the process)"
         click.echo(
             f"orchestratord serving on {url}\n"
             f"  task store: {where}\n"

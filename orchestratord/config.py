@@ -126,6 +126,9 @@ class ServerConfig(_Cfg):
     enable_test_endpoints: bool = False
     #: pool-managerd agents on other hosts join here (pools with `replicas.remote`).
     agents: AgentsConfig | None = None
+    #: The URL clients reach this daemon at, which standbys name in `NOT_LEADER` (default:
+    #: the URL it listens on — behind a proxy or NAT, set it).
+    advertise_url: Annotated[str, Field(pattern=r"^https?://.+")] | None = None
     #: Where the daemon keeps its state (the task store); default
     #: `$XDG_STATE_HOME/orchestratord` (`~/.local/state/orchestratord`).
     state_dir: str | None = None
@@ -150,6 +153,10 @@ class StoreConfig(_Cfg):
     #: Cap on the store file; past it admissions answer 503 `STORE_UNAVAILABLE` while
     #: everything already accepted runs on (None: the disk's own limit).
     max_bytes: Annotated[int, Field(ge=65536)] | None = None
+    #: PostgreSQL: the leader lease (daemons sharing the database elect one leader, which
+    #: renews every third of it). A standby takes over at most this long after a leader
+    #: dies or freezes; shorter fails over sooner, at one renewal per third of it.
+    lease_s: Annotated[float, Field(ge=0.3, le=300)] = 10.0
 
 
 class TokenCostsConfig(_Cfg):

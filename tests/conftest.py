@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -77,6 +78,8 @@ async def start_daemon() -> AsyncIterator[Any]:
         )  # fmt: skip
         daemon = Daemon(config)
         await daemon.start()
+        async with asyncio.timeout(30):  # on a shared store: once elected
+            await daemon.leading.wait()
         session = aiohttp.ClientSession()
         started.append((daemon, session))
         api = Api(f"http://127.0.0.1:{daemon.port}", session, daemon)
@@ -127,7 +130,8 @@ def store_backend(request: pytest.FixtureRequest, served: Served) -> str:
     the session's PostgreSQL); the backend's name."""
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres")
-        served.store = {"url": server.database(f"t{uuid.uuid4().hex[:12]}")}
+        # a short lease: a daemon started after a SIGKILL waits out its predecessor's
+        served.store = {"url": server.database(f"t{uuid.uuid4().hex[:12]}"), "lease_s": 1.0}
     return str(request.param)
 
 

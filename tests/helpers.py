@@ -13,7 +13,7 @@ import aiohttp
 import yaml
 
 from orchestratord.daemon import Daemon
-from pool_managerd.launchers import die_with_parent
+from pool_managerd.launchers import die_with_parent, free_port
 
 BIN = Path(sys.executable).parent
 
@@ -184,6 +184,8 @@ class Served:
         path = self.tmp / "config.yaml"
         path.write_text(yaml.safe_dump({"pools": list(pools), "store": self.store}))
         self.proc, self.url = await start_serve(path)
+        if str(self.store.get("url", "")).startswith("postgres"):  # a shared store: elected
+            await wait_log(self.proc, '"event": "leading"')
         # keep reading its log: a daemon whose stderr pipe fills up blocks on its next line
         assert self.proc.stderr is not None
         self._drain = asyncio.get_running_loop().create_task(self.proc.stderr.read())
@@ -231,3 +233,17 @@ class Served:
                 ):
                     break
         return out
+
+
+async def start_ledger_engine() -> tuple[asyncio.subprocess.Process, str]:
+    """The project's mock OpenAI server in a process of its own (it outlives the daemons
+    under test), keeping a ledger of the requests it completed: (process, URL)."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "test_harness.engines.mock_http", "--port", str(port), "--ledger",
+        stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        assert b"ready" in await proc.stdout.readline()
+    return proc, f"http://127.0.0.1:{port}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -26,6 +27,7 @@ from orchestratord.api.http import (
     checked_header,
 )
 from orchestratord.api.openapi import document
+from orchestratord.api.standby import leader_gate
 from orchestratord.api_models import ErrorEnvelope
 from orchestratord.keyring import KeyRing
 from orchestratord.service import Orchestrator, Refusal
@@ -72,16 +74,18 @@ def correlation_and_errors(max_body: int) -> Middleware:
     return middleware
 
 
-def build_app(service: Orchestrator, keys: KeyRing | None = None) -> web.Application:
-    """The application; `keys`: the API keys (None: none configured)."""
+def build_app(
+    service: Orchestrator, keys: KeyRing | None = None, leading: Callable[[], bool] | None = None
+) -> web.Application:
+    """The application; `keys`: the API keys (None: none configured); `leading`: whether
+    this daemon still certainly leads (None: it is the only one)."""
     server = service.config.server
     ring = keys or KeyRing()
     access = access_control(ring, loopback=is_loopback(server.host))
-    middlewares: list[Any] = [
-        connection_limits,
-        correlation_and_errors(server.max_body_bytes),
-        access,
-    ]
+    middlewares: list[Any] = [connection_limits, correlation_and_errors(server.max_body_bytes)]
+    if leading is not None:
+        middlewares.append(leader_gate(leading))
+    middlewares.append(access)
     app = web.Application(client_max_size=server.max_body_bytes, middlewares=middlewares)
     app.add_routes(data_plane.routes(service))
     app.add_routes(openai_door.routes(service))

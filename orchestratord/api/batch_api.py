@@ -79,7 +79,8 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
     async def file_content(request: web.Request) -> web.StreamResponse:
         file_id = request.match_info["file_id"]
         files.get(file_id, principal_of(request))
-        return web.FileResponse(files.path(file_id), headers={"Content-Type": "application/jsonl"})
+        path = await files.local(file_id)
+        return web.FileResponse(path, headers={"Content-Type": "application/jsonl"})
 
     async def delete_file(request: web.Request) -> web.Response:
         return json_response(files.delete(request.match_info["file_id"], principal_of(request)))

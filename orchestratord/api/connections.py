@@ -73,6 +73,11 @@ class ConnectionGuard:
             "access_log": None,
         }
 
+    def serve(self, server: web.Server) -> None:
+        """Hand new connections to `server` from now on (a daemon that gained or lost its
+        leadership); those already open stay with the application they came to."""
+        self._server = server
+
     def __call__(self) -> GuardedHandler:
         return GuardedHandler(self._server, self, loop=asyncio.get_running_loop(), **self._kwargs)
 

@@ -43,6 +43,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.CONFLICT: 409,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.NOT_LEADER: 503,
 }
 
 #: aiohttp's own refusals (routing, body size, method) in the taxonomy.

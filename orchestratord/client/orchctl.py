@@ -32,7 +32,8 @@ from orchestratord.client.keys_cli import keys
     envvar="ORCH_URL",
     default=DEFAULT_URL,
     show_default=True,
-    help="Daemon URL (env ORCH_URL).",
+    help="Daemon URL (env ORCH_URL); several, comma-separated, for daemons sharing a store: "
+    "requests go to the leader.",
 )
 @click.option(
     "--api-key",

@@ -12,7 +12,8 @@ Imports only the API models, never server internals, so it can ship on its own.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from httpx_sse import aconnect_sse
 
 from orchestratord import api_models as api
 from orchestratord import batch_models as bat
+from orchestratord.client.failover import LEADER_HEADER, Endpoints
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -66,22 +68,33 @@ class Event:
 
 
 class OrchClient:
+    """`base_url`: one daemon, or several sharing a store (`"http://a:8080,http://b:8080"`
+    or a list): requests go to the one that leads, following `NOT_LEADER` and moving past
+    daemons that do not answer for up to `failover_s`; a stream resumes on the new leader
+    where it broke (`Last-Event-ID`), and a submission retried there is not admitted twice
+    (the SDK names the task)."""
+
     def __init__(
         self,
-        base_url: str = DEFAULT_URL,
+        base_url: str | Sequence[str] = DEFAULT_URL,
         *,
         timeout: float = 30.0,
         headers: Mapping[str, str] | None = None,
         api_key: str | None = None,
+        failover_s: float = 60.0,
     ) -> None:
         all_headers = dict(headers or {})
         if api_key:
             all_headers["Authorization"] = f"Bearer {api_key}"
+        self._endpoints = Endpoints(base_url, failover_s)
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=all_headers,
-            timeout=httpx.Timeout(timeout, read=None),
-        )  # fmt: skip
-        self.base_url = base_url
+            headers=all_headers, timeout=httpx.Timeout(timeout, read=None)
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The daemon requests go to now."""
+        return self._endpoints.current
 
     async def __aenter__(self) -> OrchClient:
         return self
@@ -93,13 +106,22 @@ class OrchClient:
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kw)
-        except httpx.TransportError as e:
-            raise DaemonUnreachable(f"cannot reach orchestratord at {self.base_url}: {e}") from e
-        if response.status_code >= 400:
-            raise _error_from(response)
-        return response
+        endpoints = self._endpoints
+        while True:
+            try:
+                response = await self._http.request(method, endpoints.current + path, **kw)
+            except httpx.TransportError as e:
+                if await endpoints.move_on():
+                    continue
+                where = self.base_url
+                raise DaemonUnreachable(f"cannot reach orchestratord at {where}: {e}") from e
+            if response.status_code >= 400:
+                error = _error_from(response)
+                if error.code == "NOT_LEADER" and await endpoints.move_on(_leader(response)):
+                    continue
+                raise error
+            endpoints.answered()
+            return response
 
     async def submit(self, request: api.TaskRequest | Mapping[str, Any]) -> api.AdmissionResponse:
         body = (
@@ -107,7 +129,19 @@ class OrchClient:
             if isinstance(request, api.TaskRequest)
             else dict(request)
         )
-        response = await self._request("POST", "/v1/tasks", json=body)
+        if self._endpoints.several and not body.get("task_id"):
+            body["task_id"] = str(uuid.uuid4())  # a retry on the next leader is the same task
+        try:
+            response = await self._request("POST", "/v1/tasks", json=body)
+        except ClientError as e:
+            if not (self._endpoints.several and _already_admitted(e)):
+                raise
+            # an earlier attempt was admitted (its answer was lost with its daemon)
+            status = await self.status(body["task_id"])
+            return api.AdmissionResponse(
+                task_id=status.task_id, queue_position=status.queue_position or 0,
+                predicted_start_ms=0, stream_url=f"/v1/tasks/{status.task_id}/stream",
+            )  # fmt: skip
         return api.AdmissionResponse.model_validate_json(response.content)
 
     async def status(self, task_id: str) -> api.TaskStatus:
@@ -118,19 +152,41 @@ class OrchClient:
         await self._request("POST", f"/v1/tasks/{task_id}/cancel")
 
     async def stream(self, task_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
-        """The task's events until `end` or `error` (resuming after `last_event_id`)."""
-        headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
-        try:
-            async with aconnect_sse(
-                self._http, "GET", f"/v1/tasks/{task_id}/stream", headers=headers
-            ) as source:
-                if source.response.status_code >= 400:
-                    await source.response.aread()
-                    raise _error_from(source.response)
-                async for sse in source.aiter_sse():
-                    yield Event(sse.event, int(sse.id) if sse.id else None, json.loads(sse.data))
-        except httpx.TransportError as e:
-            raise DaemonUnreachable(f"stream from {self.base_url} broke: {e}") from e
+        """The task's events until `end` or `error` (resuming after `last_event_id`); with
+        several daemons, a stream that breaks or whose daemon steps down resumes on the
+        leader after the last event received."""
+        endpoints = self._endpoints
+        last = last_event_id
+        while True:
+            try:
+                async for event in self._stream_from(task_id, last):
+                    moved = event.event == "error" and event.data.get("code") == "NOT_LEADER"
+                    if moved and endpoints.several:
+                        raise _SteppedDown(event.data.get("leader_url"))
+                    last = event.id if event.id is not None else last
+                    yield event
+                return
+            except _SteppedDown as e:
+                if not await endpoints.move_on(e.leader):
+                    raise DaemonUnreachable(f"no daemon leads at {endpoints.urls}") from None
+            except httpx.TransportError as e:
+                if not await endpoints.move_on():
+                    raise DaemonUnreachable(f"stream from {self.base_url} broke: {e}") from e
+
+    async def _stream_from(self, task_id: str, last: int | None) -> AsyncIterator[Event]:
+        headers = {} if last is None else {"Last-Event-ID": str(last)}
+        url = f"{self._endpoints.current}/v1/tasks/{task_id}/stream"
+        async with aconnect_sse(self._http, "GET", url, headers=headers) as source:
+            response = source.response
+            if response.status_code >= 400:
+                await response.aread()
+                error = _error_from(response)
+                if error.code == "NOT_LEADER":
+                    raise _SteppedDown(_leader(response))
+                raise error
+            self._endpoints.answered()
+            async for sse in source.aiter_sse():
+                yield Event(sse.event, int(sse.id) if sse.id else None, json.loads(sse.data))
 
     async def pools(self) -> list[api.PoolInfo]:
         response = await self._request("GET", "/v1/pools")
@@ -217,6 +273,22 @@ class OrchClient:
 
     async def file_content(self, file_id: str) -> bytes:
         return (await self._request("GET", f"/v1/files/{file_id}/content")).content
+
+
+class _SteppedDown(Exception):
+    """The daemon streaming to us does not lead (any more)."""
+
+    def __init__(self, leader: str | None) -> None:
+        self.leader = leader
+
+
+def _leader(response: httpx.Response) -> str | None:
+    leader: str | None = response.headers.get(LEADER_HEADER)
+    return leader
+
+
+def _already_admitted(error: ClientError) -> bool:
+    return error.code == "INVALID_PARAMS" and "already exists" in error.envelope.message
 
 
 def _error_from(response: httpx.Response) -> ClientError:

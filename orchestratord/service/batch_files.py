@@ -20,7 +20,7 @@ from orchestratord.batch_models import FileDeleted, FileList, FileObject
 from orchestratord.principals import Principal
 from orchestratord.service.batch_input import InputCheck
 from orchestratord.service.refusal import Refusal
-from orchestratord.store import TaskStore
+from orchestratord.store import StoreError, TaskStore
 
 
 def new_id(prefix: str) -> str:
@@ -52,6 +52,17 @@ class FileShelf:
 
     def path(self, file_id: str) -> Path:
         return self._dir / f"{file_id}.jsonl"
+
+    async def local(self, file_id: str) -> Path:
+        """The file's content here — fetched from the store when another daemon wrote it
+        (daemons sharing a store each have their own `files_dir`)."""
+        path = self.path(file_id)
+        if not path.exists() and not await self._store.fetch_content(file_id, path):
+            raise Refusal(
+                ErrorCode.STORE_UNAVAILABLE,
+                f"the content of file {file_id!r} is neither here nor in the task store",
+            )
+        return path
 
     def get(self, file_id: str, viewer: Principal) -> FileObject:
         """The file, if `viewer` may see it (another tenant's is a 404, like none)."""
@@ -96,6 +107,7 @@ class FileShelf:
             await asyncio.to_thread(os.replace, partial, self.path(file_id))
         finally:
             partial.unlink(missing_ok=True)
+        await self._keep(file_id)
         doc = FileObject(
             id=file_id, bytes=size, created_at=int(time.time()), filename=filename,
             purpose="batch", lines=lines_total, endpoint=endpoint,
@@ -115,12 +127,22 @@ class FileShelf:
     async def keep_output(self, file_id: str, filename: str, tenant: str) -> FileObject:
         """Publish an output file written by `write_output`, owned by `tenant`."""
         size = self.path(file_id).stat().st_size
+        await self._keep(file_id)
         doc = FileObject(
             id=file_id, bytes=size, created_at=int(time.time()), filename=filename,
             purpose="batch_output",
         )  # fmt: skip
         await self._put(doc, tenant)
         return doc
+
+    async def _keep(self, file_id: str) -> None:
+        """The content goes to the store before the document does: a document the store
+        holds always has its content there too."""
+        try:
+            await self._store.keep_content(file_id, self.path(file_id))
+        except StoreError as e:
+            self.path(file_id).unlink(missing_ok=True)
+            raise Refusal(ErrorCode.STORE_UNAVAILABLE, str(e)) from None
 
     async def _put(self, doc: FileObject, tenant: str) -> None:
         stored = orjson.dumps({**doc.model_dump(), "tenant": tenant}).decode()

@@ -107,6 +107,20 @@ class InputCheck:
         return self.lines, endpoint  # type: ignore[return-value]  # validated as an Endpoint
 
 
+#: Refusals that pass: a pool drained by an operator, or with no replica yet (its agents
+#: have not joined, or it is starting). A batch waits them out (its window bounds the wait).
+_PASSING = frozenset({ErrorCode.POOL_UNAVAILABLE, ErrorCode.POOL_DRAINING})
+_PASSING_RETRY_S = 1.0
+
+
+def feed_later(refused: Refusal) -> float | None:
+    """Seconds to wait before feeding a refused line again, for a refusal that passes (a
+    full queue, a pool drained or not served yet); None: the line itself cannot run."""
+    if refused.retry_after_ms is not None:  # the queue is full
+        return refused.retry_after_ms / 1000
+    return _PASSING_RETRY_S if refused.code in _PASSING else None
+
+
 def _first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "line"

@@ -40,7 +40,7 @@ from orchestratord.principals import Principal
 from orchestratord.service import journal
 from orchestratord.service.admission import Admission
 from orchestratord.service.batch_files import FileShelf, new_id
-from orchestratord.service.batch_input import item_submission
+from orchestratord.service.batch_input import feed_later, item_submission
 from orchestratord.service.batch_output import output_pages
 from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.refusal import Refusal
@@ -115,6 +115,19 @@ class Batches:
                 )
             self._runs[batch_id] = run
             self._metrics.on_batch(None, doc.status)
+
+    async def fetch_inputs(self) -> None:
+        """Before feeding: the input files of unfinished batches, here (from the store when
+        another daemon received them). One whose content is lost fails its batch."""
+        for run in self._runs.values():
+            if run.doc.status in _FINAL:
+                continue
+            try:
+                await self.files.local(run.doc.input_file_id)
+            except Refusal as lost:
+                log.error("batch input lost", batch_id=run.doc.id, error=lost.message)
+                run.final = "failed"
+                self._set(run, "failed")
 
     def resume(self, live_items: list[TaskRecord]) -> None:
         """After tasks are recovered: count each batch's requeued items, feed, finalize."""
@@ -243,7 +256,7 @@ class Batches:
                     )  # fmt: skip
                     rec = self._admission.admit(sub)
                 except Refusal as refused:
-                    later = _not_now(refused)
+                    later = feed_later(refused)
                     if later is not None:
                         run.retry = asyncio.get_running_loop().call_later(later, self._retry, run)
                         return
@@ -337,7 +350,8 @@ class Batches:
         for file_id in written:
             self.files.start_output(file_id)
         reason = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(final)
-        pages = output_pages(self._store, self.files.path(doc.input_file_id), doc, reason)
+        source = await self.files.local(doc.input_file_id)
+        pages = output_pages(self._store, source, doc, reason)
         async for page in pages:
             for file_id, lines in ((out_id, page[0]), (err_id, page[1])):
                 if lines:
@@ -361,20 +375,6 @@ _STAMPS: dict[str, str] = {
     "failed": "failed_at", "expired": "expired_at", "cancelling": "cancelling_at",
     "cancelled": "cancelled_at",
 }  # fmt: skip
-
-
-#: Refusals that pass: a pool drained by an operator, or with no replica yet (its agents
-#: have not joined, or it is starting). A batch waits them out (its window bounds the wait).
-_PASSING = frozenset({ErrorCode.POOL_UNAVAILABLE, ErrorCode.POOL_DRAINING})
-_PASSING_RETRY_S = 1.0
-
-
-def _not_now(refused: Refusal) -> float | None:
-    """Seconds to wait before feeding again, for a refusal that passes; None: the line
-    itself cannot run."""
-    if refused.retry_after_ms is not None:  # the queue is full
-        return refused.retry_after_ms / 1000
-    return _PASSING_RETRY_S if refused.code in _PASSING else None
 
 
 def _door(url: str) -> Door:

@@ -58,6 +58,7 @@ class PoolDispatcher:
         metrics: Metrics,
         limits: RunLimits,
         now_ms: Callable[[], float],
+        may_dispatch: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.id = config.id
@@ -76,6 +77,7 @@ class PoolDispatcher:
         self._metrics = metrics
         self._limits = limits
         self._now_ms = now_ms
+        self._may_dispatch = may_dispatch
         self._loop = asyncio.get_running_loop()
         self._pumping = False
         self._deadline_timer: asyncio.TimerHandle | None = None
@@ -164,6 +166,8 @@ class PoolDispatcher:
         """Hand free slots to queued tasks until one of them runs out."""
         if self._pumping:  # a callback inside the pump asked again: the loop covers it
             return
+        if self._may_dispatch is not None and not self._may_dispatch():
+            return  # a leader whose lease is in doubt starts nothing (`leadership`)
         self._pumping = True
         try:
             now = self._now_ms()
@@ -306,14 +310,16 @@ class PoolDispatcher:
             **tracing.log_ids(rec.spans),
         )  # fmt: skip
 
-    def abort(self, why: str, *, running: bool = True) -> None:
+    def abort(
+        self, why: str, *, running: bool = True, code: ErrorCode = ErrorCode.POOL_UNAVAILABLE
+    ) -> None:
         """End every queued (and, with `running`, every running) task with the retriable
-        POOL_UNAVAILABLE; tasks that already ended are left as they are."""
+        `code`; tasks that already ended are left as they are."""
         for task in list(self.queue):
             self.queue.cancel(task.id)
-            self._finish_queued(task.id, TaskState.CANCELED, ErrorCode.POOL_UNAVAILABLE, why)
+            self._finish_queued(task.id, TaskState.CANCELED, code, why)
         for rec in list(self.running.values()) if running else ():
-            self._book.finish(rec, TaskState.CANCELED, ErrorCode.POOL_UNAVAILABLE, why)
+            self._book.finish(rec, TaskState.CANCELED, code, why)
             if rec.runner is not None:
                 rec.runner.cancel()
         self._metrics.on_queue(self.id, self.queue)

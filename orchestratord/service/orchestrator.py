@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,7 +46,10 @@ class Orchestrator:
         config: Config,
         metrics: Metrics | None = None,
         store: TaskStore | None = None,
+        may_dispatch: Callable[[], bool] | None = None,
     ) -> None:
+        """`may_dispatch`: read before every dispatch — False while this daemon's lease is
+        in doubt (None: it is the only daemon)."""
         self.config = config
         self.metrics = metrics or Metrics()
         self.store = store or open_store(config)
@@ -76,6 +79,7 @@ class Orchestrator:
             pc.id: PoolDispatcher(
                 pc, self.remote, book=self.book, sessions=self.sessions, metrics=self.metrics,
                 limits=RunLimits(pc.token_timeout_s, server.max_output_bytes), now_ms=now_ms,
+                may_dispatch=may_dispatch,
             )
             for pc in config.pools
         }  # fmt: skip
@@ -97,6 +101,7 @@ class Orchestrator:
         snapshot = await self.store.open()
         server = self.config.server
         self.batches.load(snapshot)
+        await self.batches.fetch_inputs()
         recovered = recover(
             snapshot.tasks, self.pools, self.book, self.now_ms, retention_s=server.retention_s,
             stream_buffer_events=server.stream_buffer_events,
@@ -117,9 +122,12 @@ class Orchestrator:
             and any(p.manager.ready for p in self.pools.values())
         )
 
-    async def shutdown(self, grace_s: float) -> None:
+    async def shutdown(
+        self, grace_s: float, why: str = "the daemon is shutting down",
+        code: ErrorCode = ErrorCode.POOL_UNAVAILABLE,
+    ) -> None:  # fmt: skip
         """Stop admitting; let queued and running tasks finish for up to `grace_s`; then end
-        the rest with a typed, retriable error; stop every engine."""
+        the rest with the retriable `code`, saying `why`; stop every engine."""
         self.accepting = False
         self.book.closing = True
         self.batches.pause()
@@ -130,7 +138,7 @@ class Orchestrator:
         except TimeoutError:
             pass
         for pool in self.pools.values():
-            pool.abort("the daemon is shutting down")
+            pool.abort(why, code=code)
         await asyncio.gather(*(p.stop() for p in self.pools.values()))
         if self.remote is not None:
             self.remote.hub.close()

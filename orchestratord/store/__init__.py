@@ -25,16 +25,24 @@ __all__ = [
     "TaskRow",
     "TaskStore",
     "open_store",
+    "shared",
 ]
 
 
-def open_store(config: Config) -> TaskStore:
-    """The store `config` names (not yet opened)."""
+def shared(config: Config) -> bool:
+    """Whether daemons may share the store `config` names (they elect a leader)."""
+    return config.store.url.startswith("postgres")
+
+
+def open_store(config: Config, epoch: int | None = None) -> TaskStore:
+    """The store `config` names (not yet opened); `epoch`: the leadership term its writes
+    are fenced by (a shared store)."""
     store = config.store
     if store.url == "memory:":
         return MemoryStore()
-    if store.url.startswith("postgres"):
-        return PostgresStore(store.url, config.server.resolved_state_dir() / "files")
+    if shared(config):
+        files = config.server.resolved_state_dir() / "files"
+        return PostgresStore(store.url, files, epoch=epoch)
     return SqliteStore(
         config.server.resolved_state_dir(), max_bytes=store.max_bytes,
         synchronous=store.synchronous,

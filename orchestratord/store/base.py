@@ -97,6 +97,9 @@ class TaskStore(ABC):
     location: str | None = None
     #: Called on the loop with each group commit's duration in seconds (a metrics hook).
     on_commit: Callable[[float], None] | None = None
+    #: Called on the loop, once, when no write can succeed any more (the database went
+    #: away, or this daemon was deposed): why. Leadership listens.
+    on_unusable: Callable[[str], None] | None = None
 
     #: Where file contents live (Batch API input and output); None: no Batch API.
     files_dir: Path | None = None
@@ -138,6 +141,16 @@ class TaskStore(ABC):
     @abstractmethod
     def delete_file(self, file_id: str) -> None: ...
 
+    async def keep_content(self, file_id: str, path: Path) -> None:
+        """A store daemons share keeps a copy of a file's content (written at `path` in
+        `files_dir`), so whichever daemon leads next can read it; raise StoreError if it
+        cannot. A store of one daemon has its `files_dir` as the only copy."""
+        return None
+
+    async def fetch_content(self, file_id: str, path: Path) -> bool:
+        """Write a file's content kept by `keep_content` to `path`; False: none is kept."""
+        return False
+
     @abstractmethod
     def put_batch(self, batch_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
         """Record (or replace) a batch's document."""
@@ -149,6 +162,11 @@ class TaskStore(ABC):
     @abstractmethod
     def drop_batch_items(self, batch_id: str) -> None:
         """Delete a batch's item tasks (its output files hold them now)."""
+
+    @abstractmethod
+    def abandon(self, why: str) -> None:
+        """Make no write any more, pending or future: each fails with `why` (a deposed
+        leader lets go of its tasks without journaling their ends)."""
 
     @abstractmethod
     async def close(self) -> None:

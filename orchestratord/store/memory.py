@@ -44,5 +44,8 @@ class MemoryStore(TaskStore):
     def drop_batch_items(self, batch_id: str) -> None:
         raise NotImplementedError("the Batch API needs a durable store")
 
+    def abandon(self, why: str) -> None:
+        pass  # nothing is written anyway
+
     async def close(self) -> None:
         pass

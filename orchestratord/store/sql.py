@@ -106,6 +106,8 @@ class SqlStore(TaskStore):
         self._conn: Connection | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set once no write may be made any more (`abandon`, or an unusable store): why.
+        self._stopped: str | None = None
 
     # -- what a backend provides -------------------------------------------------------
 
@@ -126,6 +128,11 @@ class SqlStore(TaskStore):
 
     def _release(self) -> None:
         """After the connection is closed: release whatever `_connect` held."""
+
+    def _unusable(self, error: Exception) -> str | None:
+        """Why no later write can succeed either, if `error` says so (the connection is gone,
+        the daemon was deposed): the group fails whole and the store stops writing."""
+        return None
 
     # -- open ----------------------------------------------------------------------
 
@@ -297,25 +304,47 @@ class SqlStore(TaskStore):
             except RuntimeError:  # the loop is closed: nobody waits any more
                 return
 
+    def abandon(self, why: str) -> None:
+        self._stopped = self._stopped or why
+
     def _commit(self, group: list[Write]) -> dict[int, str]:
         """Commit `group` in one transaction, else write by write in order. Returns why each
         failed write failed, by index."""
         conn = self._conn
         assert conn is not None
         try:
-            conn.execute("BEGIN")
-            self._run_group(conn, group)
-            conn.execute("COMMIT")
-            return {}
-        except self.errors:
+            if self._stopped is None:
+                self._transaction(conn, group)
+                return {}
+        except self.errors as e:
             self._rollback(conn)
+            self._check_usable(e)
         failures: dict[int, str] = {}
-        for i, (sql, params, _) in enumerate(group):
+        for i, write in enumerate(group):
+            if self._stopped is not None:
+                failures[i] = self._stopped
+                continue
             try:
-                conn.execute(sql, params)  # autocommit: its own transaction
+                self._transaction(conn, [write])
             except self.errors as e:
+                self._rollback(conn)
                 failures[i] = str(e).strip()
+                self._check_usable(e)
         return failures
+
+    def _transaction(self, conn: Connection, group: list[Write]) -> None:
+        conn.execute("BEGIN")
+        self._run_group(conn, group)
+        conn.execute("COMMIT")
+
+    def _check_usable(self, error: Exception) -> None:
+        why = self._unusable(error)
+        if why is None or self._stopped is not None:
+            return
+        self._stopped = why
+        if self.on_unusable is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                self._loop.call_soon_threadsafe(self.on_unusable, why)
 
     def _rollback(self, conn: Connection) -> None:
         with contextlib.suppress(*self.errors):  # no transaction was open (BEGIN failed)

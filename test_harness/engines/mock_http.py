@@ -42,6 +42,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.completed: Counter[str] = Counter()
+        #: Requests that reached the engine, by prompt (whether or not they completed).
+        self.received: Counter[str] = Counter()
         self.in_flight = 0
         self.parked = 0
         self.gate = asyncio.Event()
@@ -73,6 +75,7 @@ class Ledger:
         """In flight from the request's start until its answer is written and counted:
         call what it yields once the whole answer was written."""
         self.in_flight += 1
+        self.received[prompt] += 1
         await self._notify()
 
         def done() -> None:
@@ -95,7 +98,12 @@ async def ledger_state(request: web.Request) -> web.Response:
     parked = int(request.query.get("parked", "0"))
     await ledger.wait(lambda: ledger.completed.total() >= at_least and ledger.parked >= parked)
     return web.json_response(
-        {"total": ledger.completed.total(), "parked": ledger.parked, "completed": ledger.completed}
+        {
+            "total": ledger.completed.total(),
+            "parked": ledger.parked,
+            "completed": ledger.completed,
+            "received": ledger.received,
+        }
     )
 
 

@@ -14,27 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 import aiohttp
 
-from pool_managerd.launchers import die_with_parent, free_port
-from tests.helpers import Served
+from tests.helpers import Served, start_ledger_engine
 
 ITEMS = 1000
 FINAL = {"completed", "failed", "expired", "cancelled"}
-
-
-async def start_engine() -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "test_harness.engines.mock_http", "--port", str(port), "--ledger",
-        stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        assert b"ready" in await proc.stdout.readline()
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def pool(engine: str) -> dict:
@@ -47,7 +33,7 @@ def pool(engine: str) -> dict:
 
 async def test_a_batch_killed_twice_answers_each_item_once(served: Served, store_backend: str):
     """OC-BATCH-1105"""
-    engine, engine_url = await start_engine()
+    engine, engine_url = await start_ledger_engine()
     http = served.http
     try:
         await served.start(pool(engine_url))
