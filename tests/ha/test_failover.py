@@ -102,7 +102,7 @@ async def sdk_worker(
 async def test_a_killed_leader_under_load_loses_nothing_and_repeats_nothing(
     nodes, ledger_engine, slow_model
 ):
-    """OC-HA-1706, OC-HA-1707, OC-HA-1708"""
+    """OC-HA-1703, OC-HA-1706, OC-HA-1707, OC-HA-1708"""
     a, b, http = nodes
     await a.start(*pools(ledger_engine, slow_model, stall=2))
     await a.said('"event": "leading"')

@@ -11,6 +11,7 @@ import psycopg
 
 from test_harness.postgres import PostgresServer
 from tests.ha.conftest import Node, engine_pool
+from tests.helpers import orchctl
 
 PROMPT = {"model": "mock-model", "max_tokens": 3}
 
@@ -54,7 +55,7 @@ def rows(url: str) -> tuple[list[tuple], list[tuple]]:
 
 
 async def test_a_standby_is_not_ready_and_names_the_leader(nodes, ledger_engine):
-    """OC-HA-1701, OC-HA-1702"""
+    """OC-HA-1701, OC-HA-1702, OC-HA-1707"""
     a, b, http = nodes
     await a.start(engine_pool(ledger_engine))
     await a.said('"event": "leading"')
@@ -73,6 +74,12 @@ async def test_a_standby_is_not_ready_and_names_the_leader(nodes, ledger_engine)
         assert (await r.json())["error"]["code"] == "NOT_LEADER"
     async with http.get(f"{a.url}/readyz") as r:
         assert r.status == 200
+    # orchctl given both follows the standby to the leader; given the standby alone, says
+    # where the leader is
+    code, out, err = await orchctl(f"{b.url},{a.url}", "pools")
+    assert code == 0 and "remote" in out, err
+    code, out, err = await orchctl(b.url, "pools")
+    assert code != 0 and "NOT_LEADER" in err and a.url in err, (code, err)
 
 
 async def test_a_paused_leader_wakes_deposed_and_neither_dispatches_nor_writes(
