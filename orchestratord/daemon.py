@@ -59,6 +59,10 @@ class Daemon:
         self._stopping = False
         #: Set while this daemon leads and its service serves (cleared between terms).
         self.leading = asyncio.Event()
+        #: Set when the daemon must stop (a signal, or a failure it cannot serve past:
+        #: `broken` says which).
+        self.stopping = asyncio.Event()
+        self.broken: str | None = None
 
     async def start(self) -> None:
         """Start the service (or, on a shared store, stand by for leadership) and listen.
@@ -82,6 +86,12 @@ class Daemon:
         lease.advertise(self.config.server.advertise_url or self.url)
         self.leadership = Leadership(lease, store.lease_s)
         self._terms = asyncio.create_task(self._run_terms(self.leadership))
+        self._terms.add_done_callback(self._terms_ended)
+
+    def _terms_ended(self, terms: asyncio.Task[None]) -> None:
+        if not terms.cancelled() and terms.exception() is not None:
+            self.broken = f"leadership failed: {terms.exception()!r}"
+            self.stopping.set()
 
     async def _listen(self) -> None:
         server = self.config.server
@@ -104,11 +114,15 @@ class Daemon:
             epoch = await leadership.acquire()
             try:
                 await self._lead(epoch)
-            except StoreError as e:
+            except StoreError as e:  # let another daemon try, and try again in a while
+                log.error("cannot lead: the store cannot be used", error=str(e))
                 leadership.lose(str(e))
-            else:
-                log.info("leading", epoch=epoch, lease_s=leadership.lease_s)
-                self.leading.set()
+                await leadership.hold()
+                await leadership.resign(epoch)
+                await asyncio.sleep(leadership.poll_s)
+                continue
+            log.info("leading", epoch=epoch, lease_s=leadership.lease_s)
+            self.leading.set()
             why = await leadership.hold()
             if self._stopping:  # `stop` winds the service down itself
                 return
@@ -244,17 +258,19 @@ def tls_context(server: ServerConfig) -> ssl.SSLContext | None:
 async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain gracefully and return."""
     daemon = Daemon(config)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, daemon.stopping.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload_keys)
     if tracing.configure_from_env():
         log.info("tracing to OTLP (OTEL_* environment)")
     await daemon.start()
     if on_ready is not None:
         on_ready(daemon)
-    await stop.wait()
-    log.info("signal received; draining", grace_s=config.server.shutdown_grace_s)
+    await daemon.stopping.wait()
+    if daemon.broken is None:
+        log.info("signal received; draining", grace_s=config.server.shutdown_grace_s)
     await daemon.stop()
     tracing.shutdown()
+    if daemon.broken is not None:
+        raise RuntimeError(daemon.broken)

@@ -1,12 +1,13 @@
 """Leadership among daemons sharing one PostgreSQL database: who runs the queues.
 
-One daemon leads (holds the lease, `store.lease`); the others stand by, answering 503
-`NOT_LEADER` with the leader's URL, and try to take the lease every `renew_s`. The leader
-renews every `renew_s` (a third of the lease). It counts itself leader only until
-`valid_until` — the local monotonic instant at which it *sent* its last successful renewal,
-plus 90% of the lease: the database stamps the renewal later than that, so the leader's own
-deadline always falls before the instant a standby may take over, by a tenth of the lease
-(what tolerates a difference in clock *rates*; the clocks' readings never meet).
+One daemon leads (it holds the lease, `store.lease`, kept on the database's clock); the
+others stand by, answering 503 `NOT_LEADER` with the leader's URL, and try to take the lease
+every `poll_s` (at most a second). The leader renews every `renew_s` (a third of the lease).
+It counts itself leader only until `valid_until` — the local monotonic instant at which it
+*sent* its last successful renewal, plus 90% of the lease: the database stamps the renewal
+later than that, so the leader's own deadline always falls before the instant a standby may
+take over, by a tenth of the lease (what tolerates a difference in clock *rates*; the
+clocks' readings never meet).
 
 The daemon reads `valid()` before every dispatch and every admission, so a leader that was
 paused past its lease does nothing once it wakes, whichever of its callbacks runs first.
@@ -40,6 +41,9 @@ class Leadership:
         self._lease = lease
         self.lease_s = lease_s
         self.renew_s = lease_s / 3
+        #: How often a standby tries the lease: a clean handover (`resign`) is taken at
+        #: once, whatever the lease.
+        self.poll_s = min(self.renew_s, 1.0)
         #: The term held now; None while standing by.
         self.epoch: int | None = None
         #: Where the leader is reached, as last seen (None: unknown, or nobody leads).
@@ -70,7 +74,7 @@ class Leadership:
                 if attempt.leader_url != self.leader_url:
                     log.info("standing by", leader=attempt.leader_url)
                 self.leader_url = attempt.leader_url
-            await asyncio.sleep(self.renew_s)
+            await asyncio.sleep(self.poll_s)
 
     async def hold(self) -> str:
         """Renew the lease until it is lost; why it was (the term is over then)."""

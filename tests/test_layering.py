@@ -26,7 +26,8 @@ MAY_IMPORT = {
 STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.cli",),
     ("orchestratord.daemon", "orchestratord.defaults"),
-    ("orchestratord.api.app",),
+    ("orchestratord.api.app", "orchestratord.leadership"),
+    ("orchestratord.api.standby",),
     ("orchestratord.api.data_plane", "orchestratord.api.control_plane",
      "orchestratord.api.openai_door", "orchestratord.api.provider_states",
      "orchestratord.api.batch_api", "orchestratord.api.connections",
@@ -52,7 +53,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.service.journal",),
     ("orchestratord.service.refusal", "orchestratord.service.streams"),
     ("orchestratord.service.output",),
-    ("orchestratord.store",),
+    ("orchestratord.store", "orchestratord.store.lease"),
     ("orchestratord.store.sqlite", "orchestratord.store.memory", "orchestratord.store.postgres"),
     ("orchestratord.store.sql",),
     ("orchestratord.store.base",),

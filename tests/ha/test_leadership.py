@@ -144,3 +144,21 @@ async def test_a_database_restart_under_the_leader_loses_no_task(tmp_path, ledge
     finally:
         await node.kill()
         await asyncio.to_thread(pg.close)
+
+
+async def test_a_leader_stopped_cleanly_hands_over_at_once(nodes, ledger_engine):
+    """OC-HA-1706"""
+    a, b, http = nodes
+    for node in (a, b):  # a lease that outlasts the test: only a handover can move it
+        node.store["lease_s"] = 300
+    await a.start(engine_pool(ledger_engine))
+    await a.said('"event": "leading"')
+    await b.start(engine_pool(ledger_engine))
+    await b.said('"event": "standing by"')
+    task_id = await submit(http, a, "before the handover")
+    assert await ending(http, a, task_id) == "end"
+    a.signal(signal.SIGTERM)
+    assert a.proc is not None and await a.proc.wait() == 0
+    await b.said('"event": "leading"')
+    async with http.get(f"{b.url}/v1/tasks/{task_id}") as r:
+        assert (await r.json())["state"] == "completed"
