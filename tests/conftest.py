@@ -42,6 +42,17 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {"uvloop": uvloop.new_event_loop}
 
 
+#: The join token of the agents' tests (agents and daemons read it from `token_file`).
+TOKEN = "agents-join-token-0123456789"
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "join-token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
 # The models the project writes, for every suite that runs a real llama-server.
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -20,16 +20,8 @@ from pool_managerd.launchers import die_with_parent
 from pool_managerd.remote_pool import RemotePool
 from tests.helpers import BIN, Api
 
-TOKEN = "agents-join-token-0123456789"
 #: Agents beat every 0.2 s; three missed (0.6 s of silence) lose one.
 HEARTBEAT = {"heartbeat_interval_s": 0.2, "heartbeat_misses": 3}
-
-
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "join-token"
-    path.write_text(TOKEN + "\n")
-    return path
 
 
 def remote_pool(id: str = "tiny", agents: list[str] | None = None, **extra: Any) -> dict[str, Any]:

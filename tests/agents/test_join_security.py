@@ -16,7 +16,6 @@ import trustme
 from pool_managerd.proto import pool_manager_pb2 as pb
 from pool_managerd.proto import pool_manager_pb2_grpc as pb_grpc
 from tests.agents.conftest import (
-    TOKEN,
     agents_server,
     hub_of,
     join_url,
@@ -25,6 +24,7 @@ from tests.agents.conftest import (
     states,
     until,
 )
+from tests.conftest import TOKEN
 
 CONNECT = "/orchestratord.pool_manager.v1.PoolManagerControl/Connect"
 

@@ -28,6 +28,8 @@ class Node:
         self.name, self.tmp = name, tmp
         self.store = {"url": store_url, "lease_s": LEASE_S}
         self.state_dir = state_dir
+        #: Extra `server` settings (the state directory and no drain grace are set).
+        self.server: dict[str, Any] = {}
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.lines: list[str] = []
@@ -36,7 +38,7 @@ class Node:
 
     async def start(self, *pools: dict[str, Any]) -> None:
         path = self.tmp / f"{self.name}.yaml"
-        server = {"state_dir": str(self.state_dir), "shutdown_grace_s": 0}
+        server = {"state_dir": str(self.state_dir), "shutdown_grace_s": 0, **self.server}
         path.write_text(yaml.safe_dump({"pools": list(pools), "store": self.store,
                                         "server": server}))  # fmt: skip
         self.lines = []
