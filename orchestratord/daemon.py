@@ -24,7 +24,7 @@ from orchestratord.leadership import Leadership, holder_name
 from orchestratord.service import Orchestrator
 from orchestratord.store import StoreError, open_store, shared
 from orchestratord.store.lease import LeaderLease
-from orchestratord.telemetry import tracing
+from orchestratord.telemetry import Metrics, tracing
 from pool_managerd.hub import TlsFiles
 from pool_managerd.hub import serve as serve_agents
 
@@ -77,8 +77,11 @@ class Daemon:
         store = self.config.store
         lease = LeaderLease(store.url, holder_name(), "", store.lease_s)
         await asyncio.to_thread(lease.open)  # reachable and migrated, or serve exits 2
+        standing_by = Metrics()
+        standing_by.set_leader(False)
         self._standby = web.AppRunner(
-            standby_app(lambda: self.leadership.leader_url if self.leadership else None),
+            standby_app(lambda: self.leadership.leader_url if self.leadership else None,
+                        standing_by),
             access_log=None, handle_signals=False, shutdown_timeout=1.0,
         )  # fmt: skip
         await self._standby.setup()
@@ -137,6 +140,7 @@ class Daemon:
         if self.leadership is not None:
             service.store.on_unusable = self.leadership.lose
         await service.start()
+        service.metrics.set_leader(True)
         # handler_cancellation: a client that goes away cancels its handler at once, so a
         # streamed request's task is canceled (or waits for a resume) without delay
         runner = web.AppRunner(

@@ -2,7 +2,8 @@
 application, and the gate in front of the leader's for the moments its lease is in doubt.
 
 A standby is alive (`/healthz` 200) but not ready (`/readyz` 503, so a load balancer or a
-Kubernetes Service sends clients to the leader); every other request answers 503
+Kubernetes Service sends clients to the leader), scraped (`/metrics`: `leader 0`); every
+other request answers 503
 `NOT_LEADER` naming the leader's URL, in the body (`leader_url`, absent when unknown) and in
 the `X-Orchestratord-Leader` header, which the OpenAI door's error shape cannot carry.
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, openai_door
 from orchestratord.api.errors import error_response
 from orchestratord.api.http import Handler, Middleware
 from orchestratord.api_models import ErrorEnvelope
+from orchestratord.telemetry import Metrics
 
 LEADER_HEADER = "X-Orchestratord-Leader"
 
@@ -50,8 +53,13 @@ def leader_gate(leading: Callable[[], bool]) -> Middleware:
     return middleware
 
 
-def standby_app(leader_url: Callable[[], str | None]) -> web.Application:
-    """The standby's application; `leader_url`: where the leader is, as last seen."""
+def standby_app(leader_url: Callable[[], str | None], metrics: Metrics) -> web.Application:
+    """The standby's application; `leader_url`: where the leader is, as last seen;
+    `metrics`: what it exposes while it stands by (`leader` 0)."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "role": "standby"})
@@ -68,6 +76,7 @@ def standby_app(leader_url: Callable[[], str | None]) -> web.Application:
         [
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
+            web.get("/metrics", scrape),
             web.route("*", "/{tail:.*}", anything),
         ]
     )

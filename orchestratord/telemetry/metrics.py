@@ -96,6 +96,8 @@ _FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
      "Bytes charged to the memory budget, by live and retained (finished) tasks", ("kind",)),
     ("memory_budget", Gauge, "memory_budget_bytes", "server.memory_budget_bytes", ()),
     ("connections_open", Gauge, "connections_open", "HTTP connections held now", ()),
+    ("leader", Gauge, "leader",
+     "1 while this daemon leads (runs the queues); 0 while it stands by", ()),
     ("agent_connected", Gauge, "agent_connected",
      "1 while the pool-managerd agent's stream is open", ("agent_id",)),
     ("agent_seen_age", Gauge, "agent_heartbeat_age_seconds",
@@ -285,6 +287,9 @@ class Metrics:
         self._families["memory_budget"].set(budget)
         self._child("memory_accounted", ("live",)).set_function(live)
         self._child("memory_accounted", ("retained",)).set_function(retained)
+
+    def set_leader(self, leading: bool) -> None:
+        self._families["leader"].set(int(leading))
 
     def watch_connections(self, open_now: Callable[[], float]) -> None:
         self._families["connections_open"].set_function(open_now)

@@ -74,6 +74,9 @@ async def test_a_standby_is_not_ready_and_names_the_leader(nodes, ledger_engine)
         assert (await r.json())["error"]["code"] == "NOT_LEADER"
     async with http.get(f"{a.url}/readyz") as r:
         assert r.status == 200
+    for node, leading in ((a, "1.0"), (b, "0.0")):  # operators scrape both
+        async with http.get(f"{node.url}/metrics") as r:
+            assert r.status == 200 and f"\nleader {leading}\n" in await r.text()
     # orchctl given both follows the standby to the leader; given the standby alone, says
     # where the leader is
     code, out, err = await orchctl(f"{b.url},{a.url}", "pools")
