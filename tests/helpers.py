@@ -247,3 +247,47 @@ async def start_ledger_engine() -> tuple[asyncio.subprocess.Process, str]:
     async with asyncio.timeout(30):
         assert b"ready" in await proc.stdout.readline()
     return proc, f"http://127.0.0.1:{port}"
+
+
+async def create_item_batch(http: aiohttp.ClientSession, url: str, items: int) -> str:
+    """Upload `items` completion lines (`item-N`, prompt `item N`, model `mock-model`) and
+    start a batch of them on the daemon at `url`: the batch's id."""
+    lines = [
+        {"custom_id": f"item-{i}", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "mock-model", "prompt": f"item {i}", "max_tokens": 4}}
+        for i in range(items)
+    ]  # fmt: skip
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", "".join(json.dumps(x) + "\n" for x in lines).encode(),
+                   filename="items.jsonl")  # fmt: skip
+    async with http.post(f"{url}/v1/files", data=form) as r:
+        assert r.status == 200, await r.text()
+        file_id = (await r.json())["id"]
+    body = {"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "24h"}
+    async with http.post(f"{url}/v1/batches", json=body) as r:
+        assert r.status == 200, await r.text()
+        return str((await r.json())["id"])
+
+
+async def park_engine(http: aiohttp.ClientSession, engine_url: str, daemon_url: str) -> int:
+    """Park every stream of the ledger engine, once every request the daemon's `remote`
+    pool sent is there (none in transit, which the engine could still read and answer
+    after the daemon died): how many requests the engine had completed."""
+    async with http.post(f"{engine_url}/_test/hold") as r:
+        engine_done = int((await r.json())["total"])
+    async with http.get(f"{daemon_url}/v1/pools/remote") as r:
+        (replica,) = (await r.json())["replicas"]
+    sent = replica["slots_total"] - replica["slots_free"]
+    async with http.get(f"{engine_url}/_test/ledger", params={"parked": sent}):
+        pass
+    return engine_done
+
+
+def engine_pool(engine_url: str, slots: int = 4) -> dict[str, Any]:
+    """A pool (`remote`, model `mock-model`) on the ledger engine at `engine_url`."""
+    return {
+        "id": "remote", "engine": "openai", "model": "mock-model",
+        "queue": {"capacity": 512}, "slots_per_endpoint": slots,
+        "replicas": {"endpoints": [engine_url]},
+    }  # fmt: skip

@@ -15,20 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
-
-from tests.helpers import Served, start_ledger_engine
+from tests.helpers import (
+    Served,
+    create_item_batch,
+    engine_pool,
+    park_engine,
+    start_ledger_engine,
+)
 
 ITEMS = 1000
 FINAL = {"completed", "failed", "expired", "cancelled"}
-
-
-def pool(engine: str) -> dict:
-    return {
-        "id": "remote", "engine": "openai", "model": "mock-model",
-        "queue": {"capacity": 256}, "slots_per_endpoint": 16,
-        "replicas": {"endpoints": [engine]},
-    }  # fmt: skip
 
 
 async def test_a_batch_killed_twice_answers_each_item_once(served: Served, store_backend: str):
@@ -36,41 +32,18 @@ async def test_a_batch_killed_twice_answers_each_item_once(served: Served, store
     engine, engine_url = await start_ledger_engine()
     http = served.http
     try:
-        await served.start(pool(engine_url))
-        lines = [
-            {"custom_id": f"item-{i}", "method": "POST", "url": "/v1/completions",
-             "body": {"model": "mock-model", "prompt": f"item {i}", "max_tokens": 4}}
-            for i in range(ITEMS)
-        ]  # fmt: skip
-        form = aiohttp.FormData()
-        form.add_field("purpose", "batch")
-        form.add_field("file", "".join(json.dumps(x) + "\n" for x in lines).encode(),
-                       filename="items.jsonl")  # fmt: skip
-        async with http.post(f"{served.url}/v1/files", data=form) as r:
-            assert r.status == 200, await r.text()
-            file_id = (await r.json())["id"]
-        body = {"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "24h"}
-        async with http.post(f"{served.url}/v1/batches", json=body) as r:
-            assert r.status == 200, await r.text()
-            batch_id = (await r.json())["id"]
+        await served.start(engine_pool(engine_url, slots=16))
+        batch_id = await create_item_batch(http, served.url, ITEMS)
 
         for at_least in (300, 600):  # kill it twice, mid-run
             async with http.get(f"{engine_url}/_test/ledger", params={"at_least": at_least}):
                 pass
-            async with http.post(f"{engine_url}/_test/hold") as r:
-                engine_done = (await r.json())["total"]
-            # every request the daemon sent is at the engine, parked (none in transit, which
-            # the engine could still read and answer after the daemon died)
-            async with http.get(f"{served.url}/v1/pools/remote") as r:
-                (replica,) = (await r.json())["replicas"]
-            sent = replica["slots_total"] - replica["slots_free"]
-            async with http.get(f"{engine_url}/_test/ledger", params={"parked": sent}):
-                pass
+            engine_done = await park_engine(http, engine_url, served.url)
             await _journaled(served, batch_id, engine_done)
             await served.kill()
             async with http.post(f"{engine_url}/_test/release"):
                 pass
-            await served.start(pool(engine_url))
+            await served.start(engine_pool(engine_url, slots=16))
 
         async with http.get(f"{engine_url}/_test/ledger", params={"at_least": ITEMS}) as r:
             ledger = await r.json()

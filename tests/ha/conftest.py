@@ -104,12 +104,3 @@ async def ledger_engine() -> AsyncIterator[str]:
     finally:
         proc.kill()
         await proc.wait()
-
-
-def engine_pool(engine_url: str, slots: int = 4) -> dict[str, Any]:
-    """A pool on the ledger engine."""
-    return {
-        "id": "remote", "engine": "openai", "model": "mock-model",
-        "queue": {"capacity": 512}, "slots_per_endpoint": slots,
-        "replicas": {"endpoints": [engine_url]},
-    }  # fmt: skip

@@ -19,8 +19,8 @@ import aiohttp
 
 from orchestratord.client.sdk import Event, OrchClient
 from tests.engines.conftest import LONG_STREAMS, llama_pool
-from tests.ha.conftest import Node, engine_pool
-from tests.helpers import mock_pool
+from tests.ha.conftest import Node
+from tests.helpers import create_item_batch, engine_pool, mock_pool, park_engine
 
 ITEMS = 300
 
@@ -32,25 +32,6 @@ def pools(engine_url: str, model: Any, stall: int | None) -> list[dict[str, Any]
     # the slow model (~150 tokens/s): an SDK stream is likely in flight at the kill
     llama = llama_pool(model, **LONG_STREAMS)
     return [engine_pool(engine_url, slots=8), streamed, llama]
-
-
-async def create_batch(http: aiohttp.ClientSession, node: Node) -> str:
-    lines = [
-        {"custom_id": f"item-{i}", "method": "POST", "url": "/v1/completions",
-         "body": {"model": "mock-model", "prompt": f"item {i}", "max_tokens": 4}}
-        for i in range(ITEMS)
-    ]  # fmt: skip
-    form = aiohttp.FormData()
-    form.add_field("purpose", "batch")
-    form.add_field("file", "".join(json.dumps(x) + "\n" for x in lines).encode(),
-                   filename="items.jsonl")  # fmt: skip
-    async with http.post(f"{node.url}/v1/files", data=form) as r:
-        assert r.status == 200, await r.text()
-        file_id = (await r.json())["id"]
-    body = {"input_file_id": file_id, "endpoint": "/v1/completions", "completion_window": "24h"}
-    async with http.post(f"{node.url}/v1/batches", json=body) as r:
-        assert r.status == 200, await r.text()
-        return str((await r.json())["id"])
 
 
 async def journaled(http: aiohttp.ClientSession, node: Node, batch_id: str, done: int) -> dict:
@@ -109,7 +90,7 @@ async def test_a_killed_leader_under_load_loses_nothing_and_repeats_nothing(
     await b.start(*pools(ledger_engine, slow_model, stall=None))
     await b.said('"event": "standing by"')
 
-    batch_id = await create_batch(http, a)
+    batch_id = await create_item_batch(http, a.url, ITEMS)
     streamed = []
     for i in range(3):  # two tokens each, then stalled: started work at the kill
         async with http.post(f"{a.url}/v1/tasks", json={"model": "streamed-model",
@@ -127,13 +108,7 @@ async def test_a_killed_leader_under_load_loses_nothing_and_repeats_nothing(
 
     async with http.get(f"{ledger_engine}/_test/ledger", params={"at_least": 100}):
         pass
-    async with http.post(f"{ledger_engine}/_test/hold") as r:
-        engine_done = (await r.json())["total"]
-    async with http.get(f"{a.url}/v1/pools/remote") as r:
-        (replica,) = (await r.json())["replicas"]
-    sent = replica["slots_total"] - replica["slots_free"]
-    async with http.get(f"{ledger_engine}/_test/ledger", params={"parked": sent}):
-        pass
+    engine_done = await park_engine(http, ledger_engine, a.url)
     await journaled(http, a, batch_id, engine_done)
     await a.kill()
     killed.set()

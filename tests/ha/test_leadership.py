@@ -10,8 +10,8 @@ import aiohttp
 import psycopg
 
 from test_harness.postgres import PostgresServer
-from tests.ha.conftest import Node, engine_pool
-from tests.helpers import orchctl
+from tests.ha.conftest import Node
+from tests.helpers import engine_pool, orchctl
 
 PROMPT = {"model": "mock-model", "max_tokens": 3}
 
