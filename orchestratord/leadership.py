@@ -58,14 +58,20 @@ class Leadership:
 
     async def acquire(self) -> int:
         """Stand by until the lease is ours; the new term's epoch."""
+        unreachable = False
         while True:
             sent = self._loop.time()
             try:
                 attempt = await asyncio.to_thread(self._lease.acquire)
             except psycopg.Error as e:
-                log.warning("leader election: the database is unreachable", error=str(e).strip())
-                self.leader_url = None
+                if not unreachable:  # said once per outage, not once a second
+                    log.warning("leader election: the database is unreachable",
+                                error=str(e).strip())  # fmt: skip
+                unreachable, self.leader_url = True, None
             else:
+                if unreachable:
+                    log.info("leader election: the database is back")
+                unreachable = False
                 if attempt.epoch is not None:
                     self.epoch, self.leader_url = attempt.epoch, attempt.leader_url
                     self._valid_until = sent + self.lease_s * TRUSTED_SHARE

@@ -31,6 +31,7 @@ FAIRNESS = "tests/daemon/test_placement_fairness.py"
 AGENTS = "tests/agents/test_agents.py"
 JOIN = "tests/agents/test_join_security.py"
 REMOTE = "tests/agents/test_remote_pool.py"
+HA = "tests/ha/test_leadership.py"
 
 MUTATIONS = (
     Mutation(
@@ -166,6 +167,27 @@ MUTATIONS = (
         "        self._broadcast(pb.Command(drain=pb.Drain()))",
         "        pass",
         f"{AGENTS}::test_drain_resume_reload_and_stop_travel_to_the_agent_with_their_results",
+    ),
+    Mutation(
+        "the dispatch gate ignored: a leader in doubt dispatches",
+        "orchestratord/service/dispatcher.py",
+        "        if self._may_dispatch is not None and not self._may_dispatch():\n",
+        "        if False:\n",
+        "tests/ha/test_dispatch_gate.py",
+    ),
+    Mutation(
+        "a standby that does not name the leader",
+        "orchestratord/daemon.py",
+        "standby_app(lambda: self.leadership.leader_url if self.leadership else None,",
+        "standby_app(lambda: None,",
+        f"{HA}::test_a_standby_is_not_ready_and_names_the_leader",
+    ),
+    Mutation(
+        "a clean stop that keeps the lease (a standby waits it out)",
+        "orchestratord/daemon.py",
+        "                await leadership.resign(epoch)\n            leadership.close()",
+        "                pass\n            leadership.close()",
+        f"{HA}::test_a_leader_stopped_cleanly_hands_over_at_once",
     ),
     Mutation(
         "retention 1,000 times shorter",
