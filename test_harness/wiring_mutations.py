@@ -176,6 +176,13 @@ MUTATIONS = (
         "tests/ha/test_dispatch_gate.py",
     ),
     Mutation(
+        "group commits not fenced by the leadership epoch",
+        "orchestratord/store/postgres.py",
+        '            conn.execute("BEGIN")\n            if self.epoch is not None:',
+        '            conn.execute("BEGIN")\n            if False:',
+        "tests/ha/test_fence.py",
+    ),
+    Mutation(
         "a standby that does not name the leader",
         "orchestratord/daemon.py",
         "standby_app(lambda: self.leadership.leader_url if self.leadership else None,",

@@ -165,13 +165,16 @@ class PostgresStore(SqlStore):
         finally:
             conn.close()
 
-    def _run_group(self, conn: Connection, group: list[Write]) -> None:
+    def _transaction(self, conn: Connection, group: list[Write]) -> None:
         assert isinstance(conn, psycopg.Connection)
-        with conn.pipeline():  # one round trip for the whole group, fence included
+        # one round trip for the whole transaction: BEGIN, the fence, the group, COMMIT
+        with conn.pipeline():
+            conn.execute("BEGIN")
             if self.epoch is not None:
                 conn.execute("SELECT orch_fence(%s)", (self.epoch,))
             for sql, params, _ in group:
                 conn.execute(sql, params)
+            conn.execute("COMMIT")
 
     def delete_file(self, file_id: str) -> None:
         super().delete_file(file_id)

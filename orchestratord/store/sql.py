@@ -121,11 +121,6 @@ class SqlStore(TaskStore):
         """A connection of its own for reads off the loop (readers never wait for the
         writer)."""
 
-    def _run_group(self, conn: Connection, group: list[Write]) -> None:
-        """Run a group's statements inside its transaction (a backend may pipeline)."""
-        for sql, params, _ in group:
-            conn.execute(sql, params)
-
     def _release(self) -> None:
         """After the connection is closed: release whatever `_connect` held."""
 
@@ -333,8 +328,10 @@ class SqlStore(TaskStore):
         return failures
 
     def _transaction(self, conn: Connection, group: list[Write]) -> None:
+        """Run `group` in one transaction (a backend may pipeline it, or fence it)."""
         conn.execute("BEGIN")
-        self._run_group(conn, group)
+        for sql, params, _ in group:
+            conn.execute(sql, params)
         conn.execute("COMMIT")
 
     def _check_usable(self, error: Exception) -> None:
