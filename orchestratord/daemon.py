@@ -56,7 +56,7 @@ class Daemon:
         self.leadership: Leadership | None = None
         self._standby: web.AppRunner | None = None
         self._terms: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._closing = False
         #: Set while this daemon leads and its service serves (cleared between terms).
         self.leading = asyncio.Event()
         #: Set when the daemon must stop (a signal, or a failure it cannot serve past:
@@ -113,7 +113,7 @@ class Daemon:
 
     async def _run_terms(self, leadership: Leadership) -> None:
         """Lead whenever the lease is ours; stand by otherwise; until the daemon stops."""
-        while not self._stopping:
+        while not self._closing:
             epoch = await leadership.acquire()
             try:
                 await self._lead(epoch)
@@ -127,7 +127,7 @@ class Daemon:
             log.info("leading", epoch=epoch, lease_s=leadership.lease_s)
             self.leading.set()
             why = await leadership.hold()
-            if self._stopping:  # `stop` winds the service down itself
+            if self._closing:  # `stop` winds the service down itself
                 return
             await self._step_down(why)
 
@@ -212,7 +212,7 @@ class Daemon:
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain (a leader keeps renewing its lease meanwhile), then give the lease up so a
         standby takes over at once."""
-        self._stopping = True
+        self._closing = True
         leadership = self.leadership
         if self._terms is not None and (leadership is None or leadership.epoch is None):
             self._terms.cancel()  # standing by (or between terms): nothing to drain
