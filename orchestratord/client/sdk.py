@@ -186,6 +186,8 @@ class OrchClient:
                 raise error
             self._endpoints.answered()
             async for sse in source.aiter_sse():
+                if not sse.data:  # a block cut short by a broken connection: no event
+                    continue
                 yield Event(sse.event, int(sse.id) if sse.id else None, json.loads(sse.data))
 
     async def pools(self) -> list[api.PoolInfo]:

@@ -17,8 +17,9 @@ import yaml
 
 from tests.helpers import start_ledger_engine, start_serve
 
-#: Short enough that a takeover is quick, long enough for this 2-core machine's hiccups.
-LEASE_S = 1.0
+#: Short enough that a takeover is quick; long enough that a leader whose loop stalls under
+#: a loaded 2-core machine (llama.cpp, three SDK clients, a batch) keeps its lease.
+LEASE_S = 2.0
 
 
 class Node:
@@ -92,6 +93,8 @@ async def nodes(
             yield a, b, http
         finally:
             await asyncio.gather(a.kill(), b.kill())
+            for node in (a, b):  # shown with a failure (pytest captures it otherwise)
+                print(f"--- daemon {node.name}'s log, last lines ---", *node.lines[-40:], sep="\n")
 
 
 @pytest.fixture
