@@ -130,5 +130,9 @@ class Leadership:
             return f"the database is unreachable: {str(e).strip()}"
         if not renewed:
             return "deposed: another daemon holds the lease"
+        if self._loop.time() >= self._valid_until:
+            # it came back too late: meanwhile the gate refused dispatches that nothing
+            # would retry. A term whose gate closed once is over (it never reopens).
+            return "the lease ran out before its renewal came back"
         self._valid_until = sent + self.lease_s * TRUSTED_SHARE
         return None
