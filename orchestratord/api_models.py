@@ -102,6 +102,10 @@ class AdmissionResponse(BaseModel):
     stream_url: str
 
 
+#: The header a standby names the leader in (`NOT_LEADER`), beside the body's `leader_url`.
+LEADER_HEADER = "X-Orchestratord-Leader"
+
+
 class ErrorEnvelope(BaseModel):
     code: str
     message: str

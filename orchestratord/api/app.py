@@ -27,7 +27,7 @@ from orchestratord.api.http import (
     checked_header,
 )
 from orchestratord.api.openapi import document
-from orchestratord.api.standby import leader_gate
+from orchestratord.api.standby import leader_gate, openai_shaped
 from orchestratord.api_models import ErrorEnvelope
 from orchestratord.keyring import KeyRing
 from orchestratord.service import Orchestrator, Refusal
@@ -41,8 +41,7 @@ def correlation_and_errors(max_body: int) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
-        openai = path in openai_door.PATHS or path.startswith(batch_api.PREFIXES)
+        openai = openai_shaped(request.path)
         cid = str(uuid.uuid4())
         request[CID] = cid
         try:

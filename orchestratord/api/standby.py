@@ -19,22 +19,23 @@ from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, openai_door
 from orchestratord.api.errors import error_response
 from orchestratord.api.http import Handler, Middleware
-from orchestratord.api_models import ErrorEnvelope
+from orchestratord.api_models import LEADER_HEADER, ErrorEnvelope
 from orchestratord.telemetry import Metrics
 
-LEADER_HEADER = "X-Orchestratord-Leader"
+
+def openai_shaped(path: str) -> bool:
+    """Whether errors on `path` take OpenAI's shape (the OpenAI door and the Batch API)."""
+    return path in openai_door.PATHS or path.startswith(batch_api.PREFIXES)
 
 
 def not_leader(request: web.Request, leader_url: str | None) -> web.Response:
     """503 `NOT_LEADER` for `request`, in its door's error shape."""
-    path = request.path
-    openai = path in openai_door.PATHS or path.startswith(batch_api.PREFIXES)
     where = f"the leader is at {leader_url}" if leader_url else "the leader is not known yet"
     envelope = ErrorEnvelope.of(
         ErrorCode.NOT_LEADER, f"this orchestratord stands by; {where}", retry_after_ms=1000
     )
     envelope.leader_url = leader_url
-    response = error_response(envelope, 503, 1000, openai=openai)
+    response = error_response(envelope, 503, 1000, openai=openai_shaped(request.path))
     if leader_url:
         response.headers[LEADER_HEADER] = leader_url
     return response

@@ -13,9 +13,6 @@ import random
 import time
 from collections.abc import Sequence
 
-#: The header a standby names the leader in (`orchestratord.api.standby`).
-LEADER_HEADER = "x-orchestratord-leader"
-
 
 def parse_urls(urls: str | Sequence[str]) -> list[str]:
     """`http://a:8080,http://b:8080` (or a list) as a list, without trailing slashes."""

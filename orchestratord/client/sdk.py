@@ -22,7 +22,7 @@ from httpx_sse import aconnect_sse
 
 from orchestratord import api_models as api
 from orchestratord import batch_models as bat
-from orchestratord.client.failover import LEADER_HEADER, Endpoints
+from orchestratord.client.failover import Endpoints
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -285,12 +285,13 @@ class _SteppedDown(Exception):
 
 
 def _leader(response: httpx.Response) -> str | None:
-    leader: str | None = response.headers.get(LEADER_HEADER)
+    leader: str | None = response.headers.get(api.LEADER_HEADER)
     return leader
 
 
 def _already_admitted(error: ClientError) -> bool:
-    return error.code == "INVALID_PARAMS" and "already exists" in error.envelope.message
+    # the only refusal of a task id the SDK made itself (a fresh UUID): it is taken
+    return error.code == "INVALID_PARAMS" and error.envelope.field == "task_id"
 
 
 def _error_from(response: httpx.Response) -> ClientError:
