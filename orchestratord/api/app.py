@@ -6,12 +6,12 @@ door."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
+from uuid_utils import uuid7
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
@@ -42,7 +42,7 @@ def correlation_and_errors(max_body: int) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         openai = openai_shaped(request.path)
-        cid = str(uuid.uuid4())
+        cid = str(uuid7())
         request[CID] = cid
         try:
             # an unusable id is refused (and a fresh one echoed), never logged as sent

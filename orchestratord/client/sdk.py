@@ -12,13 +12,13 @@ Imports only the API models, never server internals, so it can ship on its own.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from httpx_sse import aconnect_sse
+from uuid_utils import uuid7
 
 from orchestratord import api_models as api
 from orchestratord import batch_models as bat
@@ -130,7 +130,7 @@ class OrchClient:
             else dict(request)
         )
         if self._endpoints.several and not body.get("task_id"):
-            body["task_id"] = str(uuid.uuid4())  # a retry on the next leader is the same task
+            body["task_id"] = str(uuid7())  # a retry on the next leader is the same task
         try:
             response = await self._request("POST", "/v1/tasks", json=body)
         except ClientError as e:

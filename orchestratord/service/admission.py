@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from math import ceil
+
+from uuid_utils import uuid7
 
 from orchestrator_core.admission import AdmissionRequest, Denied, check, resolve_pool
 from orchestrator_core.errors import ErrorCode
@@ -96,7 +97,7 @@ class Admission:
 
     def admit(self, sub: Submission) -> TaskRecord:
         """Queue `sub` as a task, or raise Refusal."""
-        task_id = sub.task_id or str(uuid.uuid4())
+        task_id = sub.task_id or str(uuid7())  # time-ordered: the store's key index appends
         if task_id in self._book:
             raise Refusal(
                 ErrorCode.INVALID_PARAMS, f"task_id {task_id} already exists", field="task_id"

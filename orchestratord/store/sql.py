@@ -124,6 +124,9 @@ class SqlStore(TaskStore):
     def _release(self) -> None:
         """After the connection is closed: release whatever `_connect` held."""
 
+    def _committed(self) -> None:
+        """After each group that committed whole, on the thread that committed it."""
+
     def _unusable(self, error: Exception) -> str | None:
         """Why no later write can succeed either, if `error` says so (the connection is gone,
         the daemon was deposed): the group fails whole and the store stops writing."""
@@ -143,6 +146,7 @@ class SqlStore(TaskStore):
             self._seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]
         except self.errors as e:
             conn.close()
+            self._release()
             raise StoreError(f"task store {self.location} cannot be used: {e}") from None
         self._conn = conn
         if threaded:
@@ -310,6 +314,7 @@ class SqlStore(TaskStore):
         try:
             if self._stopped is None:
                 self._transaction(conn, group)
+                self._committed()
                 return {}
         except self.errors as e:
             self._rollback(conn)

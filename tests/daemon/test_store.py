@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from orchestratord.service.admission import Submission
-from orchestratord.store import Snapshot, StoreError
+from orchestratord.store import Snapshot, StoreError, TaskRow
 from orchestratord.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from orchestratord.store.postgres import PostgresStore
-from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
+from orchestratord.store.sqlite import CHECKPOINT_EVERY, MIGRATIONS, SqliteStore
 from pool_managerd.launchers import free_port
 from tests.helpers import BIN, Event, Served, mock_pool
 
@@ -299,6 +299,27 @@ async def test_the_schema_is_versioned_and_migrated(tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again = SqliteStore(tmp_path)  # reopening migrates nothing and loses nothing
     assert await again.open() == Snapshot()
+    await again.close()
+
+
+async def test_the_log_is_checkpointed_off_the_loop(tmp_path):
+    """OC-STORE-1008"""
+    store = SqliteStore(tmp_path)
+    await store.open()
+    db = tmp_path / "orchestratord.db"
+    empty = db.stat().st_size
+    spec = "x" * 64_000  # 16 pages a commit: 99 commits log more than SQLite's 1,000 pages
+    for i in range(CHECKPOINT_EVERY - 1):
+        await store.admitted(TaskRow(f"t{i}", "pool", "queued", spec, 0))  # a commit each
+    # with SQLite's automatic checkpoint the loop would have copied the log by now
+    assert db.stat().st_size == empty
+    await store.admitted(TaskRow("last", "pool", "queued", spec, 0))
+    assert store.checkpointer is not None
+    store.checkpointer.stop()  # ends after the checkpoint it was nudged for
+    assert db.stat().st_size > CHECKPOINT_EVERY * len(spec)
+    await store.close()
+    again = SqliteStore(tmp_path)
+    assert [t.row.id for t in (await again.open()).tasks][-1] == "last"
     await again.close()
 
 
