@@ -28,6 +28,7 @@ from orchestratord.api.http import CID, CORRELATION
 from orchestratord.api.sse import Renderer, comment
 from orchestratord.api_models import ErrorEnvelope, MetricsEvent
 from orchestratord.service import Orchestrator, StreamGap
+from orchestratord.service.streams import TOKEN
 from orchestratord.service.tasks import TaskRecord
 from orchestratord.telemetry import tracing
 
@@ -139,9 +140,13 @@ async def stream_task(
         try:
             if svc.queue_position(rec) is not None:
                 await write(_pause(svc, rec))
-            first = True
+            first, undelivered = True, True
             async for batch in events:
                 if batch:
+                    if undelivered and any(event[0] == TOKEN for event in batch):
+                        undelivered = False
+                        if not await svc.book.delivering(rec):
+                            continue  # unjournaled tokens stay unsent; the error follows
                     frames = render(batch)
                     if first and frames:  # (a batch may render to nothing: OpenAI's start)
                         frames, first = _with_retry(frames), False

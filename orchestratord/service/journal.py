@@ -70,8 +70,10 @@ def started(rec: TaskRecord) -> str | None:
 
 def result(rec: TaskRecord, end: EndEvent | None) -> str:
     """How `rec` ended, with what its stream needs to be rebuilt after a restart."""
+    # `started` is journaled with the first output chunk when there is one
+    started = rec.started_event if rec.chunks == 0 else None
     return orjson.dumps({
-        "started": rec.started_event.model_dump() if rec.started_event else None,
+        "started": started.model_dump() if started else None,
         "end": end.model_dump() if end else None,
         "error": rec.error.model_dump(exclude_none=True) if rec.error else None,
         "replica_id": rec.replica_id, "engine": rec.engine, "tokens_out": rec.tokens_out,

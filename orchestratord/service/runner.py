@@ -25,7 +25,6 @@ from orchestrator_core.model import TaskState
 from orchestratord.api_models import StartedEvent
 from orchestratord.service.journal import Journaled
 from orchestratord.service.tasks import TaskBook, TaskRecord
-from orchestratord.store import StoreError
 from orchestratord.telemetry import tracing
 from pool_managerd.replica import Replica
 from worker_adapters.base import AdapterError, End, Token, guard_stalls
@@ -78,8 +77,8 @@ async def run_task(
                         output.append(index, event.text, event.ids)
                     else:
                         rec.output_truncated = True
-                    if len(output) >= rec.checkpoint_at and not await _checkpoint(rec, book):
-                        break
+                    if len(output) >= rec.checkpoint_at:  # a strict task's periodic one
+                        book.checkpoint(rec)
                     if rec.replay and not _replays(rec, (index, event.text, event.ids), book):
                         break
                     emit_token(index, event.text, event.ids)
@@ -111,20 +110,6 @@ async def run_task(
     rec.tokens_out = max(rec.tokens_out, end.tokens_out)
     book.finish(rec, TaskState.COMPLETED, finish_reason=end.finish_reason)
     return None
-
-
-async def _checkpoint(rec: TaskRecord, book: TaskBook) -> bool:
-    """Journal the output so far. The first time, wait until it is durable: from then on a
-    restart knows tokens reached a client and never reruns the task unseen. False if the
-    task was canceled meanwhile."""
-    first = rec.chunks == 0
-    durable = book.checkpoint(rec)
-    if first and durable is not None:
-        try:
-            await asyncio.shield(durable)
-        except StoreError as e:
-            book.finish(rec, TaskState.FAILED, ErrorCode.STORE_UNAVAILABLE, str(e))
-    return rec.task.state is TaskState.RUNNING
 
 
 def _replays(rec: TaskRecord, token: Journaled, book: TaskBook) -> bool:

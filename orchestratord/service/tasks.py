@@ -35,7 +35,7 @@ from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
 from orchestratord.service import journal
 from orchestratord.service.output import Output
 from orchestratord.service.streams import TaskStream
-from orchestratord.store import TaskStore
+from orchestratord.store import StoreError, TaskStore
 from orchestratord.telemetry import Metrics, tracing
 from worker_adapters.base import End, FinishReason, GenerateRequest
 
@@ -109,6 +109,9 @@ class TaskRecord:
     journaled: int = 0
     chunks: int = 0
     checkpoint_at: int = sys.maxsize
+    #: Resolves once its first output chunk is journaled, with its `started` event: from
+    #: then on a restart knows its tokens may have reached a client.
+    first_chunk: asyncio.Future[None] | None = None
     #: A strict task resumed after a restart: the `(token index, text, ids)` it had
     #: journaled, which its rerun must reproduce.
     replay: deque[journal.Journaled] | None = None
@@ -246,7 +249,8 @@ class TaskBook:
             rec.footprint = self.reservation(size, rec.task.max_tokens)
         self.live_bytes += rec.footprint
         if self._store.durable:
-            rec.checkpoint_at = 0  # the first token is journaled before a client sees it
+            if rec.task.determinism is Determinism.STRICT:
+                rec.checkpoint_at = journal.STRICT_CHECKPOINT
             if not recovered:
                 rec.durable = self._store.admitted(journal.task_row(rec, self._now_ms()))
 
@@ -266,11 +270,32 @@ class TaskBook:
         durable = self._store.output(
             rec.task.id, rec.chunks, journal.output_chunk(rec, rec.journaled), started
         )
+        if rec.chunks == 0:
+            rec.first_chunk = durable
         rec.chunks += 1
         rec.journaled = len(rec.output)
         strict = rec.task.determinism is Determinism.STRICT
         rec.checkpoint_at = rec.journaled + journal.STRICT_CHECKPOINT if strict else sys.maxsize
         return durable
+
+    async def delivering(self, rec: TaskRecord) -> bool:
+        """Tokens of `rec` are about to reach a client: return once a restart would know
+        (its output so far journaled with its `started` event), so it never reruns a task
+        whose tokens a client saw. Until then nothing needs journaling: a task nobody
+        watches (a Batch API item, a non-streamed completion, a stream not yet opened) is
+        journaled at admission and at its end only. False: the store could not write; the
+        task failed with STORE_UNAVAILABLE (its stream says so) and the tokens stay unsent."""
+        if not self._store.durable:
+            return True
+        if rec.chunks == 0:
+            self.checkpoint(rec)
+        if rec.first_chunk is not None:  # else journaled before a restart
+            try:
+                await asyncio.shield(rec.first_chunk)
+            except StoreError as e:
+                self.finish(rec, TaskState.FAILED, ErrorCode.STORE_UNAVAILABLE, str(e))
+                return False
+        return True
 
     def finish(
         self,

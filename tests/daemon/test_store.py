@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from orchestratord.service.admission import Submission
+from orchestratord.service.streams import TOKEN
 from orchestratord.store import Snapshot, StoreError, TaskRow
 from orchestratord.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from orchestratord.store.postgres import PostgresStore
@@ -104,12 +105,38 @@ async def test_sigkill_loses_nothing_queued_reruns_unstreamed_and_ends_streamed(
         events = await served.events(tid)
         assert [e[0] for e in events] == ["started"] + ["token"] * 5 + ["end"], (tid, events)
         assert (await served.status(tid))["state"] == "completed"
-    for tid in running_b:  # the stream as journaled (its first token), then the error
+    for tid in running_b:
+        # the stream as journaled when its first token went out to a client (one token or
+        # both, as the engine had sent them by then), then the error
         events = await served.events(tid)
-        assert [e[:2] for e in events] == [("started", 0), ("token", 1), ("error", 2)]
+        kinds = [e[0] for e in events]
+        assert kinds in (["started", "token", "error"], ["started", "token", "token", "error"])
+        assert [e[1] for e in events] == list(range(len(events)))
         assert json.loads(events[-1][2])["code"] == "DAEMON_RESTART"
         # a client that saw both tokens before the kill resumes straight to the ending
         assert await served.events(tid, after=2) == events[-1:]
+
+
+async def test_tokens_are_journaled_when_they_first_reach_a_client(start_daemon):
+    """OC-STORE-1002, OC-STORE-1009"""
+    api = await start_daemon(mock_pool(mock={"stall_after_tokens": 2}))
+    _, body, _ = await api.submit(model="mock-model", prompt="nobody watches yet", max_tokens=5)
+    task_id = body["task_id"]
+    rec = api.daemon.service.book.get(task_id)
+    seen = 0
+    async for batch in rec.stream.read():  # the daemon's own buffer: no client
+        seen += sum(event[0] == TOKEN for event in batch)
+        if seen == 2:
+            break
+    with sqlite3.connect(state_db()) as db:  # a restart would run it again, unseen
+        assert db.execute("SELECT streamed FROM tasks WHERE id = ?", (task_id,)).fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM task_output").fetchone() == (0,)
+    events = await api.events(task_id, until="token")  # a client sees its first token
+    assert [e[0] for e in events] == ["started", "token"]
+    with sqlite3.connect(state_db()) as db:  # ... only once a restart would know
+        assert db.execute("SELECT streamed FROM tasks WHERE id = ?", (task_id,)).fetchone() == (1,)
+        (chunk,) = db.execute("SELECT tokens FROM task_output WHERE task_id = ?", (task_id,))
+        assert [index for index, _, _ in json.loads(chunk[0])] == [0, 1]
 
 
 def _strict_pool(stall: int | None) -> dict[str, Any]:
