@@ -63,15 +63,15 @@ def output_chunk(rec: TaskRecord, start: int) -> str:
 
 
 def started(rec: TaskRecord) -> str | None:
-    """The task's `started` event, journaled with its first token."""
+    """The task's `started` event, journaled with its first output chunk."""
     event = rec.started_event
-    return orjson.dumps(event.model_dump()).decode() if event is not None else None
+    return event.model_dump_json() if event is not None else None
 
 
-def result(rec: TaskRecord, end: EndEvent | None) -> str:
-    """How `rec` ended, with what its stream needs to be rebuilt after a restart."""
-    # `started` is journaled with the first output chunk when there is one
-    started = rec.started_event if rec.chunks == 0 else None
+def result(rec: TaskRecord, end: EndEvent | None, *, with_started: bool) -> str:
+    """How `rec` ended, with what its stream needs to be rebuilt after a restart (and its
+    `started` event, `with_started` when no output chunk carried it)."""
+    started = rec.started_event if with_started else None
     return orjson.dumps({
         "started": started.model_dump() if started else None,
         "end": end.model_dump() if end else None,
