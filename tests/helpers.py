@@ -185,7 +185,7 @@ class Served:
         path.write_text(yaml.safe_dump({"pools": list(pools), "store": self.store}))
         self.proc, self.url = await start_serve(path)
         if str(self.store.get("url", "")).startswith("postgres"):  # a shared store: elected
-            await wait_log(self.proc, '"event": "leading"')
+            await wait_log(self.proc, '"event":"leading"')
         # keep reading its log: a daemon whose stderr pipe fills up blocks on its next line
         assert self.proc.stderr is not None
         self._drain = asyncio.get_running_loop().create_task(self.proc.stderr.read())

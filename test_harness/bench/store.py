@@ -53,7 +53,7 @@ async def _serve(store: str, tmp: Path) -> tuple[asyncio.subprocess.Process, str
     config["server"]["port"] = port
     path.write_text(yaml.safe_dump(config))
     # on PostgreSQL the daemon serves once it leads (a shared store elects a leader)
-    ready = '"event": "leading"' if name == "postgresql" else "serving on"
+    ready = '"event":"leading"' if name == "postgresql" else "serving on"
     proc = await start([str(BIN / "orchestratord"), "serve", "--config", str(path)], ready)
     return proc, f"http://127.0.0.1:{port}"
 

@@ -105,5 +105,5 @@ async def test_sigterm_after_the_race_exits_cleanly(tmp_path):
     await _race(url, 32)
     proc.send_signal(signal.SIGTERM)
     line = await wait_log(proc, "shutting down")
-    assert '"active": 0' in line  # nothing queued or running: no leaked lease kept a task
+    assert '"active":0' in line  # nothing queued or running: no leaked lease kept a task
     assert await asyncio.wait_for(proc.wait(), 60) == 0

@@ -33,19 +33,19 @@ async def test_an_agent_joins_whichever_daemon_leads(nodes, token_file, tiny_mod
     for node in (a, b):
         node.server["agents"] = agents_server(token_file, ports[node])
     await a.start(remote_pool())
-    await a.said('"event": "leading"')
+    await a.said('"event":"leading"')
     await b.start(remote_pool())
-    await b.said('"event": "standing by"')
+    await b.said('"event":"standing by"')
     agent = AgentProcess(tmp_path, "gpu-a", tiny_model)
     joins = [arg for node in (a, b) for arg in ("--join", f"grpc://127.0.0.1:{ports[node]}")]
     await agent.start(joins[1], token_file, *joins[2:])
     try:
-        await a.said('"event": "agent joined"')
+        await a.said('"event":"agent joined"')
         assert await completes(http, a) == "end"
         engines = agent.engine_pids()
         await a.kill()
-        await b.said('"event": "leading"')
-        await b.said('"event": "agent joined"')
+        await b.said('"event":"leading"')
+        await b.said('"event":"agent joined"')
         assert await completes(http, b) == "end"
         assert agent.engine_pids() == engines  # the same engine served both leaders
     finally:

@@ -86,9 +86,9 @@ async def test_a_killed_leader_under_load_loses_nothing_and_repeats_nothing(
     """OC-HA-1703, OC-HA-1706, OC-HA-1707, OC-HA-1708"""
     a, b, http = nodes
     await a.start(*pools(ledger_engine, slow_model, stall=2))
-    await a.said('"event": "leading"')
+    await a.said('"event":"leading"')
     await b.start(*pools(ledger_engine, slow_model, stall=None))
-    await b.said('"event": "standing by"')
+    await b.said('"event":"standing by"')
 
     batch_id = await create_item_batch(http, a.url, ITEMS)
     streamed = []
@@ -114,7 +114,7 @@ async def test_a_killed_leader_under_load_loses_nothing_and_repeats_nothing(
     killed.set()
     async with http.post(f"{ledger_engine}/_test/release"):
         pass
-    await b.said('"event": "leading"')
+    await b.said('"event":"leading"')
 
     async with asyncio.timeout(180):
         finished = [r for w in await asyncio.gather(*workers) for r in w]

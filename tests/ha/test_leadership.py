@@ -58,9 +58,9 @@ async def test_a_standby_is_not_ready_and_names_the_leader(nodes, ledger_engine)
     """OC-HA-1701, OC-HA-1702, OC-HA-1707"""
     a, b, http = nodes
     await a.start(engine_pool(ledger_engine))
-    await a.said('"event": "leading"')
+    await a.said('"event":"leading"')
     await b.start(engine_pool(ledger_engine))
-    await b.said('"event": "standing by"')
+    await b.said('"event":"standing by"')
     async with http.get(f"{b.url}/readyz") as r:
         assert r.status == 503
         assert await r.json() == {"ready": False, "role": "standby", "leader_url": a.url}
@@ -92,9 +92,9 @@ async def test_a_paused_leader_wakes_deposed_and_neither_dispatches_nor_writes(
     a, b, http = nodes
     pool = engine_pool(ledger_engine, slots=2)
     await a.start(pool)
-    await a.said('"event": "leading"')
+    await a.said('"event":"leading"')
     await b.start(pool)
-    await b.said('"event": "standing by"')
+    await b.said('"event":"standing by"')
     async with http.post(f"{ledger_engine}/_test/hold"):
         pass
     ids = [await submit(http, a, f"p{i}") for i in range(6)]  # p0, p1 run; p2..p5 queue
@@ -102,15 +102,15 @@ async def test_a_paused_leader_wakes_deposed_and_neither_dispatches_nor_writes(
         pass
 
     a.signal(signal.SIGSTOP)  # frozen past its lease: its sockets, engine streams, all held
-    await b.said('"event": "leading"')
+    await b.said('"event":"leading"')
     async with http.post(f"{ledger_engine}/_test/release"):
         pass
     assert [await ending(http, b, tid) for tid in ids] == ["end"] * 6
     before = rows(a.store["url"])
 
     a.signal(signal.SIGCONT)  # wakes with two answers waiting and four tasks queued
-    await a.said('"event": "stepping down"')
-    await a.said('"event": "standing by"')
+    await a.said('"event":"stepping down"')
+    await a.said('"event":"standing by"')
     assert (await not_leader(http, a))["leader_url"] == b.url
     assert rows(a.store["url"]) == before  # nothing it tried to journal got in
     async with http.get(f"{ledger_engine}/_test/ledger") as r:
@@ -126,16 +126,16 @@ async def test_a_database_restart_under_the_leader_loses_no_task(tmp_path, ledge
     try:
         async with aiohttp.ClientSession() as http:
             await node.start(engine_pool(ledger_engine, slots=2))
-            await node.said('"event": "leading"')
+            await node.said('"event":"leading"')
             async with http.post(f"{ledger_engine}/_test/hold"):
                 pass
             ids = [await submit(http, node, f"r{i}") for i in range(5)]  # 2 run, 3 queue
             async with http.get(f"{ledger_engine}/_test/ledger", params={"parked": 2}):
                 pass
             await asyncio.to_thread(pg.stop, "fast")
-            await node.said('"event": "stepping down"')
+            await node.said('"event":"stepping down"')
             await asyncio.to_thread(pg.start)
-            await node.said('"event": "leading"', times=2)
+            await node.said('"event":"leading"', times=2)
             async with http.post(f"{ledger_engine}/_test/release"):
                 pass
             assert [await ending(http, node, tid) for tid in ids] == ["end"] * 5
@@ -155,13 +155,13 @@ async def test_a_leader_stopped_cleanly_hands_over_at_once(nodes, ledger_engine)
     for node in (a, b):  # a lease that outlasts the test: only a handover can move it
         node.store["lease_s"] = 300
     await a.start(engine_pool(ledger_engine))
-    await a.said('"event": "leading"')
+    await a.said('"event":"leading"')
     await b.start(engine_pool(ledger_engine))
-    await b.said('"event": "standing by"')
+    await b.said('"event":"standing by"')
     task_id = await submit(http, a, "before the handover")
     assert await ending(http, a, task_id) == "end"
     a.signal(signal.SIGTERM)
     assert a.proc is not None and await a.proc.wait() == 0
-    await b.said('"event": "leading"')
+    await b.said('"event":"leading"')
     async with http.get(f"{b.url}/v1/tasks/{task_id}") as r:
         assert (await r.json())["state"] == "completed"
