@@ -62,7 +62,7 @@ async def _positions(served: Served, ids: list[str]) -> list[str]:
 async def test_sigkill_loses_nothing_queued_reruns_unstreamed_and_ends_streamed(
     served, store_backend
 ):
-    """OC-STORE-1002, OC-STORE-1001, OC-STORE-1007"""
+    """OC-STORE-1002, OC-STORE-1001, OC-STORE-1007, OC-STORE-1009"""
     await served.start(*_pools(stall_a=0, stall_b=2))
     # 10 running on each pool: a's have streamed nothing, b's have streamed tokens
     running: dict[str, list[str]] = {"a": [], "b": []}
