@@ -57,9 +57,11 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-#: Commits between two checkpoints: a few hundred pages of log at the sizes of a task's rows
-#: (SQLite's own automatic checkpoint runs at 1,000 pages).
-CHECKPOINT_EVERY = 100
+#: Commits between two checkpoints: a few thousand pages of log (tens of MiB) at the sizes
+#: of a task's rows. A page that many commits rewrite (the newest rows') is copied once per
+#: checkpoint, so a longer period copies less (SQLite's own default, 1,000 pages, is about
+#: 150 of our commits).
+CHECKPOINT_EVERY = 1000
 
 
 class WalCheckpointer:

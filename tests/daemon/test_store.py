@@ -335,7 +335,7 @@ async def test_the_log_is_checkpointed_off_the_loop(tmp_path):
     await store.open()
     db = tmp_path / "orchestratord.db"
     empty = db.stat().st_size
-    spec = "x" * 64_000  # 16 pages a commit: 99 commits log more than SQLite's 1,000 pages
+    spec = "x" * 5_000  # 2 pages a commit: the log passes SQLite's 1,000 pages long before
     for i in range(CHECKPOINT_EVERY - 1):
         await store.admitted(TaskRow(f"t{i}", "pool", "queued", spec, 0))  # a commit each
     # with SQLite's automatic checkpoint the loop would have copied the log by now
