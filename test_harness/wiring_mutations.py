@@ -197,6 +197,20 @@ MUTATIONS = (
         f"{HA}::test_a_leader_stopped_cleanly_hands_over_at_once",
     ),
     Mutation(
+        "tokens reach a client before a restart would know they did",
+        "orchestratord/api/streaming.py",
+        "                        if not await svc.book.delivering(rec):",
+        "                        if False:",
+        "tests/daemon/test_store.py::test_tokens_are_journaled_when_they_first_reach_a_client",
+    ),
+    Mutation(
+        "SQLite's automatic checkpoint left on: a commit on the loop fsyncs",
+        "orchestratord/store/sqlite.py",
+        '            conn.execute("PRAGMA wal_autocheckpoint=0")',
+        "            pass  # the automatic checkpoint stays on",
+        "tests/daemon/test_store.py::test_the_log_is_checkpointed_off_the_loop",
+    ),
+    Mutation(
         "retention 1,000 times shorter",
         "orchestratord/service/tasks.py",
         "self._retention_ms = retention_s * 1000.0",
