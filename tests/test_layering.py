@@ -50,6 +50,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.service.replicas",),
     ("orchestratord.service.runner", "orchestratord.service.placement"),
     ("orchestratord.service.tasks",),
+    ("orchestratord.service.records",),
     ("orchestratord.service.journal",),
     ("orchestratord.service.refusal", "orchestratord.service.streams"),
     ("orchestratord.service.output",),

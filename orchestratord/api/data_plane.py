@@ -17,7 +17,7 @@ from orchestratord.api.sse import NativeEvents, renderer_for
 from orchestratord.api.streaming import stream_task
 from orchestratord.service import Orchestrator, Refusal, StreamGap
 from orchestratord.service.admission import Submission
-from orchestratord.service.tasks import TaskRecord
+from orchestratord.service.records import TaskRecord
 
 _EVENT_ID = re.compile(r"[0-9]{1,18}")
 

@@ -25,8 +25,8 @@ from orchestratord.openai_models import ChatCompletionRequest, CompletionRequest
 from orchestratord.service import Orchestrator
 from orchestratord.service.admission import Submission
 from orchestratord.service.openai_requests import completion_body, refuse, submission
+from orchestratord.service.records import TaskRecord
 from orchestratord.service.streams import END, ERROR, TOKEN
-from orchestratord.service.tasks import TaskRecord
 
 CHAT, COMPLETIONS, MODELS = "/v1/chat/completions", "/v1/completions", "/v1/models"
 #: The paths whose errors are rendered in OpenAI's shape.

@@ -17,8 +17,8 @@ from orchestrator_core.errors import ErrorCode
 from orchestratord.api.errors import STATUS, openai_error
 from orchestratord.api_models import EndEvent, ErrorEnvelope
 from orchestratord.service.openai_requests import response_id, usage_of
+from orchestratord.service.records import Door, TaskRecord
 from orchestratord.service.streams import END, ERROR, STARTED, TOKEN, Event
-from orchestratord.service.tasks import Door, TaskRecord
 
 
 class Renderer(Protocol):

@@ -28,8 +28,8 @@ from orchestratord.api.http import CID, CORRELATION
 from orchestratord.api.sse import Renderer, comment
 from orchestratord.api_models import ErrorEnvelope, MetricsEvent
 from orchestratord.service import Orchestrator, StreamGap
+from orchestratord.service.records import TaskRecord
 from orchestratord.service.streams import TOKEN
-from orchestratord.service.tasks import TaskRecord
 from orchestratord.telemetry import tracing
 
 log = structlog.get_logger("orchestratord.http")

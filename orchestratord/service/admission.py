@@ -24,9 +24,10 @@ from orchestrator_core.model import AUTO, Determinism, Placement, PlacementMode,
 from orchestratord.chat_template import ChatTemplateError
 from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.quotas import QuotaAccount
+from orchestratord.service.records import Door, TaskRecord, session_key
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.streams import TaskStream
-from orchestratord.service.tasks import Door, TaskBook, TaskRecord, session_key
+from orchestratord.service.tasks import TaskBook
 from orchestratord.telemetry import Metrics, tracing
 from worker_adapters.base import ChatMessage, GenerateRequest, chat_dicts
 

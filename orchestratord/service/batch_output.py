@@ -16,7 +16,7 @@ from orchestratord.api_models import EndEvent
 from orchestratord.batch_models import Batch, BatchInputLine
 from orchestratord.service import journal
 from orchestratord.service.openai_requests import completion_body
-from orchestratord.service.tasks import Door
+from orchestratord.service.records import Door
 from orchestratord.store import BatchItem, TaskStore
 
 #: Finished items read from the store, and lines written, per page.

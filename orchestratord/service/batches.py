@@ -43,8 +43,9 @@ from orchestratord.service.batch_files import FileShelf, new_id
 from orchestratord.service.batch_input import feed_later, item_submission
 from orchestratord.service.batch_output import output_pages
 from orchestratord.service.dispatcher import PoolDispatcher
+from orchestratord.service.records import Door, TaskRecord
 from orchestratord.service.refusal import Refusal
-from orchestratord.service.tasks import Door, TaskBook, TaskRecord
+from orchestratord.service.tasks import TaskBook
 from orchestratord.store import Snapshot, TaskRow, TaskStore
 from orchestratord.telemetry import Metrics
 

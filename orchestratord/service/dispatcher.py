@@ -31,10 +31,11 @@ from orchestratord.chat_template import ChatTemplate
 from orchestratord.config import PoolConfig
 from orchestratord.engines import ENGINES
 from orchestratord.service.placement import PoolPlacement, token_costs
+from orchestratord.service.records import TaskRecord
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.replicas import RemoteReplicas, replica_set
 from orchestratord.service.runner import RunLimits, run_task
-from orchestratord.service.tasks import TaskBook, TaskRecord
+from orchestratord.service.tasks import TaskBook
 from orchestratord.telemetry import Metrics, tracing
 from pool_managerd.replica import Lease, Replica, ReplicaEvent, ReplicaState
 from pool_managerd.replica_set import ReloadFailed

@@ -20,7 +20,7 @@ from orchestratord.store import TaskRow
 from worker_adapters.base import ChatMessage, GenerateRequest
 
 if TYPE_CHECKING:
-    from orchestratord.service.tasks import TaskRecord
+    from orchestratord.service.records import TaskRecord
 
 #: Strict tasks journal their output every this many tokens: a restart resumes them after
 #: the last delivered token and checks that the replay matches what was journaled.

@@ -19,8 +19,8 @@ from orchestratord.openai_models import (
     unsupported,
 )
 from orchestratord.service.admission import Submission
+from orchestratord.service.records import Door
 from orchestratord.service.refusal import Refusal
-from orchestratord.service.tasks import Door
 from worker_adapters.base import ChatMessage
 
 #: OpenAI's default `max_tokens` for completions.

@@ -27,11 +27,12 @@ from orchestratord.service.admission import Admission, Submission
 from orchestratord.service.batches import Batches
 from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.quotas import Quotas
+from orchestratord.service.records import TaskRecord, session_key
 from orchestratord.service.recovery import recover
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.replicas import RemoteReplicas
 from orchestratord.service.runner import RunLimits
-from orchestratord.service.tasks import TaskBook, TaskRecord, session_key
+from orchestratord.service.tasks import TaskBook
 from orchestratord.store import StoreError, TaskStore, open_store
 from orchestratord.telemetry import Metrics, tracing
 

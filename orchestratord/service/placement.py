@@ -18,7 +18,7 @@ from orchestrator_core.prefix import NAME_BYTES, PrefixIndex, block_names
 from orchestrator_core.queue import PoolQueue, TokenCosts
 from orchestratord.config import PoolConfig
 from orchestratord.engines import ENGINES
-from orchestratord.service.tasks import TaskRecord
+from orchestratord.service.records import TaskRecord
 from orchestratord.telemetry import Metrics
 from pool_managerd.replica import Lease
 from worker_adapters.base import GenerateRequest

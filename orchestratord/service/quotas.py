@@ -17,8 +17,8 @@ from math import ceil
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import TaskState
 from orchestratord.principals import Limits
+from orchestratord.service.records import TaskRecord
 from orchestratord.service.refusal import Refusal
-from orchestratord.service.tasks import TaskRecord
 
 #: A concurrency limit frees up when one of the key's tasks ends; clients learn of that on
 #: their streams, so the advice is short.

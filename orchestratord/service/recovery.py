@@ -26,9 +26,10 @@ from orchestrator_core.model import Determinism, TaskState
 from orchestratord.api_models import EndEvent
 from orchestratord.service import journal
 from orchestratord.service.dispatcher import PoolDispatcher
+from orchestratord.service.records import Door, TaskRecord
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.streams import TaskStream
-from orchestratord.service.tasks import Door, TaskBook, TaskRecord
+from orchestratord.service.tasks import TaskBook
 from orchestratord.store import StoredTask
 
 log = structlog.get_logger("orchestratord")

@@ -24,7 +24,8 @@ from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import TaskState
 from orchestratord.api_models import StartedEvent
 from orchestratord.service.journal import Journaled
-from orchestratord.service.tasks import TaskBook, TaskRecord
+from orchestratord.service.records import TaskRecord
+from orchestratord.service.tasks import TaskBook
 from orchestratord.telemetry import tracing
 from pool_managerd.replica import Replica
 from worker_adapters.base import AdapterError, End, Token, guard_stalls

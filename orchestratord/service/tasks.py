@@ -13,31 +13,27 @@ its terminal (state, code) by one table: an `end` event with a finish reason, or
 event carrying the envelope. It is idempotent, so paths that race to end a task (a client
 cancel and an engine error, a drain deadline and a SIGTERM) may all call it; the first wins.
 
-The last stage of the daemon: it imports no other stage (streams aside).
+The last stage of the daemon: it imports no other stage (the record it keeps aside).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import partial
-from typing import Any
 
 import structlog
 
 from orchestrator_core.errors import ErrorCode
-from orchestrator_core.model import Determinism, Task, TaskState
-from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
+from orchestrator_core.model import Determinism, TaskState
+from orchestratord.api_models import EndEvent, ErrorEnvelope
 from orchestratord.service import journal
-from orchestratord.service.output import Output
-from orchestratord.service.streams import TaskStream
+from orchestratord.service.records import TaskRecord, request_bytes, session_name
 from orchestratord.store import StoreError, TaskStore
 from orchestratord.telemetry import Metrics, tracing
-from worker_adapters.base import End, FinishReason, GenerateRequest
+from worker_adapters.base import FinishReason
 
 log = structlog.get_logger("orchestratord")
 
@@ -53,103 +49,12 @@ TOKEN_TEXT_BYTES = 8
 EXPIRED_IDS_REMEMBERED = 65_536
 
 
-class Door(StrEnum):
-    """The API a task came through."""
-
-    NATIVE = "native"
-    OPENAI_CHAT = "openai-chat"
-    OPENAI_COMPLETION = "openai-completion"
-
-
 #: Terminal (state, code) pairs that end a stream with `end`, and their finish reason
 #: (None: the engine's own, `stop` or `length`). Every other ending is an `error` event.
 _CLEAN_ENDINGS: dict[tuple[TaskState, ErrorCode | None], FinishReason | None] = {
     (TaskState.COMPLETED, None): None,
     (TaskState.CANCELED, ErrorCode.CANCELED): "canceled",
 }
-
-
-@dataclass(eq=False, slots=True)
-class TaskRecord:
-    """One accepted task as the daemon tracks it, from admission until it is forgotten."""
-
-    task: Task
-    #: What the engine is asked, built once at admission; dropped when the task ends.
-    request: GenerateRequest | None
-    model: str
-    #: Which API the task came through (how its stream renders by default).
-    door: Door
-    #: The pool's engine until a replica takes the task, then that replica's.
-    engine: str
-    stream: TaskStream
-    correlation_id: str
-    admitted_at: float
-    #: Wall-clock admission time, unix seconds (OpenAI's `created`).
-    created: int = 0
-    seed: int | None = None
-    queue_position: int = 0
-    predicted_start_ms: int = 0
-    replica_id: str | None = None
-    tokens_out: int = 0
-    tokens_in: int | None = None
-    started_at: float | None = None
-    first_token_at: float | None = None
-    ended_at: float | None = None
-    finish_reason: FinishReason | None = None
-    error: ErrorEnvelope | None = None
-    #: The text kept for its status, with each token's index and ids (to rebuild the
-    #: stream, byte for byte, after a restart); at most `server.max_output_bytes`.
-    output: Output = field(default_factory=Output)
-    output_truncated: bool = False
-    started_event: StartedEvent | None = None
-    #: Resolves once the task is durable (None: durability is off, or it was recovered).
-    durable: asyncio.Future[None] | None = None
-    #: Output entries journaled so far, in how many chunks, and the entry count at which
-    #: the next checkpoint is due (never, except for strict tasks in a durable store).
-    journaled: int = 0
-    chunks: int = 0
-    checkpoint_at: int = sys.maxsize
-    #: Resolves once its first output chunk is journaled, with its `started` event: from
-    #: then on a restart knows its tokens may have reached a client.
-    first_chunk: asyncio.Future[None] | None = None
-    #: A strict task resumed after a restart: the `(token index, text, ids)` it had
-    #: journaled, which its rerun must reproduce.
-    replay: deque[journal.Journaled] | None = None
-    #: A Batch API item: (batch id, line of the batch's input file).
-    batch: tuple[str, int] | None = None
-    #: The coroutine relaying the engine's stream (its owner is the pool's dispatcher).
-    runner: asyncio.Task[Any] | None = None
-    #: Stream readers attached now.
-    readers: int = 0
-    #: The task's stream is its request's answer (one-request and OpenAI streaming): when
-    #: its last reader leaves before the end, the task is canceled after a grace period.
-    cancel_when_abandoned: bool = False
-    #: Bytes the memory budget charges it: its reservation while live, then what it holds.
-    footprint: int = 0
-    #: Its open trace spans (None: tracing is off).
-    spans: tracing.TaskSpans | None = None
-    #: Token fairness: output tokens charged to its tenant so far.
-    tokens_charged: int = 0
-    engine_end: End | None = None  # the engine's last word (counts, prefill), once it ended
-
-    @property
-    def ended(self) -> bool:
-        return self.ended_at is not None
-
-
-def session_key(tenant: str, session_id: str) -> str:
-    """Sessions are named within a tenant (which cannot contain `|`: no ambiguity)."""
-    return f"{tenant}|{session_id}"
-
-
-def session_name(key: str | None) -> str | None:
-    """The client's name of a session `session_key` made."""
-    return None if key is None else key.partition("|")[2]
-
-
-def request_bytes(request: GenerateRequest) -> int:
-    """The text an engine request carries, in UTF-8 bytes."""
-    return len(request.prompt.encode()) + sum(len(m.content.encode()) for m in request.messages)
 
 
 def _publish(durable: asyncio.Future[None], ending: Callable[[], None]) -> None:

@@ -12,8 +12,8 @@ from orchestrator_core.sessions import SessionInfo as Session
 from orchestratord import api_models as api
 from orchestratord import openai_models as oai
 from orchestratord.service.dispatcher import PoolDispatcher
+from orchestratord.service.records import TaskRecord
 from orchestratord.service.replicas import RemoteReplicas
-from orchestratord.service.tasks import TaskRecord
 
 #: What the daemon offers beyond the core API (`GET /v1/capabilities`).
 FEATURES = (

@@ -129,7 +129,7 @@ _ENDINGS: dict[tuple[TaskState, ErrorCode | None], tuple[str, str]] = {
 
 
 class EndedTask(Protocol):
-    """What `on_finished` reads of a task record (service.tasks.TaskRecord)."""
+    """What `on_finished` reads of a task record (service.records.TaskRecord)."""
 
     task: Task
     engine: str
