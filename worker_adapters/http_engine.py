@@ -1,32 +1,30 @@
-"""What every HTTP streaming engine adapter shares: one client session whose connections
-are reused where the engine keeps them alive, JSON probes, and SSE-over-POST with failures
-classified into the shared taxonomy. Engine modules add only their protocol: request body
-and event mapping.
+"""What every HTTP streaming engine adapter shares: one lean client whose connections are
+reused where the engine keeps them alive (`http_client`), JSON probes, and SSE-over-POST
+with failures classified into the shared taxonomy. Engine modules add only their protocol:
+request body and event mapping.
 
-A pooled connection the engine closed while it sat idle shows as "server disconnected" or
-a failed write before any response byte: such a request is sent once more, on another
-connection (the engine never answered it). llama-server closes every connection after a
-stream although it advertises keep-alive: its own adapter does not pool (`keep_alive=False`);
-an OpenAI-compatible pool in front of it relies on the resend. A request to a replica that
-was stopped meanwhile (its session closed) is a connection failure, like any other."""
+llama-server closes every connection after a stream although it advertises keep-alive: its
+own adapter does not pool (`keep_alive=False`); an OpenAI-compatible pool in front of it
+relies on the client's resend of a request whose pooled connection was found closed. A
+request to a replica that was stopped meanwhile (its client closed) is a connection
+failure, like any other."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 
 from orchestrator_core.errors import ErrorCode
 from worker_adapters.base import AdapterError
-from worker_adapters.http_errors import CONNECTION_ERRORS, connection_error, status_error
-from worker_adapters.sse import Oversized, sse_data
+from worker_adapters.http_client import EngineConnectionError, HttpClient, Response
+from worker_adapters.http_errors import connection_error, status_error
+from worker_adapters.sse import Oversized, SseDecoder
 
 DONE = b"[DONE]"
 JSON = {"Content-Type": "application/json"}
-#: Tries of a request whose pooled connection turns out closed before the engine answered.
-_STALE_TRIES = 2
 
 
 class HttpEngine:
@@ -41,53 +39,48 @@ class HttpEngine:
         keep_alive: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
-        connector = (
-            aiohttp.TCPConnector(limit=0, keepalive_timeout=4)  # under uvicorn's 5 s idle close
-            if keep_alive
-            else aiohttp.TCPConnector(limit=0, force_close=True)
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-            headers=dict(headers or {}),
-        )
+        self._probe_timeout_s = probe_timeout_s
+        self._client = HttpClient(self.base_url, headers=headers, keep_alive=keep_alive)
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._client.close()
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        """`GET path` within the probe timeout: (status, body)."""
+        async with asyncio.timeout(self._probe_timeout_s):
+            r = await self._client.request("GET", path)
+            try:
+                return r.status, await r.read()
+            finally:
+                self._client.release(r)
 
     async def _get_json(self, path: str) -> Any:
         try:
-            async with self._session.get(self.base_url + path, timeout=self._probe_timeout) as r:
-                body = await r.read()
-                if r.status != 200:
-                    raise status_error(r.status, body, self.engine)
-                return orjson.loads(body)
-        except CONNECTION_ERRORS as e:
+            status, body = await self._get(path)
+        except EngineConnectionError as e:
             raise connection_error(e, self.engine) from e
+        if status != 200:
+            raise status_error(status, body, self.engine)
+        return orjson.loads(body)
 
     async def _probe(self, path: str) -> bool:
         """Whether `GET path` answers 200 (readiness)."""
         try:
-            async with self._session.get(self.base_url + path, timeout=self._probe_timeout) as r:
-                return r.status == 200
-        except (*CONNECTION_ERRORS, TimeoutError):
+            return (await self._get(path))[0] == 200
+        except (EngineConnectionError, TimeoutError):
             return False
 
     async def _metrics(self, *names: str) -> dict[str, float]:
         """Values of unlabelled (or summed labelled) samples from the engine's Prometheus
         `/metrics`; names it does not export are absent."""
         try:
-            async with self._session.get(
-                self.base_url + "/metrics", timeout=self._probe_timeout
-            ) as r:
-                if r.status != 200:
-                    return {}
-                text = await r.text()
-        except (*CONNECTION_ERRORS, TimeoutError):
+            status, body = await self._get("/metrics")
+        except (EngineConnectionError, TimeoutError):
+            return {}
+        if status != 200:
             return {}
         found: dict[str, float] = {}
-        for line in text.splitlines():
+        for line in body.decode(errors="replace").splitlines():
             name, _, rest = line.partition(" ")
             base = name.split("{", 1)[0]
             if base in names:
@@ -97,36 +90,29 @@ class HttpEngine:
                     continue
         return found
 
-    async def _post(
-        self, path: str, body: bytes, traceparent: str | None = None
-    ) -> aiohttp.ClientResponse:
-        """POST, sending once more when a pooled connection was closed under us."""
-        headers = JSON if traceparent is None else {**JSON, "traceparent": traceparent}
-        for attempt in range(1, _STALE_TRIES + 1):
-            if self._session.closed:  # the replica was stopped while this task waited
-                raise aiohttp.ClientConnectionError(f"{self.engine} replica was stopped")
-            try:
-                return await self._session.post(self.base_url + path, data=body, headers=headers)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                # the pooled connection was closed under us: the request was not answered
-                if attempt == _STALE_TRIES:
-                    raise
-        raise AssertionError("unreachable")
-
     async def _post_sse(
         self, path: str, body: Mapping[str, Any], traceparent: str | None = None
     ) -> AsyncIterator[Any]:
         """POST and yield each SSE event's JSON until `[DONE]` or the end of the body.
         HTTP errors, dropped connections and malformed events raise AdapterError."""
+        headers = JSON if traceparent is None else {**JSON, "traceparent": traceparent}
+        r: Response | None = None
+        done = False
         try:
-            async with await self._post(path, orjson.dumps(body), traceparent) as r:
-                if r.status != 200:
-                    raise status_error(r.status, await r.read(), self.engine)
-                async for data in sse_data(r.content.iter_any()):
+            r = await self._client.request("POST", path, orjson.dumps(body), headers)
+            if r.status != 200:
+                raise status_error(r.status, await r.read(), self.engine)
+            decoder = SseDecoder()
+            while chunk := await r.chunk():
+                for data in decoder.feed(chunk):
                     if data == DONE:
+                        done = True
                         return
                     yield self._decode(data)
-        except CONNECTION_ERRORS as e:
+            for data in decoder.end():
+                if data != DONE:
+                    yield self._decode(data)
+        except EngineConnectionError as e:
             raise connection_error(e, self.engine) from e
         except orjson.JSONDecodeError as e:
             raise AdapterError(
@@ -134,6 +120,9 @@ class HttpEngine:
                 f"{self.engine} sent a malformed event: {e}",
                 engine=self.engine,
             ) from e
+        finally:
+            if r is not None:
+                self._client.release(r, read_to_end=done)
 
     def _decode(self, data: bytes | Oversized) -> Any:
         """One event's JSON. Engines that send events larger than the SSE bound override

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import json
 
-import aiohttp
-
 from orchestrator_core.errors import ErrorCode
 from worker_adapters.base import AdapterError
-
-#: Client-side failures that mean the engine (or its connection) went away.
-CONNECTION_ERRORS = (
-    aiohttp.ClientConnectionError,
-    aiohttp.ClientPayloadError,
-    ConnectionResetError,
-)
+from worker_adapters.http_client import EngineConnectionError
 
 
 def engine_message(body: bytes) -> str:
@@ -43,15 +35,10 @@ def status_error(status: int, body: bytes, engine: str) -> AdapterError:
     return AdapterError(ErrorCode.WORKER_RESET, message, engine=engine)
 
 
-#: What a client is told about a lost engine connection, by its kind. The exception's own
-#: text (the engine's host and port, the OS error) goes to the operator's log only.
-_CONNECTION_FAILURES: tuple[tuple[type[BaseException], str], ...] = (
-    (aiohttp.ClientConnectorError, "could not connect to the engine"),
-    (aiohttp.ServerDisconnectedError, "the engine closed the connection"),
-    (aiohttp.ClientPayloadError, "the engine's response was cut off"),
-)
-
-
-def connection_error(e: BaseException, engine: str) -> AdapterError:
-    what = next((m for kind, m in _CONNECTION_FAILURES if isinstance(e, kind)), "connection lost")
-    return AdapterError(ErrorCode.WORKER_RESET, f"{engine}: {what}", engine=engine, detail=f"{e!r}")
+def connection_error(e: EngineConnectionError, engine: str) -> AdapterError:
+    """A lost engine connection, as the retriable WORKER_RESET. The client is told what
+    happened (`e.what`); the exception's own text (the engine's host and port, the OS
+    error) goes to the operator's log only."""
+    return AdapterError(
+        ErrorCode.WORKER_RESET, f"{engine}: {e.what}", engine=engine, detail=f"{e!r}"
+    )

@@ -1,0 +1,192 @@
+"""The engine HTTP client (`worker_adapters/http_client.py`) against a scripted HTTP/1.1
+server: what it does with the connections an engine keeps, closes or cuts short, and how
+much of a response it holds for a reader that does not keep up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from orchestrator_core.errors import ErrorCode
+from pool_managerd.probe import poll_until
+from worker_adapters.base import AdapterError, GenerateRequest, Token
+from worker_adapters.http_client import HIGH_WATER, HttpClient, Response
+from worker_adapters.openai_http import OpenAIAdapter
+
+Answer = Callable[[int, asyncio.StreamWriter], Awaitable[bool]]
+
+
+def sse_body(*texts: str, finish: bool = True) -> bytes:
+    """An OpenAI completion stream, chunked: one chunk per event."""
+    events = [b'{"choices":[{"text":"%s"}]}' % t.encode() for t in texts]
+    if finish:
+        events.append(b'{"choices":[{"text":"","finish_reason":"length"}]}')
+        events.append(b"[DONE]")
+    frames = [b"data: " + e + b"\n\n" for e in events]
+    return b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in frames)
+
+
+OK_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+END = b"0\r\n\r\n"
+
+
+class ScriptedServer:
+    """Reads requests (headers + Content-Length body) and lets `answer(n, writer)` reply
+    to the n-th request on a connection; `answer` returns whether to keep the connection."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests = 0
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        n = 0
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(
+                    (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                     if line.lower().startswith(b"content-length:")),
+                    0,
+                )  # fmt: skip
+                await reader.readexactly(length)
+                n += 1
+                self.requests += 1
+                if not await self.answer(n, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+async def _texts(adapter: OpenAIAdapter) -> list[str]:
+    events = [e async for e in adapter.stream(GenerateRequest("x", max_tokens=2))]
+    return [e.text for e in events if isinstance(e, Token)]
+
+
+async def test_a_kept_alive_connection_is_reused_even_when_its_end_comes_after_done():
+    """OC-ADAPT-3008: the first answer's last bytes (the chunked body's end) are held back
+    until the stream has ended for the adapter; the connection is still read to its end
+    and pooled, and carries every later stream."""
+    ended = asyncio.Event()
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(OK_HEAD + sse_body("a", "b"))
+        if n == 1:
+            await writer.drain()
+            await ended.wait()
+        writer.write(END)
+        return True
+
+    server = ScriptedServer(answer)
+    async with server as url:
+        adapter = OpenAIAdapter(url, model="m")
+        try:
+            assert await _texts(adapter) == ["a", "b"]
+            ended.set()
+            async with asyncio.timeout(10):
+                await poll_until(lambda: _pooled(adapter))
+            for _ in range(2):
+                assert await _texts(adapter) == ["a", "b"]
+        finally:
+            await adapter.close()
+    assert (server.connections, server.requests) == (1, 3)
+
+
+async def _pooled(adapter: OpenAIAdapter) -> bool:
+    return len(adapter._client._idle) == 1
+
+
+async def test_a_pooled_connection_the_engine_closed_is_resent_once_on_a_new_one():
+    """OC-ADAPT-3008: the engine closed the idle connection as the request went out; it
+    never answered it, so the client sends it again rather than failing the task."""
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        if n == 2:
+            return False  # closes without a byte of answer
+        writer.write(OK_HEAD + sse_body("a") + END)
+        return True
+
+    server = ScriptedServer(answer)
+    async with server as url:
+        adapter = OpenAIAdapter(url, model="m")
+        try:
+            assert await _texts(adapter) == ["a"]
+            assert await _texts(adapter) == ["a"]
+        finally:
+            await adapter.close()
+    assert (server.connections, server.requests) == (2, 3)
+
+
+async def test_a_response_cut_mid_body_is_a_worker_reset_after_what_arrived():
+    """OC-ADAPT-3006"""
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(OK_HEAD + sse_body("a", finish=False))
+        return False  # closes inside the chunked body
+
+    server = ScriptedServer(answer)
+    async with server as url:
+        adapter = OpenAIAdapter(url, model="m")
+        seen: list[str] = []
+        try:
+            with pytest.raises(AdapterError) as err:
+                async for e in adapter.stream(GenerateRequest("x", max_tokens=2)):
+                    seen.append(e.text if isinstance(e, Token) else "")
+        finally:
+            await adapter.close()
+    assert seen == ["a"]
+    assert err.value.code is ErrorCode.WORKER_RESET and err.value.retriable
+    assert err.value.message == "openai: the engine's response was cut off"
+
+
+async def test_a_reader_that_falls_behind_holds_a_bounded_part_of_the_body():
+    """OC-ADAPT-3008: past HIGH_WATER buffered bytes the socket is not read, so the engine
+    (here: its send buffer filling) waits for the reader."""
+    writers: list[asyncio.StreamWriter] = []
+    block = b"x" * 65536
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        writers.append(writer)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (200 * len(block)))
+        for _ in range(200):  # 12.5 MiB
+            writer.write(block)
+        await writer.drain()  # returns only once the client has read it all
+        return False
+
+    async with ScriptedServer(answer) as url:
+        client = HttpClient(url)
+        r = await client.request("GET", "/big")
+        try:
+            async with asyncio.timeout(30):
+                await poll_until(lambda: _paused(r))
+                # the engine is held back: most of the body is still on its side
+                await poll_until(lambda: _backed_up(writers))
+            assert r._buffered <= HIGH_WATER + 4 * len(block)
+            total = 0
+            while chunk := await r.chunk():
+                total += len(chunk)
+            assert total == 200 * len(block)
+        finally:
+            client.release(r)
+            await client.close()
+
+
+async def _paused(r: Response) -> bool:
+    return r._paused
+
+
+async def _backed_up(writers: list[asyncio.StreamWriter]) -> bool:
+    return bool(writers) and writers[0].transport.get_write_buffer_size() > HIGH_WATER
