@@ -144,8 +144,9 @@ class AgentHub(pb_grpc.PoolManagerControlServicer):
         session: AgentSession | None = None
         why = "the stream ended"
         try:
+            first = await self._hello(context)
             self._authenticate(context)
-            session = await self._register(context)
+            session = await self._register(first, context)
             why = await self._serve(session, context)
         except Refused as e:
             why = str(e)
@@ -168,8 +169,22 @@ class AgentHub(pb_grpc.PoolManagerControlServicer):
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
             raise Refused(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong join token")
 
-    async def _register(self, context: Any) -> AgentSession:
-        first = await context.read()
+    async def _hello(self, context: Any) -> Any:
+        """The call's first message, read *before* the call is judged (None if none came
+        within the heartbeat window). Refusing a call while the agent's Hello is still
+        being written makes that write fail, and grpcio's asyncio client then reports
+        INTERNAL "Internal error from Core" instead of the status sent (grpc/grpc#36066):
+        the agent would not learn that its token was wrong. Once the Hello has been read,
+        no write of the agent's is in flight when the refusal arrives."""
+        try:
+            async with asyncio.timeout(self.heartbeat_interval_s * self.heartbeat_misses):
+                return await context.read()
+        except TimeoutError:
+            return None
+
+    async def _register(self, first: Any, context: Any) -> AgentSession:
+        if first is None:
+            raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within the heartbeat window")
         if first is grpc.aio.EOF:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "the stream ended before Hello")
         if first.WhichOneof("kind") != "hello":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from pathlib import Path
 
 import grpc
@@ -127,6 +128,51 @@ async def test_an_agent_with_a_wrong_token_is_refused_and_says_so(
     line = await agent.wait_log("join failed")
     assert "UNAUTHENTICATED" in line and "join token" in line
     assert hub_of(api).agents == {} and states(api) == {}
+
+
+#: A client in its own process: `ATTEMPTS` wrong-token joins, each writing Hello at once
+#: (as an agent does); prints how each call ended.
+_WRONG_TOKEN_JOINS = """
+import asyncio, collections, sys
+import grpc
+from pool_managerd.proto import pool_manager_pb2 as pb, pool_manager_pb2_grpc as pb_grpc
+
+async def main(target, attempts):
+    seen = collections.Counter()
+    async with grpc.aio.insecure_channel(target) as channel:
+        for _ in range(attempts):
+            call = pb_grpc.PoolManagerControlStub(channel).Connect(
+                metadata=(("authorization", "Bearer wrong"),))
+            try:
+                await call.write(pb.AgentMessage(hello=pb.Hello(agent_id="z", protocol_version=1)))
+                await call.read()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                pass
+            seen[(await call.code()).name] += 1
+    print(dict(seen))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+async def test_a_wrong_token_is_reported_even_when_refused_while_hello_is_written(
+    start_daemon, tmp_path
+):
+    """OC-AGENT-1609: grpcio's asyncio client reports a write that fails as its call is
+    refused as INTERNAL "Internal error from Core", overwriting the status the control
+    plane sent (grpc/grpc#36066). The control plane therefore reads Hello before it
+    judges a call. Out of process, as agents are: in one event loop the write always
+    finishes first. Before the fix about 2 % of these calls ended INTERNAL."""
+    good = tmp_path / "good"
+    good.write_text(TOKEN)
+    api = await start_daemon(remote_pool(), ready=False, agents=agents_server(good))
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _WRONG_TOKEN_JOINS, f"127.0.0.1:{api.daemon.agents_port}", "300",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await client.communicate()
+    assert out.decode().strip() == "{'UNAUTHENTICATED': 300}"
+    assert hub_of(api).agents == {}
 
 
 @pytest.fixture(scope="module")
