@@ -72,6 +72,12 @@ class SseDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes | Oversized]:
         """The events `chunk` completes (usually none or one)."""
+        if (
+            not self._buffer and not self._data and self._head is None
+            and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")
+            and chunk.find(b"\n", 6) == len(chunk) - 2 and len(chunk) <= self._max
+        ):  # fmt: skip
+            return [chunk[6:-2]]  # the usual chunk: exactly one one-line event
         events: list[bytes | Oversized] = []
         buffer = self._buffer + chunk if self._buffer else chunk
         start = 0
