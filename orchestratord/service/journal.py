@@ -16,6 +16,7 @@ import orjson
 
 from orchestrator_core.model import Determinism, Placement, PlacementMode, Priority, Task
 from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
+from orchestratord.service.output import from_columns
 from orchestratord.store import TaskRow
 from worker_adapters.base import ChatMessage, GenerateRequest
 
@@ -58,8 +59,9 @@ def task_row(rec: TaskRecord, now_ms: float) -> TaskRow:
 
 
 def output_chunk(rec: TaskRecord, start: int) -> str:
-    """Output entries from `start` on, as `[[token index, text, [token ids]], ...]`."""
-    return orjson.dumps(list(rec.output.entries(start))).decode()
+    """Output entries from `start` on, as columns (`Output.columns`: one JSON object, no
+    array per token)."""
+    return orjson.dumps(rec.output.columns(start)).decode()
 
 
 def started(rec: TaskRecord) -> str | None:
@@ -110,8 +112,16 @@ Journaled = tuple[int, str, tuple[int, ...]]
 
 
 def tokens_of(chunks: list[str]) -> list[Journaled]:
-    """The journaled output, in order."""
-    return [(i, text, tuple(ids)) for chunk in chunks for i, text, ids in orjson.loads(chunk)]
+    """The journaled output, in order. A chunk is columns (`Output.columns`), or — as
+    journals written before 2026-11-23 hold them — `[[token index, text, [ids]], ...]`."""
+    tokens: list[Journaled] = []
+    for chunk in chunks:
+        data = orjson.loads(chunk)
+        if isinstance(data, dict):
+            tokens.extend(from_columns(data))
+        else:
+            tokens.extend((i, text, tuple(ids)) for i, text, ids in data)
+    return tokens
 
 
 def started_of(started: str | dict[str, Any] | None) -> StartedEvent | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterator
+from typing import Any
 
 #: (token index, text, token ids) — one entry, as journaled.
 Entry = tuple[int, str, tuple[int, ...]]
@@ -61,6 +62,29 @@ class Output:
         ids = tuple(self._ids[id_begin : id_ends[i]])
         return self._at[i], self._text[begin : ends[i]].decode(), ids
 
-    def entries(self, start: int = 0) -> Iterator[Entry]:
-        """The entries from `start` on."""
-        return (self.entry(i) for i in range(start, len(self._ends)))
+    def columns(self, start: int = 0) -> dict[str, Any]:
+        """The entries from `start` on as columns — their text in one string, where each
+        ends (in UTF-8 bytes) and their ids in one list — built without a step per entry
+        (what the journal writes; `from_columns` reads it back)."""
+        text_from = self._ends[start - 1] if start else 0
+        ids_from = self._id_ends[start - 1] if start else 0
+        return {
+            "at": self._at[start:].tolist(),
+            "text": self._text[text_from:].decode(),
+            "text_from": text_from,
+            "ends": self._ends[start:].tolist(),
+            "ids": self._ids[ids_from:].tolist(),
+            "ids_from": ids_from,
+            "id_ends": self._id_ends[start:].tolist(),
+        }
+
+
+def from_columns(columns: dict[str, Any]) -> Iterator[Entry]:
+    """The entries `Output.columns` wrote."""
+    text, ids = columns["text"].encode(), columns["ids"]
+    text_from, ids_from = columns["text_from"], columns["ids_from"]
+    begin, id_begin = 0, 0
+    for at, end, id_end in zip(columns["at"], columns["ends"], columns["id_ends"], strict=True):
+        end, id_end = end - text_from, id_end - ids_from
+        yield at, text[begin:end].decode(), tuple(ids[id_begin:id_end])
+        begin, id_begin = end, id_end

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from orchestratord.service.output import Output
+from orchestratord.service.output import Output, from_columns
 from tests.helpers import mock_pool
 
 MiB = 1 << 20
@@ -95,7 +95,8 @@ def test_output_is_one_buffer_capped_in_utf8_bytes():
     out.append(1, "", ())
     out.append(2, "日本", (8, 9))
     assert len(out) == 3 and out.text_bytes == 2 + 6 and out.text() == "é日本"
-    assert list(out.entries(1)) == [(1, "", ()), (2, "日本", (8, 9))]
+    assert list(from_columns(out.columns(1))) == [(1, "", ()), (2, "日本", (8, 9))]
+    assert next(from_columns(out.columns(0))) == (0, "é", (7,))
     assert out.last_index == 2
     assert out.footprint < 3 * 40 + out.text_bytes  # no object per token
 

@@ -12,11 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 import yaml
 
 from orchestratord.service.admission import Submission
+from orchestratord.service.journal import tokens_of
+from orchestratord.service.output import Output
 from orchestratord.service.streams import TOKEN
 from orchestratord.store import Snapshot, StoreError, TaskRow
 from orchestratord.store.postgres import MIGRATIONS as PG_MIGRATIONS
@@ -136,7 +139,7 @@ async def test_tokens_are_journaled_when_they_first_reach_a_client(start_daemon)
     with sqlite3.connect(state_db()) as db:  # ... only once a restart would know
         assert db.execute("SELECT streamed FROM tasks WHERE id = ?", (task_id,)).fetchone() == (1,)
         (chunk,) = db.execute("SELECT tokens FROM task_output WHERE task_id = ?", (task_id,))
-        assert [index for index, _, _ in json.loads(chunk[0])] == [0, 1]
+        assert [index for index, _, _ in tokens_of([chunk[0]])] == [0, 1]
 
 
 def _strict_pool(stall: int | None) -> dict[str, Any]:
@@ -182,13 +185,14 @@ async def test_a_strict_rerun_that_diverges_fails_loudly(served, store_backend):
         number, tokens = db.execute(
             "SELECT chunk, tokens FROM task_output ORDER BY chunk DESC LIMIT 1"
         ).fetchone()
-        chunk = json.loads(tokens)
-        chunk[-1][1] = "tampered"
-        tampered = chunk[-1][0]
+        *kept, (tampered, _, ids) = tokens_of([tokens])
+        chunk = Output()
+        for index, text, token_ids in [*kept, (tampered, "tampered", ids)]:
+            chunk.append(index, text, token_ids)
         mark = "%s" if served.store else "?"
         db.execute(
             f"UPDATE task_output SET tokens = {mark} WHERE chunk = {mark}",
-            (json.dumps(chunk), number),
+            (orjson.dumps(chunk.columns()).decode(), number),
         )
     await served.start(_strict_pool(stall=None))
     resumed = await served.events(tid, after=before[-1][1])
@@ -327,6 +331,17 @@ async def test_the_schema_is_versioned_and_migrated(tmp_path):
     again = SqliteStore(tmp_path)  # reopening migrates nothing and loses nothing
     assert await again.open() == Snapshot()
     await again.close()
+
+
+def test_output_journaled_in_the_earlier_format_still_reads_back():
+    """OC-STORE-1006: output chunks are columns now; a journal written before holds one
+    array per token, and both read back as the same tokens, in order."""
+    out = Output()
+    for i, (text, ids) in enumerate([("a", (1,)), ("日本", (2, 3)), ("", ())]):
+        out.append(i, text, ids)
+    earlier = orjson.dumps([[0, "a", [1]]]).decode()
+    now = orjson.dumps(out.columns(1)).decode()
+    assert tokens_of([earlier, now]) == [(0, "a", (1,)), (1, "日本", (2, 3)), (2, "", ())]
 
 
 async def test_the_log_is_checkpointed_off_the_loop(tmp_path):
