@@ -72,12 +72,19 @@ class SseDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes | Oversized]:
         """The events `chunk` completes (usually none or one)."""
-        if (
-            not self._buffer and not self._data and self._head is None
-            and chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")
-            and chunk.find(b"\n", 6) == len(chunk) - 2 and len(chunk) <= self._max
-        ):  # fmt: skip
-            return [chunk[6:-2]]  # the usual chunk: exactly one one-line event
+        if self._buffer or self._data or self._head is not None or b"\r" in chunk:
+            return self._scan(chunk)
+        # the usual reads: whole events of one `data: ` line each, split without a line scan
+        events: list[bytes | Oversized] = []
+        parts = chunk.split(b"\n\n")
+        for i, part in enumerate(parts[:-1]):
+            if not part.startswith(b"data: ") or b"\n" in part or len(part) > self._max:
+                return events + self._scan(b"\n\n".join(parts[i:]))
+            events.append(part[6:])
+        return events + self._scan(parts[-1]) if parts[-1] else events
+
+    def _scan(self, chunk: bytes) -> list[bytes | Oversized]:
+        """`feed`, line by line: any framing, any state."""
         events: list[bytes | Oversized] = []
         buffer = self._buffer + chunk if self._buffer else chunk
         start = 0
