@@ -13,8 +13,9 @@ consuming it) must release the engine's slot — close the connection, cancel th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Literal, Protocol, runtime_checkable
 
 from orchestrator_core.errors import ErrorCode, OrchestratorError
@@ -151,7 +152,7 @@ class WorkerAdapter(Protocol):
         """Slots, context, version and model identity (may query the engine)."""
         ...
 
-    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         """Generate: zero or more `Token`s, then exactly one `End`; or raise AdapterError.
         Closing the iterator early cancels the request at the engine."""
         ...
@@ -165,36 +166,54 @@ class WorkerAdapter(Protocol):
         ...
 
 
-async def guard_stalls(
-    events: AsyncIterator[StreamEvent], timeout_s: float, engine: str
-) -> AsyncGenerator[StreamEvent, None]:
-    """Relay `events`, failing with DECODE_TIMEOUT when the engine sends nothing for
-    `timeout_s`; the engine request is closed either way.
+class StallGuard:
+    """Fails a stream with DECODE_TIMEOUT when the engine sends nothing for `timeout_s`:
 
-    Hot path: one timer per stream, moved at most every quarter timeout rather than per
-    event, so a stall is detected between `timeout_s` and 1.25 times `timeout_s` after the
-    last event, at the cost of one clock read per event. The consumer must not await
-    between events (the daemon's relay does not), or its own wait would count as a stall.
+        async with StallGuard(timeout_s, engine) as guard, aclosing(adapter.stream(r)) as events:
+            async for event in events:
+                guard.beat()
+                ...
+
+    The engine request is closed either way (by `aclosing`, inside the guard). A context
+    the relay holds rather than a generator wrapped around the stream: on the hot path
+    that was one more async-generator step per token. One timer per stream, moved at most
+    every quarter timeout rather than per event, so a stall is detected between
+    `timeout_s` and 1.25 times `timeout_s` after the last event, at the cost of one clock
+    read per event. The body must not await between events (the daemon's relay does not),
+    or its own wait would count as a stall.
     """
-    loop = asyncio.get_running_loop()
-    iterator = aiter(events)
-    slack = timeout_s / 4
-    try:
-        async with asyncio.timeout_at(loop.time() + timeout_s + slack) as timer:
-            moved = loop.time()
-            async for event in iterator:
-                now = loop.time()
-                if now - moved > slack:
-                    timer.reschedule(now + timeout_s + slack)
-                    moved = now
-                yield event
-    except TimeoutError:
-        raise AdapterError(
-            ErrorCode.DECODE_TIMEOUT,
-            f"the engine sent nothing for {timeout_s:g} s",
-            engine=engine,
-        ) from None
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+
+    __slots__ = ("_engine", "_loop", "_moved", "_slack", "_timeout", "_timeout_s")
+
+    def __init__(self, timeout_s: float, engine: str) -> None:
+        self._timeout_s, self._engine = timeout_s, engine
+        self._slack = timeout_s / 4
+        self._loop = asyncio.get_running_loop()
+        self._moved = self._loop.time()
+        self._timeout = asyncio.timeout_at(self._moved + timeout_s + self._slack)
+
+    async def __aenter__(self) -> StallGuard:
+        await self._timeout.__aenter__()
+        return self
+
+    def beat(self) -> None:
+        """An event arrived."""
+        now = self._loop.time()
+        if now - self._moved > self._slack:
+            self._timeout.reschedule(now + self._timeout_s + self._slack)
+            self._moved = now
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        try:
+            await self._timeout.__aexit__(kind, error, trace)
+        except TimeoutError:
+            raise AdapterError(
+                ErrorCode.DECODE_TIMEOUT,
+                f"the engine sent nothing for {self._timeout_s:g} s",
+                engine=self._engine,
+            ) from None

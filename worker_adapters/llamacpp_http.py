@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -132,7 +132,7 @@ class LlamaCppAdapter(HttpEngine):
             body["id_slot"] = req.slot
         return body
 
-    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         body = self._body(request)
         if request.messages:
             return openai_events(
@@ -142,7 +142,7 @@ class LlamaCppAdapter(HttpEngine):
 
     async def _completion(
         self, body: dict[str, Any], traceparent: str | None
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         predicted = 0  # tokens counted so far, from the engine's own tally
         async for event in self._post_sse("/completion", body, traceparent):
             if "error" in event:  # an error after the stream started

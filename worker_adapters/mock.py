@@ -18,7 +18,7 @@ import hashlib
 import random
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from orchestrator_core.errors import ErrorCode
@@ -107,7 +107,7 @@ class MockAdapter:
             self.config.model, f"sha256:{digest}",
         )  # fmt: skip
 
-    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         cfg = self.config
         rejected = cfg.replica_id in _REJECT.findall(render_chat(request))
         if cfg.overloaded or rejected or self.active >= cfg.slots:

@@ -10,7 +10,7 @@ the engine runs priority scheduling (vLLM rejects a non-zero priority otherwise)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from typing import Any
 
 from worker_adapters.base import (
@@ -31,7 +31,7 @@ CHAT_PATH = "/v1/chat/completions"
 
 async def openai_events(
     chunks: AsyncIterable[Any], ended_early: AdapterError
-) -> AsyncIterator[StreamEvent]:
+) -> AsyncGenerator[StreamEvent, None]:
     """OpenAI completion or chat chunks (already JSON-decoded) as Tokens and one End;
     `ended_early` is raised for a stream cut short or an in-stream error."""
     finish: FinishReason | None = None
@@ -128,7 +128,7 @@ class OpenAIAdapter(HttpEngine):
             body["priority"] = req.priority
         return body
 
-    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         path = CHAT_PATH if request.messages or self.chat else "/v1/completions"
         return openai_events(
             self._post_sse(path, self._body(request), request.traceparent), self.ended_early()

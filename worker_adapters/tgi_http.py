@@ -12,7 +12,7 @@ rendered with the model's chat template by TGI).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from orchestrator_core.errors import ErrorCode
@@ -102,13 +102,13 @@ class TGIAdapter(HttpEngine):
             body["stop"] = list(req.stop)
         return body
 
-    def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         if request.messages:
             chunks = self._post_sse(CHAT_PATH, self._chat_body(request), request.traceparent)
             return openai_events(chunks, self.ended_early())
         return self._generate(request)
 
-    async def _generate(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+    async def _generate(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         async for event in self._post_sse(
             "/generate_stream", self._body(request), request.traceparent
         ):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -132,7 +132,7 @@ class TritonAdapter:
         request.parameters["triton_enable_empty_final_response"].bool_param = True
         return request
 
-    async def stream(self, request: GenerateRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         request_id = uuid.uuid4().hex
         message = await self._request(request, request_id)
         finished = asyncio.Event()

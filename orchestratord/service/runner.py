@@ -28,7 +28,7 @@ from orchestratord.service.records import TaskRecord
 from orchestratord.service.tasks import TaskBook
 from orchestratord.telemetry import tracing
 from pool_managerd.replica import Replica
-from worker_adapters.base import AdapterError, End, Token, guard_stalls
+from worker_adapters.base import AdapterError, End, StallGuard, Token
 
 log = structlog.get_logger("orchestratord")
 
@@ -62,11 +62,14 @@ async def run_task(
     running = TaskState.RUNNING
     end: End | None = None
     try:
-        events = guard_stalls(adapter.stream(request), limits.token_timeout_s, replica.engine)
-        async with aclosing(events):
+        async with (
+            StallGuard(limits.token_timeout_s, replica.engine) as guard,
+            aclosing(adapter.stream(request)) as events,
+        ):
             # the hot path: per event, a few attribute updates and one frame
             emit_token, cap, output = rec.stream.token, limits.max_output_bytes, rec.output
             async for event in events:
+                guard.beat()
                 if task.state is not running:  # canceled meanwhile: stop reading
                     break
                 if isinstance(event, Token):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
+from contextlib import aclosing
 
 import pytest
 
@@ -20,9 +21,9 @@ from worker_adapters.base import (
     AdapterError,
     End,
     GenerateRequest,
+    StallGuard,
     Token,
     WorkerAdapter,
-    guard_stalls,
 )
 
 LOCAL_FAULTS = {
@@ -186,12 +187,14 @@ async def test_stalled_engine_maps_to_decode_timeout(engine, adapter):
     if paused:
         pause(engine)  # the request is accepted by the kernel; nothing ever answers it
     try:
-        events = guard_stalls(
-            adapter.stream(GenerateRequest(prompt, max_tokens=500, seed=6)), 0.3, engine.name
-        )
+        request = GenerateRequest(prompt, max_tokens=500, seed=6)
         with pytest.raises(AdapterError) as err:
-            async for _ in events:
-                pass
+            async with (
+                StallGuard(0.3, engine.name) as guard,
+                aclosing(adapter.stream(request)) as events,
+            ):
+                async for _ in events:
+                    guard.beat()
     finally:
         if paused:
             resume(engine)
