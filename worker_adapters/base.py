@@ -175,8 +175,9 @@ class StallGuard:
                 ...
 
     The engine request is closed either way (by `aclosing`, inside the guard). A context
-    the relay holds rather than a generator wrapped around the stream: on the hot path
-    that was one more async-generator step per token. One timer per stream, moved at most
+    the relay holds rather than a generator wrapped around the stream, so the relay reads
+    the adapter's own generator (a layer fewer; measured, it saves only ~0.05 µs per
+    event — generator steps that do not suspend are cheap). One timer per stream, moved at most
     every quarter timeout rather than per event, so a stall is detected between
     `timeout_s` and 1.25 times `timeout_s` after the last event, at the cost of one clock
     read per event. The body must not await between events (the daemon's relay does not),
