@@ -5,9 +5,11 @@ much of a response it holds for a reader that does not keep up."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 
 import pytest
+import trustme
 
 from orchestrator_core.errors import ErrorCode
 from pool_managerd.probe import poll_until
@@ -38,15 +40,16 @@ class ScriptedServer:
     """Reads requests (headers + Content-Length body) and lets `answer(n, writer)` reply
     to the n-th request on a connection; `answer` returns whether to keep the connection."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, tls: ssl.SSLContext | None = None) -> None:
         self.answer = answer
+        self.tls = tls
         self.connections = 0
         self.requests = 0
 
     async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return f"https://localhost:{port}" if self.tls else f"http://127.0.0.1:{port}"
 
     async def __aexit__(self, *exc: object) -> None:
         self.server.close()
@@ -128,6 +131,36 @@ async def test_a_pooled_connection_the_engine_closed_is_resent_once_on_a_new_one
         finally:
             await adapter.close()
     assert (server.connections, server.requests) == (2, 3)
+
+
+async def test_an_engine_behind_tls_is_verified_against_the_trusted_cas(tmp_path, monkeypatch):
+    """OC-ADAPT-3008: `https://` endpoints speak TLS, the engine's certificate checked
+    against the system's CAs (or `SSL_CERT_FILE`, OpenSSL's own variable); an engine whose
+    certificate nobody trusts is a connection failure, not a stream."""
+    ca = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(tls)
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(OK_HEAD + sse_body("a") + END)
+        return True
+
+    async with ScriptedServer(answer, tls) as url:
+        untrusting = OpenAIAdapter(url, model="m")
+        try:
+            with pytest.raises(AdapterError) as err:
+                await _texts(untrusting)
+        finally:
+            await untrusting.close()
+        assert err.value.message == "openai: could not connect to the engine"
+        assert "CERTIFICATE_VERIFY_FAILED" in (err.value.detail or "")
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        adapter = OpenAIAdapter(url, model="m")
+        try:
+            assert await _texts(adapter) == ["a"]
+        finally:
+            await adapter.close()
 
 
 async def test_a_response_cut_mid_body_is_a_worker_reset_after_what_arrived():
