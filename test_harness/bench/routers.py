@@ -142,6 +142,7 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--paths", nargs="+", default=["vllm-router", "openai", "native1", "native2"])
+    ap.add_argument("--store", default="sqlite:", help='store.url ("memory:": no journal)')
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     engine, engine_url, kind = await start_engine(args.engine, tmp)
@@ -149,8 +150,9 @@ async def main() -> None:
     pool = {"id": "bench", "engine": kind, "model": "bench", "queue": {"capacity": 65536},
             "replicas": {"endpoints": [engine_url]}, "slots_per_endpoint": 4096,
             "engine_model": "mock-model"}  # fmt: skip
-    # the default durable store, in the run's own directory
-    config = {"server": {"port": daemon_port, "state_dir": str(tmp / "state")}, "pools": [pool]}
+    # the default durable store, in the run's own directory (unless --store says otherwise)
+    config = {"server": {"port": daemon_port, "state_dir": str(tmp / "state")},
+              "store": {"url": args.store}, "pools": [pool]}  # fmt: skip
     (tmp / "c.yaml").write_text(yaml.safe_dump(config))
     bin_dir = Path(sys.executable).parent
     serve = [str(bin_dir / "orchestratord"), "serve", "--config", str(tmp / "c.yaml"),
