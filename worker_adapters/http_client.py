@@ -239,7 +239,7 @@ class HttpClient:
         if not keep_alive:
             fixed["Connection"] = "close"
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
-        self._idle: list[Response] = []
+        self._idle: deque[Response] = deque()
         self.closed = False
 
     async def close(self) -> None:
@@ -265,7 +265,7 @@ class HttpClient:
     def _pooled(self) -> Response | None:
         now = time.monotonic()
         while self._idle:
-            conn = self._idle.pop()
+            conn = self._idle.pop()  # the most recently used: the least likely stale
             if not conn.closed and now - conn.idle_since < IDLE_S:
                 return conn
             conn._close()
@@ -321,5 +321,10 @@ class HttpClient:
             conn._close()
             return
         conn._begin()
-        conn.idle_since = time.monotonic()
+        conn.idle_since = now = time.monotonic()
         self._idle.append(conn)
+        # the oldest wait at the other end: once a burst is over, steady traffic reuses the
+        # newest, so the burst's connections are closed here rather than kept until reused
+        idle = self._idle
+        while idle and (idle[0].closed or now - idle[0].idle_since >= IDLE_S):
+            idle.popleft()._close()

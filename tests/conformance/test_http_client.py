@@ -13,8 +13,8 @@ import trustme
 
 from orchestrator_core.errors import ErrorCode
 from pool_managerd.probe import poll_until
-from worker_adapters.base import AdapterError, GenerateRequest, Token
-from worker_adapters.http_client import HIGH_WATER, HttpClient, Response
+from worker_adapters.base import AdapterError, End, GenerateRequest, Token
+from worker_adapters.http_client import HIGH_WATER, IDLE_S, HttpClient, Response
 from worker_adapters.openai_http import OpenAIAdapter
 
 Answer = Callable[[int, asyncio.StreamWriter], Awaitable[bool]]
@@ -106,6 +106,34 @@ async def test_a_kept_alive_connection_is_reused_even_when_its_end_comes_after_d
         finally:
             await adapter.close()
     assert (server.connections, server.requests) == (1, 3)
+
+
+async def test_connections_left_idle_by_a_burst_are_closed_not_kept():
+    """OC-ADAPT-3008: after a burst, steady traffic reuses the newest connection; the
+    burst's others are closed once they have idled `IDLE_S`, not kept until reused."""
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(OK_HEAD + sse_body("a") + END)
+        return True
+
+    server = ScriptedServer(answer)
+    async with server as url:
+        adapter = OpenAIAdapter(url, model="m")
+        try:
+            streams = [adapter.stream(GenerateRequest("x", max_tokens=1)) for _ in range(3)]
+            firsts = [await anext(s) for s in streams]  # three connections at once
+            for s in streams:
+                assert [e async for e in s][-1] == End("length", 1, None)
+            assert all(isinstance(f, Token) for f in firsts) and len(adapter._client._idle) == 3
+            burst = list(adapter._client._idle)
+            for conn in burst[:2]:  # the two not on top have idled past IDLE_S
+                conn.idle_since -= IDLE_S
+            assert await _texts(adapter) == ["a"]  # reuses the newest
+            assert list(adapter._client._idle) == [burst[2]]
+            assert all(conn.closed for conn in burst[:2])
+        finally:
+            await adapter.close()
+    assert (server.connections, server.requests) == (3, 4)
 
 
 async def _pooled(adapter: OpenAIAdapter) -> bool:
