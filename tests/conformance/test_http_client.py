@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 import trustme
@@ -34,6 +35,21 @@ OK_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 )
 END = b"0\r\n\r\n"
+
+
+async def answer_a(n: int, writer: asyncio.StreamWriter) -> bool:
+    """An engine that answers every request with the one-token stream "a"."""
+    writer.write(OK_HEAD + sse_body("a") + END)
+    return True
+
+
+@asynccontextmanager
+async def openai_at(url: str) -> AsyncIterator[OpenAIAdapter]:
+    adapter = OpenAIAdapter(url, model="m")
+    try:
+        yield adapter
+    finally:
+        await adapter.close()
 
 
 class ScriptedServer:
@@ -94,17 +110,13 @@ async def test_a_kept_alive_connection_is_reused_even_when_its_end_comes_after_d
         return True
 
     server = ScriptedServer(answer)
-    async with server as url:
-        adapter = OpenAIAdapter(url, model="m")
-        try:
+    async with server as url, openai_at(url) as adapter:
+        assert await _texts(adapter) == ["a", "b"]
+        ended.set()
+        async with asyncio.timeout(10):
+            await poll_until(lambda: _pooled(adapter))
+        for _ in range(2):
             assert await _texts(adapter) == ["a", "b"]
-            ended.set()
-            async with asyncio.timeout(10):
-                await poll_until(lambda: _pooled(adapter))
-            for _ in range(2):
-                assert await _texts(adapter) == ["a", "b"]
-        finally:
-            await adapter.close()
     assert (server.connections, server.requests) == (1, 3)
 
 
@@ -112,27 +124,19 @@ async def test_connections_left_idle_by_a_burst_are_closed_not_kept():
     """OC-ADAPT-3008: after a burst, steady traffic reuses the newest connection; the
     burst's others are closed once they have idled `IDLE_S`, not kept until reused."""
 
-    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
-        writer.write(OK_HEAD + sse_body("a") + END)
-        return True
-
-    server = ScriptedServer(answer)
-    async with server as url:
-        adapter = OpenAIAdapter(url, model="m")
-        try:
-            streams = [adapter.stream(GenerateRequest("x", max_tokens=1)) for _ in range(3)]
-            firsts = [await anext(s) for s in streams]  # three connections at once
-            for s in streams:
-                assert [e async for e in s][-1] == End("length", 1, None)
-            assert all(isinstance(f, Token) for f in firsts) and len(adapter._client._idle) == 3
-            burst = list(adapter._client._idle)
-            for conn in burst[:2]:  # the two not on top have idled past IDLE_S
-                conn.idle_since -= IDLE_S
-            assert await _texts(adapter) == ["a"]  # reuses the newest
-            assert list(adapter._client._idle) == [burst[2]]
-            assert all(conn.closed for conn in burst[:2])
-        finally:
-            await adapter.close()
+    server = ScriptedServer(answer_a)
+    async with server as url, openai_at(url) as adapter:
+        streams = [adapter.stream(GenerateRequest("x", max_tokens=1)) for _ in range(3)]
+        firsts = [await anext(s) for s in streams]  # three connections at once
+        for s in streams:
+            assert [e async for e in s][-1] == End("length", 1, None)
+        assert all(isinstance(f, Token) for f in firsts) and len(adapter._client._idle) == 3
+        burst = list(adapter._client._idle)
+        for conn in burst[:2]:  # the two not on top have idled past IDLE_S
+            conn.idle_since -= IDLE_S
+        assert await _texts(adapter) == ["a"]  # reuses the newest
+        assert list(adapter._client._idle) == [burst[2]]
+        assert all(conn.closed for conn in burst[:2])
     assert (server.connections, server.requests) == (3, 4)
 
 
@@ -151,13 +155,9 @@ async def test_a_pooled_connection_the_engine_closed_is_resent_once_on_a_new_one
         return True
 
     server = ScriptedServer(answer)
-    async with server as url:
-        adapter = OpenAIAdapter(url, model="m")
-        try:
-            assert await _texts(adapter) == ["a"]
-            assert await _texts(adapter) == ["a"]
-        finally:
-            await adapter.close()
+    async with server as url, openai_at(url) as adapter:
+        assert await _texts(adapter) == ["a"]
+        assert await _texts(adapter) == ["a"]
     assert (server.connections, server.requests) == (2, 3)
 
 
@@ -169,26 +169,16 @@ async def test_an_engine_behind_tls_is_verified_against_the_trusted_cas(tmp_path
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(tls)
 
-    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
-        writer.write(OK_HEAD + sse_body("a") + END)
-        return True
-
-    async with ScriptedServer(answer, tls) as url:
-        untrusting = OpenAIAdapter(url, model="m")
-        try:
+    async with ScriptedServer(answer_a, tls) as url:
+        async with openai_at(url) as untrusting:
             with pytest.raises(AdapterError) as err:
                 await _texts(untrusting)
-        finally:
-            await untrusting.close()
         assert err.value.message == "openai: could not connect to the engine"
         assert "CERTIFICATE_VERIFY_FAILED" in (err.value.detail or "")
         ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
-        adapter = OpenAIAdapter(url, model="m")
-        try:
+        async with openai_at(url) as adapter:
             assert await _texts(adapter) == ["a"]
-        finally:
-            await adapter.close()
 
 
 async def test_a_response_cut_mid_body_is_a_worker_reset_after_what_arrived():
@@ -198,16 +188,11 @@ async def test_a_response_cut_mid_body_is_a_worker_reset_after_what_arrived():
         writer.write(OK_HEAD + sse_body("a", finish=False))
         return False  # closes inside the chunked body
 
-    server = ScriptedServer(answer)
-    async with server as url:
-        adapter = OpenAIAdapter(url, model="m")
-        seen: list[str] = []
-        try:
-            with pytest.raises(AdapterError) as err:
-                async for e in adapter.stream(GenerateRequest("x", max_tokens=2)):
-                    seen.append(e.text if isinstance(e, Token) else "")
-        finally:
-            await adapter.close()
+    seen: list[str] = []
+    async with ScriptedServer(answer) as url, openai_at(url) as adapter:
+        with pytest.raises(AdapterError) as err:
+            async for e in adapter.stream(GenerateRequest("x", max_tokens=2)):
+                seen.append(e.text if isinstance(e, Token) else "")
     assert seen == ["a"]
     assert err.value.code is ErrorCode.WORKER_RESET and err.value.retriable
     assert err.value.message == "openai: the engine's response was cut off"
