@@ -185,6 +185,11 @@ class Response(asyncio.Protocol):
             then()
 
         self._then = done
+        self._body.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None:  # the rest must be read to be skipped
+            self._paused = False
+            self.transport.resume_reading()
 
     async def _send(self, request: bytes) -> None:
         """Write a request and wait for its response's status line and headers."""
@@ -286,10 +291,11 @@ class HttpClient:
             f"Content-Length: {len(body)}\r\n\r\n"
         )
         request = head.encode("latin-1") + body
+        stale = False
         while True:
             if self.closed:  # the replica was stopped while this request waited
                 raise ClientClosed("the client was closed")
-            pooled = self._pooled()
+            pooled = None if stale else self._pooled()
             conn = pooled or await self._connect()
             try:
                 await conn._send(request)
@@ -298,7 +304,9 @@ class HttpClient:
                 conn._close()
                 if pooled is None or conn.received:
                     raise
-                # the engine had closed the idle connection: it never saw this request
+                # the engine had closed the idle connection and never saw this request:
+                # once more, on a fresh one (whatever closed this may have closed the rest)
+                stale = True
             except BaseException:
                 conn._close()
                 raise
