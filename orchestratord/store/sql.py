@@ -252,7 +252,10 @@ class SqlStore(TaskStore):
     ) -> None:
         if not self._pending:  # the first write of this loop iteration: hand over after it
             assert self._loop is not None
-            self._loop.call_soon(self._hand_over)
+            # ... and after what that iteration scheduled: a task admitted with this write
+            # has sent its engine request by then, so the commit overlaps the engine's work
+            # instead of delaying its start (and late writes join the group)
+            self._loop.call_soon(self._loop.call_soon, self._hand_over)
         self._pending.append((sql, params, done))
 
     def _hand_over(self) -> None:
