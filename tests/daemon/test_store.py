@@ -120,6 +120,37 @@ async def test_sigkill_loses_nothing_queued_reruns_unstreamed_and_ends_streamed(
         assert await served.events(tid, after=2) == events[-1:]
 
 
+async def test_the_admission_commit_does_not_delay_the_engine_request(start_daemon):
+    """OC-STORE-1001: a task admitted with free slots starts its engine request before its
+    admission is committed (the commit overlaps the engine's work; only the client's answer
+    waits for it)."""
+    api = await start_daemon(mock_pool())
+    service = api.daemon.service
+    order: list[str] = []
+    for replica in service.pools["mock"].manager.replicas:
+        adapter = replica.adapter
+        assert adapter is not None
+        adapter.stream = _recorded(adapter.stream, order)  # type: ignore[method-assign]
+    on_commit = service.store.on_commit
+    assert on_commit is not None
+
+    def committed(elapsed: float) -> None:
+        order.append("commit")
+        on_commit(elapsed)
+
+    service.store.on_commit = committed
+    status, _, _ = await api.submit(model="mock-model", prompt="p", max_tokens=1)
+    assert status == 202 and order[:2] == ["engine", "commit"]
+
+
+def _recorded(stream: Any, order: list[str]) -> Any:
+    def started(request: Any) -> Any:
+        order.append("engine")
+        return stream(request)
+
+    return started
+
+
 async def test_tokens_are_journaled_when_they_first_reach_a_client(start_daemon):
     """OC-STORE-1002, OC-STORE-1009"""
     api = await start_daemon(mock_pool(mock={"stall_after_tokens": 2}))
