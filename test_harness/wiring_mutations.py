@@ -211,6 +211,29 @@ MUTATIONS = (
         "tests/daemon/test_store.py::test_the_log_is_checkpointed_off_the_loop",
     ),
     Mutation(
+        "the group commit in the iteration of its first write: before the engine request",
+        "orchestratord/store/sql.py",
+        "self._loop.call_soon(self._loop.call_soon, self._hand_over)",
+        "self._loop.call_soon(self._hand_over)",
+        "tests/daemon/test_journal.py::test_the_admission_commit_does_not_delay_the_engine_request",
+    ),
+    Mutation(
+        "a request whose pooled connection the engine had closed fails instead of resending",
+        "worker_adapters/http_client.py",
+        "                if pooled is None or conn.received:",
+        "                if True:",
+        "tests/conformance/test_http_client.py::"
+        "test_a_pooled_connection_the_engine_closed_is_resent_once_on_a_new_one",
+    ),
+    Mutation(
+        "an agent's call judged before its Hello is read (refusals reach it as INTERNAL)",
+        "pool_managerd/hub.py",
+        "            first = await self._hello(context)\n            self._authenticate(context)",
+        "            self._authenticate(context)\n            first = await self._hello(context)",
+        "tests/agents/test_join_security.py::"
+        "test_a_wrong_token_is_reported_even_when_refused_while_hello_is_written",
+    ),
+    Mutation(
         "retention 1,000 times shorter",
         "orchestratord/service/tasks.py",
         "self._retention_ms = retention_s * 1000.0",
