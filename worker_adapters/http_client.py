@@ -69,6 +69,10 @@ class ClientClosed(EngineConnectionError):
     what = "the replica was stopped"
 
 
+class NoAnswerInTime(EngineConnectionError):
+    what = "the engine did not answer in time"
+
+
 class Response(asyncio.Protocol):
     """One connection, and the response being read on it (httptools calls the `on_*`)."""
 

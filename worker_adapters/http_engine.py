@@ -19,7 +19,12 @@ import orjson
 
 from orchestrator_core.errors import ErrorCode
 from worker_adapters.base import AdapterError
-from worker_adapters.http_client import EngineConnectionError, HttpClient, Response
+from worker_adapters.http_client import (
+    EngineConnectionError,
+    HttpClient,
+    NoAnswerInTime,
+    Response,
+)
 from worker_adapters.http_errors import connection_error, status_error
 from worker_adapters.sse import Oversized, SseDecoder
 
@@ -46,13 +51,17 @@ class HttpEngine:
         await self._client.close()
 
     async def _get(self, path: str) -> tuple[int, bytes]:
-        """`GET path` within the probe timeout: (status, body)."""
-        async with asyncio.timeout(self._probe_timeout_s):
-            r = await self._client.request("GET", path)
-            try:
-                return r.status, await r.read()
-            finally:
-                self._client.release(r)
+        """`GET path` within the probe timeout: (status, body). Raises
+        EngineConnectionError, a timeout included."""
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                r = await self._client.request("GET", path)
+                try:
+                    return r.status, await r.read()
+                finally:
+                    self._client.release(r)
+        except TimeoutError as e:
+            raise NoAnswerInTime(f"GET {path}: none within {self._probe_timeout_s:g} s") from e
 
     async def _get_json(self, path: str) -> Any:
         try:
@@ -67,7 +76,7 @@ class HttpEngine:
         """Whether `GET path` answers 200 (readiness)."""
         try:
             return (await self._get(path))[0] == 200
-        except (EngineConnectionError, TimeoutError):
+        except EngineConnectionError:
             return False
 
     async def _metrics(self, *names: str) -> dict[str, float]:
@@ -75,7 +84,7 @@ class HttpEngine:
         `/metrics`; names it does not export are absent."""
         try:
             status, body = await self._get("/metrics")
-        except (EngineConnectionError, TimeoutError):
+        except EngineConnectionError:
             return {}
         if status != 200:
             return {}

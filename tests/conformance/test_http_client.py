@@ -181,6 +181,25 @@ async def test_an_engine_behind_tls_is_verified_against_the_trusted_cas(tmp_path
             assert await _texts(adapter) == ["a"]
 
 
+async def test_an_engine_that_never_answers_a_probe_is_not_ready_and_a_worker_reset():
+    """OC-ADAPT-3006: a probe past its timeout reads as not ready, and a capability query
+    as the retriable WORKER_RESET (not a bare timeout escaping the adapter)."""
+    silent = asyncio.Event()
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        await silent.wait()  # accepted, never answered
+        return False
+
+    async with ScriptedServer(answer) as url, openai_at(url) as adapter:
+        adapter._probe_timeout_s = 0.2
+        assert not await adapter.ready()
+        with pytest.raises(AdapterError) as err:
+            await adapter.capabilities()
+        silent.set()
+    assert err.value.code is ErrorCode.WORKER_RESET and err.value.retriable
+    assert err.value.message == "openai: the engine did not answer in time"
+
+
 async def test_a_response_cut_mid_body_is_a_worker_reset_after_what_arrived():
     """OC-ADAPT-3006"""
 
