@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import yaml
 
 from orchestratord.daemon import Daemon
@@ -168,6 +172,23 @@ async def wait_log(proc: asyncio.subprocess.Process, needle: str) -> str:
 
 
 Event = tuple[str, int, str]  # (event, id, raw data)
+
+
+def state_db() -> Path:
+    """The default SQLite task store of a daemon started by the test."""
+    return Path(os.environ["XDG_STATE_HOME"]) / "orchestratord" / "orchestratord.db"
+
+
+@contextmanager
+def journal(served: Served) -> Iterator[Any]:
+    """A connection to the served daemon's task store (committed on exit)."""
+    url = served.store.get("url")
+    if url:
+        with psycopg.connect(url) as conn:
+            yield conn
+    else:
+        with sqlite3.connect(state_db()) as conn:
+            yield conn
 
 
 class Served:

@@ -60,7 +60,7 @@ def _result_line(
     task_id = f"{batch_id}-{item.line}"
     if item.state == TaskState.COMPLETED.value and outcome.get("end"):
         end = EndEvent.model_validate(outcome["end"])
-        text = "".join(t for _, t, _ in journal.tokens_of(item.output))
+        text = "".join(t for _, t, _ in journal.tokens_of(item.output, outcome))
         body = completion_body(
             Door(spec["door"]), task_id, spec["created"], spec["model"], text, end
         )

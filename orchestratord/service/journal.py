@@ -3,8 +3,9 @@
 A task is journaled three times at most, plus a checkpoint per `STRICT_CHECKPOINT` tokens
 for strict tasks: at admission (`spec`: everything needed to rebuild the task and its engine
 request), when its first token is about to reach a client (output chunk 0: from then on a
-restart cannot silently rerun it), and at its end (`result`, and the output not yet
-journaled). Tokens are never journaled one by one.
+restart cannot silently rerun it), and at its end (`result`, carrying the output not
+journaled yet). A task nobody watched — a batch item, a non-streamed completion — is
+journaled twice. Tokens are never journaled one by one.
 """
 
 from __future__ import annotations
@@ -71,16 +72,18 @@ def started(rec: TaskRecord) -> str | None:
 
 
 def result(rec: TaskRecord, end: EndEvent | None, *, with_started: bool) -> str:
-    """How `rec` ended, with what its stream needs to be rebuilt after a restart (and its
-    `started` event, `with_started` when no output chunk carried it)."""
+    """How `rec` ended, with what its stream needs to be rebuilt after a restart: the output
+    no chunk holds (`output`, columns), and its `started` event, `with_started` when no
+    output chunk carried it."""
     started = rec.started_event if with_started else None
+    tail = rec.output.columns(rec.journaled) if len(rec.output) > rec.journaled else None
     return orjson.dumps({
         "started": started.model_dump() if started else None,
         "end": end.model_dump() if end else None,
         "error": rec.error.model_dump(exclude_none=True) if rec.error else None,
         "replica_id": rec.replica_id, "engine": rec.engine, "tokens_out": rec.tokens_out,
         "tokens_in": rec.tokens_in, "finish_reason": rec.finish_reason,
-        "output_truncated": rec.output_truncated,
+        "output_truncated": rec.output_truncated, "output": tail,
     }).decode()  # fmt: skip
 
 
@@ -111,9 +114,11 @@ def request_of(spec: dict[str, Any]) -> GenerateRequest:
 Journaled = tuple[int, str, tuple[int, ...]]
 
 
-def tokens_of(chunks: list[str]) -> list[Journaled]:
-    """The journaled output, in order. A chunk is columns (`Output.columns`), or — as
-    journals written before 2026-11-23 hold them — `[[token index, text, [ids]], ...]`."""
+def tokens_of(chunks: list[str], outcome: dict[str, Any] | None = None) -> list[Journaled]:
+    """The journaled output, in order: the chunks, then what the task's result (`outcome`,
+    once it ended) carries. A chunk is columns (`Output.columns`), or — as journals written
+    before 2026-11-23 hold them — `[[token index, text, [ids]], ...]`; a result written
+    by an earlier version carries no output (its last chunk held everything)."""
     tokens: list[Journaled] = []
     for chunk in chunks:
         data = orjson.loads(chunk)
@@ -121,6 +126,9 @@ def tokens_of(chunks: list[str]) -> list[Journaled]:
             tokens.extend(from_columns(data))
         else:
             tokens.extend((i, text, tuple(ids)) for i, text, ids in data)
+    tail = outcome.get("output") if outcome is not None else None
+    if tail is not None:
+        tokens.extend(from_columns(tail))
     return tokens
 
 

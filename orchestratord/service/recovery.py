@@ -146,7 +146,7 @@ def _replay_ended(rec: TaskRecord, s: StoredTask) -> None:
     rec.replica_id, rec.engine = outcome["replica_id"], outcome["engine"]
     rec.tokens_out, rec.tokens_in = outcome["tokens_out"], outcome["tokens_in"]
     rec.finish_reason, rec.output_truncated = outcome["finish_reason"], outcome["output_truncated"]
-    _replay_output(rec, s, outcome["started"])
+    _replay_output(rec, s, outcome)
     ending = journal.ending_of(outcome)
     # what a reader saw may go past the journaled tokens (a stream cut by a restart, or
     # past the output cap): it still hears the ending
@@ -158,13 +158,14 @@ def _replay_ended(rec: TaskRecord, s: StoredTask) -> None:
         rec.stream.error(ending)
 
 
-def _replay_output(rec: TaskRecord, s: StoredTask, started: dict[str, Any] | None = None) -> None:
-    """The journaled part of a task's stream: `started`, then its journaled tokens, with
-    the event ids they had (a resume after them still finds its place)."""
-    rec.started_event = journal.started_of(started or s.started)
+def _replay_output(rec: TaskRecord, s: StoredTask, outcome: dict[str, Any] | None = None) -> None:
+    """The journaled part of a task's stream (`outcome`: its result, once it ended):
+    `started`, then its journaled tokens, with the event ids they had (a resume after them
+    still finds its place)."""
+    rec.started_event = journal.started_of((outcome or {}).get("started") or s.started)
     if rec.started_event is not None:
         rec.stream.started(rec.started_event)
-    for index, text, ids in journal.tokens_of(s.output):
+    for index, text, ids in journal.tokens_of(s.output, outcome):
         rec.output.append(index, text, ids)
         rec.stream.token(index, text, ids)
     rec.journaled, rec.chunks = len(rec.output), len(s.output)

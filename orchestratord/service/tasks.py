@@ -165,14 +165,13 @@ class TaskBook:
         rec.ended_at = ended_at
         self._retain(rec, ended_at)
 
-    def checkpoint(self, rec: TaskRecord, *, announce: bool = True) -> asyncio.Future[None] | None:
+    def checkpoint(self, rec: TaskRecord) -> asyncio.Future[None] | None:
         """Journal the output not journaled yet — the first time, with the `started` event
-        that says its tokens reach clients, unless `announce` is off (the task's result,
-        journaled with it, carries that); None when durability is off. A strict task's
+        that says its tokens reach clients; None when durability is off. A strict task's
         next checkpoint is due `STRICT_CHECKPOINT` entries on."""
         if not self._store.durable:
             return None
-        started = journal.started(rec) if rec.chunks == 0 and announce else None
+        started = journal.started(rec) if rec.chunks == 0 else None
         durable = self._store.output(
             rec.task.id, rec.chunks, journal.output_chunk(rec, rec.journaled), started
         )
@@ -193,7 +192,7 @@ class TaskBook:
         task failed with STORE_UNAVAILABLE (its stream says so) and the tokens stay unsent."""
         if not self._store.durable:
             return True
-        if rec.chunks == 0:
+        if rec.chunks == 0 and rec.first_chunk is None:
             self.checkpoint(rec)
         if rec.first_chunk is not None:  # else journaled before a restart
             try:
@@ -248,11 +247,13 @@ class TaskBook:
         # runs again after the restart
         shelved = self.closing and rec.batch is not None and state is not TaskState.COMPLETED
         if self._store.durable and not shelved:
-            unannounced = rec.chunks == 0  # no client saw a token: the result says started
-            if len(rec.output) > rec.journaled:
-                self.checkpoint(rec, announce=False)
-            result = journal.result(rec, end, with_started=unannounced)
+            # the result carries the output not journaled yet (one write per task fewer),
+            # and the `started` event when no client saw a token
+            result = journal.result(rec, end, with_started=rec.chunks == 0)
             durable = self._store.ended(task.id, state.value, journal.unix_ms(), result)
+            rec.journaled = len(rec.output)
+            if rec.first_chunk is None:  # a reader still to come delivers once it is durable
+                rec.first_chunk = durable
         if rec.batch is not None and self.on_batch_item is not None and not shelved:
             ending = partial(_both, ending, partial(self.on_batch_item, rec))
         elif rec.batch is None:

@@ -1,5 +1,6 @@
 """When the daemon journals a task and in what form: the admission commit beside the
-engine's start, and output chunks as columns (read back in the earlier form too)."""
+engine's start, output chunks as columns (read back in the earlier form too), and the last
+output in the task's result."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import orjson
 
 from orchestratord.service.journal import tokens_of
 from orchestratord.service.output import Output
-from tests.helpers import mock_pool
+from tests.helpers import journal, mock_pool
 
 
 async def test_the_admission_commit_does_not_delay_the_engine_request(start_daemon):
@@ -52,3 +53,26 @@ def test_output_journaled_in_the_earlier_format_still_reads_back():
     earlier = orjson.dumps([[0, "a", [1]]]).decode()
     now = orjson.dumps(out.columns(1)).decode()
     assert tokens_of([earlier, now]) == [(0, "a", (1,)), (1, "日本", (2, 3)), (2, "", ())]
+
+
+async def test_an_unwatched_task_is_journaled_twice_and_its_output_survives(served, store_backend):
+    """OC-STORE-1009, OC-STORE-1004: a non-streamed completion is journaled at admission and
+    at its end, its output in the end's one write (no output chunk row); after a SIGKILL its
+    status and stream read back whole."""
+    await served.start(mock_pool())
+    body = {"model": "mock-model", "prompt": "nobody streams this", "max_tokens": 6}
+    async with served.http.post(f"{served.url}/v1/completions", json=body) as r:
+        assert r.status == 200, await r.text()
+        text = (await r.json())["choices"][0]["text"]
+        task_id = r.headers["X-Task-Id"]
+    with journal(served) as db:
+        chunks = db.execute("SELECT COUNT(*) FROM task_output").fetchone()
+        (result,) = db.execute("SELECT result FROM tasks").fetchone()
+    assert chunks == (0,) and orjson.loads(result)["output"]["text"] == text != ""
+    status = await served.status(task_id)
+    await served.kill()
+    await served.start(mock_pool())
+    assert await served.status(task_id) == status
+    events = await served.events(task_id)
+    assert [e[0] for e in events] == ["started", *["token"] * 6, "end"]
+    assert "".join(orjson.loads(data)["t"] for _, _, data in events[1:-1]) == text

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +23,7 @@ from orchestratord.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from orchestratord.store.postgres import PostgresStore
 from orchestratord.store.sqlite import CHECKPOINT_EVERY, MIGRATIONS, SqliteStore
 from pool_managerd.launchers import free_port
-from tests.helpers import BIN, Event, Served, mock_pool
-
-
-def state_db() -> Path:
-    return Path(os.environ["XDG_STATE_HOME"]) / "orchestratord" / "orchestratord.db"
-
-
-@contextmanager
-def journal(served: Served) -> Iterator[Any]:
-    """A connection to the served daemon's task store (committed on exit)."""
-    url = served.store.get("url")
-    if url:
-        with psycopg.connect(url) as conn:
-            yield conn
-    else:
-        with sqlite3.connect(state_db()) as conn:
-            yield conn
+from tests.helpers import BIN, Event, Served, journal, mock_pool, state_db
 
 
 def _pools(*, stall_a: int | None, stall_b: int | None, start_delay_s: float = 0.0):
