@@ -4,12 +4,14 @@ output in the task's result."""
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import orjson
 
 from orchestratord.service.journal import tokens_of
 from orchestratord.service.output import Output
+from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
 from tests.helpers import journal, mock_pool
 
 
@@ -76,3 +78,28 @@ async def test_an_unwatched_task_is_journaled_twice_and_its_output_survives(serv
     events = await served.events(task_id)
     assert [e[0] for e in events] == ["started", *["token"] * 6, "end"]
     assert "".join(orjson.loads(data)["t"] for _, _, data in events[1:-1]) == text
+
+
+async def test_a_first_schema_store_migrates_keeping_every_row(tmp_path):
+    """OC-STORE-1006: a store written at schema 1 opens at the current schema with its
+    tasks (in admission order), their output and their batch lines, and its output rows
+    still go with their task."""
+    with sqlite3.connect(tmp_path / "orchestratord.db") as db:
+        db.executescript(f"BEGIN; {MIGRATIONS[0]}; PRAGMA user_version=1; COMMIT;")
+        insert = "INSERT INTO tasks (id, seq, pool_id, state, spec, admitted_unix_ms, "
+        insert += "batch_id, batch_line) VALUES (?, ?, 'p', 'queued', '{}', 0, ?, ?)"
+        db.execute(insert, ("late", 9, None, None))
+        db.execute(insert, ("early", 3, None, None))
+        db.execute(insert, ("item", 5, "b", 0))
+        db.execute("INSERT INTO task_output VALUES ('early', 0, '[]')")
+    store = SqliteStore(tmp_path)
+    snapshot = await store.open()
+    assert [(t.row.id, t.seq, t.output) for t in snapshot.tasks] == [
+        ("early", 3, ["[]"]), ("item", 5, []), ("late", 9, []),
+    ]  # fmt: skip
+    assert snapshot.tasks[1].row.batch_line == 0
+    store.forgotten(["early"])
+    await store.close()
+    with sqlite3.connect(tmp_path / "orchestratord.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert db.execute("SELECT COUNT(*) FROM task_output").fetchone() == (0,)
