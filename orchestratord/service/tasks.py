@@ -195,6 +195,8 @@ class TaskBook:
         if rec.chunks == 0 and rec.first_chunk is None:
             self.checkpoint(rec)
         if rec.first_chunk is not None:  # else journaled before a restart
+            if not rec.first_chunk.done():
+                self._store.hurry()
             try:
                 await asyncio.shield(rec.first_chunk)
             except StoreError as e:

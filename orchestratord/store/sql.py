@@ -1,7 +1,9 @@
 """What the SQL task stores share: the statements, group commit, and reading back.
 
-Writes made in one event-loop iteration are committed together, in one transaction, at the
-end of that iteration (group commit), and their futures settle then. A store either commits
+Writes made in one event-loop iteration are committed together, in one transaction, one
+iteration after it (group commit: a task admitted meanwhile has sent its engine request by
+then), and their futures settle then — at once when someone waits on them with nothing to
+overlap (`hurry`: a reader holds a task's first token). A store either commits
 inline on the loop (SQLite with `synchronous: normal`: a commit is a write to the OS, tens
 of microseconds, less than a thread hop) or hands each group to a writer thread that owns
 the connection (an fsync per group, or a network round trip): what arrives meanwhile joins
@@ -241,6 +243,10 @@ class SqlStore(TaskStore):
         for task_id in task_ids:
             self._write(self.sql.forget, (task_id,))
 
+    def hurry(self) -> None:
+        if self._pending:  # (the hand-over scheduled for them will find nothing to do)
+            self._hand_over()
+
     def _durable_write(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[None]:
         assert self._loop is not None, "open the store first"
         done: asyncio.Future[None] = self._loop.create_future()
@@ -259,6 +265,8 @@ class SqlStore(TaskStore):
         self._pending.append((sql, params, done))
 
     def _hand_over(self) -> None:
+        if not self._pending:  # `hurry` took this group already
+            return
         writes, self._pending = self._pending, []
         if self._thread is None:  # inline: commit here, at the end of the loop iteration
             started = time.perf_counter()

@@ -4,6 +4,7 @@ output in the task's result."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -36,6 +37,26 @@ async def test_the_admission_commit_does_not_delay_the_engine_request(start_daem
     service.store.on_commit = committed
     status, _, _ = await api.submit(model="mock-model", prompt="p", max_tokens=1)
     assert status == 202 and order[:2] == ["engine", "commit"]
+
+
+async def test_a_readers_first_token_is_committed_at_once(start_daemon):
+    """OC-STORE-1009: the commit a reader waits on before a task's first token runs in
+    that reader's own step — not an iteration later, behind the rest of the engine's
+    stream."""
+    api = await start_daemon(mock_pool(mock={"stall_after_tokens": 2}))
+    store = api.daemon.service.store
+    hand_over = store._hand_over
+    inline: list[bool] = []  # per group holding a `started` write: committed in a task step?
+
+    def recorded() -> None:
+        if any(sql is store.sql.started for sql, _, _ in store._pending):
+            inline.append(asyncio.current_task() is not None)
+        hand_over()
+
+    store._hand_over = recorded  # type: ignore[method-assign]
+    _, body, _ = await api.submit(model="mock-model", prompt="p", max_tokens=5)
+    events = await api.events(body["task_id"], until="token")
+    assert [e[0] for e in events] == ["started", "token"] and inline == [True]
 
 
 def _recorded(stream: Any, order: list[str]) -> Any:
