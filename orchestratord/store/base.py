@@ -132,11 +132,12 @@ class TaskStore(ABC):
     def forgotten(self, task_ids: list[str]) -> None:
         """Finished tasks past their retention: delete them."""
 
+    @abstractmethod
     def hurry(self) -> None:
         """Someone waits on the writes pending now with nothing to overlap (a reader holds
         a task's first token): hand them over at once instead of after the loop's next
         iteration (what that iteration runs — the rest of an engine's stream — would delay
-        them). Durability off: nothing to do."""
+        them)."""
 
     # -- the Batch API ---------------------------------------------------------------
 

@@ -29,6 +29,9 @@ class MemoryStore(TaskStore):
     def forgotten(self, task_ids: list[str]) -> None:
         pass
 
+    def hurry(self) -> None:
+        pass  # nothing is pending
+
     def put_file(self, file_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
         raise NotImplementedError("the Batch API needs a durable store")
 
