@@ -234,6 +234,21 @@ MUTATIONS = (
         "test_a_wrong_token_is_reported_even_when_refused_while_hello_is_written",
     ),
     Mutation(
+        "the first token's commit left to the next iteration, behind the engine's stream",
+        "orchestratord/service/tasks.py",
+        "                self._store.hurry()",
+        "                pass  # the group commits when its turn comes",
+        "tests/daemon/test_journal.py::test_a_readers_first_token_is_committed_at_once",
+    ),
+    Mutation(
+        "a task's end journaled without the output no chunk holds",
+        "orchestratord/service/journal.py",
+        '"output": tail,',
+        '"output": None,',
+        "tests/daemon/test_journal.py::"
+        "test_an_unwatched_task_is_journaled_twice_and_its_output_survives",
+    ),
+    Mutation(
         "retention 1,000 times shorter",
         "orchestratord/service/tasks.py",
         "self._retention_ms = retention_s * 1000.0",

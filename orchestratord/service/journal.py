@@ -1,11 +1,11 @@
 """What the daemon journals about a task, as store rows — and back.
 
-A task is journaled three times at most, plus a checkpoint per `STRICT_CHECKPOINT` tokens
-for strict tasks: at admission (`spec`: everything needed to rebuild the task and its engine
-request), when its first token is about to reach a client (output chunk 0: from then on a
-restart cannot silently rerun it), and at its end (`result`, carrying the output not
-journaled yet). A task nobody watched — a batch item, a non-streamed completion — is
-journaled twice. Tokens are never journaled one by one.
+A task is journaled three times at most, plus an output chunk per `STRICT_CHECKPOINT`
+tokens for strict tasks: at admission (`spec`: everything needed to rebuild the task and
+its engine request), when its first token is about to reach a client (`streamed`, with its
+`started` event: from then on a restart cannot silently rerun it), and at its end
+(`result`, carrying the output not journaled yet). A task nobody watched — a batch item, a
+non-streamed completion — is journaled twice. Tokens are never journaled one by one.
 """
 
 from __future__ import annotations
@@ -65,10 +65,11 @@ def output_chunk(rec: TaskRecord, start: int) -> str:
     return orjson.dumps(rec.output.columns(start)).decode()
 
 
-def started(rec: TaskRecord) -> str | None:
-    """The task's `started` event, journaled with its first output chunk."""
+def started(rec: TaskRecord) -> str:
+    """The task's `started` event, journaled when its tokens first reach a client."""
     event = rec.started_event
-    return event.model_dump_json() if event is not None else None
+    assert event is not None, "a task streams once started"
+    return event.model_dump_json()
 
 
 def result(rec: TaskRecord, end: EndEvent | None, *, with_started: bool) -> str:

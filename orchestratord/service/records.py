@@ -67,10 +67,10 @@ class TaskRecord:
     journaled: int = 0
     chunks: int = 0
     checkpoint_at: int = sys.maxsize
-    #: Resolves once its first output is journaled, with its `started` event — in its
-    #: first chunk, or in its result when it ended before any client read a token: from
-    #: then on a restart knows its tokens may have reached a client.
-    first_chunk: asyncio.Future[None] | None = None
+    #: Resolves once the journal says its tokens may reach a client — it was streamed,
+    #: with its `started` event, or it ended before any reader came: from then on a
+    #: restart never silently runs it again.
+    announced: asyncio.Future[None] | None = None
     #: A strict task resumed after a restart: the `(token index, text, ids)` it had
     #: journaled, which its rerun must reproduce.
     replay: deque[journal.Journaled] | None = None

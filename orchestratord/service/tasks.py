@@ -19,7 +19,6 @@ The last stage of the daemon: it imports no other stage (the record it keeps asi
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
@@ -165,40 +164,32 @@ class TaskBook:
         rec.ended_at = ended_at
         self._retain(rec, ended_at)
 
-    def checkpoint(self, rec: TaskRecord) -> asyncio.Future[None] | None:
-        """Journal the output not journaled yet — the first time, with the `started` event
-        that says its tokens reach clients; None when durability is off. A strict task's
-        next checkpoint is due `STRICT_CHECKPOINT` entries on."""
+    def checkpoint(self, rec: TaskRecord) -> None:
+        """Journal a strict task's output not journaled yet (every `STRICT_CHECKPOINT`
+        entries: a rerun after a restart must reproduce it)."""
         if not self._store.durable:
-            return None
-        started = journal.started(rec) if rec.chunks == 0 else None
-        durable = self._store.output(
-            rec.task.id, rec.chunks, journal.output_chunk(rec, rec.journaled), started
-        )
-        if rec.chunks == 0:
-            rec.first_chunk = durable
+            return
+        self._store.output(rec.task.id, rec.chunks, journal.output_chunk(rec, rec.journaled))
         rec.chunks += 1
         rec.journaled = len(rec.output)
-        strict = rec.task.determinism is Determinism.STRICT
-        rec.checkpoint_at = rec.journaled + journal.STRICT_CHECKPOINT if strict else sys.maxsize
-        return durable
+        rec.checkpoint_at = rec.journaled + journal.STRICT_CHECKPOINT
 
     async def delivering(self, rec: TaskRecord) -> bool:
         """Tokens of `rec` are about to reach a client: return once a restart would know
-        (its output so far journaled with its `started` event), so it never reruns a task
-        whose tokens a client saw. Until then nothing needs journaling: a task nobody
+        (the task journaled as streamed, with its `started` event), so it never reruns a
+        task whose tokens a client saw. Until then nothing needs journaling: a task nobody
         watches (a Batch API item, a non-streamed completion, a stream not yet opened) is
         journaled at admission and at its end only. False: the store could not write; the
         task failed with STORE_UNAVAILABLE (its stream says so) and the tokens stay unsent."""
         if not self._store.durable:
             return True
-        if rec.chunks == 0 and rec.first_chunk is None:
-            self.checkpoint(rec)
-        if rec.first_chunk is not None:  # else journaled before a restart
-            if not rec.first_chunk.done():
+        if rec.announced is None:
+            rec.announced = self._store.streamed(rec.task.id, journal.started(rec))
+        if rec.announced is not None:
+            if not rec.announced.done():  # nothing to overlap: the reader waits on it
                 self._store.hurry()
             try:
-                await asyncio.shield(rec.first_chunk)
+                await asyncio.shield(rec.announced)
             except StoreError as e:
                 self.finish(rec, TaskState.FAILED, ErrorCode.STORE_UNAVAILABLE, str(e))
                 return False
@@ -249,13 +240,13 @@ class TaskBook:
         # runs again after the restart
         shelved = self.closing and rec.batch is not None and state is not TaskState.COMPLETED
         if self._store.durable and not shelved:
-            # the result carries the output not journaled yet (one write per task fewer),
-            # and the `started` event when no client saw a token
-            result = journal.result(rec, end, with_started=rec.chunks == 0)
+            # the result carries the output not journaled yet, and the `started` event
+            # when no client saw a token
+            result = journal.result(rec, end, with_started=rec.announced is None)
             durable = self._store.ended(task.id, state.value, journal.unix_ms(), result)
             rec.journaled = len(rec.output)
-            if rec.first_chunk is None:  # a reader still to come delivers once it is durable
-                rec.first_chunk = durable
+            if rec.announced is None:  # a reader still to come delivers once it is durable
+                rec.announced = durable
         if rec.batch is not None and self.on_batch_item is not None and not shelved:
             ending = partial(_both, ending, partial(self.on_batch_item, rec))
         elif rec.batch is None:

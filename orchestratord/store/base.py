@@ -115,12 +115,13 @@ class TaskStore(ABC):
         is off) or fails with StoreError."""
 
     @abstractmethod
-    def output(
-        self, task_id: str, chunk: int, tokens: str, started: str | None = None
-    ) -> asyncio.Future[None] | None:
-        """Journal output chunk `chunk` (JSON) of a task; with `started` (its `started`
-        event, JSON, given with chunk 0), also that its tokens reach a client. The future
-        resolves once that is durable (None: durability is off)."""
+    def output(self, task_id: str, chunk: int, tokens: str) -> None:
+        """Journal output chunk `chunk` (JSON) of a task (a strict task's checkpoint)."""
+
+    @abstractmethod
+    def streamed(self, task_id: str, started: str) -> asyncio.Future[None] | None:
+        """A task's tokens are about to reach a client (`started`: its `started` event,
+        JSON). The future resolves once that is durable (None: durability is off)."""
 
     @abstractmethod
     def ended(

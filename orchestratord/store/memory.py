@@ -16,9 +16,10 @@ class MemoryStore(TaskStore):
     def admitted(self, row: TaskRow) -> asyncio.Future[None] | None:
         return None
 
-    def output(
-        self, task_id: str, chunk: int, tokens: str, started: str | None = None
-    ) -> asyncio.Future[None] | None:
+    def output(self, task_id: str, chunk: int, tokens: str) -> None:
+        pass
+
+    def streamed(self, task_id: str, started: str) -> asyncio.Future[None] | None:
         return None
 
     def ended(

@@ -226,12 +226,10 @@ class SqlStore(TaskStore):
         params = (row.id, row.pool_id, row.state, row.spec, row.admitted_unix_ms, self._seq)
         return self._durable_write(self.sql.admit, (*params, row.batch_id, row.batch_line))
 
-    def output(
-        self, task_id: str, chunk: int, tokens: str, started: str | None = None
-    ) -> asyncio.Future[None]:
-        if started is None:
-            return self._durable_write(self.sql.output, (task_id, chunk, tokens))
+    def output(self, task_id: str, chunk: int, tokens: str) -> None:
         self._write(self.sql.output, (task_id, chunk, tokens))
+
+    def streamed(self, task_id: str, started: str) -> asyncio.Future[None]:
         return self._durable_write(self.sql.started, (started, task_id))
 
     def ended(
