@@ -3,7 +3,8 @@
 Writes made in one event-loop iteration are committed together, in one transaction, one
 iteration after it (group commit: a task admitted meanwhile has sent its engine request by
 then), and their futures settle then — at once when someone waits on them with nothing to
-overlap (`hurry`: a reader holds a task's first token). A store either commits
+overlap (`hurry`: a reader holds a task's first token; under load, one such group per
+iteration, and what is hurried after it at the iteration's end). A store either commits
 inline on the loop (SQLite with `synchronous: normal`: a commit is a write to the OS, tens
 of microseconds, less than a thread hop) or hands each group to a writer thread that owns
 the connection (an fsync per group, or a network round trip): what arrives meanwhile joins
@@ -104,6 +105,8 @@ class SqlStore(TaskStore):
         self.sql = Statements.for_placeholder(placeholder)
         self._seq = 0
         self._pending: list[Write] = []
+        #: A group was hurried this loop iteration; another hurry came after it.
+        self._hurried = self._hurry_again = False
         self._inbox: queue.SimpleQueue[list[Write] | None] = queue.SimpleQueue()
         self._conn: Connection | None = None
         self._thread: threading.Thread | None = None
@@ -242,7 +245,20 @@ class SqlStore(TaskStore):
             self._write(self.sql.forget, (task_id,))
 
     def hurry(self) -> None:
-        if self._pending:  # (the hand-over scheduled for them will find nothing to do)
+        if not self._pending:
+            return
+        if self._hurried:  # one hurried group per iteration: the rest go at its end
+            self._hurry_again = True
+            return
+        assert self._loop is not None
+        self._hurried = True
+        self._loop.call_soon(self._hurried_done)
+        self._hand_over()  # (the hand-over scheduled for these finds nothing to do)
+
+    def _hurried_done(self) -> None:
+        self._hurried = False
+        if self._hurry_again:
+            self._hurry_again = False
             self._hand_over()
 
     def _durable_write(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[None]:

@@ -12,6 +12,7 @@ import orjson
 
 from orchestratord.service.journal import tokens_of
 from orchestratord.service.output import Output
+from orchestratord.store import TaskRow
 from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
 from tests.helpers import journal, mock_pool
 
@@ -124,3 +125,25 @@ async def test_a_first_schema_store_migrates_keeping_every_row(tmp_path):
     with sqlite3.connect(tmp_path / "orchestratord.db") as db:
         assert db.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
         assert db.execute("SELECT COUNT(*) FROM task_output").fetchone() == (0,)
+
+
+async def test_hurried_writes_commit_at_once_and_later_ones_share_a_group(tmp_path):
+    """OC-STORE-1009: the first hurried group of a loop iteration commits at once; what is
+    hurried after it in the same iteration commits together at the iteration's end (one
+    commit per first token would cost a commit per stream under load)."""
+    store = SqliteStore(tmp_path)
+    await store.open()
+    groups: list[float] = []
+    store.on_commit = groups.append
+    await asyncio.gather(*(store.admitted(TaskRow(f"t{i}", "p", "running", "{}", 0))
+                           for i in range(3)))  # fmt: skip
+    groups.clear()
+    first = store.streamed("t0", "{}")
+    store.hurry()
+    assert first.done() and len(groups) == 1
+    later = [store.streamed(f"t{i}", "{}") for i in (1, 2)]
+    store.hurry()
+    assert not any(f.done() for f in later)
+    await asyncio.gather(*later)
+    assert len(groups) == 2
+    await store.close()
