@@ -3,8 +3,8 @@
 Writes made in one event-loop iteration are committed together, in one transaction, one
 iteration after it (group commit: a task admitted meanwhile has sent its engine request by
 then), and their futures settle then — at once when someone waits on them with nothing to
-overlap (`hurry`: a reader holds a task's first token; under load, one such group per
-iteration, and what is hurried after it at the iteration's end). A store either commits
+overlap (`hurry`: a reader holds a task's first token) — or, under load, when other writes
+are pending too, at the end of that iteration. A store either commits
 inline on the loop (SQLite with `synchronous: normal`: a commit is a write to the OS, tens
 of microseconds, less than a thread hop) or hands each group to a writer thread that owns
 the connection (an fsync per group, or a network round trip): what arrives meanwhile joins
@@ -105,8 +105,8 @@ class SqlStore(TaskStore):
         self.sql = Statements.for_placeholder(placeholder)
         self._seq = 0
         self._pending: list[Write] = []
-        #: A group was hurried this loop iteration; another hurry came after it.
-        self._hurried = self._hurry_again = False
+        #: A hurried hand-over is due at the end of this loop iteration.
+        self._hurrying = False
         self._inbox: queue.SimpleQueue[list[Write] | None] = queue.SimpleQueue()
         self._conn: Connection | None = None
         self._thread: threading.Thread | None = None
@@ -245,21 +245,18 @@ class SqlStore(TaskStore):
             self._write(self.sql.forget, (task_id,))
 
     def hurry(self) -> None:
-        if not self._pending:
-            return
-        if self._hurried:  # one hurried group per iteration: the rest go at its end
-            self._hurry_again = True
-            return
-        assert self._loop is not None
-        self._hurried = True
-        self._loop.call_soon(self._hurried_done)
-        self._hand_over()  # (the hand-over scheduled for these finds nothing to do)
+        if len(self._pending) == 1:  # the waiter's own write alone: commit it now
+            self._hand_over()  # (the hand-over scheduled for it finds nothing to do)
+        elif self._pending and not self._hurrying:
+            # under load, with other writes pending: together, at this iteration's end
+            # (a commit per first token would cost a commit per stream)
+            assert self._loop is not None
+            self._hurrying = True
+            self._loop.call_soon(self._hurried)
 
-    def _hurried_done(self) -> None:
-        self._hurried = False
-        if self._hurry_again:
-            self._hurry_again = False
-            self._hand_over()
+    def _hurried(self) -> None:
+        self._hurrying = False
+        self._hand_over()
 
     def _durable_write(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[None]:
         assert self._loop is not None, "open the store first"
