@@ -105,7 +105,7 @@ class SqlStore(TaskStore):
         self.sql = Statements.for_placeholder(placeholder)
         self._seq = 0
         self._pending: list[Write] = []
-        #: A hurried hand-over is due at the end of this loop iteration.
+        #: This loop iteration hurried a group: the next hurried one goes at its end.
         self._hurrying = False
         self._inbox: queue.SimpleQueue[list[Write] | None] = queue.SimpleQueue()
         self._conn: Connection | None = None
@@ -245,14 +245,16 @@ class SqlStore(TaskStore):
             self._write(self.sql.forget, (task_id,))
 
     def hurry(self) -> None:
-        if len(self._pending) == 1:  # the waiter's own write alone: commit it now
+        # At most two hurried commits per loop iteration (a commit per first token would
+        # cost a commit per stream under load): the waiter's own write alone, at once;
+        # whatever else is hurried in the iteration, together at its end.
+        if not self._pending or self._hurrying:
+            return
+        assert self._loop is not None
+        self._hurrying = True
+        self._loop.call_soon(self._hurried)
+        if len(self._pending) == 1:
             self._hand_over()  # (the hand-over scheduled for it finds nothing to do)
-        elif self._pending and not self._hurrying:
-            # under load, with other writes pending: together, at this iteration's end
-            # (a commit per first token would cost a commit per stream)
-            assert self._loop is not None
-            self._hurrying = True
-            self._loop.call_soon(self._hurried)
 
     def _hurried(self) -> None:
         self._hurrying = False
