@@ -93,9 +93,10 @@ class GenerateRequest:
         return {k: v for k, v in fields.items() if v is not None}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Token:
-    """Generated text; `count` tokens (engines may send several at once)."""
+    """Generated text; `count` tokens (engines may send several at once). Made per token:
+    not frozen, whose `__init__` costs three times as much (0.9 vs 0.3 µs here)."""
 
     text: str
     count: int = 1
