@@ -29,13 +29,15 @@ from orchestratord.api.sse import Renderer, comment
 from orchestratord.api_models import ErrorEnvelope, MetricsEvent
 from orchestratord.service import Orchestrator, StreamGap
 from orchestratord.service.records import TaskRecord
-from orchestratord.service.streams import TOKEN
+from orchestratord.service.streams import END, ERROR, TOKEN
 from orchestratord.telemetry import tracing
 
 log = structlog.get_logger("orchestratord.http")
 
 #: `retry:` (ms) with a stream's first event: reconnect soon, resuming with Last-Event-ID.
 RETRY = b"retry: 1000\n"
+
+_ENDINGS = (END, ERROR)
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
@@ -140,7 +142,7 @@ async def stream_task(
         try:
             if svc.queue_position(rec) is not None:
                 await write(_pause(svc, rec))
-            first, undelivered = True, True
+            first, undelivered, ended = True, True, False
             async for batch in events:
                 if batch:
                     if undelivered and any(event[0] == TOKEN for event in batch):
@@ -150,10 +152,15 @@ async def stream_task(
                     frames = render(batch)
                     if first and frames:  # (a batch may render to nothing: OpenAI's start)
                         frames, first = _with_retry(frames), False
-                    await write(frames)
+                    ended = batch[-1][0] in _ENDINGS
+                    if ended:  # the last frames and the body's end in one send, not two
+                        await response.write_eof(frames)
+                    else:
+                        await write(frames)
                 else:
                     await write(_pause(svc, rec))
-            await response.write_eof()
+            if not ended:
+                await response.write_eof()
         except StreamGap as gap:  # this reader fell behind the retained events
             envelope = ErrorEnvelope.of(ErrorCode.STREAM_GAP, f"this reader fell behind: {gap}")
             await write(render.error(envelope))
