@@ -122,14 +122,15 @@ async def stream_task(
     watchdog: _Watchdog | None = None
     metrics_due = 0.0
 
-    async def write(data: bytes) -> None:
+    async def write(data: bytes, *, last: bool = False) -> None:
+        """Write `data` (`last`: and the body's end, in the same send) under the watchdog."""
         assert watchdog is not None
         watchdog.writes += 1
         watchdog.pending = True
-        await response.write(data)
+        await (response.write_eof(data) if last else response.write(data))
         watchdog.pending = False
         nonlocal metrics_due
-        if metrics_ms is not None and svc.now_ms() >= metrics_due:
+        if not last and metrics_ms is not None and svc.now_ms() >= metrics_due:
             metrics_due = svc.now_ms() + metrics_ms
             await response.write(_metrics(svc, rec))
 
@@ -152,11 +153,8 @@ async def stream_task(
                     frames = render(batch)
                     if first and frames:  # (a batch may render to nothing: OpenAI's start)
                         frames, first = _with_retry(frames), False
-                    ended = batch[-1][0] in _ENDINGS
-                    if ended:  # the last frames and the body's end in one send, not two
-                        await response.write_eof(frames)
-                    else:
-                        await write(frames)
+                    ended = batch[-1][0] in _ENDINGS  # then the body's end goes with them
+                    await write(frames, last=ended)
                 else:
                     await write(_pause(svc, rec))
             if not ended:

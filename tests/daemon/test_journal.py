@@ -146,6 +146,14 @@ async def test_the_first_hurried_write_commits_at_once_and_later_ones_share_a_gr
         later.append(store.streamed(task_id, "{}"))
         store.hurry()
     assert not any(f.done() for f in later)
-    await asyncio.sleep(0)  # yield the loop once: this iteration ends
+    await _next_turn()  # this iteration ends
     assert all(f.done() for f in later) and len(groups) == 2
     await store.close()
+
+
+async def _next_turn() -> None:
+    """Return on the loop's next iteration: after every callback scheduled before this
+    call (callbacks run first in, first out), before any scheduled later."""
+    turn = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_soon(turn.set_result, None)
+    await turn
