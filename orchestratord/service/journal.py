@@ -75,7 +75,7 @@ def started(rec: TaskRecord) -> str:
 def result(rec: TaskRecord, end: EndEvent | None, *, with_started: bool) -> str:
     """How `rec` ended, with what its stream needs to be rebuilt after a restart: the output
     no chunk holds (`output`, columns), and its `started` event, `with_started` when no
-    output chunk carried it."""
+    `streamed` write carried it (no client saw a token)."""
     started = rec.started_event if with_started else None
     tail = rec.output.columns(rec.journaled) if len(rec.output) > rec.journaled else None
     return orjson.dumps({

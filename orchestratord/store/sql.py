@@ -2,9 +2,9 @@
 
 Writes made in one event-loop iteration are committed together, in one transaction, one
 iteration after it (group commit: a task admitted meanwhile has sent its engine request by
-then), and their futures settle then — at once when someone waits on them with nothing to
-overlap (`hurry`: a reader holds a task's first token) — or, under load, when other writes
-are pending too, at the end of that iteration. A store either commits
+then), and their futures settle then — sooner when someone waits on them with nothing to
+overlap (`hurry`: a reader holds a task's first token): the first hurried group of an
+iteration at once, any later one at the iteration's end. A store either commits
 inline on the loop (SQLite with `synchronous: normal`: a commit is a write to the OS, tens
 of microseconds, less than a thread hop) or hands each group to a writer thread that owns
 the connection (an fsync per group, or a network round trip): what arrives meanwhile joins
