@@ -105,8 +105,9 @@ class SqlStore(TaskStore):
         self.sql = Statements.for_placeholder(placeholder)
         self._seq = 0
         self._pending: list[Write] = []
-        #: This loop iteration hurried a group: the next hurried one goes at its end.
-        self._hurrying = False
+        #: This loop iteration hurried a group; and another hurry came after it, or the
+        #: first found other writes pending (then they go at the iteration's end).
+        self._hurrying = self._hurry_again = False
         self._inbox: queue.SimpleQueue[list[Write] | None] = queue.SimpleQueue()
         self._conn: Connection | None = None
         self._thread: threading.Thread | None = None
@@ -248,17 +249,26 @@ class SqlStore(TaskStore):
         # At most two hurried commits per loop iteration (a commit per first token would
         # cost a commit per stream under load): the waiter's own write alone, at once;
         # whatever else is hurried in the iteration, together at its end.
-        if not self._pending or self._hurrying:
+        if not self._pending:
+            return
+        if self._hurrying:
+            self._hurry_again = True
             return
         assert self._loop is not None
         self._hurrying = True
         self._loop.call_soon(self._hurried)
         if len(self._pending) == 1:
             self._hand_over()  # (the hand-over scheduled for it finds nothing to do)
+        else:
+            self._hurry_again = True
 
     def _hurried(self) -> None:
+        # only what was hurried goes early: an admission written meanwhile keeps its
+        # place behind its engine request
         self._hurrying = False
-        self._hand_over()
+        if self._hurry_again:
+            self._hurry_again = False
+            self._hand_over()
 
     def _durable_write(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[None]:
         assert self._loop is not None, "open the store first"

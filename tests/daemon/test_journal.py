@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -15,6 +16,8 @@ from orchestratord.service.output import Output
 from orchestratord.store import TaskRow
 from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
 from tests.helpers import journal, mock_pool
+
+T = TypeVar("T")
 
 
 async def test_the_admission_commit_does_not_delay_the_engine_request(start_daemon):
@@ -146,14 +149,31 @@ async def test_the_first_hurried_write_commits_at_once_and_later_ones_share_a_gr
         later.append(store.streamed(task_id, "{}"))
         store.hurry()
     assert not any(f.done() for f in later)
-    await _next_turn()  # this iteration ends
-    assert all(f.done() for f in later) and len(groups) == 2
+    assert await _on_next_turn(lambda: all(f.done() for f in later))  # this iteration's end
+    assert len(groups) == 2
     await store.close()
 
 
-async def _next_turn() -> None:
-    """Return on the loop's next iteration: after every callback scheduled before this
-    call (callbacks run first in, first out), before any scheduled later."""
-    turn = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().call_soon(turn.set_result, None)
-    await turn
+async def test_a_hurry_does_not_rush_an_admission_written_after_it(tmp_path):
+    """OC-STORE-1001, OC-STORE-1009: after a hurried commit, an admission written in the
+    same iteration keeps its place — committed after the loop's next iteration, once its
+    engine request is out — not at the hurried iteration's end."""
+    store = SqliteStore(tmp_path)
+    await store.open()
+    await store.admitted(TaskRow("t0", "p", "running", "{}", 0))
+    streamed = store.streamed("t0", "{}")
+    store.hurry()
+    admitted = store.admitted(TaskRow("t1", "p", "queued", "{}", 0))
+    assert streamed.done()
+    assert not await _on_next_turn(admitted.done)
+    await admitted
+    await store.close()
+
+
+async def _on_next_turn(probe: Callable[[], T]) -> T:
+    """`probe()` as the loop's next iteration runs it: after every callback scheduled
+    before this call (callbacks run first in, first out), before any scheduled later."""
+    loop = asyncio.get_running_loop()
+    seen: asyncio.Future[T] = loop.create_future()
+    loop.call_soon(lambda: seen.set_result(probe()))
+    return await seen
