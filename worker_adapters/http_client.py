@@ -13,8 +13,11 @@ objects, timers and stream reader were the largest single share of the daemon's 
   byte arrived), is retried once on a fresh connection: the engine never answered it.
 - `keep_alive=False` sends `Connection: close` (llama-server closes after every stream
   although it advertises keep-alive).
-- A body is buffered up to `HIGH_WATER` bytes; past that the socket stops being read until
-  the consumer catches up, so a slow reader holds bounded memory whatever the engine sends.
+- A body is read either by pull (`chunk`: buffered up to `HIGH_WATER` bytes; past that the
+  socket stops being read until the consumer catches up, so a slow reader holds bounded
+  memory whatever the engine sends) or by push (`deliver`: each read handed to a callback
+  from the connection's own `data_received` — no task step per read, which is what a
+  token costs the relay most).
 - A response the consumer leaves before its end closes the connection: that is how an
   engine learns the request was cancelled and frees its slot.
 
@@ -98,6 +101,8 @@ class Response(asyncio.Protocol):
         self._error: EngineConnectionError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._then: Callable[[], None] | None = None  # once complete (see `finish`)
+        self._consumer: Callable[[bytes], bool] | None = None  # see `deliver`
+        self._delivered: asyncio.Future[bool] | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -141,6 +146,16 @@ class Response(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._then is not None:
             return  # the consumer has what it wanted: the rest is only read to its end
+        consumer = self._consumer
+        if consumer is not None:
+            try:
+                had_all = consumer(body)
+            except Exception as e:  # raised to `deliver`'s caller, not into the loop
+                self._delivered_with(error=e)
+                return
+            if had_all:
+                self._delivered_with(True)
+            return
         self._body.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -161,6 +176,18 @@ class Response(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._consumer is not None and (self._complete or self._error is not None):
+            self._delivered_with(False, self._error)
+
+    def _delivered_with(self, had_all: bool = False, error: Exception | None = None) -> None:
+        """End a `deliver`: the consumer had all it wanted, or the body ended, or failed."""
+        self._consumer = None
+        delivered = self._delivered
+        if delivered is not None and not delivered.done():
+            if error is None:
+                delivered.set_result(had_all)
+            else:
+                delivered.set_exception(error)
 
     def _fail(self, error: EngineConnectionError) -> None:
         if self._error is None:
@@ -172,6 +199,7 @@ class Response(asyncio.Protocol):
 
     def _close(self) -> None:
         self.closed = True
+        self._consumer = None  # whatever still arrives is nobody's
         if self.transport is not None:
             self.transport.close()
 
@@ -218,6 +246,32 @@ class Response(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
         return data
+
+    async def deliver(self, consumer: Callable[[bytes], bool]) -> bool:
+        """Hand the body to `consumer` as it arrives — from the connection's callback, so
+        it must not block — until it returns True (it has all it wants) or the body ends.
+        Returns which of the two happened. Raises EngineConnectionError after what did
+        arrive, and what `consumer` raised. Left early (cancelled), nothing more is handed
+        over."""
+        if self._body:  # what came with the headers, or before this call
+            data = self._body.popleft() if len(self._body) == 1 else b"".join(self._body)
+            self._body.clear()
+            self._buffered = 0
+            if consumer(data):
+                return True
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        if self._error is not None:
+            raise self._error
+        if self._complete:
+            return False
+        self._consumer = consumer
+        self._delivered = self._loop.create_future()
+        try:
+            return await self._delivered
+        finally:
+            self._consumer = self._delivered = None
 
     async def read(self) -> bytes:
         """The whole body (at most `MAX_READ` bytes)."""

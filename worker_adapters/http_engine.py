@@ -1,7 +1,12 @@
 """What every HTTP streaming engine adapter shares: one lean client whose connections are
 reused where the engine keeps them alive (`http_client`), JSON probes, and SSE-over-POST
 with failures classified into the shared taxonomy. Engine modules add only their protocol:
-request body and event mapping.
+a `Call` (path, request body, and an `EventMapper` from the engine's events to ours).
+
+A stream's body goes through one path whichever way it is read: SSE-decoded, each event's
+JSON parsed, mapped, handed to a sink (`_BodyEvents`). `relay` runs that inside the engine
+connection's callback as each read arrives; `stream` runs it on the reads it pulls and
+yields what the sink collected.
 
 llama-server closes every connection after a stream although it advertises keep-alive: its
 own adapter does not pool (`keep_alive=False`); an OpenAI-compatible pool in front of it
@@ -12,13 +17,21 @@ failure, like any other."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
 from orchestrator_core.errors import ErrorCode
-from worker_adapters.base import AdapterError
+from worker_adapters.base import (
+    AdapterError,
+    End,
+    EventSink,
+    GenerateRequest,
+    StreamEvent,
+)
 from worker_adapters.http_client import (
     EngineConnectionError,
     HttpClient,
@@ -30,6 +43,67 @@ from worker_adapters.sse import Oversized, SseDecoder
 
 DONE = b"[DONE]"
 JSON = {"Content-Type": "application/json"}
+
+
+class EventMapper(Protocol):
+    """One engine protocol's stream events (parsed JSON) as ours."""
+
+    def feed(self, event: Any) -> Sequence[StreamEvent]:
+        """The events one engine event carries (mostly one token, or none); an `End`
+        among them ends the stream. Raises AdapterError for an in-stream error."""
+        ...
+
+    def end(self) -> End:
+        """The stream ended (`[DONE]`, or the body's end) without an `End` so far: build
+        it from what was seen, or raise the engine's `ended_early` error."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One streamed generation request: where it goes, what it sends, how to read it."""
+
+    path: str
+    body: Mapping[str, Any]
+    events: EventMapper
+
+
+class _BodyEvents:
+    """A streamed body, read by read, as events handed to a sink."""
+
+    __slots__ = ("_decode", "_decoder", "_events", "_sink", "done")
+
+    def __init__(
+        self, decode: Callable[[bytes | Oversized], Any], events: EventMapper, sink: EventSink
+    ) -> None:
+        self._decode, self._events, self._sink = decode, events, sink
+        self._decoder = SseDecoder()
+        #: `[DONE]` came: the connection may be kept once the body's last bytes are read.
+        self.done = False
+
+    def feed(self, body: bytes) -> bool:
+        """Whether the stream is over for the sink (its `End` came, or it declined one)."""
+        for data in self._decoder.feed(body):  # noqa: SIM110 - any() adds a generator per read
+            if self._event(data):
+                return True
+        return False
+
+    def end(self) -> None:
+        """The body ended: what the decoder still holds, then the stream's `End`."""
+        for data in self._decoder.end():
+            if self._event(data):
+                return
+        self._sink(self._events.end())
+
+    def _event(self, data: bytes | Oversized) -> bool:
+        if data == DONE:
+            self.done = True
+            self._sink(self._events.end())
+            return True
+        for event in self._events.feed(self._decode(data)):
+            if not self._sink(event) or isinstance(event, End):
+                return True
+        return False
 
 
 class HttpEngine:
@@ -99,28 +173,56 @@ class HttpEngine:
                     continue
         return found
 
-    async def _post_sse(
-        self, path: str, body: Mapping[str, Any], traceparent: str | None = None
-    ) -> AsyncIterator[Any]:
-        """POST and yield each SSE event's JSON until `[DONE]` or the end of the body.
-        HTTP errors, dropped connections and malformed events raise AdapterError."""
+    def _call(self, request: GenerateRequest) -> Call:
+        """The engine's streamed generation request for `request` (each engine's own)."""
+        raise NotImplementedError
+
+    async def relay(self, request: GenerateRequest, sink: EventSink) -> None:
+        """Each read of the engine's stream becomes events for `sink` inside the
+        connection's callback: no task step per read."""
+        call = self._call(request)
+        async with self._exchange(call, request.traceparent, sink) as (response, body):
+            if not await response.deliver(body.feed):
+                body.end()
+
+    async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
+        events: list[StreamEvent] = []
+
+        def collect(event: StreamEvent) -> bool:
+            events.append(event)
+            return True
+
+        call = self._call(request)
+        async with self._exchange(call, request.traceparent, collect) as (response, body):
+            over = False
+            while not over:
+                if read := await response.chunk():
+                    over = body.feed(read)
+                else:
+                    body.end()
+                    over = True
+                for event in events:
+                    yield event
+                events.clear()
+
+    @asynccontextmanager
+    async def _exchange(
+        self, call: Call, traceparent: str | None, sink: EventSink
+    ) -> AsyncIterator[tuple[Response, _BodyEvents]]:
+        """POST `call` and hand over its response once it answered 200. HTTP errors,
+        dropped connections and malformed events raise AdapterError; the connection is
+        kept for reuse only after a `[DONE]`."""
         headers = JSON if traceparent is None else {**JSON, "traceparent": traceparent}
-        r: Response | None = None
-        done = False
+        response: Response | None = None
+        body: _BodyEvents | None = None
         try:
-            r = await self._client.request("POST", path, orjson.dumps(body), headers)
-            if r.status != 200:
-                raise status_error(r.status, await r.read(), self.engine)
-            decoder = SseDecoder()
-            while chunk := await r.chunk():
-                for data in decoder.feed(chunk):
-                    if data == DONE:
-                        done = True
-                        return
-                    yield self._decode(data)
-            for data in decoder.end():
-                if data != DONE:
-                    yield self._decode(data)
+            response = await self._client.request(
+                "POST", call.path, orjson.dumps(call.body), headers
+            )
+            if response.status != 200:
+                raise status_error(response.status, await response.read(), self.engine)
+            body = _BodyEvents(self._decode, call.events, sink)
+            yield response, body
         except EngineConnectionError as e:
             raise connection_error(e, self.engine) from e
         except orjson.JSONDecodeError as e:
@@ -130,8 +232,8 @@ class HttpEngine:
                 engine=self.engine,
             ) from e
         finally:
-            if r is not None:
-                self._client.release(r, read_to_end=done)
+            if response is not None:
+                self._client.release(response, read_to_end=body is not None and body.done)
 
     def _decode(self, data: bytes | Oversized) -> Any:
         """One event's JSON. Engines that send events larger than the SSE bound override

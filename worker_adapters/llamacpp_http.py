@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,9 @@ from worker_adapters.base import (
     StreamEvent,
     Token,
 )
-from worker_adapters.http_engine import HttpEngine
+from worker_adapters.http_engine import Call, HttpEngine
 from worker_adapters.http_errors import status_error
-from worker_adapters.openai_http import CHAT_PATH, openai_events
+from worker_adapters.openai_http import CHAT_PATH, OpenAIEvents
 
 ENGINE = "llamacpp"
 _FINISH: dict[str, FinishReason] = {"limit": "length", "eos": "stop", "word": "stop"}
@@ -132,36 +132,44 @@ class LlamaCppAdapter(HttpEngine):
             body["id_slot"] = req.slot
         return body
 
-    def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
+    def _call(self, request: GenerateRequest) -> Call:
         body = self._body(request)
         if request.messages:
-            return openai_events(
-                self._post_sse(CHAT_PATH, body, request.traceparent), self.ended_early()
-            )
-        return self._completion(body, request.traceparent)
+            return Call(CHAT_PATH, body, OpenAIEvents(self.ended_early))
+        return Call("/completion", body, CompletionEvents(self.ended_early))
 
-    async def _completion(
-        self, body: dict[str, Any], traceparent: str | None
-    ) -> AsyncGenerator[StreamEvent, None]:
-        predicted = 0  # tokens counted so far, from the engine's own tally
-        async for event in self._post_sse("/completion", body, traceparent):
-            if "error" in event:  # an error after the stream started
-                err = event["error"]
-                code = err.get("code", 500) if isinstance(err, dict) else 500
-                raise status_error(int(code), json.dumps(event).encode(), ENGINE)
-            # One event may carry several tokens (incomplete UTF-8 is held back), so count
-            # by `tokens_predicted`, not by events.
-            total = int(event.get("tokens_predicted", predicted + 1))
-            content = event.get("content", "")
-            if content:
-                yield Token(content, max(total - predicted, 0), tuple(event.get("tokens") or ()))
-                predicted = total
-            if event.get("stop"):
-                reason = _FINISH.get(event.get("stop_type", ""), "stop")
-                timings = event.get("timings") or {}
-                yield End(
-                    reason, total, event.get("tokens_evaluated"), timings.get("cache_n"),
-                    timings.get("prompt_ms"), timings.get("prompt_n"),
-                )  # fmt: skip
-                return
-        raise self.ended_early()
+
+class CompletionEvents:
+    """llama-server's native `/completion` events: text and token ids per event, the last
+    with `stop: true`, its `stop_type`, counts and timings."""
+
+    __slots__ = ("_ended_early", "_predicted")
+
+    def __init__(self, ended_early: Callable[[], AdapterError]) -> None:
+        self._ended_early = ended_early
+        self._predicted = 0  # tokens counted so far, from the engine's own tally
+
+    def feed(self, event: Any) -> list[StreamEvent]:
+        if "error" in event:  # an error after the stream started
+            err = event["error"]
+            code = err.get("code", 500) if isinstance(err, dict) else 500
+            raise status_error(int(code), json.dumps(event).encode(), ENGINE)
+        # One event may carry several tokens (incomplete UTF-8 is held back), so count
+        # by `tokens_predicted`, not by events.
+        total = int(event.get("tokens_predicted", self._predicted + 1))
+        events: list[StreamEvent] = []
+        if content := event.get("content", ""):
+            count = max(total - self._predicted, 0)
+            events.append(Token(content, count, tuple(event.get("tokens") or ())))
+            self._predicted = total
+        if event.get("stop"):
+            reason = _FINISH.get(event.get("stop_type", ""), "stop")
+            timings = event.get("timings") or {}
+            events.append(End(
+                reason, total, event.get("tokens_evaluated"), timings.get("cache_n"),
+                timings.get("prompt_ms"), timings.get("prompt_n"),
+            ))  # fmt: skip
+        return events
+
+    def end(self) -> End:
+        raise self._ended_early()

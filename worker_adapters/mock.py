@@ -27,9 +27,11 @@ from worker_adapters.base import (
     Capabilities,
     End,
     EngineStats,
+    EventSink,
     GenerateRequest,
     StreamEvent,
     Token,
+    relay_pulled,
 )
 
 ENGINE = "mock"
@@ -106,6 +108,9 @@ class MockAdapter:
             ENGINE, VERSION, self.config.slots, self.config.ctx_per_slot,
             self.config.model, f"sha256:{digest}",
         )  # fmt: skip
+
+    async def relay(self, request: GenerateRequest, sink: EventSink) -> None:
+        await relay_pulled(self.stream(request), sink)
 
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         cfg = self.config

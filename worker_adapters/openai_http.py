@@ -3,14 +3,14 @@
 `POST /v1/completions` (or `/v1/chat/completions` for conversations, and for plain prompts
 with `chat=True`) with `stream: true` and `stream_options.include_usage`; chunks carry
 `choices[0].text` (or `.delta.content`) and a `finish_reason`; usage arrives in a final
-chunk; the stream ends with `data: [DONE]`. `openai_events` turns such a stream into our
+chunk; the stream ends with `data: [DONE]`. `OpenAIEvents` maps such a stream to our
 events for every adapter that speaks it. vLLM's `priority` is sent only where the pool says
 the engine runs priority scheduling (vLLM rejects a non-zero priority otherwise).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from worker_adapters.base import (
@@ -23,36 +23,49 @@ from worker_adapters.base import (
     StreamEvent,
     Token,
 )
-from worker_adapters.http_engine import HttpEngine
+from worker_adapters.http_engine import Call, HttpEngine
 
 ENGINE = "openai"
 CHAT_PATH = "/v1/chat/completions"
 
 
-async def openai_events(
-    chunks: AsyncIterable[Any], ended_early: AdapterError
-) -> AsyncGenerator[StreamEvent, None]:
-    """OpenAI completion or chat chunks (already JSON-decoded) as Tokens and one End;
-    `ended_early` is raised for a stream cut short or an in-stream error."""
-    finish: FinishReason | None = None
-    sent = 0
-    usage: dict[str, Any] = {}
-    async for chunk in chunks:
+class OpenAIEvents:
+    """OpenAI completion or chat chunks as Tokens, and one End once the stream is over
+    (usage comes in a chunk after the `finish_reason`). A stream cut short, or an error
+    chunk, raises `ended_early()`."""
+
+    __slots__ = ("_ended_early", "_finish", "_sent", "_usage")
+
+    def __init__(self, ended_early: Callable[[], AdapterError]) -> None:
+        self._ended_early = ended_early
+        self._finish: FinishReason | None = None
+        self._sent = 0
+        self._usage: dict[str, Any] = {}
+
+    def feed(self, chunk: Any) -> list[StreamEvent]:
         if "error" in chunk:
-            raise ended_early
+            raise self._ended_early()
+        tokens: list[StreamEvent] = []
         for choice in chunk.get("choices") or ():
             text = choice.get("text")
             if text is None:
                 text = (choice.get("delta") or {}).get("content")
             if text:
-                sent += 1
-                yield Token(text)
+                self._sent += 1
+                tokens.append(Token(text))
             if choice.get("finish_reason"):
-                finish = "length" if choice["finish_reason"] == "length" else "stop"
-        usage = chunk.get("usage") or usage
-    if finish is None:  # [DONE] (or the end) without a finish_reason: cut short
-        raise ended_early
-    yield End(finish, int(usage.get("completion_tokens", sent)), usage.get("prompt_tokens"))
+                self._finish = "length" if choice["finish_reason"] == "length" else "stop"
+        self._usage = chunk.get("usage") or self._usage
+        return tokens
+
+    def end(self) -> End:
+        if self._finish is None:  # [DONE] (or the end) without a finish_reason: cut short
+            raise self._ended_early()
+        usage = self._usage
+        return End(
+            self._finish, int(usage.get("completion_tokens", self._sent)),
+            usage.get("prompt_tokens"),
+        )  # fmt: skip
 
 
 class OpenAIAdapter(HttpEngine):
@@ -128,8 +141,6 @@ class OpenAIAdapter(HttpEngine):
             body["priority"] = req.priority
         return body
 
-    def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
+    def _call(self, request: GenerateRequest) -> Call:
         path = CHAT_PATH if request.messages or self.chat else "/v1/completions"
-        return openai_events(
-            self._post_sse(path, self._body(request), request.traceparent), self.ended_early()
-        )
+        return Call(path, self._body(request), OpenAIEvents(self.ended_early))

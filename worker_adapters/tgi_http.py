@@ -12,7 +12,7 @@ rendered with the model's chat template by TGI).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import Callable
 from typing import Any
 
 from orchestrator_core.errors import ErrorCode
@@ -26,8 +26,8 @@ from worker_adapters.base import (
     StreamEvent,
     Token,
 )
-from worker_adapters.http_engine import HttpEngine
-from worker_adapters.openai_http import CHAT_PATH, openai_events
+from worker_adapters.http_engine import Call, HttpEngine
+from worker_adapters.openai_http import CHAT_PATH, OpenAIEvents
 from worker_adapters.sse import Oversized
 
 ENGINE = "tgi"
@@ -102,28 +102,37 @@ class TGIAdapter(HttpEngine):
             body["stop"] = list(req.stop)
         return body
 
-    def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
+    def _call(self, request: GenerateRequest) -> Call:
         if request.messages:
-            chunks = self._post_sse(CHAT_PATH, self._chat_body(request), request.traceparent)
-            return openai_events(chunks, self.ended_early())
-        return self._generate(request)
+            return Call(CHAT_PATH, self._chat_body(request), OpenAIEvents(self.ended_early))
+        return Call("/generate_stream", self._body(request), GenerateEvents(self.ended_early))
 
-    async def _generate(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
-        async for event in self._post_sse(
-            "/generate_stream", self._body(request), request.traceparent
-        ):
-            if "error" in event:
-                code = _ERROR_TYPES.get(event.get("error_type", ""), ErrorCode.WORKER_RESET)
-                raise AdapterError(code, f"tgi: {event['error']}", engine=ENGINE)
-            token = event.get("token") or {}
-            if token.get("text") and not token.get("special"):
-                yield Token(token["text"], 1, (int(token.get("id", 0)),))
-            details = event.get("details")
-            if details is not None:
-                yield End(
-                    _FINISH.get(details.get("finish_reason", ""), "stop"),
-                    int(details.get("generated_tokens", 0)),
-                    details.get("input_length"),
-                )
-                return
-        raise self.ended_early()
+
+class GenerateEvents:
+    """TGI's `/generate_stream` events: a `token` each (special ones skipped), the last
+    with `details`; an error event after the stream started carries `error_type`."""
+
+    __slots__ = ("_ended_early",)
+
+    def __init__(self, ended_early: Callable[[], AdapterError]) -> None:
+        self._ended_early = ended_early
+
+    def feed(self, event: Any) -> list[StreamEvent]:
+        if "error" in event:
+            code = _ERROR_TYPES.get(event.get("error_type", ""), ErrorCode.WORKER_RESET)
+            raise AdapterError(code, f"tgi: {event['error']}", engine=ENGINE)
+        events: list[StreamEvent] = []
+        token = event.get("token") or {}
+        if token.get("text") and not token.get("special"):
+            events.append(Token(token["text"], 1, (int(token.get("id", 0)),)))
+        details = event.get("details")
+        if details is not None:
+            events.append(End(
+                _FINISH.get(details.get("finish_reason", ""), "stop"),
+                int(details.get("generated_tokens", 0)),
+                details.get("input_length"),
+            ))  # fmt: skip
+        return events
+
+    def end(self) -> End:
+        raise self._ended_early()

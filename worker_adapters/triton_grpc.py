@@ -33,9 +33,11 @@ from worker_adapters.base import (
     Capabilities,
     End,
     EngineStats,
+    EventSink,
     GenerateRequest,
     StreamEvent,
     Token,
+    relay_pulled,
 )
 
 ENGINE = "triton"
@@ -131,6 +133,9 @@ class TritonAdapter:
         )  # fmt: skip
         request.parameters["triton_enable_empty_final_response"].bool_param = True
         return request
+
+    async def relay(self, request: GenerateRequest, sink: EventSink) -> None:
+        await relay_pulled(self.stream(request), sink)
 
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         request_id = uuid.uuid4().hex

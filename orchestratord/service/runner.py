@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from contextlib import aclosing
 from dataclasses import dataclass
 
 import structlog
@@ -28,7 +27,7 @@ from orchestratord.service.records import TaskRecord
 from orchestratord.service.tasks import TaskBook
 from orchestratord.telemetry import tracing
 from pool_managerd.replica import Replica
-from worker_adapters.base import AdapterError, End, StallGuard, Token
+from worker_adapters.base import AdapterError, End, StallGuard, StreamEvent, Token
 
 log = structlog.get_logger("orchestratord")
 
@@ -61,34 +60,38 @@ async def run_task(
     rec.stream.started(rec.started_event)
     running = TaskState.RUNNING
     end: End | None = None
+    emit_token, cap, output = rec.stream.token, limits.max_output_bytes, rec.output
+
+    def on_event(event: StreamEvent) -> bool:
+        """The hot path, run where the adapter pushes from (an HTTP engine's connection
+        callback): per event a few attribute updates and one frame. False stops the
+        engine's stream."""
+        nonlocal end
+        guard.beat()
+        if task.state is not running:  # canceled meanwhile: stop reading
+            return False
+        if not isinstance(event, Token):
+            end = event
+            return True
+        index = rec.tokens_out
+        if rec.first_token_at is None:
+            rec.first_token_at = now_ms()
+            tracing.first_token(rec.spans, rec.first_token_at - rec.admitted_at)
+        if output.text_bytes < cap:
+            output.append(index, event.text, event.ids)
+        else:
+            rec.output_truncated = True
+        if len(output) >= rec.checkpoint_at:  # a strict task's periodic one
+            book.checkpoint(rec)
+        if rec.replay and not _replays(rec, (index, event.text, event.ids), book):
+            return False
+        emit_token(index, event.text, event.ids)
+        rec.tokens_out += event.count
+        return True
+
     try:
-        async with (
-            StallGuard(limits.token_timeout_s, replica.engine) as guard,
-            aclosing(adapter.stream(request)) as events,
-        ):
-            # the hot path: per event, a few attribute updates and one frame
-            emit_token, cap, output = rec.stream.token, limits.max_output_bytes, rec.output
-            async for event in events:
-                guard.beat()
-                if task.state is not running:  # canceled meanwhile: stop reading
-                    break
-                if isinstance(event, Token):
-                    index = rec.tokens_out
-                    if rec.first_token_at is None:
-                        rec.first_token_at = now_ms()
-                        tracing.first_token(rec.spans, rec.first_token_at - rec.admitted_at)
-                    if output.text_bytes < cap:
-                        output.append(index, event.text, event.ids)
-                    else:
-                        rec.output_truncated = True
-                    if len(output) >= rec.checkpoint_at:  # a strict task's periodic one
-                        book.checkpoint(rec)
-                    if rec.replay and not _replays(rec, (index, event.text, event.ids), book):
-                        break
-                    emit_token(index, event.text, event.ids)
-                    rec.tokens_out += event.count
-                else:
-                    end = event
+        async with StallGuard(limits.token_timeout_s, replica.engine) as guard:
+            await adapter.relay(request, on_event)
     except AdapterError as e:
         return e if task.state is running else None
     except asyncio.CancelledError:

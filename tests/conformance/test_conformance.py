@@ -3,6 +3,8 @@ that runs here: mock (in-process), llama.cpp and OpenAI routes (real llama-serve
 (the project's protocol server), Triton (real Triton via nvidia-pytriton).
 
 A check runs for every engine whose registration lists the behaviour; none is skipped.
+Checks of a stream's events run both ways an adapter hands them over (OC-ADAPT-3009):
+pulled from `stream`, and pushed through `relay` (the daemon's way).
 """
 
 from __future__ import annotations
@@ -43,8 +45,22 @@ def over(fault: str | None = None):
     return pytest.mark.parametrize("engine", engines_with(fault), indirect=True)
 
 
-async def run(adapter: WorkerAdapter, request: GenerateRequest) -> list:
-    return [event async for event in adapter.stream(request)]
+#: Both ways of reading a stream, for the checks of its events.
+both_ways = pytest.mark.parametrize("how", ["stream", "relay"])
+
+
+async def run(
+    adapter: WorkerAdapter, request: GenerateRequest, how: str = "stream", got: list | None = None
+) -> list:
+    """The stream's events, pulled or relayed; collected into `got` (when given) as they
+    come, so a check still sees them when the stream fails."""
+    events = [] if got is None else got
+    if how == "stream":
+        async for event in adapter.stream(request):
+            events.append(event)
+    else:
+        await adapter.relay(request, lambda event: events.append(event) is None)
+    return events
 
 
 @pytest.fixture
@@ -67,9 +83,10 @@ async def test_ready_and_capabilities(engine, adapter):
 
 
 @over()
-async def test_stream_complete_in_order_with_length(engine, adapter):
-    """OC-ADAPT-3002"""
-    events = await run(adapter, GenerateRequest("conformance", max_tokens=8, seed=5))
+@both_ways
+async def test_stream_complete_in_order_with_length(engine, adapter, how):
+    """OC-ADAPT-3002, OC-ADAPT-3009"""
+    events = await run(adapter, GenerateRequest("conformance", max_tokens=8, seed=5), how)
     *tokens, end = events
     assert all(isinstance(t, Token) and t.text for t in tokens) and tokens
     assert isinstance(end, End) and end.finish_reason == "length" and end.tokens_out == 8
@@ -88,26 +105,34 @@ async def test_stream_finishing_early_reports_stop(engine, adapter):
 
 @over("seed")
 async def test_same_seed_same_tokens(engine, adapter):
-    """OC-ADAPT-3003"""
+    """OC-ADAPT-3003, OC-ADAPT-3009: pulled or relayed, the same tokens"""
     request = GenerateRequest("seeded", max_tokens=12, seed=77, cache_prompt=False)
-    first, second = await run(adapter, request), await run(adapter, request)
+    first, second = await run(adapter, request), await run(adapter, request, "relay")
     assert [(t.text, t.ids) for t in first if isinstance(t, Token)] == [
         (t.text, t.ids) for t in second if isinstance(t, Token)
     ]
 
 
 @over()
-async def test_cancel_mid_stream_releases_the_engine(engine, adapter):
-    """OC-ADAPT-3005"""
+@both_ways
+async def test_cancel_mid_stream_releases_the_engine(engine, adapter, how):
+    """OC-ADAPT-3005, OC-ADAPT-3009: closing a pulled stream, or a relay's sink declining
+    an event, releases the engine"""
     prompt = engine.prompts.get("stall", "") + "cancel me"
-    stream = adapter.stream(GenerateRequest(prompt, max_tokens=200, seed=1))
-    first = await anext(stream)
+    request = GenerateRequest(prompt, max_tokens=200, seed=1)
+    if how == "stream":
+        stream = adapter.stream(request)
+        first = await anext(stream)
+        await stream.aclose()
+    else:
+        got: list = []
+        await adapter.relay(request, lambda event: got.append(event) or False)
+        (first,) = got
     assert isinstance(first, Token)
-    await stream.aclose()
     if engine.busy is not None:  # checked on the engine's side
         async with asyncio.timeout(10):
             await poll_until(lambda: _idle(engine))
-    events = await run(adapter, GenerateRequest("after cancel", max_tokens=3, seed=2))
+    events = await run(adapter, GenerateRequest("after cancel", max_tokens=3, seed=2), how)
     assert isinstance(events[-1], End)
 
 
@@ -135,39 +160,50 @@ async def test_overload_is_one_retriable_error(engine, adapter):
 
 
 @over("invalid")
-async def test_invalid_params_carry_the_engine_message(engine, adapter):
-    """OC-ADAPT-3004"""
+@both_ways
+async def test_invalid_params_carry_the_engine_message(engine, adapter, how):
+    """OC-ADAPT-3004, OC-ADAPT-3009"""
     assert engine.invalid is not None
     request = engine.invalid(adapter)
     with pytest.raises(AdapterError) as err:
-        await run(adapter, request)
+        await run(adapter, request, how)
     assert err.value.code is ErrorCode.INVALID_PARAMS and not err.value.retriable
     assert len(err.value.message) > 10
 
 
 @over("die")
-async def test_engine_dying_mid_stream_is_worker_reset(engine, adapter):
-    """OC-ADAPT-3006"""
+@both_ways
+async def test_engine_dying_mid_stream_is_worker_reset(engine, adapter, how):
+    """OC-ADAPT-3006, OC-ADAPT-3009"""
     request = GenerateRequest(engine.prompts["die"] + "doomed", max_tokens=20, seed=3)
     got: list = []
     with pytest.raises(AdapterError) as err:
-        async for event in adapter.stream(request):
-            got.append(event)
+        await run(adapter, request, how, got)
     assert err.value.code is ErrorCode.WORKER_RESET and err.value.retriable
     assert len(got) == 2 and all(isinstance(e, Token) for e in got)
 
 
 @over("big")
-async def test_ten_megabyte_output_streams_in_flat_memory(engine, adapter):
-    """OC-ADAPT-3002"""
+@both_ways
+async def test_ten_megabyte_output_streams_in_flat_memory(engine, adapter, how):
+    """OC-ADAPT-3002, OC-ADAPT-3009"""
     request = GenerateRequest(engine.prompts["big"] + "large", max_tokens=160, seed=4)
+    total = 0
+
+    def count(event: object) -> bool:
+        nonlocal total
+        if isinstance(event, Token):
+            total += len(event.text)
+        return True
+
     tracemalloc.start()
     try:
-        total = 0
         tracemalloc.reset_peak()
-        async for event in adapter.stream(request):
-            if isinstance(event, Token):
-                total += len(event.text)
+        if how == "stream":
+            async for event in adapter.stream(request):
+                count(event)
+        else:
+            await adapter.relay(request, count)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -176,8 +212,10 @@ async def test_ten_megabyte_output_streams_in_flat_memory(engine, adapter):
 
 
 @over("stall")
-async def test_stalled_engine_maps_to_decode_timeout(engine, adapter):
-    """OC-ADAPT-3004, OC-CTRL-2023: an engine that goes silent fails the stream typed.
+@both_ways
+async def test_stalled_engine_maps_to_decode_timeout(engine, adapter, how):
+    """OC-ADAPT-3004, OC-CTRL-2023, OC-ADAPT-3009: an engine that goes silent fails the
+    stream typed.
 
     Directive engines stall mid-stream on cue (after 2 tokens). A real engine process is
     frozen before it is asked: freezing it after the first token raced it — llama-server
@@ -189,12 +227,13 @@ async def test_stalled_engine_maps_to_decode_timeout(engine, adapter):
     try:
         request = GenerateRequest(prompt, max_tokens=500, seed=6)
         with pytest.raises(AdapterError) as err:
-            async with (
-                StallGuard(0.3, engine.name) as guard,
-                aclosing(adapter.stream(request)) as events,
-            ):
-                async for _ in events:
-                    guard.beat()
+            async with StallGuard(0.3, engine.name) as guard:
+                if how == "stream":
+                    async with aclosing(adapter.stream(request)) as events:
+                        async for _ in events:
+                            guard.beat()
+                else:
+                    await adapter.relay(request, lambda _: guard.beat() is None)
     finally:
         if paused:
             resume(engine)

@@ -90,15 +90,21 @@ class ScriptedServer:
         writer.close()
 
 
-async def _texts(adapter: OpenAIAdapter) -> list[str]:
-    events = [e async for e in adapter.stream(GenerateRequest("x", max_tokens=2))]
+async def _texts(adapter: OpenAIAdapter, how: str = "stream") -> list[str]:
+    request = GenerateRequest("x", max_tokens=2)
+    if how == "stream":
+        events = [e async for e in adapter.stream(request)]
+    else:
+        events = []
+        await adapter.relay(request, lambda e: events.append(e) is None)
     return [e.text for e in events if isinstance(e, Token)]
 
 
-async def test_a_kept_alive_connection_is_reused_even_when_its_end_comes_after_done():
-    """OC-ADAPT-3008: the first answer's last bytes (the chunked body's end) are held back
-    until the stream has ended for the adapter; the connection is still read to its end
-    and pooled, and carries every later stream."""
+@pytest.mark.parametrize("how", ["stream", "relay"])
+async def test_a_kept_alive_connection_is_reused_even_when_its_end_comes_after_done(how):
+    """OC-ADAPT-3008, OC-ADAPT-3009: the first answer's last bytes (the chunked body's end)
+    are held back until the stream has ended for the adapter; the connection is still read
+    to its end and pooled, and carries every later stream."""
     ended = asyncio.Event()
 
     async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
@@ -111,13 +117,68 @@ async def test_a_kept_alive_connection_is_reused_even_when_its_end_comes_after_d
 
     server = ScriptedServer(answer)
     async with server as url, openai_at(url) as adapter:
-        assert await _texts(adapter) == ["a", "b"]
+        assert await _texts(adapter, how) == ["a", "b"]
         ended.set()
         async with asyncio.timeout(10):
             await poll_until(lambda: _pooled(adapter))
         for _ in range(2):
-            assert await _texts(adapter) == ["a", "b"]
+            assert await _texts(adapter, how) == ["a", "b"]
     assert (server.connections, server.requests) == (1, 3)
+
+
+async def test_a_relay_hands_each_read_over_from_the_connections_callback():
+    """OC-ADAPT-3009: a read that arrives while the relay waits reaches the sink inside
+    the connection's callback, outside any task: no task step between engine and sink."""
+    go = asyncio.Event()
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(OK_HEAD + sse_body("a", finish=False))
+        await go.wait()  # the second token only once the first was handed over
+        writer.write(sse_body("b") + END)
+        return True
+
+    seen: list[tuple[object, asyncio.Task[object] | None]] = []
+
+    def sink(event: object) -> bool:
+        seen.append((event, asyncio.current_task()))
+        go.set()
+        return True
+
+    async with ScriptedServer(answer) as url, openai_at(url) as adapter:
+        await adapter.relay(GenerateRequest("x", max_tokens=2), sink)
+    assert [event for event, _ in seen] == [Token("a"), Token("b"), End("length", 2, None)]
+    assert [task for _, task in seen[1:]] == [None, None]
+
+
+async def test_a_sink_that_fails_fails_the_relay_and_the_connection_is_not_kept():
+    """OC-ADAPT-3009: what a sink raises inside the connection's callback comes out of
+    `relay` (the daemon's runner reports it as its own failure), and the half-read
+    response's connection is closed, never pooled."""
+    go, failed = asyncio.Event(), asyncio.Event()
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        if server.connections > 1:
+            return await answer_a(n, writer)
+        writer.write(OK_HEAD + sse_body("a", finish=False))
+        await go.wait()
+        writer.write(sse_body("b", finish=False))  # the body goes on; the sink fails on "b"
+        await failed.wait()
+        return False
+
+    def sink(event: object) -> bool:
+        if event == Token("b"):
+            raise RuntimeError("a bug in the sink")
+        go.set()
+        return True
+
+    server = ScriptedServer(answer)
+    async with server as url, openai_at(url) as adapter:
+        with pytest.raises(RuntimeError, match="a bug in the sink"):
+            await adapter.relay(GenerateRequest("x", max_tokens=2), sink)
+        failed.set()
+        assert not adapter._client._idle
+        assert await _texts(adapter, "relay") == ["a"]
+    assert (server.connections, server.requests) == (2, 2)
 
 
 async def test_connections_left_idle_by_a_burst_are_closed_not_kept():
