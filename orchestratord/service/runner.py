@@ -59,19 +59,17 @@ async def run_task(
     )  # fmt: skip
     rec.stream.started(rec.started_event)
     running = TaskState.RUNNING
-    end: End | None = None
     emit_token, cap, output = rec.stream.token, limits.max_output_bytes, rec.output
 
     def on_event(event: StreamEvent) -> bool:
         """The hot path, run where the adapter pushes from (an HTTP engine's connection
         callback): per event a few attribute updates and one frame. False stops the
         engine's stream."""
-        nonlocal end
         guard.beat()
         if task.state is not running:  # canceled meanwhile: stop reading
             return False
         if not isinstance(event, Token):
-            end = event
+            complete(event)
             return True
         index = rec.tokens_out
         if rec.first_token_at is None:
@@ -89,6 +87,15 @@ async def run_task(
         rec.tokens_out += event.count
         return True
 
+    def complete(end: End) -> None:
+        """The task ends with the read that brought its `End`, so a reader that has not
+        yet sent that read's tokens sends them and the ending in one write."""
+        rec.tokens_in, rec.engine_end = end.tokens_in, end
+        # the engine's count is authoritative (bytes of a cut-off UTF-8 sequence at the
+        # very end are tokens without text)
+        rec.tokens_out = max(rec.tokens_out, end.tokens_out)
+        book.finish(rec, TaskState.COMPLETED, finish_reason=end.finish_reason)
+
     try:
         async with StallGuard(limits.token_timeout_s, replica.engine) as guard:
             await adapter.relay(request, on_event)
@@ -103,19 +110,12 @@ async def run_task(
         why = f"internal error: {type(e).__name__}"
         book.finish(rec, TaskState.FAILED, ErrorCode.INTERNAL, why)
         return None
-    if task.state is not running:
-        return None
-    if end is None:
+    if task.state is running:  # the stream ended without an End
         return AdapterError(
             ErrorCode.WORKER_RESET,
             "the engine closed the stream without finishing",
             engine=replica.engine,
         )
-    rec.tokens_in, rec.engine_end = end.tokens_in, end
-    # the engine's count is authoritative (bytes of a cut-off UTF-8 sequence at the very
-    # end are tokens without text)
-    rec.tokens_out = max(rec.tokens_out, end.tokens_out)
-    book.finish(rec, TaskState.COMPLETED, finish_reason=end.finish_reason)
     return None
 
 
