@@ -144,7 +144,7 @@ async def test_a_relay_hands_each_read_over_from_the_connections_callback():
         go.set()
         return True
 
-    async with ScriptedServer(answer) as url, openai_at(url) as adapter:
+    async with ScriptedServer(answer) as url, openai_at(url) as adapter, asyncio.timeout(10):
         await adapter.relay(GenerateRequest("x", max_tokens=2), sink)
     assert [event for event, _ in seen] == [Token("a"), Token("b"), End("length", 2, None)]
     assert [task for _, task in seen[1:]] == [None, None]
