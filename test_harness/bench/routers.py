@@ -3,10 +3,11 @@
 Engines: the mock engine served over HTTP as an OpenAI-compatible server (fast: what a
 router costs shows), and real llama-server on the tiny model. Paths, each measured in the
 same run: the engine directly; orchestratord through its OpenAI door (chat), its native
-one-request stream and its native two-request form; and `vllm-router` (PyPI, a Rust
-router, installed into its own venv in the user cache on first use). Every request opens a
-fresh connection, streams `--tokens` tokens, closed loop at each concurrency for
-`--seconds`.
+one-request stream and its native two-request form; `vllm-router` (PyPI, a Rust router,
+installed into its own venv in the user cache on first use); and, with `--paths ...
+python-pipe`, the floor of any Python relay (`python_floor`: a uvloop byte pipe). Every
+request opens a fresh connection, streams `--tokens` tokens, closed loop at each
+concurrency for `--seconds`.
 
 Reported per path and concurrency: TTFT p50/p99 (request start to first token) and what
 the router adds to the direct path's; router CPU ms per stream (`/proc/<pid>/stat`); tokens/s
@@ -163,6 +164,10 @@ async def main() -> None:
                   "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
                   "--log-level", "warning"]  # fmt: skip
     router = await start(router_cmd, "Starting server", env={"NO_COLOR": "1"})
+    pipe_port = free_port()
+    pipe_cmd = [sys.executable, "-m", "test_harness.bench.python_floor", "--port",
+                str(pipe_port), "--engine", engine_url]  # fmt: skip
+    pipe = await start(pipe_cmd, "ready") if "python-pipe" in args.paths else None
     daemon_url = f"http://127.0.0.1:{daemon_port}"
     chat = b'{"content":'
     direct = Path_("direct", engine_url, chat, "openai")
@@ -174,6 +179,9 @@ async def main() -> None:
         "native1": Path_("orchestratord native 1-req", daemon_url, token, "native1", daemon.pid),
         "native2": Path_("orchestratord native 2-req", daemon_url, token, "native2", daemon.pid),
     }
+    if pipe is not None:
+        pipe_url = f"http://127.0.0.1:{pipe_port}"
+        paths["python-pipe"] = Path_("python pipe (floor)", pipe_url, chat, "openai", pipe.pid)
     chosen = [paths[p] for p in args.paths]
     try:
         for p in [direct, *chosen]:  # warm up
@@ -194,7 +202,7 @@ async def main() -> None:
                       f"| {r['cpu_ms']:.2f} | {r['tok_s']:,.0f} "
                       f"| {r['tok_s'] / base['tok_s']:.2f} |", flush=True)  # fmt: skip
     finally:
-        await stop(router, daemon, engine)
+        await stop(*(p for p in (pipe, router, daemon, engine) if p is not None))
 
 
 if __name__ == "__main__":
