@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from functools import partial
 
 import structlog
 from aiohttp import web
@@ -29,7 +30,7 @@ from orchestratord.api.sse import Renderer, comment
 from orchestratord.api_models import ErrorEnvelope, MetricsEvent
 from orchestratord.service import Orchestrator, StreamGap
 from orchestratord.service.records import TaskRecord
-from orchestratord.service.streams import END, ERROR, TOKEN
+from orchestratord.service.streams import END, ERROR
 from orchestratord.telemetry import tracing
 
 log = structlog.get_logger("orchestratord.http")
@@ -114,7 +115,11 @@ async def stream_task(
     any byte, when they are no longer retained); with `metrics_ms`, an `event: metrics`
     at most that often (after a write, so an idle task sends one per heartbeat)."""
     rec.stream.check_resume(after)
-    events = rec.stream.read(after, idle_s=svc.config.server.stream_heartbeat_s)
+    # tokens go out once a restart would know a client saw them (the gate); what arrived
+    # while the journal wrote goes with them
+    events = rec.stream.read(
+        after, idle_s=svc.config.server.stream_heartbeat_s, gate=partial(svc.book.delivering, rec)
+    )
     response = web.StreamResponse(
         headers={**SSE_HEADERS, CORRELATION: request[CID], **(headers or {})}
     )
@@ -143,13 +148,9 @@ async def stream_task(
         try:
             if svc.queue_position(rec) is not None:
                 await write(_pause(svc, rec))
-            first, undelivered, ended = True, True, False
+            first, ended = True, False
             async for batch in events:
                 if batch:
-                    if undelivered and any(event[0] == TOKEN for event in batch):
-                        undelivered = False
-                        if not await svc.book.delivering(rec):
-                            continue  # unjournaled tokens stay unsent; the error follows
                     frames = render(batch)
                     if first and frames:  # (a batch may render to nothing: OpenAI's start)
                         frames, first = _with_retry(frames), False

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
@@ -158,12 +158,19 @@ class TaskStream:
         return [events[i] for i in range(start, len(events))]
 
     async def read(
-        self, after: int | None = None, *, idle_s: float | None = None
+        self,
+        after: int | None = None,
+        *,
+        idle_s: float | None = None,
+        gate: Callable[[], Awaitable[bool]] | None = None,
     ) -> AsyncIterator[list[Event]]:
         """Yield the events with id > `after` (all when None) as they arrive, in batches,
         until the stream closes; with `idle_s`, also an empty batch whenever a period of
-        `idle_s` passed without news (the caller's cue for a keep-alive). Raises StreamGap
-        when the requested events were dropped from the buffer."""
+        `idle_s` passed without news (the caller's cue for a keep-alive). With `gate`, the
+        first batch that holds a token waits for `gate()` and then also holds what
+        arrived meanwhile (often the ending: then a reader sends all of it at once); if
+        `gate()` says False, that batch comes without its tokens. Raises StreamGap when the
+        requested events were dropped from the buffer."""
         cursor = start = 0 if after is None else after + 1
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] | None = None
@@ -184,9 +191,15 @@ class TaskStream:
             while True:
                 if cursor < self._next:
                     batch = self._since(cursor)
+                    if gate is not None and any(event[0] == TOKEN for event in batch):
+                        opened, gate = await gate(), None
+                        batch = self._since(cursor)  # with what came while it waited
+                        if not opened:  # its tokens stay unsent; the ending says why
+                            batch = [event for event in batch if event[0] != TOKEN]
                     cursor = self._next
                     news = True
-                    yield batch
+                    if batch:
+                        yield batch
                     continue
                 if self._closed:
                     if self.partial and start >= self._next and self._events:
