@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -71,6 +72,8 @@ class TaskRecord:
     #: with its `started` event, or it ended before any reader came: from then on a
     #: restart never silently runs it again.
     announced: asyncio.Future[None] | None = None
+    #: The task's ending, held back until its journal write (the future) is done.
+    unpublished: tuple[asyncio.Future[None], Callable[[], None]] | None = None
     #: A strict task resumed after a restart: the `(token index, text, ids)` it had
     #: journaled, which its rerun must reproduce.
     replay: deque[journal.Journaled] | None = None

@@ -56,9 +56,12 @@ _CLEAN_ENDINGS: dict[tuple[TaskState, ErrorCode | None], FinishReason | None] = 
 }
 
 
-def _publish(durable: asyncio.Future[None], ending: Callable[[], None]) -> None:
-    """Put a task's ending on its stream once journaled — or once journaling failed (the
-    store logged it): a client always hears the end."""
+def _publish(rec: TaskRecord) -> None:
+    """Put `rec`'s held-back ending on its stream if its journal write is done — or
+    failed (the store logged it): a client always hears the end. Once."""
+    if rec.unpublished is None or not rec.unpublished[0].done():
+        return
+    (durable, ending), rec.unpublished = rec.unpublished, None
     if not durable.cancelled():
         durable.exception()  # retrieved: a failed write is the store's to report
     ending()
@@ -193,6 +196,9 @@ class TaskBook:
             except StoreError as e:
                 self.finish(rec, TaskState.FAILED, ErrorCode.STORE_UNAVAILABLE, str(e))
                 return False
+            # a task that ended before its reader came was announced by its end's write:
+            # its ending goes with its tokens, not a loop turn after them
+            _publish(rec)
         return True
 
     def finish(
@@ -254,7 +260,8 @@ class TaskBook:
         if durable is None:
             ending()
         else:  # clients (and batches) hear how it ended once a restart would say the same
-            durable.add_done_callback(lambda done: _publish(done, ending))
+            rec.unpublished = (durable, ending)
+            durable.add_done_callback(lambda _: _publish(rec))
         self.metrics.on_finished(rec)
         # one line per task (never per token), with everything needed to follow it
         log.info(

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import orjson
 
+from orchestratord.service.admission import Submission
 from orchestratord.service.journal import tokens_of
 from orchestratord.service.output import Output
+from orchestratord.service.streams import END, TOKEN
 from orchestratord.store import TaskRow
 from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
 from tests.helpers import journal, mock_pool
@@ -69,6 +72,20 @@ def _recorded(stream: Any, order: list[str]) -> Any:
         return stream(request)
 
     return started
+
+
+async def test_a_task_that_ends_before_its_reader_comes_reaches_it_in_one_batch(start_daemon):
+    """OC-STORE-1009: its tokens wait for its end's journal write, and its ending — held
+    back for that same write — goes with them (one write to the client), not a loop
+    turn after them."""
+    api = await start_daemon(mock_pool())
+    service = api.daemon.service
+    submission = Submission(model="mock-model", tenant="t", correlation_id="c", max_tokens=5)
+    rec = service.admission.admit(submission)  # read from before its first step
+    gate = partial(service.book.delivering, rec)
+    batches = [[e[0] for e in batch] async for batch in rec.stream.read(gate=gate)]
+    with_tokens = next(batch for batch in batches if TOKEN in batch)
+    assert with_tokens[-6:] == [TOKEN] * 5 + [END] and with_tokens is batches[-1]
 
 
 def test_output_journaled_in_the_earlier_format_still_reads_back():
