@@ -198,10 +198,11 @@ MUTATIONS = (
     ),
     Mutation(
         "tokens reach a client before a restart would know they did",
-        "orchestratord/api/streaming.py",
-        "                        if not await svc.book.delivering(rec):",
-        "                        if False:",
-        "tests/daemon/test_store.py::test_tokens_are_journaled_when_they_first_reach_a_client",
+        "orchestratord/service/streams.py",
+        "opened, gate = await gate(), None",
+        "opened, gate = True, None",
+        "tests/daemon/test_store.py::"
+        "test_a_task_is_journaled_as_streamed_when_its_tokens_first_reach_a_client",
     ),
     Mutation(
         "SQLite's automatic checkpoint left on: a commit on the loop fsyncs",
