@@ -5,6 +5,7 @@ it was shut — or, when it stays shut, not at all."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
@@ -32,15 +33,21 @@ async def _read_all(stream: TaskStream, gate: Gate) -> list[list[Event]]:
     return [batch async for batch in stream.read(gate=gate)]
 
 
-async def test_the_first_tokens_wait_for_the_gate_and_take_what_came_meanwhile_along():
-    """OC-STORE-1009: nothing of a token batch is read before the gate opens; then the
-    batch holds what arrived while it was shut too (here the ending: one write)."""
+async def _gate_shut_on_a_second_token() -> tuple[TaskStream, Gate, asyncio.Task[Any]]:
+    """A reader waiting at the gate with `started` and token "a"; "b" came meanwhile."""
     stream, gate = TaskStream(max_events=16), Gate()
     reader = asyncio.create_task(_read_all(stream, gate))
     stream.started(STARTED_EVENT)
     stream.token(0, "a")
     await gate.entered.wait()
     stream.token(1, "b")
+    return stream, gate, reader
+
+
+async def test_the_first_tokens_wait_for_the_gate_and_take_what_came_meanwhile_along():
+    """OC-STORE-1009: nothing of a token batch is read before the gate opens; then the
+    batch holds what arrived while it was shut too (here the ending: one write)."""
+    stream, gate, reader = await _gate_shut_on_a_second_token()
     stream.end(EndEvent(tokens_out=2, decode_ms=0, finish_reason="length"))
     gate.verdict.set_result(True)
     batches = await reader
@@ -51,12 +58,7 @@ async def test_the_first_tokens_wait_for_the_gate_and_take_what_came_meanwhile_a
 async def test_tokens_the_gate_keeps_shut_are_never_read_and_the_ending_still_is():
     """OC-STORE-1009: the journal could not say a client saw them, so no client does; the
     reader still gets the task's ending (why)."""
-    stream, gate = TaskStream(max_events=16), Gate()
-    reader = asyncio.create_task(_read_all(stream, gate))
-    stream.started(STARTED_EVENT)
-    stream.token(0, "a")
-    await gate.entered.wait()
-    stream.token(1, "b")
+    stream, gate, reader = await _gate_shut_on_a_second_token()
     stream.error(ErrorEnvelope.of(ErrorCode.STORE_UNAVAILABLE, "the disk is full"))
     gate.verdict.set_result(False)
     batches = await reader
