@@ -57,7 +57,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.store", "orchestratord.store.lease"),
     ("orchestratord.store.sqlite", "orchestratord.store.memory", "orchestratord.store.postgres"),
     ("orchestratord.store.sql",),
-    ("orchestratord.store.base",),
+    ("orchestratord.store.statements", "orchestratord.store.base"),
     ("orchestratord.config",),
     ("orchestratord.keyring",),
     ("orchestratord.principals",),

@@ -21,7 +21,8 @@ import psycopg
 import structlog
 
 from orchestratord.store.base import StoreError
-from orchestratord.store.sql import Connection, SqlStore, Write
+from orchestratord.store.sql import SqlStore, Write
+from orchestratord.store.statements import Connection
 
 log = structlog.get_logger("orchestratord")
 

@@ -11,8 +11,7 @@ the connection (an fsync per group, or a network round trip): what arrives meanw
 the next group. If a group's transaction fails, its writes are retried one by one, so one
 write that cannot be done (the disk is full) fails alone.
 
-The SQL is portable between SQLite and PostgreSQL: statements are written with `?` and a
-store that speaks `%s` (psycopg) converts them once.
+The SQL is portable between SQLite and PostgreSQL (`store.statements`).
 """
 
 from __future__ import annotations
@@ -24,9 +23,8 @@ import threading
 import time
 from abc import abstractmethod
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -39,57 +37,10 @@ from orchestratord.store.base import (
     TaskRow,
     TaskStore,
 )
+from orchestratord.store.statements import Connection, Statements
 
 log = structlog.get_logger("orchestratord")
 
-
-class Connection(Protocol):
-    """The DB-API surface the stores use (sqlite3 and psycopg both have it)."""
-
-    def execute(self, sql: str, params: Any = ...) -> Any: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Statements:
-    """Every statement, in the placeholder style of one driver."""
-
-    admit: str
-    output: str
-    started: str
-    ended: str
-    forget: str
-    put_file: str
-    delete_file: str
-    put_batch: str
-    drop_batch_items: str
-    items: str
-    item_output: str
-
-    @classmethod
-    def for_placeholder(cls, mark: str) -> Statements:
-        return cls(**{name: sql.replace("?", mark) for name, sql in _STATEMENTS.items()})
-
-
-_STATEMENTS = {
-    "admit": "INSERT INTO tasks (id, pool_id, state, spec, admitted_unix_ms, seq, batch_id, "
-    "batch_line) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "output": "INSERT INTO task_output (task_id, chunk, tokens) VALUES (?, ?, ?) "
-    "ON CONFLICT (task_id, chunk) DO UPDATE SET tokens = excluded.tokens",
-    "started": "UPDATE tasks SET streamed = 1, started = ? WHERE id = ?",
-    "ended": "UPDATE tasks SET state = ?, ended_unix_ms = ?, result = ? WHERE id = ?",
-    "forget": "DELETE FROM tasks WHERE id = ?",
-    "put_file": "INSERT INTO files (id, created_at, doc) VALUES (?, ?, ?) ON CONFLICT (id) "
-    "DO UPDATE SET created_at = excluded.created_at, doc = excluded.doc",
-    "delete_file": "DELETE FROM files WHERE id = ?",
-    "put_batch": "INSERT INTO batches (id, created_at, doc) VALUES (?, ?, ?) ON CONFLICT (id) "
-    "DO UPDATE SET created_at = excluded.created_at, doc = excluded.doc",
-    "drop_batch_items": "DELETE FROM tasks WHERE batch_id = ?",
-    "items": "SELECT id, batch_line, state, spec, result FROM tasks WHERE batch_id = ? "
-    "AND batch_line > ? AND result IS NOT NULL ORDER BY batch_line LIMIT ?",
-    "item_output": "SELECT tokens FROM task_output WHERE task_id = ? ORDER BY chunk",
-}
 
 #: A write: SQL, its parameters, and the future of a caller waiting on it.
 Write = tuple[str, tuple[Any, ...], "asyncio.Future[None] | None"]

@@ -23,7 +23,8 @@ from typing import TextIO
 import structlog
 
 from orchestratord.store.base import StoreError
-from orchestratord.store.sql import Connection, SqlStore
+from orchestratord.store.sql import SqlStore
+from orchestratord.store.statements import Connection
 
 log = structlog.get_logger("orchestratord")
 
