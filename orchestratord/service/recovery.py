@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -129,13 +130,17 @@ def _record(
     spec: dict[str, Any] = orjson.loads(row.spec)
     deadline = spec["deadline_unix_ms"]
     task = journal.task_of(row, spec, None if deadline is None else loop_ms(deadline))
-    return TaskRecord(
+    rec = TaskRecord(
         task=task, request=journal.request_of(spec), model=spec["model"],
         door=Door(spec["door"]), engine=spec["engine"],
         stream=TaskStream(stream_buffer_events), correlation_id=spec["correlation_id"],
         admitted_at=loop_ms(row.admitted_unix_ms), created=spec["created"], seed=spec["seed"],
         batch=None if row.batch_id is None else (row.batch_id, row.batch_line or 0),
     )  # fmt: skip
+    if s.streamed or s.result is not None:  # the journal knows: a reader needs no write
+        rec.announced = asyncio.get_running_loop().create_future()
+        rec.announced.set_result(None)
+    return rec
 
 
 def _replay_ended(rec: TaskRecord, s: StoredTask) -> None:

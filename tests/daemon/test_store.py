@@ -187,16 +187,28 @@ async def test_a_strict_rerun_that_diverges_fails_loudly(served, store_backend):
 
 
 async def test_a_finished_task_keeps_status_and_stream_across_sigkill(served, store_backend):
-    """OC-STORE-1004, OC-STORE-1007"""
+    """OC-STORE-1004, OC-STORE-1007, OC-STORE-1009: reading it again after the restart
+    writes nothing (the journal already says its tokens may have reached a client)."""
     await served.start(mock_pool())
     tid = (await served.submit(model="mock-model", prompt="kept", max_tokens=6))["task_id"]
     events = await served.events(tid)
     status = await served.status(tid)
     await served.kill()
     await served.start(mock_pool())
+    commits = await _commits(served)
     assert await served.status(tid) == status
     assert await served.events(tid, after=2) == events[3:]
     assert await served.events(tid) == events
+    assert await _commits(served) == commits
+
+
+async def _commits(served: Served) -> float:
+    """Group commits the served daemon has made (its `/metrics`)."""
+    async with served.http.get(f"{served.url}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith("store_commit_latency_ms_count"):
+                return float(line.split()[-1])
+    raise AssertionError("no store_commit_latency_ms_count in /metrics")
 
 
 async def _serve_fails(tmp_path: Path, config: dict[str, Any]) -> tuple[int, list[str]]:
