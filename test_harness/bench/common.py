@@ -48,10 +48,15 @@ async def stop(*procs: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (`/proc/<pid>/stat`)."""
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """User + system CPU time of a process so far (`/proc/<pid>/stat`); with `children`,
+    plus that of its live child processes (a server that forks workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    own = (int(fields[11]) + int(fields[12])) / TICKS
+    if not children:
+        return own
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(kid), children=True) for kid in kids)
 
 
 def pct(samples: Sequence[float], p: float) -> float:

@@ -6,20 +6,25 @@ written back as it arrives. No JSON, no queue, no journal, no framing of its own
 Python router on uvloop pays per streamed request at the least (two connections, the reads
 and writes of one request and its stream). It is the floor under orchestratord's daemon,
 and under any design that moves the relay into more Python processes (relay workers): each
-would pay at least this per stream, whichever core it runs on.
+would pay at least this per stream, whichever core it runs on. With `--workers N` it is N
+such processes sharing the port (`SO_REUSEPORT`: the kernel spreads connections over them):
+what relay workers on more cores could add at best, with no hand-off to a queue's owner.
 
-    python -m test_harness.bench.python_floor --port P --engine http://127.0.0.1:E
+    python -m test_harness.bench.python_floor --port P --engine http://127.0.0.1:E [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 import uvloop
+
+from pool_managerd.launchers import die_with_parent
 
 
 class _Upstream(asyncio.Protocol):
@@ -68,14 +73,19 @@ class _Downstream(asyncio.Protocol):
             self._engine.close()
 
 
-async def serve(port: int, engine: str) -> None:
+async def serve(port: int, engine: str, bound: int | None = None) -> None:
+    """Serve until killed; once listening, say so: "ready" on stdout, or (a worker) a byte
+    down the `bound` pipe to the parent."""
     url = urlsplit(engine)
     host, engine_port = url.hostname or "127.0.0.1", url.port or 80
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: _Downstream(host, engine_port), "127.0.0.1", port, backlog=4096
+        lambda: _Downstream(host, engine_port), "127.0.0.1", port, backlog=4096, reuse_port=True
     )
-    print("ready", flush=True)
+    if bound is None:
+        print("ready", flush=True)
+    else:
+        os.write(bound, b".")
     async with server:
         await server.serve_forever()
 
@@ -84,7 +94,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--engine", required=True)
+    ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
+    # the other workers are children (the bench counts the parent's CPU with theirs); the
+    # parent binds and says "ready" once all of them are listening
+    read_end, write_end = os.pipe()
+    for _ in range(args.workers - 1):
+        if os.fork() == 0:
+            die_with_parent()
+            uvloop.run(serve(args.port, args.engine, bound=write_end))
+            return
+    for _ in range(args.workers - 1):
+        os.read(read_end, 1)
     uvloop.run(serve(args.port, args.engine))
 
 

@@ -5,7 +5,9 @@ router costs shows), and real llama-server on the tiny model. Paths, each measur
 same run: the engine directly; orchestratord through its OpenAI door (chat), its native
 one-request stream and its native two-request form; `vllm-router` (PyPI, a Rust router,
 installed into its own venv in the user cache on first use); and, with `--paths ...
-python-pipe`, the floor of any Python relay (`python_floor`: a uvloop byte pipe). Every
+python-pipe`, the floor of any Python relay (`python_floor`: a uvloop byte pipe), and
+with `python-pipe-2` that pipe in two processes sharing the port (relay workers at their
+best: no hand-off). Every
 request opens a fresh connection, streams `--tokens` tokens, closed loop at each
 concurrency for `--seconds`.
 
@@ -67,6 +69,8 @@ class Path_:
     marker: bytes
     kind: str  # openai | native1 | native2
     pid: int | None = None
+    #: the server's CPU is its own and its child processes' (workers)
+    children: bool = False
 
     def body(self, tokens: int, seed: int) -> dict[str, object]:
         if self.kind == "openai":
@@ -99,7 +103,7 @@ async def level(path: Path_, streams: int, seconds: float, tokens: int) -> dict[
     """Closed loop: `streams` clients, fresh connection per request, for `seconds`."""
     samples: list[float] = []
     delivered = 0
-    cpu0 = cpu_seconds(path.pid) if path.pid else 0.0
+    cpu0 = cpu_seconds(path.pid, children=path.children) if path.pid else 0.0
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -116,7 +120,7 @@ async def level(path: Path_, streams: int, seconds: float, tokens: int) -> dict[
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for c in range(streams)))
         elapsed = time.perf_counter() - t0
-    cpu = (cpu_seconds(path.pid) - cpu0) if path.pid else 0.0
+    cpu = (cpu_seconds(path.pid, children=path.children) - cpu0) if path.pid else 0.0
     return {
         "p50": pct(samples, 50), "p99": pct(samples, 99), "requests": len(samples),
         "cpu_ms": cpu * 1000 / len(samples), "tok_s": delivered / elapsed,
@@ -164,10 +168,13 @@ async def main() -> None:
                   "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
                   "--log-level", "warning"]  # fmt: skip
     router = await start(router_cmd, "Starting server", env={"NO_COLOR": "1"})
-    pipe_port = free_port()
-    pipe_cmd = [sys.executable, "-m", "test_harness.bench.python_floor", "--port",
-                str(pipe_port), "--engine", engine_url]  # fmt: skip
-    pipe = await start(pipe_cmd, "ready") if "python-pipe" in args.paths else None
+    pipes = {}  # the floor: a Python byte pipe, one process or two
+    for name, workers in (("python-pipe", 1), ("python-pipe-2", 2)):
+        if name in args.paths:
+            port = free_port()
+            cmd = [sys.executable, "-m", "test_harness.bench.python_floor", "--port", str(port),
+                   "--engine", engine_url, "--workers", str(workers)]  # fmt: skip
+            pipes[name] = (await start(cmd, "ready"), f"http://127.0.0.1:{port}", workers)
     daemon_url = f"http://127.0.0.1:{daemon_port}"
     chat = b'{"content":'
     direct = Path_("direct", engine_url, chat, "openai")
@@ -179,9 +186,9 @@ async def main() -> None:
         "native1": Path_("orchestratord native 1-req", daemon_url, token, "native1", daemon.pid),
         "native2": Path_("orchestratord native 2-req", daemon_url, token, "native2", daemon.pid),
     }
-    if pipe is not None:
-        pipe_url = f"http://127.0.0.1:{pipe_port}"
-        paths["python-pipe"] = Path_("python pipe (floor)", pipe_url, chat, "openai", pipe.pid)
+    for name, (pipe, url, workers) in pipes.items():
+        label = "python pipe (floor)" + (f", {workers} processes" if workers > 1 else "")
+        paths[name] = Path_(label, url, chat, "openai", pipe.pid, children=True)
     chosen = [paths[p] for p in args.paths]
     try:
         for p in [direct, *chosen]:  # warm up
@@ -202,7 +209,7 @@ async def main() -> None:
                       f"| {r['cpu_ms']:.2f} | {r['tok_s']:,.0f} "
                       f"| {r['tok_s'] / base['tok_s']:.2f} |", flush=True)  # fmt: skip
     finally:
-        await stop(*(p for p in (pipe, router, daemon, engine) if p is not None))
+        await stop(*(pipe for pipe, _, _ in pipes.values()), router, daemon, engine)
 
 
 if __name__ == "__main__":
