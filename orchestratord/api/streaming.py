@@ -9,6 +9,9 @@ empty event by common client libraries). It counts as a reader of the task
 (`Orchestrator.reading`): a task whose stream is its request's answer is canceled when its
 client goes away for good.
 
+Once its first frames are out, a reader that has caught up follows the task (`_Follower`):
+its tokens are written from the engine's read callback, not by a task woken per token.
+
 A reader that does not take a write within `write_timeout_s` (its client stopped reading)
 is disconnected (by one periodic check per reader, `_Watchdog`, never a timer per write);
 one that falls behind the retained events gets an error event and is ended. Either way it
@@ -30,7 +33,7 @@ from orchestratord.api.sse import Renderer, comment
 from orchestratord.api_models import ErrorEnvelope, MetricsEvent
 from orchestratord.service import Orchestrator, StreamGap
 from orchestratord.service.records import TaskRecord
-from orchestratord.service.streams import END, ERROR
+from orchestratord.service.streams import END, ERROR, Event
 from orchestratord.telemetry import tracing
 
 log = structlog.get_logger("orchestratord.http")
@@ -71,6 +74,55 @@ class _Watchdog:
 
     def close(self) -> None:
         self._handle.cancel()
+
+
+class _Follower:
+    """The push of a caught-up reader (`TaskStream.read`): each token rendered where the
+    engine's read hands it over, and all of one read written together at the end of that
+    loop pass — no reader wake-up, task step or awaited write per token. It declines (the
+    reader's task then takes over, awaiting the client as before) until the reader's first
+    frames are out (`ready`: they carry `retry:` and wait for the journal), and whenever
+    the client has not taken everything written so far."""
+
+    __slots__ = ("_chunked", "_flush", "_held", "_render", "_transport", "_watchdog", "ready")
+
+    def __init__(
+        self, transport: asyncio.Transport, chunked: bool, render: Renderer, watchdog: _Watchdog
+    ) -> None:
+        self._transport, self._chunked, self._render = transport, chunked, render
+        self._watchdog = watchdog
+        self._held: list[bytes] = []
+        self._flush: asyncio.Handle | None = None
+        self.ready = False
+
+    def __call__(self, event: Event) -> bool:
+        transport = self._transport
+        if not self.ready or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        self._held.append(self._render([event]))
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._write)
+        return True
+
+    def take(self) -> bytes:
+        """What was rendered and is not written yet (the reader's task sends it before
+        anything of its own, or drops it when it ends)."""
+        if self._flush is None:
+            return b""
+        self._flush.cancel()
+        self._flush = None
+        held = b"".join(self._held)
+        self._held.clear()
+        return held
+
+    def _write(self) -> None:
+        self._flush = None
+        data = b"".join(self._held)
+        self._held.clear()
+        if self._transport.is_closing():  # the reader learns it with its next write
+            return
+        self._watchdog.writes += 1
+        self._transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
 
 
 def _with_retry(frames: bytes) -> bytes:
@@ -115,21 +167,19 @@ async def stream_task(
     any byte, when they are no longer retained); with `metrics_ms`, an `event: metrics`
     at most that often (after a write, so an idle task sends one per heartbeat)."""
     rec.stream.check_resume(after)
-    # tokens go out once a restart would know a client saw them (the gate); what arrived
-    # while the journal wrote goes with them
-    events = rec.stream.read(
-        after, idle_s=svc.config.server.stream_heartbeat_s, gate=partial(svc.book.delivering, rec)
-    )
     response = web.StreamResponse(
         headers={**SSE_HEADERS, CORRELATION: request[CID], **(headers or {})}
     )
     timeout_s = svc.config.server.write_timeout_s
     watchdog: _Watchdog | None = None
+    follower: _Follower | None = None
     metrics_due = 0.0
 
     async def write(data: bytes, *, last: bool = False) -> None:
         """Write `data` (`last`: and the body's end, in the same send) under the watchdog."""
         assert watchdog is not None
+        if follower is not None and (held := follower.take()):
+            data = held + data
         watchdog.writes += 1
         watchdog.pending = True
         await (response.write_eof(data) if last else response.write(data))
@@ -144,6 +194,15 @@ async def stream_task(
         if request.transport is None:  # gone already
             return response
         watchdog = _Watchdog(request.transport, timeout_s)
+        if metrics_ms is None:  # (metrics go out after a write: the reader's task writes all)
+            chunked = response.headers.get("Transfer-Encoding") == "chunked"
+            follower = _Follower(request.transport, chunked, render, watchdog)
+        # tokens go out once a restart would know a client saw them (the gate); what arrived
+        # while the journal wrote goes with them
+        events = rec.stream.read(
+            after, idle_s=svc.config.server.stream_heartbeat_s,
+            gate=partial(svc.book.delivering, rec), push=follower,
+        )  # fmt: skip
         span = tracing.reader(rec.spans, type(render).__name__)
         try:
             if svc.queue_position(rec) is not None:
@@ -156,10 +215,12 @@ async def stream_task(
                         frames, first = _with_retry(frames), False
                     ended = batch[-1][0] in _ENDINGS  # then the body's end goes with them
                     await write(frames, last=ended)
+                    if follower is not None:
+                        follower.ready = not first
                 else:
                     await write(_pause(svc, rec))
             if not ended:
-                await response.write_eof()
+                await write(b"", last=True)
         except StreamGap as gap:  # this reader fell behind the retained events
             envelope = ErrorEnvelope.of(ErrorCode.STREAM_GAP, f"this reader fell behind: {gap}")
             await write(render.error(envelope))
@@ -173,6 +234,8 @@ async def stream_task(
             # else the client went away (`reading` decides about the task)
         finally:
             watchdog.close()
+            if follower is not None:
+                follower.take()  # a reader that ends early writes nothing after its end
             if span is not None:
                 span.set_attribute("writes", watchdog.writes)
                 span.end()

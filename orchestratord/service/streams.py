@@ -11,7 +11,9 @@ silently losing tokens. Once a stream has ended, its token events can be served 
 task's output buffer instead (`compact`): a finished task then holds no object per token.
 A reader is woken once for everything that arrived since it last ran and gets it in one
 batch; waking costs no timer work per event (the idle heartbeat is one periodic timer per
-reader).
+reader). A reader that has caught up may instead follow the stream (`push`): each new token
+is handed to it in the appender's own call (the engine connection's read callback), with no
+wake-up and no task step per token; it is woken only for what it does not take.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class _FromOutput:
 
 
 class TaskStream:
-    __slots__ = ("_closed", "_events", "_first", "_next", "_waiters", "partial")
+    __slots__ = ("_closed", "_events", "_first", "_followers", "_next", "_waiters", "partial")
 
     def __init__(self, max_events: int) -> None:
         self._events: deque[Event] | _FromOutput = deque(maxlen=max_events)
@@ -73,6 +75,9 @@ class TaskStream:
         self._closed = False
         #: One future per waiting reader; resolved True when there is news.
         self._waiters: list[asyncio.Future[bool]] = []
+        #: Caught-up readers that take new events as they come (`read(push=...)`); one
+        #: that declines an event is dropped from here and woken (its own waiter).
+        self._followers: list[Callable[[Event], bool]] = []
         #: Rebuilt after a restart from what was journaled, which may be less than its
         #: readers saw: a reader resuming past its end still gets its ending.
         self.partial = False
@@ -130,6 +135,8 @@ class TaskStream:
             self._first += 1
         events.append(event)
         self._next += 1
+        if self._followers:
+            self._followers = [follow for follow in self._followers if follow(event)]
         self._wake()
 
     def _close(self) -> None:
@@ -163,14 +170,19 @@ class TaskStream:
         *,
         idle_s: float | None = None,
         gate: Callable[[], Awaitable[bool]] | None = None,
+        push: Callable[[Event], bool] | None = None,
     ) -> AsyncIterator[list[Event]]:
         """Yield the events with id > `after` (all when None) as they arrive, in batches,
         until the stream closes; with `idle_s`, also an empty batch whenever a period of
         `idle_s` passed without news (the caller's cue for a keep-alive). With `gate`, the
         first batch that holds a token waits for `gate()` and then also holds what
         arrived meanwhile (often the ending: then a reader sends all of it at once); if
-        `gate()` says False, that batch comes without its tokens. Raises StreamGap when the
-        requested events were dropped from the buffer."""
+        `gate()` says False, that batch comes without its tokens. With `push`, once past
+        the gate and caught up, each token appended is offered to `push(event)` at once,
+        from the appender's call: True, it was taken (it never comes in a batch); False, it
+        comes in the next batch instead, as does every event after it until the reader has
+        caught up again. Endings are never offered (they wake the reader). Raises StreamGap
+        when the requested events were dropped from the buffer."""
         cursor = start = 0 if after is None else after + 1
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] | None = None
@@ -180,10 +192,23 @@ class TaskStream:
         def tick() -> None:
             nonlocal timer, news
             if not news and waiter is not None and not waiter.done():
-                self._waiters.remove(waiter)
+                if waiter in self._waiters:  # (a follower's waiter is its own)
+                    self._waiters.remove(waiter)
                 waiter.set_result(False)
             news = False
             timer = loop.call_later(idle_s or 0, tick)
+
+        def follow(event: Event) -> bool:
+            nonlocal cursor, news
+            assert push is not None and waiter is not None
+            # (a reader resuming past a rebuilt stream's end has seen the next ones already)
+            if event[0] == TOKEN and event[1] == cursor and push(event):
+                cursor += 1
+                news = True
+                return True
+            if not waiter.done():
+                waiter.set_result(True)
+            return False
 
         if idle_s:
             timer = loop.call_later(idle_s, tick)
@@ -206,9 +231,17 @@ class TaskStream:
                         yield [self._events[-1]]  # the reader saw more than was journaled
                     return
                 waiter = loop.create_future()
-                self._waiters.append(waiter)
-                woken = await waiter
-                waiter = None
+                following = push is not None and gate is None
+                if following:
+                    self._followers.append(follow)
+                else:
+                    self._waiters.append(waiter)
+                try:
+                    woken = await waiter
+                finally:
+                    if following and follow in self._followers:  # woken by the heartbeat
+                        self._followers.remove(follow)
+                    waiter = None
                 if not woken:
                     yield []
         finally:

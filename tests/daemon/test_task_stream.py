@@ -1,11 +1,17 @@
-"""A task's event stream as a reader that waits for the journal sees it (`TaskStream.read`
-with a gate): the first tokens wait for the gate, and go out with whatever arrived while
-it was shut — or, when it stays shut, not at all."""
+"""A task's event stream as its readers see it (`TaskStream.read`). A reader that waits
+for the journal (a gate): the first tokens wait for the gate, and go out with whatever
+arrived while it was shut — or, when it stays shut, not at all. A reader that follows (a
+push): once caught up, it is handed each token in the call that appends it, and woken only
+for what it does not take."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
@@ -79,3 +85,156 @@ async def test_a_batch_without_tokens_does_not_wait_for_the_gate():
     gate.verdict.set_result(True)
     assert [event[0] for event in await reading] == [TOKEN]
     await events.aclose()
+
+
+# -- followers ---------------------------------------------------------------------------
+
+END_EVENT = EndEvent(tokens_out=0, decode_ms=0, finish_reason="stop")
+
+
+class Push:
+    """A follower's push: takes the tokens `takes` accepts, in order, and keeps them."""
+
+    def __init__(self, takes: Callable[[Event], bool] = lambda event: True) -> None:
+        self.takes = takes
+        self.taken: list[Event] = []
+
+    def __call__(self, event: Event) -> bool:
+        if not self.takes(event):
+            return False
+        self.taken.append(event)
+        return True
+
+
+class ByHand:
+    """A reader stepped by hand, so a test knows where it stands: `step()` runs it until it
+    yields a batch (returned) or waits for news (None, also while no news came; `woken`
+    says whether some did)."""
+
+    def __init__(self, events: AsyncIterator[list[Event]]) -> None:
+        self._events = events
+        self._step: Any = None
+        self._waiting_on: asyncio.Future[bool] | None = None
+
+    @property
+    def woken(self) -> bool:
+        return self._waiting_on is not None and self._waiting_on.done()
+
+    async def news(self) -> None:
+        """Wait (on the loop) until the reader is woken."""
+        assert self._waiting_on is not None
+        await asyncio.wait([self._waiting_on])
+
+    def step(self) -> list[Event] | None:
+        if self._waiting_on is not None and not self._waiting_on.done():
+            return None
+        if self._step is None:
+            self._step = self._events.__anext__()
+        try:
+            self._waiting_on = self._step.send(None)
+        except StopIteration as yielded:
+            self._step = self._waiting_on = None
+            return list(yielded.value)
+        except StopAsyncIteration:  # the stream ended
+            self._step = self._waiting_on = None
+        return None
+
+
+def _kinds(batch: list[Event] | None) -> list[int]:
+    return [event[0] for event in batch or ()]
+
+
+async def test_a_caught_up_reader_is_handed_each_token_in_the_call_that_appends_it():
+    """OC-CTRL-2031: no wake-up per token — the reader is handed each token where it is
+    appended (an engine's read callback), never again in a batch; its ending wakes it."""
+    stream, push = TaskStream(max_events=16), Push()
+    stream.started(STARTED_EVENT)
+    reader = ByHand(stream.read(push=push))
+    assert _kinds(reader.step()) == [STARTED]
+    assert reader.step() is None  # caught up: it follows
+    stream.token(0, "a")
+    assert [event[3] for event in push.taken] == ["a"] and not reader.woken
+    stream.token(1, "b")
+    assert [event[3] for event in push.taken] == ["a", "b"] and not reader.woken
+    stream.end(END_EVENT)
+    assert reader.woken and _kinds(reader.step()) == [END]
+
+
+async def test_a_token_the_follower_declines_comes_in_its_next_batch_with_all_after_it():
+    """OC-CTRL-2031: a declined token (its client has not taken the last write) is not
+    lost: it and what follows it come in the next batch; caught up again, the reader
+    follows again."""
+    stream, push = TaskStream(max_events=16), Push(takes=lambda event: event[3] != "b")
+    stream.started(STARTED_EVENT)
+    reader = ByHand(stream.read(push=push))
+    reader.step()
+    assert reader.step() is None
+    stream.token(0, "a")
+    stream.token(1, "b")  # declined: the reader is woken for it
+    stream.token(2, "c")  # no longer followed: it waits in the stream for the reader
+    assert reader.woken and [event[3] for event in push.taken] == ["a"]
+    assert [event[3] for event in reader.step() or ()] == ["b", "c"]
+    assert reader.step() is None
+    stream.token(3, "d")
+    assert [event[3] for event in push.taken] == ["a", "d"] and not reader.woken
+
+
+async def test_a_reader_waiting_for_its_gate_is_not_handed_tokens():
+    """OC-STORE-1009, OC-CTRL-2031: tokens reach a follower only past the journal's gate."""
+    stream, gate, push = TaskStream(max_events=16), Gate(), Push()
+    stream.started(STARTED_EVENT)
+    events = stream.read(gate=gate, push=push)
+    assert _kinds(await anext(events)) == [STARTED]
+    reading = asyncio.ensure_future(anext(events))
+    stream.token(0, "a")
+    await gate.entered.wait()
+    stream.token(1, "b")
+    assert push.taken == []
+    gate.verdict.set_result(True)
+    assert [event[3] for event in await reading] == ["a", "b"]
+    await events.aclose()
+
+
+async def test_a_follower_the_heartbeat_woke_follows_again_and_is_handed_each_token_once():
+    """OC-CTRL-2031: an idle follower gets its keep-alive cue (an empty batch) and then
+    follows as before, once."""
+    stream, push = TaskStream(max_events=16), Push()
+    stream.started(STARTED_EVENT)
+    reader = ByHand(stream.read(idle_s=0.01, push=push))
+    reader.step()
+    assert reader.step() is None
+    await reader.news()  # the heartbeat's tick
+    assert reader.step() == []
+    assert reader.step() is None
+    stream.token(0, "a")
+    assert [event[3] for event in push.taken] == ["a"] and not reader.woken
+
+
+@given(st.lists(st.booleans(), max_size=40), st.integers(min_value=1, max_value=8))
+def test_tokens_reach_a_follower_exactly_once_in_order_however_it_takes_them(takes, window):
+    """OC-CTRL-2031: taken by the push or read in a batch, every event reaches the reader
+    once, in order — whichever tokens it declines and however often it catches up."""
+
+    async def scenario() -> None:
+        stream = TaskStream(max_events=len(takes) + 2)
+        decisions = iter(takes)
+        push = Push(takes=lambda event: next(decisions, True))
+        reader = ByHand(stream.read(push=push))
+        delivered = push.taken  # what the push takes, and every batch, as they come
+
+        def read_until_waiting() -> None:
+            while (batch := reader.step()) is not None:
+                delivered.extend(batch)
+
+        stream.started(STARTED_EVENT)
+        for i in range(len(takes)):
+            if i % window == 0:
+                read_until_waiting()
+            stream.token(i, str(i))
+        stream.end(END_EVENT)
+        read_until_waiting()
+        tokens = [event[1] for event in delivered if event[0] == TOKEN]
+        assert tokens == list(range(1, len(takes) + 1))
+        assert _kinds(delivered)[0] == STARTED and _kinds(delivered)[-1] == END
+
+    asyncio.run(scenario())

@@ -1,0 +1,107 @@
+"""A token reaches its client on its own, as the engine sends it (OC-CTRL-2031): the
+engine here is the project's OpenAI-compatible mock server, in this test's loop, holding
+each token until the test has read the one before it from the daemon. So every token after
+the first is sent to a reader that has caught up — the one a follower writes from the
+engine's read callback — and the test sees each on the wire, framed, before the next exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from test_harness.engines.mock_http import LEDGER, Ledger, make_app
+from tests.helpers import engine_pool
+
+TOKENS = 6
+
+
+@pytest.fixture
+async def held_engine() -> AsyncIterator[tuple[str, Ledger]]:
+    """The mock engine with its ledger: streams park before each event while its gate is
+    shut."""
+    app = make_app(ledger=True)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    ledger = app[LEDGER]
+    assert ledger is not None
+    yield f"http://127.0.0.1:{port}", ledger
+    ledger.gate.set()  # (a failed test leaves a stream parked)
+    await runner.cleanup()
+
+
+async def _event(response: aiohttp.ClientResponse) -> dict[str, Any] | None:
+    """The next SSE event's fields (comments skipped); None at the body's end."""
+    while frame := await response.content.readuntil(b"\n\n"):
+        fields: dict[str, Any] = {}
+        for line in frame.decode().splitlines():
+            name, _, value = line.partition(": ")
+            if name:  # (a comment line starts with ":")
+                fields[name] = value
+        if fields:
+            return fields
+    return None
+
+
+def _token(door: str, event: dict[str, Any]) -> str | None:
+    """A token event's text, in the door's format; None for any other event."""
+    if door == "native":
+        return str(orjson.loads(event["data"])["t"]) if event.get("event") == "token" else None
+    if event["data"] == "[DONE]":
+        return None
+    choices = orjson.loads(event["data"]).get("choices") or [{}]
+    return choices[0].get("delta", {}).get("content") or None
+
+
+async def _next_token(door: str, response: aiohttp.ClientResponse) -> str:
+    while (event := await _event(response)) is not None:
+        if (text := _token(door, event)) is not None:
+            return text
+    raise AssertionError("the stream ended before the token")
+
+
+@pytest.mark.parametrize("door", ["openai", "native"])
+async def test_each_token_reaches_the_client_before_the_engine_sends_the_next(
+    start_daemon, held_engine, door
+):
+    """OC-CTRL-2031, OC-OAI-9008"""
+    engine_url, ledger = held_engine
+    api = await start_daemon(engine_pool(engine_url))
+    ledger.gate.clear()
+    if door == "openai":
+        path = "/v1/chat/completions"
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
+    else:
+        path, body = "/v1/tasks", {"prompt": "hi"}
+    body |= {"model": "mock-model", "max_tokens": TOKENS, "seed": 7, "stream": True}
+    texts: list[str] = []
+    async with asyncio.timeout(30), api.http.post(api.base + path, json=body) as r:
+        assert r.status == 200
+        for _ in range(TOKENS):
+            await ledger.wait(lambda: ledger.parked == 1)  # the engine holds its next token
+            ledger.gate.set()  # lets that one token go (the stream parks again after it)
+            ledger.gate.clear()
+            texts.append(await _next_token(door, r))
+        await ledger.wait(lambda: ledger.parked == 1)  # and then its end
+        ledger.gate.set()
+        rest = [event async for event in _events(r)]
+    assert len(texts) == TOKENS and all(texts)
+    assert not [event for event in rest if _token(door, event) is not None]
+    last = rest[-1]
+    assert last["data"] == "[DONE]" if door == "openai" else last["event"] == "end"
+    status = await api.status(r.headers["X-Task-Id"])
+    assert status["state"] == "completed" and status["output"] == "".join(texts)
+
+
+async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    while (event := await _event(response)) is not None:
+        yield event
