@@ -266,6 +266,14 @@ MUTATIONS = (
         "test_a_relay_hands_each_read_over_from_the_connections_callback",
     ),
     Mutation(
+        "a follower's frames written without their chunk's framing",
+        "orchestratord/api/streaming.py",
+        'b"%x\\r\\n%b\\r\\n" % (len(data), data) if self._chunked else data',
+        "data",
+        "tests/daemon/test_token_by_token.py::"
+        "test_each_token_reaches_the_client_before_the_engine_sends_the_next[native]",
+    ),
+    Mutation(
         "retention 1,000 times shorter",
         "orchestratord/service/tasks.py",
         "self._retention_ms = retention_s * 1000.0",
