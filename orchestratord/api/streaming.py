@@ -33,7 +33,7 @@ from orchestratord.api.sse import Renderer, comment
 from orchestratord.api_models import ErrorEnvelope, MetricsEvent
 from orchestratord.service import Orchestrator, StreamGap
 from orchestratord.service.records import TaskRecord
-from orchestratord.service.streams import END, ERROR, Event
+from orchestratord.service.streams import END, ERROR, Event, TaskStream
 from orchestratord.telemetry import tracing
 
 log = structlog.get_logger("orchestratord.http")
@@ -82,15 +82,20 @@ class _Follower:
     loop pass — no reader wake-up, task step or awaited write per token. It declines (the
     reader's task then takes over, awaiting the client as before) until the reader's first
     frames are out (`ready`: they carry `retry:` and wait for the journal), and whenever
-    the client has not taken everything written so far."""
+    the client has not taken everything written so far. When the task ended in the same
+    read, the reader's task (woken for the ending) writes what it holds with the ending and
+    the body's end, in one write."""
 
-    __slots__ = ("_chunked", "_flush", "_held", "_render", "_transport", "_watchdog", "ready")
+    __slots__ = (
+        "_chunked", "_flush", "_held", "_render", "_stream", "_transport", "_watchdog", "ready",
+    )  # fmt: skip
 
     def __init__(
-        self, transport: asyncio.Transport, chunked: bool, render: Renderer, watchdog: _Watchdog
-    ) -> None:
+        self, transport: asyncio.Transport, chunked: bool, render: Renderer, watchdog: _Watchdog,
+        stream: TaskStream,
+    ) -> None:  # fmt: skip
         self._transport, self._chunked, self._render = transport, chunked, render
-        self._watchdog = watchdog
+        self._watchdog, self._stream = watchdog, stream
         self._held: list[bytes] = []
         self._flush: asyncio.Handle | None = None
         self.ready = False
@@ -107,16 +112,17 @@ class _Follower:
     def take(self) -> bytes:
         """What was rendered and is not written yet (the reader's task sends it before
         anything of its own, or drops it when it ends)."""
-        if self._flush is None:
-            return b""
-        self._flush.cancel()
-        self._flush = None
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         held = b"".join(self._held)
         self._held.clear()
         return held
 
     def _write(self) -> None:
         self._flush = None
+        if self._stream.closed:  # the reader's task, woken for the ending, takes it along
+            return
         data = b"".join(self._held)
         self._held.clear()
         if self._transport.is_closing():  # the reader learns it with its next write
@@ -196,7 +202,7 @@ async def stream_task(
         watchdog = _Watchdog(request.transport, timeout_s)
         if metrics_ms is None:  # (metrics go out after a write: the reader's task writes all)
             chunked = response.headers.get("Transfer-Encoding") == "chunked"
-            follower = _Follower(request.transport, chunked, render, watchdog)
+            follower = _Follower(request.transport, chunked, render, watchdog, rec.stream)
         # tokens go out once a restart would know a client saw them (the gate); what arrived
         # while the journal wrote goes with them
         events = rec.stream.read(

@@ -95,7 +95,7 @@ class TaskStream:
         self._append((STARTED, self._next, event))
 
     def token(self, index: int, text: str, ids: tuple[int, ...] = ()) -> None:
-        """The hot path: one tuple and a wake-up."""
+        """The hot path: one tuple, handed to a follower or waking a reader."""
         self._append((TOKEN, self._next, index, text, ids))
 
     def end(self, event: EndEvent) -> None:
@@ -239,7 +239,7 @@ class TaskStream:
                 try:
                     woken = await waiter
                 finally:
-                    if following and follow in self._followers:  # woken by the heartbeat
+                    if following and follow in self._followers:  # (the heartbeat, a cancel)
                         self._followers.remove(follow)
                     waiter = None
                 if not woken:

@@ -1,8 +1,9 @@
-"""A token reaches its client on its own, as the engine sends it (OC-CTRL-2031): the
+"""A token reaches its client on its own, as the engine sends it: the
 engine here is the project's OpenAI-compatible mock server, in this test's loop, holding
 each token until the test has read the one before it from the daemon. So every token after
 the first is sent to a reader that has caught up — the one a follower writes from the
 engine's read callback — and the test sees each on the wire, framed, before the next exists.
+Beside it, the follower on its own, writing to a transport that records its writes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import orjson
 import pytest
 from aiohttp import web
 
+from orchestratord.api.sse import NativeEvents
+from orchestratord.api.streaming import _Follower, _Watchdog
+from orchestratord.api_models import EndEvent
+from orchestratord.service.streams import TOKEN, TaskStream
 from test_harness.engines.mock_http import LEDGER, Ledger, make_app
 from tests.helpers import engine_pool
 
@@ -86,13 +91,14 @@ async def test_each_token_reaches_the_client_before_the_engine_sends_the_next(
     texts: list[str] = []
     async with asyncio.timeout(30), api.http.post(api.base + path, json=body) as r:
         assert r.status == 200
-        for _ in range(TOKENS):
+        for i in range(TOKENS):
             await ledger.wait(lambda: ledger.parked == 1)  # the engine holds its next token
-            ledger.gate.set()  # lets that one token go (the stream parks again after it)
-            ledger.gate.clear()
+            ledger.gate.set()
+            if i < TOKENS - 1:
+                ledger.gate.clear()  # that one token goes; the stream parks again after it
+            # (the last goes with the end, often in the same read: the ending's write then
+            # carries it)
             texts.append(await _next_token(door, r))
-        await ledger.wait(lambda: ledger.parked == 1)  # and then its end
-        ledger.gate.set()
         rest = [event async for event in _events(r)]
     assert len(texts) == TOKENS and all(texts)
     assert not [event for event in rest if _token(door, event) is not None]
@@ -105,3 +111,52 @@ async def test_each_token_reaches_the_client_before_the_engine_sends_the_next(
 async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
     while (event := await _event(response)) is not None:
         yield event
+
+
+class RecordingTransport:
+    """A client connection that takes every write at once, and keeps them."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def abort(self) -> None:
+        raise AssertionError("a transport that takes every write is never aborted")
+
+
+async def _one_loop_pass() -> None:
+    """Return once what was scheduled before this call (`call_soon`) has run."""
+    loop = asyncio.get_running_loop()
+    passed = loop.create_future()
+    loop.call_soon(passed.set_result, None)
+    await passed
+
+
+async def test_a_followers_tokens_are_written_per_read_and_the_last_go_with_the_ending():
+    """OC-CTRL-2031: what a follower takes in one engine read is one chunk written at the
+    end of that loop pass; tokens from the read that also ended the task are left to the
+    reader's task, which writes them with the ending (one write for both)."""
+    transport, stream, render = RecordingTransport(), TaskStream(max_events=16), NativeEvents()
+    watchdog = _Watchdog(transport, 60.0)
+    follower = _Follower(transport, True, render, watchdog, stream)
+    follower.ready = True
+    a, b, c = ((TOKEN, i + 1, i, text, ()) for i, text in enumerate("abc"))
+    assert follower(a) and follower(b)  # one read, two tokens
+    assert transport.writes == []
+    await _one_loop_pass()
+    frames = render([a]) + render([b])
+    assert transport.writes == [b"%x\r\n%b\r\n" % (len(frames), frames)]
+    assert follower(c)
+    stream.end(EndEvent(tokens_out=3, decode_ms=0, finish_reason="stop"))  # the same read
+    await _one_loop_pass()
+    assert len(transport.writes) == 1  # nothing more: the reader's task writes `c`
+    assert follower.take() == render([c])
+    watchdog.close()
