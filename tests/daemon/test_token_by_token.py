@@ -1,9 +1,9 @@
-"""A token reaches its client on its own, as the engine sends it: the
-engine here is the project's OpenAI-compatible mock server, in this test's loop, holding
-each token until the test has read the one before it from the daemon. So every token after
-the first is sent to a reader that has caught up — the one a follower writes from the
-engine's read callback — and the test sees each on the wire, framed, before the next exists.
-Beside it, the follower on its own, writing to a transport that records its writes.
+"""A token reaches its client on its own, as the engine sends it: the engine here is the
+project's OpenAI-compatible mock server, in this test's loop, holding each token until the
+test has read the one before it from the daemon. So every token after the first is sent to
+a reader that has caught up — the one a follower writes from the engine's read callback —
+and the test sees each on the wire, framed, before the next exists. Beside it, the follower
+on its own, writing to a transport that records its writes.
 """
 
 from __future__ import annotations
