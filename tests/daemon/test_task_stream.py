@@ -7,6 +7,7 @@ for what it does not take."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -139,6 +140,14 @@ class ByHand:
             self._step = self._waiting_on = None
         return None
 
+    async def close(self) -> None:
+        """Stop the reader where it stands (as a cancel would), then close it."""
+        if self._step is not None:
+            with contextlib.suppress(GeneratorExit):
+                self._step.throw(GeneratorExit)
+            self._step = None
+        await self._events.aclose()
+
 
 def _kinds(batch: list[Event] | None) -> list[int]:
     return [event[0] for event in batch or ()]
@@ -158,6 +167,7 @@ async def test_a_caught_up_reader_is_handed_each_token_in_the_call_that_appends_
     assert [event[3] for event in push.taken] == ["a", "b"] and not reader.woken
     stream.end(END_EVENT)
     assert reader.woken and _kinds(reader.step()) == [END]
+    await reader.close()
 
 
 async def test_a_token_the_follower_declines_comes_in_its_next_batch_with_all_after_it():
@@ -177,6 +187,7 @@ async def test_a_token_the_follower_declines_comes_in_its_next_batch_with_all_af
     assert reader.step() is None
     stream.token(3, "d")
     assert [event[3] for event in push.taken] == ["a", "d"] and not reader.woken
+    await reader.close()
 
 
 async def test_a_reader_waiting_for_its_gate_is_not_handed_tokens():
@@ -208,6 +219,7 @@ async def test_a_follower_the_heartbeat_woke_follows_again_and_is_handed_each_to
     assert reader.step() is None
     stream.token(0, "a")
     assert [event[3] for event in push.taken] == ["a"] and not reader.woken
+    await reader.close()
 
 
 @given(st.lists(st.booleans(), max_size=40), st.integers(min_value=1, max_value=8))
@@ -236,5 +248,6 @@ def test_tokens_reach_a_follower_exactly_once_in_order_however_it_takes_them(tak
         tokens = [event[1] for event in delivered if event[0] == TOKEN]
         assert tokens == list(range(1, len(takes) + 1))
         assert _kinds(delivered)[0] == STARTED and _kinds(delivered)[-1] == END
+        await reader.close()
 
     asyncio.run(scenario())
