@@ -5,9 +5,10 @@ router costs shows), and real llama-server on the tiny model. Paths, each measur
 same run: the engine directly; orchestratord through its OpenAI door (chat), its native
 one-request stream and its native two-request form; `vllm-router` (PyPI, a Rust router,
 installed into its own venv in the user cache on first use); and, with `--paths ...
-python-pipe`, the floor of any Python relay (`python_floor`: a uvloop byte pipe), and
-with `python-pipe-2` that pipe in two processes sharing the port (relay workers at their
-best: no hand-off). Every
+python-pipe`, the floor of any Python relay (`python_floor`: a uvloop byte pipe), with
+`python-pipe-2` that pipe in two processes sharing the port (relay workers at their best:
+no hand-off), and with `aiohttp-pipe` the daemon's HTTP parts alone (`aiohttp_floor`:
+aiohttp's server and the adapters' engine client, piping the body). Every
 request opens a fresh connection, streams `--tokens` tokens, closed loop at each
 concurrency for `--seconds`.
 
@@ -45,6 +46,12 @@ from pool_managerd.tiny_gguf import write_tiny_model
 from test_harness.bench.common import cpu_seconds, pct, start, stop
 
 VLLM_ROUTER = "vllm-router==0.1.17"
+#: What a Python relay pays at the least: (path, module, its arguments, label).
+FLOORS = (
+    ("python-pipe", "python_floor", (), "python pipe (floor)"),
+    ("python-pipe-2", "python_floor", ("--workers", "2"), "python pipe (floor), 2 processes"),
+    ("aiohttp-pipe", "aiohttp_floor", (), "aiohttp + engine client pipe"),
+)
 MESSAGES = [{"role": "user", "content": "benchmark"}]
 
 
@@ -168,13 +175,13 @@ async def main() -> None:
                   "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
                   "--log-level", "warning"]  # fmt: skip
     router = await start(router_cmd, "Starting server", env={"NO_COLOR": "1"})
-    pipes = {}  # the floor: a Python byte pipe, one process or two
-    for name, workers in (("python-pipe", 1), ("python-pipe-2", 2)):
+    pipes = {}  # the floors: (process, url, label)
+    for name, module, extra, label in FLOORS:
         if name in args.paths:
             port = free_port()
-            cmd = [sys.executable, "-m", "test_harness.bench.python_floor", "--port", str(port),
-                   "--engine", engine_url, "--workers", str(workers)]  # fmt: skip
-            pipes[name] = (await start(cmd, "ready"), f"http://127.0.0.1:{port}", workers)
+            cmd = [sys.executable, "-m", f"test_harness.bench.{module}", "--port", str(port),
+                   "--engine", engine_url, *extra]  # fmt: skip
+            pipes[name] = (await start(cmd, "ready"), f"http://127.0.0.1:{port}", label)
     daemon_url = f"http://127.0.0.1:{daemon_port}"
     chat = b'{"content":'
     direct = Path_("direct", engine_url, chat, "openai")
@@ -186,8 +193,7 @@ async def main() -> None:
         "native1": Path_("orchestratord native 1-req", daemon_url, token, "native1", daemon.pid),
         "native2": Path_("orchestratord native 2-req", daemon_url, token, "native2", daemon.pid),
     }
-    for name, (pipe, url, workers) in pipes.items():
-        label = "python pipe (floor)" + (f", {workers} processes" if workers > 1 else "")
+    for name, (pipe, url, label) in pipes.items():
         paths[name] = Path_(label, url, chat, "openai", pipe.pid, children=True)
     chosen = [paths[p] for p in args.paths]
     try:
