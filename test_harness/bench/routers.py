@@ -8,9 +8,9 @@ installed into its own venv in the user cache on first use); and, with `--paths 
 python-pipe`, the floor of any Python relay (`python_floor`: a uvloop byte pipe), with
 `python-pipe-2` that pipe in two processes sharing the port (relay workers at their best:
 no hand-off), and with `aiohttp-pipe` the daemon's HTTP parts alone (`aiohttp_floor`:
-aiohttp's server and the adapters' engine client, piping the body). Every
-request opens a fresh connection, streams `--tokens` tokens, closed loop at each
-concurrency for `--seconds`.
+aiohttp's server and the adapters' engine client, piping the body). Every request opens a
+fresh connection, streams `--tokens` tokens, closed loop at each concurrency for
+`--seconds`.
 
 Reported per path and concurrency: TTFT p50/p99 (request start to first token) and what
 the router adds to the direct path's; router CPU ms per stream (`/proc/<pid>/stat`); tokens/s
@@ -46,7 +46,8 @@ from pool_managerd.tiny_gguf import write_tiny_model
 from test_harness.bench.common import cpu_seconds, pct, start, stop
 
 VLLM_ROUTER = "vllm-router==0.1.17"
-#: What a Python relay pays at the least: (path, module, its arguments, label).
+#: Relays measured beside the daemon, to say what its parts cost: (path, module, its
+#: arguments, label).
 FLOORS = (
     ("python-pipe", "python_floor", (), "python pipe (floor)"),
     ("python-pipe-2", "python_floor", ("--workers", "2"), "python pipe (floor), 2 processes"),
@@ -175,13 +176,13 @@ async def main() -> None:
                   "--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port()),
                   "--log-level", "warning"]  # fmt: skip
     router = await start(router_cmd, "Starting server", env={"NO_COLOR": "1"})
-    pipes = {}  # the floors: (process, url, label)
+    floors = {}  # name -> (process, url, label)
     for name, module, extra, label in FLOORS:
         if name in args.paths:
             port = free_port()
             cmd = [sys.executable, "-m", f"test_harness.bench.{module}", "--port", str(port),
                    "--engine", engine_url, *extra]  # fmt: skip
-            pipes[name] = (await start(cmd, "ready"), f"http://127.0.0.1:{port}", label)
+            floors[name] = (await start(cmd, "ready"), f"http://127.0.0.1:{port}", label)
     daemon_url = f"http://127.0.0.1:{daemon_port}"
     chat = b'{"content":'
     direct = Path_("direct", engine_url, chat, "openai")
@@ -193,8 +194,8 @@ async def main() -> None:
         "native1": Path_("orchestratord native 1-req", daemon_url, token, "native1", daemon.pid),
         "native2": Path_("orchestratord native 2-req", daemon_url, token, "native2", daemon.pid),
     }
-    for name, (pipe, url, label) in pipes.items():
-        paths[name] = Path_(label, url, chat, "openai", pipe.pid, children=True)
+    for name, (floor, url, label) in floors.items():
+        paths[name] = Path_(label, url, chat, "openai", floor.pid, children=True)
     chosen = [paths[p] for p in args.paths]
     try:
         for p in [direct, *chosen]:  # warm up
@@ -215,7 +216,7 @@ async def main() -> None:
                       f"| {r['cpu_ms']:.2f} | {r['tok_s']:,.0f} "
                       f"| {r['tok_s'] / base['tok_s']:.2f} |", flush=True)  # fmt: skip
     finally:
-        await stop(*(pipe for pipe, _, _ in pipes.values()), router, daemon, engine)
+        await stop(*(floor for floor, _, _ in floors.values()), router, daemon, engine)
 
 
 if __name__ == "__main__":
