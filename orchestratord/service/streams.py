@@ -181,8 +181,9 @@ class TaskStream:
         the gate and caught up, each token appended is offered to `push(event)` at once,
         from the appender's call: True, it was taken (it never comes in a batch); False, it
         comes in the next batch instead, as does every event after it until the reader has
-        caught up again. Endings are never offered (they wake the reader). Raises StreamGap
-        when the requested events were dropped from the buffer."""
+        caught up again. Only tokens are offered: any other event (an ending, a retry's
+        `started`) wakes the reader. Raises StreamGap when the requested events were
+        dropped from the buffer."""
         cursor = start = 0 if after is None else after + 1
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] | None = None
