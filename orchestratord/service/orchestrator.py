@@ -193,12 +193,15 @@ class Orchestrator:
     def reading(self, rec: TaskRecord) -> Iterator[None]:
         """Count a stream reader of `rec` while it reads. A task whose stream is its
         request's answer is canceled when its last reader leaves before the end and none
-        comes back within `abandon_grace_s` (a Last-Event-ID resume)."""
+        comes back within `abandon_grace_s` (a Last-Event-ID resume); a finished task's
+        stream is compacted when its last reader leaves (`TaskBook.compact`)."""
         rec.readers += 1
         try:
             yield
         finally:
             rec.readers -= 1
+            if not rec.readers and rec.ended:
+                self.book.compact(rec)
             if rec.cancel_when_abandoned and not rec.readers and not rec.ended:
                 grace = self.config.server.abandon_grace_s
                 if grace:

@@ -130,10 +130,15 @@ class TaskBook:
         events = 0 if rec.stream.compacted else min(rec.stream.next_id, self._stream_events)
         return RECORD_BYTES + events * EVENT_BYTES + rec.output.footprint
 
-    def _compact(self, rec: TaskRecord) -> None:
+    def compact(self, rec: TaskRecord) -> None:
         """Once a retained task's stream has its ending, serve it from the output buffer
-        and charge it only that."""
-        if rec.task.id in self._finished and rec.stream.compact(rec.output):
+        and charge it only that — when no reader is reading it: a reader still to read
+        the stream's events (the usual one-request stream, whose reader takes the whole
+        answer after its end) would otherwise rebuild each token event the compaction
+        dropped. The last reader to leave compacts it (`Orchestrator.reading`)."""
+        if rec.readers or rec.task.id not in self._finished:
+            return
+        if rec.stream.compact(rec.output):
             held = self._held(rec)
             self.retained_bytes += held - rec.footprint
             rec.footprint = held
@@ -256,7 +261,7 @@ class TaskBook:
         if rec.batch is not None and self.on_batch_item is not None and not shelved:
             ending = partial(_both, ending, partial(self.on_batch_item, rec))
         elif rec.batch is None:
-            ending = partial(_both, ending, partial(self._compact, rec))
+            ending = partial(_both, ending, partial(self.compact, rec))
         if durable is None:
             ending()
         else:  # clients (and batches) hear how it ended once a restart would say the same
@@ -284,10 +289,10 @@ class TaskBook:
     # -- retention ---------------------------------------------------------------------
 
     def _retain(self, rec: TaskRecord, now: float) -> None:
-        rec.stream.compact(rec.output)  # (ended before a restart: its ending is there)
         rec.footprint = self._held(rec)
         self.retained_bytes += rec.footprint
         self._finished[rec.task.id] = now
+        self.compact(rec)  # (when its ending is there: published, or from before a restart)
         while len(self._finished) > self._max_retained or (
             self.live_bytes + self.retained_bytes > self._budget and self._finished
         ):

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
+from orchestratord.service.admission import Submission
 from orchestratord.service.output import Output, from_columns
 from tests.helpers import mock_pool
 
@@ -290,6 +291,22 @@ async def test_an_ended_stream_is_served_from_the_output_buffer(start_daemon):
     deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
     assert deltas[:2] == [live[39][2]["t"], live[40][2]["t"]]
     assert text.endswith("data: [DONE]\n\n")
+
+
+async def test_a_stream_that_ends_while_read_is_compacted_once_its_reader_leaves(start_daemon):
+    """OC-LOAD-1202: compacting a stream its reader is still to read made the reader
+    rebuild every token event from the output buffer; the last reader to leave compacts."""
+    api = await start_daemon(mock_pool())
+    service = api.daemon.service
+    submission = Submission(
+        model="mock-model", tenant="t", correlation_id="c", prompt="compact", max_tokens=8
+    )
+    rec = service.admission.admit(submission)
+    with service.reading(rec):  # (attached before the runner's first step)
+        events = [event async for batch in rec.stream.read() for event in batch]
+        assert rec.ended and len(events) == 10  # started, 8 tokens, end
+        assert not rec.stream.compacted  # read while it ended: kept as it was
+    assert rec.stream.compacted
 
 
 async def test_a_reader_that_falls_behind_the_buffer_gets_a_typed_error(start_daemon, monkeypatch):
