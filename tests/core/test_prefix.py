@@ -93,7 +93,12 @@ def test_property_prefix_scorer_never_picks_an_ineligible_replica_and_is_determi
         assert chosen.serving and chosen.slots_free > 0
         assert determinism is not Determinism.STRICT or chosen.deterministic
         if got.reason == "prefix":  # within the load guard, holding the longest prefix
-            eligible = [x for x in reps if x.serving and x.slots_free > 0]
+            # (the guard counts from the least busy replica that could take the task: for a
+            # strict one, a deterministic one)
+            eligible = [
+                x for x in reps if x.serving and x.slots_free > 0
+                and (determinism is not Determinism.STRICT or x.deterministic)
+            ]  # fmt: skip
             least = min(x.slots_busy for x in eligible)
             assert chosen.slots_busy <= least + guard
             guarded = [x for x in eligible if x.slots_busy <= least + guard]
