@@ -7,7 +7,7 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,21 @@ def mock_pool(id: str = "mock", **overrides: Any) -> dict[str, Any]:
         else:
             pool[key] = value
     return pool
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, str]]:
+    """A streamed response's SSE events, each as its fields, as they arrive; comments (queue
+    position, keep-alive) skipped."""
+    event: dict[str, str] = {}
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line == "":
+            if event:
+                yield event
+            event = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            event[key] = value
 
 
 class Api:
@@ -70,20 +85,10 @@ class Api:
         async with self.http.get(f"{self.base}/v1/tasks/{task_id}/stream", headers=headers) as r:
             assert r.status == 200, await r.text()
             assert r.headers["Content-Type"].startswith("text/event-stream")
-            event: dict[str, str] = {}
-            async for raw in r.content:
-                line = raw.decode().rstrip("\n")
-                if line == "":
-                    if event:
-                        out.append((event["event"], int(event["id"]), json.loads(event["data"])))
-                        if until and event["event"] == until:
-                            return out
-                    event = {}
-                    continue
-                if line.startswith(":"):
-                    continue  # an SSE comment (queue position, keep-alive)
-                key, _, value = line.partition(": ")
-                event[key] = value
+            async for event in sse_events(r):
+                out.append((event["event"], int(event["id"]), json.loads(event["data"])))
+                if until and event["event"] == until:
+                    return out
         return out
 
     async def status(self, task_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:

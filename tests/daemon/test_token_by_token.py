@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -22,7 +21,7 @@ from orchestratord.api.streaming import _Follower, _Watchdog
 from orchestratord.api_models import EndEvent
 from orchestratord.service.streams import TOKEN, TaskStream
 from test_harness.engines.mock_http import LEDGER, Ledger, make_app
-from tests.helpers import engine_pool
+from tests.helpers import engine_pool, sse_events
 
 TOKENS = 6
 
@@ -44,20 +43,7 @@ async def held_engine() -> AsyncIterator[tuple[str, Ledger]]:
     await runner.cleanup()
 
 
-async def _event(response: aiohttp.ClientResponse) -> dict[str, Any] | None:
-    """The next SSE event's fields (comments skipped); None at the body's end."""
-    while frame := await response.content.readuntil(b"\n\n"):
-        fields: dict[str, Any] = {}
-        for line in frame.decode().splitlines():
-            name, _, value = line.partition(": ")
-            if name:  # (a comment line starts with ":")
-                fields[name] = value
-        if fields:
-            return fields
-    return None
-
-
-def _token(door: str, event: dict[str, Any]) -> str | None:
+def _token(door: str, event: dict[str, str]) -> str | None:
     """A token event's text, in the door's format; None for any other event."""
     if door == "native":
         return str(orjson.loads(event["data"])["t"]) if event.get("event") == "token" else None
@@ -67,8 +53,8 @@ def _token(door: str, event: dict[str, Any]) -> str | None:
     return choices[0].get("delta", {}).get("content") or None
 
 
-async def _next_token(door: str, response: aiohttp.ClientResponse) -> str:
-    while (event := await _event(response)) is not None:
+async def _next_token(door: str, events: AsyncIterator[dict[str, str]]) -> str:
+    async for event in events:
         if (text := _token(door, event)) is not None:
             return text
     raise AssertionError("the stream ended before the token")
@@ -91,6 +77,7 @@ async def test_each_token_reaches_the_client_before_the_engine_sends_the_next(
     texts: list[str] = []
     async with asyncio.timeout(30), api.http.post(api.base + path, json=body) as r:
         assert r.status == 200
+        events = sse_events(r)
         for i in range(TOKENS):
             await ledger.wait(lambda: ledger.parked == 1)  # the engine holds its next token
             ledger.gate.set()
@@ -98,19 +85,14 @@ async def test_each_token_reaches_the_client_before_the_engine_sends_the_next(
                 ledger.gate.clear()  # that one token goes; the stream parks again after it
             # (the last goes with the end, often in the same read: the ending's write then
             # carries it)
-            texts.append(await _next_token(door, r))
-        rest = [event async for event in _events(r)]
+            texts.append(await _next_token(door, events))
+        rest = [event async for event in events]
     assert len(texts) == TOKENS and all(texts)
     assert not [event for event in rest if _token(door, event) is not None]
     last = rest[-1]
     assert last["data"] == "[DONE]" if door == "openai" else last["event"] == "end"
     status = await api.status(r.headers["X-Task-Id"])
     assert status["state"] == "completed" and status["output"] == "".join(texts)
-
-
-async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    while (event := await _event(response)) is not None:
-        yield event
 
 
 class RecordingTransport:
