@@ -46,7 +46,7 @@ from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.records import Door, TaskRecord
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.tasks import TaskBook
-from orchestratord.store import Snapshot, TaskRow, TaskStore
+from orchestratord.store import Durable, Snapshot, TaskRow, TaskStore
 from orchestratord.telemetry import Metrics
 
 log = structlog.get_logger("orchestratord")
@@ -318,7 +318,7 @@ class Batches:
             self._stop_items(run, "the batch expired (completion_window)")
             self._advance(run)
 
-    def _set(self, run: _Run, status: BatchStatus) -> asyncio.Future[None] | None:
+    def _set(self, run: _Run, status: BatchStatus) -> Durable | None:
         """Move a batch to `status` (stamping its time) and journal it."""
         doc, now = run.doc, int(time.time())
         self._metrics.on_batch(doc.status, status)

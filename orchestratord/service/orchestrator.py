@@ -158,7 +158,7 @@ class Orchestrator:
         rec = self.admission.admit(submission)
         if rec.durable is not None:
             try:
-                await asyncio.shield(rec.durable)
+                await rec.durable  # (cancelling this request leaves it to others: `Durable`)
             except StoreError as e:  # never acknowledged: withdraw it
                 self.pools[rec.task.pool_id].cancel(rec, ErrorCode.STORE_UNAVAILABLE, str(e))
                 raise Refusal(ErrorCode.STORE_UNAVAILABLE, str(e)) from None

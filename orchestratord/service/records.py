@@ -16,6 +16,7 @@ from orchestratord.api_models import ErrorEnvelope, StartedEvent
 from orchestratord.service import journal
 from orchestratord.service.output import Output
 from orchestratord.service.streams import TaskStream
+from orchestratord.store import Durable
 from orchestratord.telemetry import tracing
 from worker_adapters.base import End, FinishReason, GenerateRequest
 
@@ -62,7 +63,7 @@ class TaskRecord:
     output_truncated: bool = False
     started_event: StartedEvent | None = None
     #: Resolves once the task is durable (None: durability is off, or it was recovered).
-    durable: asyncio.Future[None] | None = None
+    durable: Durable | None = None
     #: Output entries journaled so far, in how many chunks, and the entry count at which
     #: the next checkpoint is due (never, except for strict tasks in a durable store).
     journaled: int = 0
@@ -71,9 +72,9 @@ class TaskRecord:
     #: Resolves once the journal says its tokens may reach a client — it was streamed,
     #: with its `started` event, or it ended before any reader came: from then on a
     #: restart never silently runs it again.
-    announced: asyncio.Future[None] | None = None
+    announced: Durable | None = None
     #: The task's ending, held back until its journal write (the future) is done.
-    unpublished: tuple[asyncio.Future[None], Callable[[], None]] | None = None
+    unpublished: tuple[Durable, Callable[[], None]] | None = None
     #: A strict task resumed after a restart: the `(token index, text, ids)` it had
     #: journaled, which its rerun must reproduce.
     replay: deque[journal.Journaled] | None = None

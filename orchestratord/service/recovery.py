@@ -31,7 +31,7 @@ from orchestratord.service.records import Door, TaskRecord
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.streams import TaskStream
 from orchestratord.service.tasks import TaskBook
-from orchestratord.store import StoredTask
+from orchestratord.store import Durable, StoredTask
 
 log = structlog.get_logger("orchestratord")
 
@@ -138,7 +138,7 @@ def _record(
         batch=None if row.batch_id is None else (row.batch_id, row.batch_line or 0),
     )  # fmt: skip
     if s.streamed or s.result is not None:  # the journal knows: a reader needs no write
-        rec.announced = asyncio.get_running_loop().create_future()
+        rec.announced = Durable(loop=asyncio.get_running_loop())
         rec.announced.set_result(None)
     return rec
 

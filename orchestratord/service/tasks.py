@@ -197,7 +197,7 @@ class TaskBook:
             if not rec.announced.done():  # nothing to overlap: the reader waits on it
                 self._store.hurry()
             try:
-                await asyncio.shield(rec.announced)
+                await rec.announced  # (other readers may wait on it too: `Durable`)
             except StoreError as e:
                 self.finish(rec, TaskState.FAILED, ErrorCode.STORE_UNAVAILABLE, str(e))
                 return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 from orchestratord.config import Config
 from orchestratord.store.base import (
     BatchItem,
+    Durable,
     Snapshot,
     StoredBatch,
     StoredTask,
@@ -18,6 +19,7 @@ from orchestratord.store.sqlite import SqliteStore
 
 __all__ = [
     "BatchItem",
+    "Durable",
     "Snapshot",
     "StoreError",
     "StoredBatch",

@@ -14,10 +14,25 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class StoreError(Exception):
     """The store cannot be opened or written (corrupt, unwritable, full, locked)."""
+
+
+class Durable(asyncio.Future[None]):
+    """A write's outcome: resolves once the write is durable, or fails with StoreError.
+
+    Only the store settles it. Cancelling a task that awaits it does not cancel it (`cancel`
+    declines; the waiting task is cancelled the moment the write settles), so one waiter
+    that goes away — a client that hung up — never takes the outcome from the others, and
+    a waiter awaits it directly: resumed the loop turn after the commit, where
+    `asyncio.shield` would add a turn (its own future is settled by a callback of this one).
+    """
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +125,7 @@ class TaskStore(ABC):
         admission order; raise StoreError with one clear line if it cannot be used."""
 
     @abstractmethod
-    def admitted(self, row: TaskRow) -> asyncio.Future[None] | None:
+    def admitted(self, row: TaskRow) -> Durable | None:
         """Journal a new task; the future resolves once it is durable (None: durability
         is off) or fails with StoreError."""
 
@@ -119,14 +134,12 @@ class TaskStore(ABC):
         """Journal output chunk `chunk` (JSON) of a task (a strict task's checkpoint)."""
 
     @abstractmethod
-    def streamed(self, task_id: str, started: str) -> asyncio.Future[None] | None:
+    def streamed(self, task_id: str, started: str) -> Durable | None:
         """A task's tokens are about to reach a client (`started`: its `started` event,
         JSON). The future resolves once that is durable (None: durability is off)."""
 
     @abstractmethod
-    def ended(
-        self, task_id: str, state: str, ended_unix_ms: int, result: str
-    ) -> asyncio.Future[None] | None:
+    def ended(self, task_id: str, state: str, ended_unix_ms: int, result: str) -> Durable | None:
         """A task reached its terminal state; the future resolves once that is durable."""
 
     @abstractmethod
@@ -143,7 +156,7 @@ class TaskStore(ABC):
     # -- the Batch API ---------------------------------------------------------------
 
     @abstractmethod
-    def put_file(self, file_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
+    def put_file(self, file_id: str, created_at: int, doc: str) -> Durable | None:
         """Record (or replace) a file's document; its content is in `files_dir`."""
 
     @abstractmethod
@@ -160,7 +173,7 @@ class TaskStore(ABC):
         return False
 
     @abstractmethod
-    def put_batch(self, batch_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
+    def put_batch(self, batch_id: str, created_at: int, doc: str) -> Durable | None:
         """Record (or replace) a batch's document."""
 
     @abstractmethod

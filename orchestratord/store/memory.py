@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from orchestratord.store.base import BatchItem, Snapshot, TaskRow, TaskStore
+from orchestratord.store.base import BatchItem, Durable, Snapshot, TaskRow, TaskStore
 
 
 class MemoryStore(TaskStore):
@@ -13,18 +11,16 @@ class MemoryStore(TaskStore):
     async def open(self) -> Snapshot:
         return Snapshot()
 
-    def admitted(self, row: TaskRow) -> asyncio.Future[None] | None:
+    def admitted(self, row: TaskRow) -> Durable | None:
         return None
 
     def output(self, task_id: str, chunk: int, tokens: str) -> None:
         pass
 
-    def streamed(self, task_id: str, started: str) -> asyncio.Future[None] | None:
+    def streamed(self, task_id: str, started: str) -> Durable | None:
         return None
 
-    def ended(
-        self, task_id: str, state: str, ended_unix_ms: int, result: str
-    ) -> asyncio.Future[None] | None:
+    def ended(self, task_id: str, state: str, ended_unix_ms: int, result: str) -> Durable | None:
         return None
 
     def forgotten(self, task_ids: list[str]) -> None:
@@ -33,13 +29,13 @@ class MemoryStore(TaskStore):
     def hurry(self) -> None:
         pass  # nothing is pending
 
-    def put_file(self, file_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
+    def put_file(self, file_id: str, created_at: int, doc: str) -> Durable | None:
         raise NotImplementedError("the Batch API needs a durable store")
 
     def delete_file(self, file_id: str) -> None:
         raise NotImplementedError("the Batch API needs a durable store")
 
-    def put_batch(self, batch_id: str, created_at: int, doc: str) -> asyncio.Future[None] | None:
+    def put_batch(self, batch_id: str, created_at: int, doc: str) -> Durable | None:
         raise NotImplementedError("the Batch API needs a durable store")
 
     async def batch_items(self, batch_id: str, after_line: int, limit: int) -> list[BatchItem]:

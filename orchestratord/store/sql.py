@@ -30,6 +30,7 @@ import structlog
 
 from orchestratord.store.base import (
     BatchItem,
+    Durable,
     Snapshot,
     StoredBatch,
     StoredTask,
@@ -43,7 +44,7 @@ log = structlog.get_logger("orchestratord")
 
 
 #: A write: SQL, its parameters, and the future of a caller waiting on it.
-Write = tuple[str, tuple[Any, ...], "asyncio.Future[None] | None"]
+Write = tuple[str, tuple[Any, ...], "Durable | None"]
 
 
 class SqlStore(TaskStore):
@@ -150,13 +151,13 @@ class SqlStore(TaskStore):
 
     # -- the Batch API -----------------------------------------------------------------
 
-    def put_file(self, file_id: str, created_at: int, doc: str) -> asyncio.Future[None]:
+    def put_file(self, file_id: str, created_at: int, doc: str) -> Durable:
         return self._durable_write(self.sql.put_file, (file_id, created_at, doc))
 
     def delete_file(self, file_id: str) -> None:
         self._write(self.sql.delete_file, (file_id,))
 
-    def put_batch(self, batch_id: str, created_at: int, doc: str) -> asyncio.Future[None]:
+    def put_batch(self, batch_id: str, created_at: int, doc: str) -> Durable:
         return self._durable_write(self.sql.put_batch, (batch_id, created_at, doc))
 
     async def batch_items(self, batch_id: str, after_line: int, limit: int) -> list[BatchItem]:
@@ -176,7 +177,7 @@ class SqlStore(TaskStore):
 
     # -- writes (on the loop) --------------------------------------------------------
 
-    def admitted(self, row: TaskRow) -> asyncio.Future[None]:
+    def admitted(self, row: TaskRow) -> Durable:
         self._seq += 1
         params = (row.id, row.pool_id, row.state, row.spec, row.admitted_unix_ms, self._seq)
         return self._durable_write(self.sql.admit, (*params, row.batch_id, row.batch_line))
@@ -184,12 +185,10 @@ class SqlStore(TaskStore):
     def output(self, task_id: str, chunk: int, tokens: str) -> None:
         self._write(self.sql.output, (task_id, chunk, tokens))
 
-    def streamed(self, task_id: str, started: str) -> asyncio.Future[None]:
+    def streamed(self, task_id: str, started: str) -> Durable:
         return self._durable_write(self.sql.started, (started, task_id))
 
-    def ended(
-        self, task_id: str, state: str, ended_unix_ms: int, result: str
-    ) -> asyncio.Future[None]:
+    def ended(self, task_id: str, state: str, ended_unix_ms: int, result: str) -> Durable:
         return self._durable_write(self.sql.ended, (state, ended_unix_ms, result, task_id))
 
     def forgotten(self, task_ids: list[str]) -> None:
@@ -221,15 +220,13 @@ class SqlStore(TaskStore):
             self._hurry_again = False
             self._hand_over()
 
-    def _durable_write(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[None]:
+    def _durable_write(self, sql: str, params: tuple[Any, ...]) -> Durable:
         assert self._loop is not None, "open the store first"
-        done: asyncio.Future[None] = self._loop.create_future()
+        done = Durable(loop=self._loop)
         self._write(sql, params, done)
         return done
 
-    def _write(
-        self, sql: str, params: tuple[Any, ...], done: asyncio.Future[None] | None = None
-    ) -> None:
+    def _write(self, sql: str, params: tuple[Any, ...], done: Durable | None = None) -> None:
         if not self._pending:  # the first write of this loop iteration: hand over after it
             assert self._loop is not None
             # ... and after what that iteration scheduled: a task admitted with this write

@@ -11,12 +11,13 @@ from functools import partial
 from typing import Any, TypeVar
 
 import orjson
+import pytest
 
 from orchestratord.service.admission import Submission
 from orchestratord.service.journal import tokens_of
 from orchestratord.service.output import Output
 from orchestratord.service.streams import END, TOKEN
-from orchestratord.store import TaskRow
+from orchestratord.store import Durable, TaskRow
 from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
 from tests.helpers import journal, mock_pool
 
@@ -184,6 +185,36 @@ async def test_a_hurry_does_not_rush_an_admission_written_after_it(tmp_path):
     assert streamed.done()
     assert not await _on_next_turn(admitted.done)
     await admitted
+    await store.close()
+
+
+async def test_a_writes_waiters_resume_the_turn_after_its_commit_and_each_may_leave(tmp_path):
+    """OC-STORE-1009: a reader waiting on its first token's commit resumes in the loop turn
+    after that commit (the wait adds no turn of its own), and a waiter that is cancelled —
+    its client hung up — does not take the write's outcome from another waiter."""
+    store = SqliteStore(tmp_path)
+    await store.open()
+    await store.admitted(TaskRow("t0", "p", "running", "{}", 0))
+    writes: list[Durable] = []
+    resumed: list[str] = []
+
+    async def reader(name: str) -> None:
+        if not writes:  # (written in the readers' turn: its commit is two turns away)
+            writes.append(store.streamed("t0", "{}"))
+        await writes[0]
+        resumed.append(name)
+
+    leaving, staying = (asyncio.create_task(reader(name)) for name in ("leaving", "staying"))
+    await _on_next_turn(lambda: None)  # both wait on the write now
+    [write] = writes
+    assert not write.done()
+    leaving.cancel()
+    store.hurry()  # commits at once
+    assert write.done() and not write.cancelled()
+    assert await _on_next_turn(lambda: list(resumed)) == ["staying"]
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    await staying
     await store.close()
 
 
