@@ -87,7 +87,8 @@ class _Follower:
     the body's end, in one write."""
 
     __slots__ = (
-        "_chunked", "_flush", "_held", "_render", "_stream", "_transport", "_watchdog", "ready",
+        "_chunked", "_flush", "_held", "_loop", "_render", "_stream", "_transport", "_watchdog",
+        "ready",
     )  # fmt: skip
 
     def __init__(
@@ -98,6 +99,9 @@ class _Follower:
         self._watchdog, self._stream = watchdog, stream
         self._held: list[bytes] = []
         self._flush: asyncio.Handle | None = None
+        # kept: Python 3.11's get_running_loop() makes a getpid() system call each time,
+        # and this one would run per engine read
+        self._loop = asyncio.get_running_loop()
         self.ready = False
 
     def __call__(self, event: Event) -> bool:
@@ -106,7 +110,7 @@ class _Follower:
             return False
         self._held.append(self._render([event]))
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_soon(self._write)
+            self._flush = self._loop.call_soon(self._write)
         return True
 
     def take(self) -> bytes:
