@@ -48,6 +48,15 @@ SSE_HEADERS = {
 }  # fmt: skip
 
 
+class _SseResponse(web.StreamResponse):
+    """An SSE answer whose headers go out with its first frame, in one send: aiohttp sends
+    a StreamResponse's headers on their own at `prepare` unless the response opts into
+    buffering them (its `Response` does), which costs a system call and a wake-up of the
+    client per stream."""
+
+    _send_headers_immediately = False
+
+
 class _Watchdog:
     """Aborts a reader's connection when one write has been pending for `timeout_s` (its
     client stopped reading). One periodic check per reader, every `timeout_s`: writes are
@@ -177,9 +186,7 @@ async def stream_task(
     any byte, when they are no longer retained); with `metrics_ms`, an `event: metrics`
     at most that often (after a write, so an idle task sends one per heartbeat)."""
     rec.stream.check_resume(after)
-    response = web.StreamResponse(
-        headers={**SSE_HEADERS, CORRELATION: request[CID], **(headers or {})}
-    )
+    response = _SseResponse(headers={**SSE_HEADERS, CORRELATION: request[CID], **(headers or {})})
     timeout_s = svc.config.server.write_timeout_s
     watchdog: _Watchdog | None = None
     follower: _Follower | None = None
@@ -224,7 +231,8 @@ async def stream_task(
                     if first and frames:  # (a batch may render to nothing: OpenAI's start)
                         frames, first = _with_retry(frames), False
                     ended = batch[-1][0] in _ENDINGS  # then the body's end goes with them
-                    await write(frames, last=ended)
+                    if frames or ended:  # (nothing to send: the headers wait for a frame)
+                        await write(frames, last=ended)
                     if follower is not None:
                         follower.ready = not first
                 else:
