@@ -10,11 +10,14 @@ python-pipe`, the floor of any Python relay (`python_floor`: a uvloop byte pipe)
 no hand-off), and with `aiohttp-pipe` the daemon's HTTP parts alone (`aiohttp_floor`:
 aiohttp's server and the adapters' engine client, piping the body). Every request opens a
 fresh connection, streams `--tokens` tokens, closed loop at each concurrency for
-`--seconds`.
+`--seconds` per path, in `--slices` rounds in which the paths take turns (forwards, then
+backwards): this VM's speed drifts by tens of per cent over minutes, and paths measured one
+after the other compared the machine's moments more than the paths.
 
 Reported per path and concurrency: TTFT p50/p99 (request start to first token) and what
 the router adds to the direct path's; router CPU ms per stream (`/proc/<pid>/stat`); tokens/s
-delivered, as a ratio to direct.
+delivered, as a ratio to direct (and the range of that ratio over the rounds, each against
+direct's slice in the same round).
 
     python -m test_harness.bench.routers [--engine mock|llamacpp] [--streams 1 16 64 256]
 """
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -107,9 +110,31 @@ class Path_:
         return ttft, seen
 
 
-async def level(path: Path_, streams: int, seconds: float, tokens: int) -> dict[str, float]:
-    """Closed loop: `streams` clients, fresh connection per request, for `seconds`."""
-    samples: list[float] = []
+@dataclass
+class Tally:
+    """One path's measurements at one concurrency, summed over its slices."""
+
+    samples: list[float] = field(default_factory=list)
+    delivered: int = 0
+    elapsed: float = 0.0
+    cpu: float = 0.0
+    #: Tokens/s of each slice against the direct path's slice in the same round.
+    ratios: list[float] = field(default_factory=list)
+
+    @property
+    def tok_s(self) -> float:
+        return self.delivered / self.elapsed
+
+    @property
+    def cpu_ms(self) -> float:
+        """The router's CPU per stream."""
+        return self.cpu * 1000 / len(self.samples)
+
+
+async def level(path: Path_, streams: int, seconds: float, tokens: int, into: Tally) -> float:
+    """Closed loop: `streams` clients, fresh connection per request, for `seconds`; adds
+    to `into` and returns this slice's tokens/s."""
+    samples = into.samples
     delivered = 0
     cpu0 = cpu_seconds(path.pid, children=path.children) if path.pid else 0.0
     deadline = time.perf_counter() + seconds
@@ -128,11 +153,10 @@ async def level(path: Path_, streams: int, seconds: float, tokens: int) -> dict[
         t0 = time.perf_counter()
         await asyncio.gather(*(client(c) for c in range(streams)))
         elapsed = time.perf_counter() - t0
-    cpu = (cpu_seconds(path.pid, children=path.children) - cpu0) if path.pid else 0.0
-    return {
-        "p50": pct(samples, 50), "p99": pct(samples, 99), "requests": len(samples),
-        "cpu_ms": cpu * 1000 / len(samples), "tok_s": delivered / elapsed,
-    }  # fmt: skip
+    into.cpu += (cpu_seconds(path.pid, children=path.children) - cpu0) if path.pid else 0.0
+    into.delivered += delivered
+    into.elapsed += elapsed
+    return delivered / elapsed
 
 
 async def start_engine(engine: str, tmp: Path) -> tuple[asyncio.subprocess.Process, str, str]:
@@ -152,7 +176,12 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--engine", choices=["mock", "llamacpp"], default="mock")
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64, 256])
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--seconds", type=float, default=3.0, help="per path and concurrency")
+    ap.add_argument(
+        "--slices", type=int, default=3,
+        help="each level's seconds in this many slices, the paths taking turns (forwards, "
+        "then backwards), so the machine's drift falls on every path alike",
+    )  # fmt: skip
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--paths", nargs="+", default=["vllm-router", "openai", "native1", "native2"])
     ap.add_argument("--store", default="sqlite:", help='store.url ("memory:": no journal)')
@@ -199,24 +228,41 @@ async def main() -> None:
     chosen = [paths[p] for p in args.paths]
     try:
         for p in [direct, *chosen]:  # warm up
-            await level(p, 4, 0.5, args.tokens)
+            await level(p, 4, 0.5, args.tokens, Tally())
         print(f"engine: {args.engine}, {args.tokens} tokens per stream, {args.seconds:g} s "
               f"per level, fresh connection per request, {os.cpu_count()} cores")  # fmt: skip
         print("| path | streams | TTFT p50 / p99 ms | added p50 / p99 ms | CPU ms/stream "
-              "| tok/s | vs direct |")  # fmt: skip
+              "| tok/s | vs direct (slices) |")  # fmt: skip
         print("|---|---:|---:|---:|---:|---:|---:|")
         for streams in args.streams:
-            base = await level(direct, streams, args.seconds, args.tokens)
-            print(f"| direct | {streams} | {base['p50']:.2f} / {base['p99']:.2f} | | "
-                  f"| {base['tok_s']:,.0f} | 1.00 |", flush=True)  # fmt: skip
+            tally = await _rounds([direct, *chosen], streams, args)
+            base = tally[direct.name]
+            b50, b99 = pct(base.samples, 50), pct(base.samples, 99)
+            print(f"| direct | {streams} | {b50:.2f} / {b99:.2f} | | "
+                  f"| {base.tok_s:,.0f} | 1.00 |", flush=True)  # fmt: skip
             for p in chosen:
-                r = await level(p, streams, args.seconds, args.tokens)
-                print(f"| {p.name} | {streams} | {r['p50']:.2f} / {r['p99']:.2f} "
-                      f"| {r['p50'] - base['p50']:+.2f} / {r['p99'] - base['p99']:+.2f} "
-                      f"| {r['cpu_ms']:.2f} | {r['tok_s']:,.0f} "
-                      f"| {r['tok_s'] / base['tok_s']:.2f} |", flush=True)  # fmt: skip
+                r = tally[p.name]
+                p50, p99 = pct(r.samples, 50), pct(r.samples, 99)
+                print(f"| {p.name} | {streams} | {p50:.2f} / {p99:.2f} "
+                      f"| {p50 - b50:+.2f} / {p99 - b99:+.2f} | {r.cpu_ms:.2f} "
+                      f"| {r.tok_s:,.0f} | {r.tok_s / base.tok_s:.2f} "
+                      f"({min(r.ratios):.2f} to {max(r.ratios):.2f}) |", flush=True)  # fmt: skip
     finally:
         await stop(*(floor for floor, _, _ in floors.values()), router, daemon, engine)
+
+
+async def _rounds(paths: list[Path_], streams: int, args: argparse.Namespace) -> dict[str, Tally]:
+    """Every path at `streams`, in `args.slices` rounds of turns (the first path, direct,
+    is each round's baseline)."""
+    tally = {p.name: Tally() for p in paths}
+    for round_ in range(args.slices):
+        rates = {}
+        for p in paths if round_ % 2 == 0 else paths[::-1]:
+            seconds = args.seconds / args.slices
+            rates[p.name] = await level(p, streams, seconds, args.tokens, tally[p.name])
+        for p in paths[1:]:
+            tally[p.name].ratios.append(rates[p.name] / rates[paths[0].name])
+    return tally
 
 
 if __name__ == "__main__":
