@@ -242,6 +242,14 @@ MUTATIONS = (
         "tests/daemon/test_journal.py::test_a_readers_first_token_is_committed_at_once",
     ),
     Mutation(
+        "a write's outcome a plain future: one waiter that leaves cancels it for the others",
+        "orchestratord/store/sql.py",
+        "done = Durable(loop=self._loop)",
+        "done = self._loop.create_future()",
+        "tests/daemon/test_journal.py::"
+        "test_a_writes_waiters_resume_the_turn_after_its_commit_and_each_may_leave",
+    ),
+    Mutation(
         "a task's end journaled without the output no chunk holds",
         "orchestratord/service/journal.py",
         '"output": tail,',
