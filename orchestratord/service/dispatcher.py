@@ -175,7 +175,7 @@ class PoolDispatcher:
             self._hold_until = None
             self.placement.streamed(self.running.values())
             prefix, per_block = self.placement.prefix, self.placement.prefill_ms_per_block()
-            while True:
+            while self.queue:  # (an empty one has nothing to start, expire or hold)
                 step = next_dispatch(
                     self.queue, self.manager.snapshots(), self._sessions, now, prefix, per_block
                 )
