@@ -62,8 +62,8 @@ def _publish(rec: TaskRecord) -> None:
     if rec.unpublished is None or not rec.unpublished[0].done():
         return
     (durable, ending), rec.unpublished = rec.unpublished, None
-    if not durable.cancelled():
-        durable.exception()  # retrieved: a failed write is the store's to report
+    # retrieved (a Durable is never cancelled): a failed write is the store's to report
+    durable.exception()
     ending()
 
 
