@@ -258,18 +258,18 @@ MUTATIONS = (
         "test_an_unwatched_task_is_journaled_twice_and_its_output_survives",
     ),
     Mutation(
-        "a relay's sink declining an event ignored (a canceled task's engine runs on)",
+        "a relay's sink declining a read's events ignored (a canceled task's engine runs on)",
         "worker_adapters/http_engine.py",
-        "if not self._sink(event) or isinstance(event, End):",
-        "if self._sink(event) is None or isinstance(event, End):",
+        "return not self._sink(events) or over",
+        "return self._sink(events) is None or over",
         "tests/conformance/test_conformance.py::"
         "test_cancel_mid_stream_releases_the_engine[relay-llamacpp]",
     ),
     Mutation(
         "an engine's reads handed to the relay by a task step, not the connection's callback",
         "worker_adapters/http_client.py",
-        "        consumer = self._consumer\n        if consumer is not None:",
-        "        consumer = self._consumer\n        if consumer is not None and False:",
+        "        if self._consumer is not None:  # handed over once the read is parsed",
+        "        if self._consumer is not None and False:",
         "tests/conformance/test_http_client.py::"
         "test_a_relay_hands_each_read_over_from_the_connections_callback",
     ),

@@ -123,9 +123,12 @@ class End:
 
 StreamEvent = Token | End
 
-#: Takes each event of a relayed stream; returns False to stop it (the request is then
-#: cancelled at the engine). It must not block: it may run inside a connection's callback.
-EventSink = Callable[[StreamEvent], bool]
+#: Takes a relayed stream's events a read at a time: a non-empty list, in order, an `End`
+#: only last. Returns False to stop the stream (the request is then cancelled at the
+#: engine). It must not block: it may run inside a connection's callback. A list per read
+#: rather than a call per event: under load one read of an engine brings a dozen tokens,
+#: and every layer of the relay then runs once for them, not once for each.
+EventSink = Callable[[list[StreamEvent]], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +172,10 @@ class WorkerAdapter(Protocol):
         ...
 
     async def relay(self, request: GenerateRequest, sink: EventSink) -> None:
-        """`stream`, pushed: the same events, each handed to `sink` as it arrives; returns
-        after the `End`, or once `sink` declined an event (the request is cancelled at the
-        engine). Raises AdapterError as `stream` does."""
+        """`stream`, pushed: the same events, handed to `sink` as they arrive (those of one
+        read together); returns after the `End`, or once `sink` declined events (the
+        request is cancelled at the engine). Raises AdapterError as `stream` does, after
+        handing over what came before the error."""
         ...
 
     async def stats(self) -> EngineStats:
@@ -188,14 +192,14 @@ async def relay_pulled(events: AsyncGenerator[StreamEvent, None], sink: EventSin
     handed to `sink` as it is yielded; the generator closed when `sink` declines one."""
     async with aclosing(events):
         async for event in events:
-            if not sink(event):
+            if not sink([event]):
                 return
 
 
 class StallGuard:
     """Fails a stream with DECODE_TIMEOUT when the engine sends nothing for `timeout_s`:
 
-        def sink(event):
+        def sink(events):
             guard.beat()
             ...
 
@@ -203,10 +207,10 @@ class StallGuard:
             await adapter.relay(request, sink)
 
     The engine request is cancelled either way (the relay is cancelled inside the guard). A
-    context the relay's consumer holds, beating it per event, rather than a layer wrapped
+    context the relay's consumer holds, beating it per read, rather than a layer wrapped
     around the stream. One timer per stream, moved at most every quarter timeout rather
-    than per event, so a stall is detected between `timeout_s` and 1.25 times `timeout_s`
-    after the last event, at the cost of one clock read per event.
+    than per read, so a stall is detected between `timeout_s` and 1.25 times `timeout_s`
+    after the last read, at the cost of one clock read per read.
     """
 
     __slots__ = ("_engine", "_loop", "_moved", "_slack", "_timeout", "_timeout_s")

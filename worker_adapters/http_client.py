@@ -103,6 +103,7 @@ class Response(asyncio.Protocol):
         self._then: Callable[[], None] | None = None  # once complete (see `finish`)
         self._consumer: Callable[[bytes], bool] | None = None  # see `deliver`
         self._delivered: asyncio.Future[bool] | None = None
+        self._read: list[bytes] = []  # the consumer's body chunks of the read being parsed
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -114,8 +115,11 @@ class Response(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
+            self._hand_over()
             self._fail(MalformedResponse(repr(e)))
             self._close()
+            return
+        self._hand_over()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -146,15 +150,8 @@ class Response(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._then is not None:
             return  # the consumer has what it wanted: the rest is only read to its end
-        consumer = self._consumer
-        if consumer is not None:
-            try:
-                had_all = consumer(body)
-            except Exception as e:  # raised to `deliver`'s caller, not into the loop
-                self._delivered_with(error=e)
-                return
-            if had_all:
-                self._delivered_with(True)
+        if self._consumer is not None:  # handed over once the read is parsed
+            self._read.append(body)
             return
         self._body.append(body)
         self._buffered += len(body)
@@ -164,6 +161,7 @@ class Response(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        self._hand_over()
         self._complete = True
         self._wake()
         if self._then is not None:
@@ -171,6 +169,26 @@ class Response(asyncio.Protocol):
             then()
 
     # -- the consumer's side -----------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        """The body chunks of the read just parsed, to the consumer in one call: an engine
+        read often holds several chunks (a token each), and the consumer's work per call
+        is the relay's per-token cost."""
+        read = self._read
+        if not read:
+            return
+        data = read[0] if len(read) == 1 else b"".join(read)
+        read.clear()
+        consumer = self._consumer
+        if consumer is None:  # (it had all it wanted, or the connection was closed)
+            return
+        try:
+            had_all = consumer(data)
+        except Exception as e:  # raised to `deliver`'s caller, not into the loop
+            self._delivered_with(error=e)
+            return
+        if had_all:
+            self._delivered_with(True)
 
     def _wake(self) -> None:
         waiter = self._waiter

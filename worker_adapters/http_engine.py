@@ -49,8 +49,9 @@ class EventMapper(Protocol):
     """One engine protocol's stream events (parsed JSON) as ours."""
 
     def feed(self, event: Any) -> Sequence[StreamEvent]:
-        """The events one engine event carries (mostly one token, or none); an `End`
-        among them ends the stream. Raises AdapterError for an in-stream error."""
+        """The events one engine event carries (mostly one token, or none); an `End`,
+        always last among them, ends the stream. Raises AdapterError for an in-stream
+        error."""
         ...
 
     def end(self) -> End:
@@ -82,28 +83,38 @@ class _BodyEvents:
         self.done = False
 
     def feed(self, body: bytes) -> bool:
-        """Whether the stream is over for the sink (its `End` came, or it declined one)."""
-        for data in self._decoder.feed(body):  # noqa: SIM110 - any() adds a generator per read
-            if self._event(data):
-                return True
-        return False
+        """Whether the stream is over for the sink (its `End` came, or it declined)."""
+        data = self._decoder.feed(body)
+        return self._hand_over(data) if data else False
 
     def end(self) -> None:
         """The body ended: what the decoder still holds, then the stream's `End`."""
-        for data in self._decoder.end():
-            if self._event(data):
-                return
-        self._sink(self._events.end())
+        if not self._hand_over(self._decoder.end()):
+            self._sink([self._events.end()])
 
-    def _event(self, data: bytes | Oversized) -> bool:
-        if data == DONE:
-            self.done = True
-            self._sink(self._events.end())
-            return True
-        for event in self._events.feed(self._decode(data)):
-            if not self._sink(event) or isinstance(event, End):
-                return True
-        return False
+    def _hand_over(self, data: list[bytes | Oversized]) -> bool:
+        """The events in `data` (one read's), handed to the sink together; whether the
+        stream is over for it. Those before an error still reach it, then the error."""
+        events: list[StreamEvent] = []
+        over = False
+        try:
+            for one in data:
+                if one == DONE:
+                    self.done = over = True
+                    events.append(self._events.end())
+                    break
+                if mapped := self._events.feed(self._decode(one)):
+                    events += mapped
+                    if isinstance(mapped[-1], End):
+                        over = True
+                        break
+        except Exception:
+            if events:
+                self._sink(events)
+            raise
+        if not events:
+            return False
+        return not self._sink(events) or over
 
 
 class HttpEngine:
@@ -188,8 +199,8 @@ class HttpEngine:
     async def stream(self, request: GenerateRequest) -> AsyncGenerator[StreamEvent, None]:
         events: list[StreamEvent] = []
 
-        def collect(event: StreamEvent) -> bool:
-            events.append(event)
+        def collect(read: list[StreamEvent]) -> bool:
+            events.extend(read)
             return True
 
         call = self._call(request)

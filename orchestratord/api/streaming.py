@@ -86,9 +86,9 @@ class _Watchdog:
 
 
 class _Follower:
-    """The push of a caught-up reader (`TaskStream.read`): each token rendered where the
-    engine's read hands it over, and all of one read written together at the end of that
-    loop pass — no reader wake-up, task step or awaited write per token. It declines (the
+    """The push of a caught-up reader (`TaskStream.read`): the tokens of each engine read
+    rendered where the read hands them over, and all of one loop pass written together at
+    its end — no reader wake-up, task step or awaited write per read. It declines (the
     reader's task then takes over, awaiting the client as before) until the reader's first
     frames are out (`ready`: they carry `retry:` and wait for the journal), and whenever
     the client has not taken everything written so far. When the task ended in the same
@@ -113,11 +113,11 @@ class _Follower:
         self._loop = asyncio.get_running_loop()
         self.ready = False
 
-    def __call__(self, event: Event) -> bool:
+    def __call__(self, events: list[Event]) -> bool:
         transport = self._transport
         if not self.ready or transport.is_closing() or transport.get_write_buffer_size():
             return False
-        self._held.append(self._render([event]))
+        self._held.append(self._render(events))
         if self._flush is None:
             self._flush = self._loop.call_soon(self._write)
         return True

@@ -44,12 +44,20 @@ class Output:
         """The token index of the last entry (None: empty)."""
         return self._at[-1] if self._at else None
 
-    def append(self, index: int, text: str, ids: tuple[int, ...] = ()) -> None:
-        self._text += text.encode()
-        self._ends.append(len(self._text))
-        self._at.append(index)
-        self._ids.extend(ids)
-        self._id_ends.append(len(self._ids))
+    def extend(self, entries: list[Entry], cap: int | None = None) -> bool:
+        """Append `entries` (one engine read's, on the hot path) while the text kept is
+        under `cap` UTF-8 bytes; whether all of them were kept."""
+        text, ends, at, ids, id_ends = self._text, self._ends, self._at, self._ids, self._id_ends
+        for index, piece, token_ids in entries:
+            if cap is not None and len(text) >= cap:
+                return False
+            text += piece.encode()
+            ends.append(len(text))
+            at.append(index)
+            if token_ids:
+                ids.extend(token_ids)
+            id_ends.append(len(ids))
+        return True
 
     def text(self) -> str:
         return self._text.decode()

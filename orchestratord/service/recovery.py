@@ -170,7 +170,7 @@ def _replay_output(rec: TaskRecord, s: StoredTask, outcome: dict[str, Any] | Non
     rec.started_event = journal.started_of((outcome or {}).get("started") or s.started)
     if rec.started_event is not None:
         rec.stream.started(rec.started_event)
-    for index, text, ids in journal.tokens_of(s.output, outcome):
-        rec.output.append(index, text, ids)
-        rec.stream.token(index, text, ids)
+    entries = journal.tokens_of(s.output, outcome)
+    rec.output.extend(entries)
+    rec.stream.tokens(entries)
     rec.journaled, rec.chunks = len(rec.output), len(s.output)

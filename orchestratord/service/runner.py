@@ -14,6 +14,7 @@ before its first step.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,32 +60,39 @@ async def run_task(
     )  # fmt: skip
     rec.stream.started(rec.started_event)
     running = TaskState.RUNNING
-    emit_token, cap, output = rec.stream.token, limits.max_output_bytes, rec.output
+    emit_tokens, cap, output = rec.stream.tokens, limits.max_output_bytes, rec.output
 
-    def on_event(event: StreamEvent) -> bool:
+    def on_events(events: list[StreamEvent]) -> bool:
         """The hot path, run where the adapter pushes from (an HTTP engine's connection
-        callback): per event a few attribute updates and one frame. False stops the
-        engine's stream."""
+        callback), once per engine read: a tuple per token, then one append to the output
+        and one to the task's stream for all of them. False stops the engine's stream."""
         guard.beat()
         if task.state is not running:  # canceled meanwhile: stop reading
             return False
-        if not isinstance(event, Token):
-            complete(event)
-            return True
+        end = events[-1] if isinstance(events[-1], End) else None
+        tokens: list[Journaled] = []
         index = rec.tokens_out
-        if rec.first_token_at is None:
-            rec.first_token_at = now_ms()
-            tracing.first_token(rec.spans, rec.first_token_at - rec.admitted_at)
-        if output.text_bytes < cap:
-            output.append(index, event.text, event.ids)
-        else:
-            rec.output_truncated = True
-        if len(output) >= rec.checkpoint_at:  # a strict task's periodic one
-            book.checkpoint(rec)
-        if rec.replay and not _replays(rec, (index, event.text, event.ids), book):
-            return False
-        emit_token(index, event.text, event.ids)
-        rec.tokens_out += event.count
+        for event in events:
+            if isinstance(event, Token):
+                tokens.append((index, event.text, event.ids))
+                index += event.count
+        if tokens:
+            if rec.first_token_at is None:
+                rec.first_token_at = now_ms()
+                tracing.first_token(rec.spans, rec.first_token_at - rec.admitted_at)
+            diverged = _diverged(rec.replay, tokens) if rec.replay else None
+            if not output.extend(tokens, cap):
+                rec.output_truncated = True
+            if len(output) >= rec.checkpoint_at:  # a strict task's periodic one
+                book.checkpoint(rec)
+            emit_tokens(tokens)
+            if diverged is not None:
+                rec.tokens_out = diverged[0]
+                _fail_replay(rec, diverged, book)
+                return False
+            rec.tokens_out = index
+        if end is not None:
+            complete(end)
         return True
 
     def complete(end: End) -> None:
@@ -98,7 +106,7 @@ async def run_task(
 
     try:
         async with StallGuard(limits.token_timeout_s, replica.engine) as guard:
-            await adapter.relay(request, on_event)
+            await adapter.relay(request, on_events)
     except AdapterError as e:
         return e if task.state is running else None
     except asyncio.CancelledError:
@@ -119,17 +127,25 @@ async def run_task(
     return None
 
 
-def _replays(rec: TaskRecord, token: Journaled, book: TaskBook) -> bool:
-    """A strict task resumed after a restart must reproduce the tokens it had journaled;
-    if it does not, it fails loudly instead of continuing a different stream."""
-    assert rec.replay is not None
-    if token != rec.replay[0]:
-        book.metrics.on_determinism_failure(rec.task.pool_id)
-        book.finish(
-            rec, TaskState.FAILED, ErrorCode.DAEMON_RESTART,
-            f"resumed after a daemon restart, the engine diverged at token {token[0]} from "
-            "what was sent before it (same engine, same seed should repeat it)",
-        )  # fmt: skip
-        return False
-    rec.replay.popleft()
-    return True
+def _diverged(replay: deque[Journaled], tokens: list[Journaled]) -> Journaled | None:
+    """A strict task resumed after a restart must reproduce the tokens it had journaled
+    (`replay`, consumed here): the first of `tokens` that does not, cut from `tokens` with
+    all after it; None when they all do."""
+    for i, token in enumerate(tokens):
+        if not replay:
+            break
+        if token != replay[0]:
+            del tokens[i:]
+            return token
+        replay.popleft()
+    return None
+
+
+def _fail_replay(rec: TaskRecord, token: Journaled, book: TaskBook) -> None:
+    """Fail loudly instead of continuing a different stream."""
+    book.metrics.on_determinism_failure(rec.task.pool_id)
+    book.finish(
+        rec, TaskState.FAILED, ErrorCode.DAEMON_RESTART,
+        f"resumed after a daemon restart, the engine diverged at token {token[0]} from "
+        "what was sent before it (same engine, same seed should repeat it)",
+    )  # fmt: skip

@@ -11,9 +11,10 @@ silently losing tokens. Once a stream has ended, its token events can be served 
 task's output buffer instead (`compact`): a finished task then holds no object per token.
 A reader is woken once for everything that arrived since it last ran and gets it in one
 batch; waking costs no timer work per event (the idle heartbeat is one periodic timer per
-reader). A reader that has caught up may instead follow the stream (`push`): each new token
-is handed to it in the appender's own call (the engine connection's read callback), with no
-wake-up and no task step per token; it is woken only for what it does not take.
+reader). A reader that has caught up may instead follow the stream (`push`): the tokens of each
+engine read are handed to it in the appender's own call (the engine connection's read
+callback), together, with no wake-up and no task step per read; it is woken only for what it
+does not take.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
-from orchestratord.service.output import Output
+from orchestratord.service.output import Entry, Output
 
 STARTED, TOKEN, END, ERROR = 0, 1, 2, 3
 
@@ -75,9 +76,10 @@ class TaskStream:
         self._closed = False
         #: One future per waiting reader; resolved True when there is news.
         self._waiters: list[asyncio.Future[bool]] = []
-        #: Caught-up readers that take new events as they come (`read(push=...)`); one
-        #: that declines an event is dropped from here and woken (its own waiter).
-        self._followers: list[Callable[[Event], bool]] = []
+        #: Caught-up readers that take new events as they come (`read(push=...)`), all of
+        #: one append at once; one that declines them is dropped from here and woken (its
+        #: own waiter).
+        self._followers: list[Callable[[list[Event]], bool]] = []
         #: Rebuilt after a restart from what was journaled, which may be less than its
         #: readers saw: a reader resuming past its end still gets its ending.
         self.partial = False
@@ -92,18 +94,22 @@ class TaskStream:
         return self._next
 
     def started(self, event: StartedEvent) -> None:
-        self._append((STARTED, self._next, event))
+        self._extend([(STARTED, self._next, event)])
 
-    def token(self, index: int, text: str, ids: tuple[int, ...] = ()) -> None:
-        """The hot path: one tuple, handed to a follower or waking a reader."""
-        self._append((TOKEN, self._next, index, text, ids))
+    def tokens(self, entries: list[Entry]) -> None:
+        """The hot path, once per engine read: a tuple per token, all of them handed to a
+        follower or waking a reader at once."""
+        if not entries:
+            return
+        first = self._next
+        self._extend([(TOKEN, first + i, *entry) for i, entry in enumerate(entries)])
 
     def end(self, event: EndEvent) -> None:
-        self._append((END, self._next, event))
+        self._extend([(END, self._next, event)])
         self._close()
 
     def error(self, envelope: ErrorEnvelope) -> None:
-        self._append((ERROR, self._next, envelope))
+        self._extend([(ERROR, self._next, envelope)])
         self._close()
 
     def compact(self, output: Output) -> bool:
@@ -126,17 +132,18 @@ class TaskStream:
     def compacted(self) -> bool:
         return isinstance(self._events, _FromOutput)
 
-    def _append(self, event: Event) -> None:
+    def _extend(self, events: list[Event]) -> None:
+        """Append `events`: tokens only, or one other event (a follower is offered only
+        tokens, and tells them by the first)."""
         if self._closed:
             raise RuntimeError("stream is closed")
-        events = self._events
-        assert isinstance(events, deque)
-        if len(events) == events.maxlen:
-            self._first += 1
-        events.append(event)
-        self._next += 1
+        kept = self._events
+        assert isinstance(kept, deque) and kept.maxlen is not None
+        self._first += max(len(kept) + len(events) - kept.maxlen, 0)
+        kept.extend(events)
+        self._next += len(events)
         if self._followers:
-            self._followers = [follow for follow in self._followers if follow(event)]
+            self._followers = [follow for follow in self._followers if follow(events)]
         self._wake()
 
     def _close(self) -> None:
@@ -170,7 +177,7 @@ class TaskStream:
         *,
         idle_s: float | None = None,
         gate: Callable[[], Awaitable[bool]] | None = None,
-        push: Callable[[Event], bool] | None = None,
+        push: Callable[[list[Event]], bool] | None = None,
     ) -> AsyncIterator[list[Event]]:
         """Yield the events with id > `after` (all when None) as they arrive, in batches,
         until the stream closes; with `idle_s`, also an empty batch whenever a period of
@@ -178,12 +185,12 @@ class TaskStream:
         first batch that holds a token waits for `gate()` and then also holds what
         arrived meanwhile (often the ending: then a reader sends all of it at once); if
         `gate()` says False, that batch comes without its tokens. With `push`, once past
-        the gate and caught up, each token appended is offered to `push(event)` at once,
-        from the appender's call: True, it was taken (it never comes in a batch); False, it
-        comes in the next batch instead, as does every event after it until the reader has
-        caught up again. Only tokens are offered: any other event (an ending, a retry's
-        `started`) wakes the reader. Raises StreamGap when the requested events were
-        dropped from the buffer."""
+        the gate and caught up, the tokens of each append are offered to `push(events)` at
+        once, from the appender's call: True, they were taken (they never come in a
+        batch); False, they come in the next batch instead, as does every event after them
+        until the reader has caught up again. Only tokens are offered: any other event (an
+        ending, a retry's `started`) wakes the reader. Raises StreamGap when the requested
+        events were dropped from the buffer."""
         cursor = start = 0 if after is None else after + 1
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] | None = None
@@ -199,12 +206,13 @@ class TaskStream:
             news = False
             timer = loop.call_later(idle_s or 0, tick)
 
-        def follow(event: Event) -> bool:
+        def follow(events: list[Event]) -> bool:
             nonlocal cursor, news
             assert push is not None and waiter is not None
+            first = events[0]
             # (a reader resuming past a rebuilt stream's end has seen the next ones already)
-            if event[0] == TOKEN and event[1] == cursor and push(event):
-                cursor += 1
+            if first[0] == TOKEN and first[1] == cursor and push(events):
+                cursor += len(events)
                 news = True
                 return True
             if not waiter.done():

@@ -96,7 +96,7 @@ async def _texts(adapter: OpenAIAdapter, how: str = "stream") -> list[str]:
         events = [e async for e in adapter.stream(request)]
     else:
         events = []
-        await adapter.relay(request, lambda e: events.append(e) is None)
+        await adapter.relay(request, lambda read: events.extend(read) is None)
     return [e.text for e in events if isinstance(e, Token)]
 
 
@@ -128,7 +128,9 @@ async def test_a_kept_alive_connection_is_reused_even_when_its_end_comes_after_d
 
 async def test_a_relay_hands_each_read_over_from_the_connections_callback():
     """OC-ADAPT-3009: a read that arrives while the relay waits reaches the sink inside
-    the connection's callback, outside any task: no task step between engine and sink."""
+    the connection's callback, outside any task: no task step between engine and sink;
+    and the events of one read (here three chunks: a token, the finish, `[DONE]`) reach
+    it in one call."""
     go = asyncio.Event()
 
     async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
@@ -137,17 +139,43 @@ async def test_a_relay_hands_each_read_over_from_the_connections_callback():
         writer.write(sse_body("b") + END)
         return True
 
-    seen: list[tuple[object, asyncio.Task[object] | None]] = []
+    calls: list[tuple[list[object], asyncio.Task[object] | None]] = []
 
-    def sink(event: object) -> bool:
-        seen.append((event, asyncio.current_task()))
+    def sink(events: list[object]) -> bool:
+        calls.append((events, asyncio.current_task()))
         go.set()
         return True
 
     async with ScriptedServer(answer) as url, openai_at(url) as adapter, asyncio.timeout(10):
         await adapter.relay(GenerateRequest("x", max_tokens=2), sink)
-    assert [event for event, _ in seen] == [Token("a"), Token("b"), End("length", 2, None)]
-    assert [task for _, task in seen[1:]] == [None, None]
+    assert [events for events, _ in calls] == [[Token("a")], [Token("b"), End("length", 2, None)]]
+    assert calls[1][1] is None
+
+
+async def test_the_events_before_an_error_in_the_same_read_reach_the_sink_first():
+    """OC-ADAPT-3009: an engine's error event fails the relay after the tokens it sent
+    before it, those of the same read included — as `stream` yields them."""
+    go = asyncio.Event()
+
+    async def answer(n: int, writer: asyncio.StreamWriter) -> bool:
+        writer.write(OK_HEAD + sse_body("a", finish=False))
+        await go.wait()
+        error = b'data: {"error":{"message":"out of memory"}}\n\n'
+        writer.write(sse_body("b", finish=False) + b"%x\r\n%s\r\n" % (len(error), error))
+        return False
+
+    calls: list[list[object]] = []
+
+    def sink(events: list[object]) -> bool:
+        calls.append(events)
+        go.set()
+        return True
+
+    async with ScriptedServer(answer) as url, openai_at(url) as adapter, asyncio.timeout(10):
+        with pytest.raises(AdapterError) as err:
+            await adapter.relay(GenerateRequest("x", max_tokens=2), sink)
+    assert calls == [[Token("a")], [Token("b")]]
+    assert err.value.code is ErrorCode.WORKER_RESET
 
 
 async def test_a_sink_that_fails_fails_the_relay_and_the_connection_is_not_kept():
@@ -165,8 +193,8 @@ async def test_a_sink_that_fails_fails_the_relay_and_the_connection_is_not_kept(
         await failed.wait()
         return False
 
-    def sink(event: object) -> bool:
-        if event == Token("b"):
+    def sink(events: list[object]) -> bool:
+        if Token("b") in events:
             raise RuntimeError("a bug in the sink")
         go.set()
         return True

@@ -92,9 +92,8 @@ async def test_live_tasks_past_the_budget_are_refused_with_a_reason(start_daemon
 def test_output_is_one_buffer_capped_in_utf8_bytes():
     """OC-LOAD-1202: the output cap counted characters, not bytes."""
     out = Output()
-    out.append(0, "é", (7,))
-    out.append(1, "", ())
-    out.append(2, "日本", (8, 9))
+    out.extend([(0, "é", (7,)), (1, "", ())])
+    out.extend([(2, "日本", (8, 9))])
     assert len(out) == 3 and out.text_bytes == 2 + 6 and out.text() == "é日本"
     assert list(from_columns(out.columns(1))) == [(1, "", ()), (2, "日本", (8, 9))]
     assert next(from_columns(out.columns(0))) == (0, "é", (7,))

@@ -93,8 +93,7 @@ def test_output_journaled_in_the_earlier_format_still_reads_back():
     """OC-STORE-1006: output chunks are columns now; a journal written before holds one
     array per token, and both read back as the same tokens, in order."""
     out = Output()
-    for i, (text, ids) in enumerate([("a", (1,)), ("日本", (2, 3)), ("", ())]):
-        out.append(i, text, ids)
+    out.extend([(0, "a", (1,)), (1, "日本", (2, 3)), (2, "", ())])
     earlier = orjson.dumps([[0, "a", [1]]]).decode()
     now = orjson.dumps(out.columns(1)).decode()
     assert tokens_of([earlier, now]) == [(0, "a", (1,)), (1, "日本", (2, 3)), (2, "", ())]

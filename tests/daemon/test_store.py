@@ -171,8 +171,7 @@ async def test_a_strict_rerun_that_diverges_fails_loudly(served, store_backend):
         ).fetchone()
         *kept, (tampered, _, ids) = tokens_of([tokens])
         chunk = Output()
-        for index, text, token_ids in [*kept, (tampered, "tampered", ids)]:
-            chunk.append(index, text, token_ids)
+        chunk.extend([*kept, (tampered, "tampered", ids)])
         mark = "%s" if served.store else "?"
         db.execute(
             f"UPDATE task_output SET tokens = {mark} WHERE chunk = {mark}",

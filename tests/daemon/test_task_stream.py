@@ -11,12 +11,13 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
-from orchestratord.service.streams import END, ERROR, STARTED, TOKEN, Event, TaskStream
+from orchestratord.service.streams import END, ERROR, STARTED, TOKEN, Event, StreamGap, TaskStream
 
 STARTED_EVENT = StartedEvent(
     task_id="t", queue_position=0, predicted_start_ms=0, pool_id="p", replica_id="r",
@@ -45,9 +46,9 @@ async def _gate_shut_on_a_second_token() -> tuple[TaskStream, Gate, asyncio.Task
     stream, gate = TaskStream(max_events=16), Gate()
     reader = asyncio.create_task(_read_all(stream, gate))
     stream.started(STARTED_EVENT)
-    stream.token(0, "a")
+    stream.tokens([(0, "a", ())])
     await gate.entered.wait()
-    stream.token(1, "b")
+    stream.tokens([(1, "b", ())])
     return stream, gate, reader
 
 
@@ -80,7 +81,7 @@ async def test_a_batch_without_tokens_does_not_wait_for_the_gate():
     events = stream.read(gate=gate)
     first = await anext(events)
     assert [event[0] for event in first] == [STARTED] and not gate.entered.is_set()
-    stream.token(0, "a")
+    stream.tokens([(0, "a", ())])
     reading = asyncio.ensure_future(anext(events))
     await gate.entered.wait()
     gate.verdict.set_result(True)
@@ -94,16 +95,19 @@ END_EVENT = EndEvent(tokens_out=0, decode_ms=0, finish_reason="stop")
 
 
 class Push:
-    """A follower's push: takes the tokens `takes` accepts, in order, and keeps them."""
+    """A follower's push: takes the token batches whose first token `takes` accepts, in
+    order, and keeps them (`calls`: one list per batch offered)."""
 
     def __init__(self, takes: Callable[[Event], bool] = lambda event: True) -> None:
         self.takes = takes
         self.taken: list[Event] = []
+        self.calls: list[list[Event]] = []
 
-    def __call__(self, event: Event) -> bool:
-        if not self.takes(event):
+    def __call__(self, events: list[Event]) -> bool:
+        self.calls.append(events)
+        if not self.takes(events[0]):
             return False
-        self.taken.append(event)
+        self.taken.extend(events)
         return True
 
 
@@ -161,13 +165,44 @@ async def test_a_caught_up_reader_is_handed_each_token_in_the_call_that_appends_
     reader = ByHand(stream.read(push=push))
     assert _kinds(reader.step()) == [STARTED]
     assert reader.step() is None  # caught up: it follows
-    stream.token(0, "a")
+    stream.tokens([(0, "a", ())])
     assert [event[3] for event in push.taken] == ["a"] and not reader.woken
-    stream.token(1, "b")
+    stream.tokens([(1, "b", ())])
     assert [event[3] for event in push.taken] == ["a", "b"] and not reader.woken
     stream.end(END_EVENT)
     assert reader.woken and _kinds(reader.step()) == [END]
     await reader.close()
+
+
+async def test_a_reads_tokens_are_handed_to_a_follower_in_one_call():
+    """OC-CTRL-2031: the tokens one engine read brought reach a caught-up reader together,
+    in one call of its push, with their own ids, in order."""
+    stream, push = TaskStream(max_events=16), Push()
+    stream.started(STARTED_EVENT)
+    reader = ByHand(stream.read(push=push))
+    reader.step()
+    assert reader.step() is None
+    stream.tokens([(0, "a", ()), (1, "b", (7,)), (3, "cd", (8, 9))])
+    assert [[event[1:] for event in call] for call in push.calls] == [
+        [(1, 0, "a", ()), (2, 1, "b", (7,)), (3, 3, "cd", (8, 9))]
+    ]
+    assert not reader.woken and stream.next_id == 4
+    await reader.close()
+
+
+async def test_a_read_larger_than_what_is_retained_keeps_the_latest_and_reports_the_gap():
+    """OC-CTRL-2009: one append of more tokens than the stream retains keeps the last
+    `max_events` events, and a resume from before them is told where they begin."""
+    stream = TaskStream(max_events=4)
+    stream.started(STARTED_EVENT)
+    stream.tokens([(i, str(i), ()) for i in range(6)])  # events 1..6; 3..6 are kept
+    stream.check_resume(2)
+    with pytest.raises(StreamGap) as gap:
+        stream.check_resume(1)
+    assert gap.value.first_retained == 3
+    batches = stream.read(after=2)
+    assert [event[1] for event in await anext(batches)] == [3, 4, 5, 6]
+    await batches.aclose()
 
 
 async def test_a_token_the_follower_declines_comes_in_its_next_batch_with_all_after_it():
@@ -179,13 +214,13 @@ async def test_a_token_the_follower_declines_comes_in_its_next_batch_with_all_af
     reader = ByHand(stream.read(push=push))
     reader.step()
     assert reader.step() is None
-    stream.token(0, "a")
-    stream.token(1, "b")  # declined: the reader is woken for it
-    stream.token(2, "c")  # no longer followed: it waits in the stream for the reader
+    stream.tokens([(0, "a", ())])
+    stream.tokens([(1, "b", ())])  # declined: the reader is woken for it
+    stream.tokens([(2, "c", ())])  # no longer followed: it waits in the stream for the reader
     assert reader.woken and [event[3] for event in push.taken] == ["a"]
     assert [event[3] for event in reader.step() or ()] == ["b", "c"]
     assert reader.step() is None
-    stream.token(3, "d")
+    stream.tokens([(3, "d", ())])
     assert [event[3] for event in push.taken] == ["a", "d"] and not reader.woken
     await reader.close()
 
@@ -197,9 +232,9 @@ async def test_a_reader_waiting_for_its_gate_is_not_handed_tokens():
     events = stream.read(gate=gate, push=push)
     assert _kinds(await anext(events)) == [STARTED]
     reading = asyncio.ensure_future(anext(events))
-    stream.token(0, "a")
+    stream.tokens([(0, "a", ())])
     await gate.entered.wait()
-    stream.token(1, "b")
+    stream.tokens([(1, "b", ())])
     assert push.taken == []
     gate.verdict.set_result(True)
     assert [event[3] for event in await reading] == ["a", "b"]
@@ -217,19 +252,24 @@ async def test_a_follower_the_heartbeat_woke_follows_again_and_is_handed_each_to
     await reader.news()  # the heartbeat's tick
     assert reader.step() == []
     assert reader.step() is None
-    stream.token(0, "a")
+    stream.tokens([(0, "a", ())])
     assert [event[3] for event in push.taken] == ["a"] and not reader.woken
     await reader.close()
 
 
-@given(st.lists(st.booleans(), max_size=40), st.integers(min_value=1, max_value=8))
-def test_tokens_reach_a_follower_exactly_once_in_order_however_it_takes_them(takes, window):
+@given(
+    st.lists(st.tuples(st.integers(min_value=1, max_value=5), st.booleans()), max_size=30),
+    st.integers(min_value=1, max_value=8),
+)
+def test_tokens_reach_a_follower_exactly_once_in_order_however_it_takes_them(reads, window):
     """OC-CTRL-2031: taken by the push or read in a batch, every event reaches the reader
-    once, in order — whichever tokens it declines and however often it catches up."""
+    once, in order — however many tokens each engine read brings, whichever reads it
+    declines and however often it catches up."""
 
     async def scenario() -> None:
-        stream = TaskStream(max_events=len(takes) + 2)
-        decisions = iter(takes)
+        total = sum(size for size, _ in reads)
+        stream = TaskStream(max_events=total + 2)
+        decisions = iter(take for _, take in reads)
         push = Push(takes=lambda event: next(decisions, True))
         reader = ByHand(stream.read(push=push))
         delivered = push.taken  # what the push takes, and every batch, as they come
@@ -239,14 +279,16 @@ def test_tokens_reach_a_follower_exactly_once_in_order_however_it_takes_them(tak
                 delivered.extend(batch)
 
         stream.started(STARTED_EVENT)
-        for i in range(len(takes)):
+        index = 0
+        for i, (size, _) in enumerate(reads):
             if i % window == 0:
                 read_until_waiting()
-            stream.token(i, str(i))
+            stream.tokens([(index + k, str(index + k), ()) for k in range(size)])
+            index += size
         stream.end(END_EVENT)
         read_until_waiting()
         tokens = [event[1] for event in delivered if event[0] == TOKEN]
-        assert tokens == list(range(1, len(takes) + 1))
+        assert tokens == list(range(1, total + 1))
         assert _kinds(delivered)[0] == STARTED and _kinds(delivered)[-1] == END
         await reader.close()
 

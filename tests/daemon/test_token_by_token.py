@@ -123,20 +123,20 @@ async def _one_loop_pass() -> None:
 
 
 async def test_a_followers_tokens_are_written_per_read_and_the_last_go_with_the_ending():
-    """OC-CTRL-2031: what a follower takes in one engine read is one chunk written at the
-    end of that loop pass; tokens from the read that also ended the task are left to the
+    """OC-CTRL-2031: what a follower takes in one loop pass is one chunk written at the
+    end of that pass; tokens from the read that also ended the task are left to the
     reader's task, which writes them with the ending (one write for both)."""
     transport, stream, render = RecordingTransport(), TaskStream(max_events=16), NativeEvents()
     watchdog = _Watchdog(transport, 60.0)
     follower = _Follower(transport, True, render, watchdog, stream)
     follower.ready = True
     a, b, c = ((TOKEN, i + 1, i, text, ()) for i, text in enumerate("abc"))
-    assert follower(a) and follower(b)  # one read, two tokens
+    assert follower([a]) and follower([b])  # two reads in one loop pass
     assert transport.writes == []
     await _one_loop_pass()
     frames = render([a]) + render([b])
     assert transport.writes == [b"%x\r\n%b\r\n" % (len(frames), frames)]
-    assert follower(c)
+    assert follower([c])
     stream.end(EndEvent(tokens_out=3, decode_ms=0, finish_reason="stop"))  # the same read
     await _one_loop_pass()
     assert len(transport.writes) == 1  # nothing more: the reader's task writes `c`
