@@ -1,5 +1,6 @@
 """A lean HTTP/1.1 client for engines: one asyncio protocol per connection, llhttp (via
-`httptools`, the parser uvicorn uses) to read responses, bodies handed over as they arrive.
+`httptools`, the parser uvicorn uses) to read responses, bodies handed over as they arrive,
+a socket read at a time.
 
 Why not aiohttp's client, which the adapters used before: per streamed request the relay
 pays for one engine exchange, and aiohttp's request/response objects, header maps, URL

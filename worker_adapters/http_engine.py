@@ -4,9 +4,9 @@ with failures classified into the shared taxonomy. Engine modules add only their
 a `Call` (path, request body, and an `EventMapper` from the engine's events to ours).
 
 A stream's body goes through one path whichever way it is read: SSE-decoded, each event's
-JSON parsed, mapped, handed to a sink (`_BodyEvents`). `relay` runs that inside the engine
-connection's callback as each read arrives; `stream` runs it on the reads it pulls and
-yields what the sink collected.
+JSON parsed, mapped, handed to a sink (`_BodyEvents`), the events of one read together.
+`relay` runs that inside the engine connection's callback as each read arrives; `stream`
+runs it on the reads it pulls and yields what the sink collected.
 
 llama-server closes every connection after a stream although it advertises keep-alive: its
 own adapter does not pool (`keep_alive=False`); an OpenAI-compatible pool in front of it
