@@ -64,6 +64,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.engines", "orchestratord.chat_template"),
     ("orchestratord.telemetry", "orchestratord.telemetry.metrics",
      "orchestratord.telemetry.tracing"),
+    ("orchestratord.telemetry.series",),
     ("orchestratord.api_models", "orchestratord.openai_models", "orchestratord.batch_models",
      "orchestratord"),
 )  # fmt: skip

@@ -1,7 +1,8 @@
 """Prometheus metrics (.specs/metrics/otel-prom.md), declared by one table and changed only
 through named hooks (`on_admitted`, `on_rejected`, `on_finished`, ...) called by the service
 stages at the moments they name. Label values are bounded: pools, replicas, priorities,
-engines and fixed reasons — never task or session ids.
+engines and fixed reasons — never task or session ids. The series are plain numbers
+(`telemetry.series`), exposed through prometheus-client's registry and text format.
 
 Nothing here runs per token: token counts are added once per task, when it ends.
 """
@@ -9,23 +10,16 @@ Nothing here runs per token: token counts are added once per task, when it ends.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from functools import partial
+from typing import Protocol
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-)
+from prometheus_client import CollectorRegistry
 
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import PRIORITIES, Priority, Task, TaskState
 from orchestrator_core.queue import PoolQueue, QueuePolicy
+from orchestratord.telemetry.series import Distribution, Family, Kind, SeriesCollector, Value
 from pool_managerd.replica import Replica, ReplicaEvent, ReplicaState
-
-# `*_created` series double the exposition and are not in the metrics contract.
-disable_created_metrics()
 
 #: Tenants labelled by name in the per-tenant families (the rest are `other`).
 MAX_TENANT_LABELS = 100
@@ -33,80 +27,80 @@ _MS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30
 _POOL_REPLICA = ("pool_id", "replica_id")
 
 #: attribute, kind, family name, help, labels
-_FAMILIES: tuple[tuple[str, type[Any], str, str, tuple[str, ...]], ...] = (
-    ("tasks_enqueued", Counter, "tasks_enqueued", "Tasks admitted to a queue",
+_FAMILIES: tuple[tuple[str, Kind, str, str, tuple[str, ...]], ...] = (
+    ("tasks_enqueued", "counter", "tasks_enqueued", "Tasks admitted to a queue",
      ("pool_id", "priority")),
-    ("tasks_started", Counter, "tasks_started", "Tasks dispatched to a replica",
+    ("tasks_started", "counter", "tasks_started", "Tasks dispatched to a replica",
      ("pool_id", "replica_id", "engine", "engine_version")),
-    ("tasks_canceled", Counter, "tasks_canceled", "Tasks canceled", ("pool_id", "reason")),
-    ("tasks_rejected", Counter, "tasks_rejected",
+    ("tasks_canceled", "counter", "tasks_canceled", "Tasks canceled", ("pool_id", "reason")),
+    ("tasks_rejected", "counter", "tasks_rejected",
      "Tasks refused at admission or dropped from a queue", ("pool_id", "reason")),
-    ("tasks_finished", Counter, "tasks_finished", "Tasks that reached a terminal state",
+    ("tasks_finished", "counter", "tasks_finished", "Tasks that reached a terminal state",
      ("pool_id", "state")),
-    ("queue_depth", Gauge, "queue_depth", "Queued tasks", ("pool_id", "priority")),
-    ("queue_wait", Histogram, "queue_wait_ms", "Admission to dispatch (time in queue), ms",
+    ("queue_depth", "gauge", "queue_depth", "Queued tasks", ("pool_id", "priority")),
+    ("queue_wait", "histogram", "queue_wait_ms", "Admission to dispatch (time in queue), ms",
      ("pool_id", "priority")),
-    ("queue_estimated_wait", Gauge, "queue_estimated_wait_ms",
+    ("queue_estimated_wait", "gauge", "queue_estimated_wait_ms",
      "How long a task admitted now would wait before it starts (the admission estimate): "
      "the signal to scale a pool by", ("pool_id", "priority")),
-    ("tokens_in", Counter, "tokens_in", "Prompt tokens processed", ("pool_id", "engine")),
-    ("tokens_out", Counter, "tokens_out", "Tokens generated", ("pool_id", "engine")),
-    ("latency_first_token", Histogram, "latency_first_token_ms",
+    ("tokens_in", "counter", "tokens_in", "Prompt tokens processed", ("pool_id", "engine")),
+    ("tokens_out", "counter", "tokens_out", "Tokens generated", ("pool_id", "engine")),
+    ("latency_first_token", "histogram", "latency_first_token_ms",
      "Admission to first token, ms", ("pool_id", "priority")),
-    ("latency_decode", Histogram, "latency_decode_ms", "First token to end, ms",
+    ("latency_decode", "histogram", "latency_decode_ms", "First token to end, ms",
      ("pool_id", "priority")),
-    ("backpressure", Counter, "admission_backpressure_events", "429 answers",
+    ("backpressure", "counter", "admission_backpressure_events", "429 answers",
      ("pool_id", "policy")),
-    ("kv_cache_usage", Gauge, "kv_cache_usage_ratio", "KV cache in use, from the engine",
+    ("kv_cache_usage", "gauge", "kv_cache_usage_ratio", "KV cache in use, from the engine",
      _POOL_REPLICA),
-    ("vram_used", Gauge, "vram_used_bytes", "GPU memory in use, from the engine", _POOL_REPLICA),
-    ("gpu_utilization", Gauge, "gpu_utilization", "GPU utilisation 0..1, from the engine",
+    ("vram_used", "gauge", "vram_used_bytes", "GPU memory in use, from the engine", _POOL_REPLICA),
+    ("gpu_utilization", "gauge", "gpu_utilization", "GPU utilisation 0..1, from the engine",
      _POOL_REPLICA),
-    ("slots_busy", Gauge, "replica_slots_busy", "Leased slots", _POOL_REPLICA),
-    ("slots_total", Gauge, "replica_slots_total", "Slots", _POOL_REPLICA),
-    ("engine_busy", Gauge, "replica_engine_busy",
+    ("slots_busy", "gauge", "replica_slots_busy", "Leased slots", _POOL_REPLICA),
+    ("slots_total", "gauge", "replica_slots_total", "Slots", _POOL_REPLICA),
+    ("engine_busy", "gauge", "replica_engine_busy",
      "Requests the engine reports processing (its own view)", _POOL_REPLICA),
-    ("replica_ready", Gauge, "replica_ready", "1 when the replica is Ready", _POOL_REPLICA),
-    ("placement_decisions", Counter, "placement_decisions", "Placement outcomes",
+    ("replica_ready", "gauge", "replica_ready", "1 when the replica is Ready", _POOL_REPLICA),
+    ("placement_decisions", "counter", "placement_decisions", "Placement outcomes",
      ("pool_id", "outcome")),
-    ("prefix_prompt_tokens", Counter, "prefix_prompt_tokens",
+    ("prefix_prompt_tokens", "counter", "prefix_prompt_tokens",
      "Prompt tokens (admission estimate) of tasks placed in prefix-aware pools", ("pool_id",)),
-    ("prefix_cached_tokens", Counter, "prefix_cached_tokens",
+    ("prefix_cached_tokens", "counter", "prefix_cached_tokens",
      "Of those, tokens the prefix index expected in the chosen replica's cache (the hit "
      "ratio is this over prefix_prompt_tokens)", ("pool_id",)),
-    ("engine_cached_tokens", Counter, "engine_cached_tokens",
+    ("engine_cached_tokens", "counter", "engine_cached_tokens",
      "Prompt tokens engines reported taking from their cache (llama.cpp `cache_n`; the "
      "engine's hit ratio is this over tokens_in)", ("pool_id",)),
-    ("determinism_failures", Counter, "determinism_failures",
+    ("determinism_failures", "counter", "determinism_failures",
      "Strict tasks whose rerun after a restart diverged from what they had streamed",
      ("pool_id",)),
-    ("tenant_tasks_finished", Counter, "tenant_tasks_finished",
+    ("tenant_tasks_finished", "counter", "tenant_tasks_finished",
      "Tasks that reached a terminal state, by tenant (the first 100 tenants seen; the rest "
      "count as `other`)", ("tenant", "state")),
-    ("tenant_tokens_out", Counter, "tenant_tokens_out", "Tokens generated, by tenant (as above)",
+    ("tenant_tokens_out", "counter", "tenant_tokens_out", "Tokens generated, by tenant (as above)",
      ("tenant",)),
-    ("tenant_tokens_in", Counter, "tenant_tokens_in",
+    ("tenant_tokens_in", "counter", "tenant_tokens_in",
      "Prompt tokens processed, by tenant (as above)", ("tenant",)),
-    ("replica_restarts", Counter, "replica_restarts", "Engine restarts", _POOL_REPLICA),
-    ("store_commit", Histogram, "store_commit_latency_ms",
+    ("replica_restarts", "counter", "replica_restarts", "Engine restarts", _POOL_REPLICA),
+    ("store_commit", "histogram", "store_commit_latency_ms",
      "One group commit of the task store, ms", ()),
-    ("batches", Gauge, "batches", "Batch API batches by status", ("status",)),
-    ("batch_items", Counter, "batch_items", "Batch API items ended, by outcome", ("outcome",)),
-    ("memory_accounted", Gauge, "memory_accounted_bytes",
+    ("batches", "gauge", "batches", "Batch API batches by status", ("status",)),
+    ("batch_items", "counter", "batch_items", "Batch API items ended, by outcome", ("outcome",)),
+    ("memory_accounted", "gauge", "memory_accounted_bytes",
      "Bytes charged to the memory budget, by live and retained (finished) tasks", ("kind",)),
-    ("memory_budget", Gauge, "memory_budget_bytes", "server.memory_budget_bytes", ()),
-    ("connections_open", Gauge, "connections_open", "HTTP connections held now", ()),
-    ("leader", Gauge, "leader",
+    ("memory_budget", "gauge", "memory_budget_bytes", "server.memory_budget_bytes", ()),
+    ("connections_open", "gauge", "connections_open", "HTTP connections held now", ()),
+    ("leader", "gauge", "leader",
      "1 while this daemon leads (runs the queues); 0 while it stands by", ()),
-    ("agent_connected", Gauge, "agent_connected",
+    ("agent_connected", "gauge", "agent_connected",
      "1 while the pool-managerd agent's stream is open", ("agent_id",)),
-    ("agent_seen_age", Gauge, "agent_heartbeat_age_seconds",
+    ("agent_seen_age", "gauge", "agent_heartbeat_age_seconds",
      "Seconds since the agent's last message (heartbeat or report)", ("agent_id",)),
-    ("agent_replicas", Gauge, "agent_replicas", "The agent's replicas, by state",
+    ("agent_replicas", "gauge", "agent_replicas", "The agent's replicas, by state",
      ("agent_id", "state")),
-    ("agent_gpu_memory", Gauge, "agent_gpu_memory_used_bytes",
+    ("agent_gpu_memory", "gauge", "agent_gpu_memory_used_bytes",
      "GPU memory in use on the agent's host (NVML)", ("agent_id", "gpu")),
-    ("agent_gpu_utilization", Gauge, "agent_gpu_utilization",
+    ("agent_gpu_utilization", "gauge", "agent_gpu_utilization",
      "GPU utilisation 0..1 on the agent's host (NVML)", ("agent_id", "gpu")),
 )  # fmt: skip
 
@@ -117,6 +111,8 @@ _REPLICA_FAMILIES = frozenset(a for a, _, _, _, labels in _FAMILIES if labels[:2
 _BUCKETS = {
     "store_commit": (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000),
 }
+
+_PRIORITY_LABELS = tuple((priority, priority.value) for priority in PRIORITIES)
 
 #: How a terminal (state, code) is counted beyond `tasks_finished`: (family, reason).
 _ENDINGS: dict[tuple[TaskState, ErrorCode | None], tuple[str, str]] = {
@@ -143,27 +139,24 @@ class EndedTask(Protocol):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._families: dict[str, Any] = {}
-        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._families: dict[str, Family] = {}
         self._tenants: set[str] = set()
         for attr, kind, name, help_text, labels in _FAMILIES:
-            extra = {"buckets": _BUCKETS.get(attr, _MS_BUCKETS)} if kind is Histogram else {}
-            self._families[attr] = kind(name, help_text, labels, registry=self.registry, **extra)
+            bounds = _BUCKETS.get(attr, _MS_BUCKETS) if kind == "histogram" else ()
+            self._families[attr] = Family(kind, name, help_text, labels, bounds)
+        self.registry.register(SeriesCollector(list(self._families.values())))
 
-    def _child(self, family: str, labels: tuple[str, ...]) -> Any:
-        """`family.labels(*labels)`, memoised: prometheus-client validates and locks on every
-        `labels()` call, which this avoids on the request path."""
-        key = (family, labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = self._families[family].labels(*labels)
-        return found
+    def _child(self, family: str, labels: tuple[str, ...]) -> Value:
+        return self._families[family].value(labels)
+
+    def _histogram(self, family: str, labels: tuple[str, ...]) -> Distribution:
+        return self._families[family].distribution(labels)
 
     def _inc(self, family: str, *labels: str, by: float = 1) -> None:
-        self._child(family, labels).inc(by)
+        self._families[family].value(labels).inc(by)
 
     def _set(self, family: str, value: float, *labels: str) -> None:
-        self._child(family, labels).set(value)
+        self._families[family].value(labels).set(value)
 
     # -- admission and queues ----------------------------------------------------------
 
@@ -177,8 +170,8 @@ class Metrics:
             self._inc("backpressure", pool_id, policy.value)
 
     def on_queue(self, pool_id: str, queue: PoolQueue) -> None:
-        for priority in PRIORITIES:
-            self._set("queue_depth", queue.depth(priority), pool_id, priority.value)
+        for priority, label in _PRIORITY_LABELS:  # (twice per task: no `.value` per call)
+            self._set("queue_depth", queue.depth(priority), pool_id, label)
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -199,7 +192,7 @@ class Metrics:
         """A task leased a slot after `waited_ms` in the queue (retries: since admission)."""
         self._inc("tasks_started", pool_id, replica.id, replica.engine, replica.engine_version)
         self._set("slots_busy", replica.busy, pool_id, replica.id)
-        self._child("queue_wait", (pool_id, priority.value)).observe(waited_ms)
+        self._histogram("queue_wait", (pool_id, priority.value)).observe(waited_ms)
 
     def add_pool(self, pool_id: str, estimate: Callable[[Priority], float]) -> None:
         """A pool exists: its rare-event counters start at 0 (so alerts on them have a
@@ -208,7 +201,7 @@ class Metrics:
         self._child("determinism_failures", (pool_id,))
         for priority in PRIORITIES:
             child = self._child("queue_estimated_wait", (pool_id, priority.value))
-            child.set_function(lambda p=priority: estimate(p))
+            child.set_function(partial(estimate, priority))
 
     def on_released(self, pool_id: str, replica: Replica) -> None:
         self._set("slots_busy", replica.busy, pool_id, replica.id)
@@ -249,8 +242,8 @@ class Metrics:
         first, end = ended.first_token_at, ended.ended_at
         if first is not None and end is not None:
             labels = (pool_id, task.priority.value)
-            self._child("latency_first_token", labels).observe(first - ended.admitted_at)
-            self._child("latency_decode", labels).observe(end - first)
+            self._histogram("latency_first_token", labels).observe(first - ended.admitted_at)
+            self._histogram("latency_decode", labels).observe(end - first)
 
     # -- replicas ----------------------------------------------------------------------
 
@@ -273,10 +266,10 @@ class Metrics:
     def _drop_series(self, pool_id: str, replica_id: str) -> None:
         """Remove every series labelled with this replica, so reloads do not grow the
         exposition forever (found: each reload left the old replica ids behind)."""
-        for family, labels in list(self._children):
-            if labels[:2] == (pool_id, replica_id) and family in _REPLICA_FAMILIES:
-                self._families[family].remove(*labels)
-                del self._children[family, labels]
+        for family in _REPLICA_FAMILIES:
+            series = self._families[family].series
+            for labels in [labels for labels in series if labels[:2] == (pool_id, replica_id)]:
+                del series[labels]
 
     # -- limits (read when scraped) ----------------------------------------------------
 
@@ -284,15 +277,15 @@ class Metrics:
         self, budget: int, live: Callable[[], float], retained: Callable[[], float]
     ) -> None:
         """The memory budget and what is charged to it, read at each scrape."""
-        self._families["memory_budget"].set(budget)
+        self._child("memory_budget", ()).set(budget)
         self._child("memory_accounted", ("live",)).set_function(live)
         self._child("memory_accounted", ("retained",)).set_function(retained)
 
     def set_leader(self, leading: bool) -> None:
-        self._families["leader"].set(int(leading))
+        self._child("leader", ()).set(int(leading))
 
     def watch_connections(self, open_now: Callable[[], float]) -> None:
-        self._families["connections_open"].set_function(open_now)
+        self._child("connections_open", ()).set_function(open_now)
 
     # -- agents ------------------------------------------------------------------------
 
@@ -316,16 +309,16 @@ class Metrics:
 
     def drop_agent(self, agent_id: str) -> None:
         """The agent was forgotten: its series go."""
-        for family, labels in list(self._children):
-            if family.startswith("agent_") and labels[0] == agent_id:
-                self._families[family].remove(*labels)
-                del self._children[family, labels]
+        for name, family in self._families.items():
+            if name.startswith("agent_"):
+                for labels in [labels for labels in family.series if labels[0] == agent_id]:
+                    del family.series[labels]
 
     # -- the task store ----------------------------------------------------------------
 
     def on_store_commit(self, seconds: float) -> None:
         """Once per group commit (many admissions and endings each)."""
-        self._families["store_commit"].observe(seconds * 1000.0)
+        self._histogram("store_commit", ()).observe(seconds * 1000.0)
 
     # -- the Batch API -----------------------------------------------------------------
 

@@ -9,7 +9,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ci"))
 
 import metrics_lint
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
+from orchestratord.telemetry.series import Family, SeriesCollector
 from tests.helpers import mock_pool
 
 
@@ -56,3 +65,37 @@ async def test_scrape_after_traffic_conforms(start_daemon):
     assert 'tasks_finished_total{pool_id="a",state="expired"} 1.0' in scrape
     assert 'tasks_finished_total{pool_id="b",state="failed"} 1.0' in scrape
     assert 'tasks_rejected_total{pool_id="b",reason="queue_full"} 1.0' in scrape
+
+
+def test_plain_series_expose_what_prometheus_clients_own_metrics_do():
+    """OC-METRICS-6001: the daemon's lock-free series (`telemetry.series`) scrape exactly as
+    prometheus-client's Counter, Gauge and Histogram do after the same changes — names,
+    suffixes, `le` bounds (a value on a bound counts in it), order, removed series gone."""
+    disable_created_metrics()  # (the daemon's families have no `_created` either)
+    bounds = (1.0, 2.5, 10.0)
+    theirs = CollectorRegistry()
+    counter = Counter("jobs", "Jobs", ("pool", "state"), registry=theirs)
+    gauge = Gauge("depth", "Depth", (), registry=theirs)
+    histogram = Histogram("wait_ms", "Wait", ("pool",), buckets=bounds, registry=theirs)
+    ours = [
+        Family("counter", "jobs", "Jobs", ("pool", "state")),
+        Family("gauge", "depth", "Depth", ()),
+        Family("histogram", "wait_ms", "Wait", ("pool",), bounds),
+    ]
+    mine = CollectorRegistry()
+    mine.register(SeriesCollector(ours))
+    counter.labels("a", "done").inc()
+    counter.labels("b", "done").inc(3)
+    counter.labels("a", "failed").inc(0.5)
+    counter.remove("b", "done")
+    gauge.set_function(lambda: 7)
+    for value in (0.5, 1.0, 2.6, 10.0, 11.0):
+        histogram.labels("a").observe(value)
+    ours[0].value(("a", "done")).inc()
+    ours[0].value(("b", "done")).inc(3)
+    ours[0].value(("a", "failed")).inc(0.5)
+    del ours[0].series[("b", "done")]
+    ours[1].value(()).set_function(lambda: 7)
+    for value in (0.5, 1.0, 2.6, 10.0, 11.0):
+        ours[2].distribution(("a",)).observe(value)
+    assert generate_latest(mine).decode() == generate_latest(theirs).decode()
