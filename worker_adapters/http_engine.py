@@ -72,12 +72,12 @@ class Call:
 class _BodyEvents:
     """A streamed body, read by read, as events handed to a sink."""
 
-    __slots__ = ("_decode", "_decoder", "_events", "_sink", "done")
+    __slots__ = ("_decoder", "_events", "_oversized", "_sink", "done")
 
     def __init__(
-        self, decode: Callable[[bytes | Oversized], Any], events: EventMapper, sink: EventSink
+        self, oversized: Callable[[Oversized], Any], events: EventMapper, sink: EventSink
     ) -> None:
-        self._decode, self._events, self._sink = decode, events, sink
+        self._oversized, self._events, self._sink = oversized, events, sink
         self._decoder = SseDecoder()
         #: `[DONE]` came: the connection may be kept once the body's last bytes are read.
         self.done = False
@@ -97,13 +97,15 @@ class _BodyEvents:
         stream is over for it. Those before an error still reach it, then the error."""
         events: list[StreamEvent] = []
         over = False
+        feed = self._events.feed
         try:
             for one in data:
                 if one == DONE:
                     self.done = over = True
                     events.append(self._events.end())
                     break
-                if mapped := self._events.feed(self._decode(one)):
+                chunk = self._oversized(one) if isinstance(one, Oversized) else orjson.loads(one)
+                if mapped := feed(chunk):
                     events += mapped
                     if isinstance(mapped[-1], End):
                         over = True
@@ -232,7 +234,7 @@ class HttpEngine:
             )
             if response.status != 200:
                 raise status_error(response.status, await response.read(), self.engine)
-            body = _BodyEvents(self._decode, call.events, sink)
+            body = _BodyEvents(self._oversized, call.events, sink)
             yield response, body
         except EngineConnectionError as e:
             raise connection_error(e, self.engine) from e
@@ -246,16 +248,15 @@ class HttpEngine:
             if response is not None:
                 self._client.release(response, read_to_end=body is not None and body.done)
 
-    def _decode(self, data: bytes | Oversized) -> Any:
-        """One event's JSON. Engines that send events larger than the SSE bound override
-        this to recover what they need from the kept tail."""
-        if isinstance(data, Oversized):
-            raise AdapterError(
-                ErrorCode.WORKER_RESET,
-                f"{self.engine} sent an event over the size bound",
-                engine=self.engine,
-            )
-        return orjson.loads(data)
+    def _oversized(self, data: Oversized) -> Any:
+        """The JSON of an event larger than the SSE bound (of which only the head and the
+        tail were kept): an error, unless an engine that sends such events overrides this
+        to recover what it needs from them."""
+        raise AdapterError(
+            ErrorCode.WORKER_RESET,
+            f"{self.engine} sent an event over the size bound",
+            engine=self.engine,
+        )
 
     def ended_early(self) -> AdapterError:
         return AdapterError(

@@ -75,8 +75,14 @@ class SseDecoder:
         if self._buffer or self._data or self._head is not None or b"\r" in chunk:
             return self._scan(chunk)
         # the usual reads: whole events of one `data: ` line each, split without a line scan
-        events: list[bytes | Oversized] = []
         parts = chunk.split(b"\n\n")
+        whole = len(parts) - 1
+        if (  # all of it such events (newlines only in their separators): no step per event
+            not parts[-1] and chunk.startswith(b"data: ") and len(chunk) <= self._max
+            and chunk.count(b"\n") == 2 * whole and chunk.count(b"\n\ndata: ") == whole - 1
+        ):  # fmt: skip
+            return [part[6:] for part in parts[:-1]]
+        events: list[bytes | Oversized] = []
         for i, part in enumerate(parts[:-1]):
             if not part.startswith(b"data: ") or b"\n" in part or len(part) > self._max:
                 return events + self._scan(b"\n\n".join(parts[i:]))

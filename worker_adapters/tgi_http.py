@@ -42,20 +42,18 @@ _ERROR_TYPES = {"overloaded": ErrorCode.REPLICA_EXHAUSTED, "validation": ErrorCo
 class TGIAdapter(HttpEngine):
     engine = ENGINE
 
-    def _decode(self, data: bytes | Oversized) -> Any:
+    def _oversized(self, data: Oversized) -> Any:
         # TGI's last event repeats the whole text in `generated_text`; for a large output we
         # never hold it: only the event's tail is kept, and `details` comes last.
-        if isinstance(data, Oversized):
-            at = data.rfind('"details":')
-            if at < 0:
-                raise self.ended_early()
-            event: dict[str, Any] = json.loads("{" + data[at:])
-            token_at = data.head.find('"token":')
-            if token_at >= 0:
-                start = data.head.index("{", token_at)
-                event["token"] = json.JSONDecoder().raw_decode(data.head, start)[0]
-            return event
-        return super()._decode(data)
+        at = data.rfind('"details":')
+        if at < 0:
+            raise self.ended_early()
+        event: dict[str, Any] = json.loads("{" + data[at:])
+        token_at = data.head.find('"token":')
+        if token_at >= 0:
+            start = data.head.index("{", token_at)
+            event["token"] = json.JSONDecoder().raw_decode(data.head, start)[0]
+        return event
 
     async def ready(self) -> bool:
         return await self._probe("/health")

@@ -32,6 +32,28 @@ def test_events_come_out_whole_and_in_order_however_the_body_is_cut(events, cuts
     assert got == expected
 
 
+@settings(max_examples=300)
+@given(events=st.lists(_event, max_size=12), split=st.lists(st.booleans(), max_size=12))
+def test_reads_of_whole_events_come_out_as_the_general_path_gives_them(events, split):
+    """OC-ADAPT-3002: reads that hold whole events only (what an engine's socket mostly
+    delivers; the decoder then takes them without a step per event) give the events the
+    line scan does, whatever framing they mix."""
+    frames = [
+        (b": ping\n" if ping else b"") + field + data + (b"\r\n\r\n" if crlf else b"\n\n")
+        for data, field, crlf, ping in events
+    ]
+    reads, read = [], b""
+    for i, frame in enumerate(frames):
+        read += frame
+        if i >= len(split) or split[i]:
+            reads.append(read)
+            read = b""
+    reads.append(read)
+    whole, scanned = SseDecoder(), SseDecoder()
+    got = [event for chunk in reads for event in whole.feed(chunk)] + whole.end()
+    assert got == scanned._scan(b"".join(frames)) + scanned.end()
+
+
 def test_an_event_over_the_bound_keeps_only_its_head_and_tail():
     """OC-ADAPT-3002"""
     decoder = SseDecoder(max_event_bytes=100, head_bytes=10, tail_bytes=5)
