@@ -95,8 +95,8 @@ class GuardedHandler(web.RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         if not self._in_request and self._head_timer is None:  # a new request begins
-            loop = asyncio.get_running_loop()
-            self._head_timer = loop.call_later(self._guard.header_timeout_s, self._head_late)
+            # (aiohttp's own loop: Python 3.11's get_running_loop() is a getpid() call)
+            self._head_timer = self._loop.call_later(self._guard.header_timeout_s, self._head_late)
         super().data_received(data)
 
     def request_started(self) -> None:
