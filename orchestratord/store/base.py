@@ -24,10 +24,11 @@ class StoreError(Exception):
 class Durable(asyncio.Future[None]):
     """A write's outcome: resolves once the write is durable, or fails with StoreError.
 
-    Only the store settles it. Cancelling a task that awaits it does not cancel it (`cancel`
-    declines; the waiting task is cancelled the moment the write settles), so one waiter
-    that goes away — a client that hung up — never takes the outcome from the others, and
-    a waiter awaits it directly: resumed the loop turn after the commit, where
+    Only the store settles it, and it settles every one it hands out (a write made once the
+    store is closing fails at once). Cancelling a task that awaits it does not cancel it
+    (`cancel` declines; the waiting task is cancelled the moment the write settles), so one
+    waiter that goes away — a client that hung up — never takes the outcome from the
+    others, and a waiter awaits it directly: resumed the loop turn after the commit, where
     `asyncio.shield` would add a turn (its own future is settled by a callback of this one).
     """
 

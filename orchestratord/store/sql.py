@@ -66,6 +66,8 @@ class SqlStore(TaskStore):
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Set once no write may be made any more (`abandon`, or an unusable store): why.
         self._stopped: str | None = None
+        #: `close` began: what is written after that is never committed.
+        self._closed = False
 
     # -- what a backend provides -------------------------------------------------------
 
@@ -227,6 +229,12 @@ class SqlStore(TaskStore):
         return done
 
     def _write(self, sql: str, params: tuple[Any, ...], done: Durable | None = None) -> None:
+        if self._closed:  # (a batch's writer that outlived the daemon's shutdown)
+            # its waiter hears so now: a Durable declines cancellation, so one never settled
+            # would hold its waiter, and whoever cancels it, forever
+            if done is not None:
+                done.set_exception(StoreError(f"the task store {self.location} is closed"))
+            return
         if not self._pending:  # the first write of this loop iteration: hand over after it
             assert self._loop is not None
             # ... and after what that iteration scheduled: a task admitted with this write
@@ -247,6 +255,7 @@ class SqlStore(TaskStore):
             self._inbox.put(writes)
 
     async def close(self) -> None:
+        self._closed = True
         if self._pending:
             self._hand_over()
         if self._thread is not None:

@@ -17,7 +17,7 @@ from orchestratord.service.admission import Submission
 from orchestratord.service.journal import tokens_of
 from orchestratord.service.output import Output
 from orchestratord.service.streams import END, TOKEN
-from orchestratord.store import Durable, TaskRow
+from orchestratord.store import Durable, StoreError, TaskRow
 from orchestratord.store.sqlite import MIGRATIONS, SqliteStore
 from tests.helpers import journal, mock_pool
 
@@ -215,6 +215,28 @@ async def test_a_writes_waiters_resume_the_turn_after_its_commit_and_each_may_le
         await leaving
     await staying
     await store.close()
+
+
+async def test_a_write_made_once_the_store_closes_fails_at_once_and_holds_no_waiter(tmp_path):
+    """OC-STORE-1009: a write that comes once the store is closing (a batch's writer that
+    outlived the daemon's shutdown) fails at once with StoreError: its Durable declines
+    cancellation, so one never settled would hold its waiter, and the event loop's
+    shutdown that cancels it, forever (found: a test run hung in its loop's teardown)."""
+    store = SqliteStore(tmp_path)
+    await store.open()
+    await store.close()
+    late = store.put_file("file-1", 0, "{}")
+    assert late.done()
+    with pytest.raises(StoreError, match="closed"):
+        late.result()
+    waiter = asyncio.create_task(_await(store.put_file("file-2", 0, "{}")))
+    await _on_next_turn(waiter.cancel)
+    with pytest.raises(StoreError):
+        await waiter
+
+
+async def _await(durable: Durable) -> None:
+    await durable
 
 
 async def _on_next_turn(probe: Callable[[], T]) -> T:
