@@ -267,7 +267,7 @@ MUTATIONS = (
     ),
     Mutation(
         "an engine's reads handed to the relay by a task step, not the connection's callback",
-        "worker_adapters/http_client.py",
+        "worker_adapters/http_connection.py",
         "        if self._consumer is not None:  # handed over once the read is parsed",
         "        if self._consumer is not None and False:",
         "tests/conformance/test_http_client.py::"

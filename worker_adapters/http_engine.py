@@ -32,12 +32,8 @@ from worker_adapters.base import (
     GenerateRequest,
     StreamEvent,
 )
-from worker_adapters.http_client import (
-    EngineConnectionError,
-    HttpClient,
-    NoAnswerInTime,
-    Response,
-)
+from worker_adapters.http_client import HttpClient
+from worker_adapters.http_connection import EngineConnectionError, NoAnswerInTime, Response
 from worker_adapters.http_errors import connection_error, status_error
 from worker_adapters.sse import Oversized, SseDecoder
 

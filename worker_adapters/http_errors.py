@@ -6,7 +6,7 @@ import json
 
 from orchestrator_core.errors import ErrorCode
 from worker_adapters.base import AdapterError
-from worker_adapters.http_client import EngineConnectionError
+from worker_adapters.http_connection import EngineConnectionError
 
 
 def engine_message(body: bytes) -> str:

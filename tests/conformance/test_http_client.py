@@ -1,6 +1,7 @@
-"""The engine HTTP client (`worker_adapters/http_client.py`) against a scripted HTTP/1.1
-server: what it does with the connections an engine keeps, closes or cuts short, and how
-much of a response it holds for a reader that does not keep up."""
+"""The engine HTTP client (`worker_adapters/http_client.py` and its connections,
+`http_connection.py`) against a scripted HTTP/1.1 server: what it does with the
+connections an engine keeps, closes or cuts short, and how much of a response it holds
+for a reader that does not keep up."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import trustme
 from orchestrator_core.errors import ErrorCode
 from pool_managerd.probe import poll_until
 from worker_adapters.base import AdapterError, End, GenerateRequest, Token
-from worker_adapters.http_client import HIGH_WATER, IDLE_S, HttpClient, Response
+from worker_adapters.http_client import HttpClient
+from worker_adapters.http_connection import HIGH_WATER, IDLE_S, Response
 from worker_adapters.openai_http import OpenAIAdapter
 
 Answer = Callable[[int, asyncio.StreamWriter], Awaitable[bool]]
