@@ -146,17 +146,17 @@ class Metrics:
             self._families[attr] = Family(kind, name, help_text, labels, bounds)
         self.registry.register(SeriesCollector(list(self._families.values())))
 
-    def _child(self, family: str, labels: tuple[str, ...]) -> Value:
+    def _value(self, family: str, labels: tuple[str, ...]) -> Value:
         return self._families[family].value(labels)
 
     def _histogram(self, family: str, labels: tuple[str, ...]) -> Distribution:
         return self._families[family].distribution(labels)
 
     def _inc(self, family: str, *labels: str, by: float = 1) -> None:
-        self._families[family].value(labels).inc(by)
+        self._value(family, labels).inc(by)
 
     def _set(self, family: str, value: float, *labels: str) -> None:
-        self._families[family].value(labels).set(value)
+        self._value(family, labels).set(value)
 
     # -- admission and queues ----------------------------------------------------------
 
@@ -198,9 +198,9 @@ class Metrics:
         """A pool exists: its rare-event counters start at 0 (so alerts on them have a
         series to watch), and `estimate` gives the wait a new task of each priority would
         see, read at each scrape."""
-        self._child("determinism_failures", (pool_id,))
+        self._value("determinism_failures", (pool_id,))
         for priority in PRIORITIES:
-            child = self._child("queue_estimated_wait", (pool_id, priority.value))
+            child = self._value("queue_estimated_wait", (pool_id, priority.value))
             child.set_function(partial(estimate, priority))
 
     def on_released(self, pool_id: str, replica: Replica) -> None:
@@ -253,7 +253,7 @@ class Metrics:
             self._drop_series(pool_id, rid)
             return
         self._set("replica_ready", int(replica.state is ReplicaState.READY), pool_id, rid)
-        self._child("replica_restarts", (pool_id, rid))  # 0 until the first restart
+        self._value("replica_restarts", (pool_id, rid))  # 0 until the first restart
         self._set("slots_total", replica.slots_total, pool_id, rid)
         if event is ReplicaEvent.RESTART:
             self._inc("replica_restarts", pool_id, rid)
@@ -277,15 +277,15 @@ class Metrics:
         self, budget: int, live: Callable[[], float], retained: Callable[[], float]
     ) -> None:
         """The memory budget and what is charged to it, read at each scrape."""
-        self._child("memory_budget", ()).set(budget)
-        self._child("memory_accounted", ("live",)).set_function(live)
-        self._child("memory_accounted", ("retained",)).set_function(retained)
+        self._value("memory_budget", ()).set(budget)
+        self._value("memory_accounted", ("live",)).set_function(live)
+        self._value("memory_accounted", ("retained",)).set_function(retained)
 
     def set_leader(self, leading: bool) -> None:
-        self._child("leader", ()).set(int(leading))
+        self._value("leader", ()).set(int(leading))
 
     def watch_connections(self, open_now: Callable[[], float]) -> None:
-        self._child("connections_open", ()).set_function(open_now)
+        self._value("connections_open", ()).set_function(open_now)
 
     # -- agents ------------------------------------------------------------------------
 
@@ -300,7 +300,7 @@ class Metrics:
         """An agent joined, reported, beat or was lost: its connection, replicas by state,
         and GPUs as (index, memory used, utilisation 0..1); the age is read at scrape."""
         self._set("agent_connected", int(connected), agent_id)
-        self._child("agent_seen_age", (agent_id,)).set_function(seen_age)
+        self._value("agent_seen_age", (agent_id,)).set_function(seen_age)
         for state in ReplicaState:
             self._set("agent_replicas", replicas.get(state, 0), agent_id, state.value)
         for index, used, utilization in gpus:
@@ -325,8 +325,8 @@ class Metrics:
     def on_batch(self, before: str | None, after: str) -> None:
         """A batch moved from status `before` (None: new, or loaded on start) to `after`."""
         if before is not None:
-            self._child("batches", (before,)).dec()
-        self._child("batches", (after,)).inc()
+            self._value("batches", (before,)).dec()
+        self._value("batches", (after,)).inc()
 
     def on_batch_item(self, outcome: str) -> None:
         self._inc("batch_items", outcome)

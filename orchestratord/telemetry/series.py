@@ -74,9 +74,11 @@ class Family:
         self, kind: Kind, name: str, help_text: str, labels: tuple[str, ...],
         bounds: tuple[float, ...] = (),
     ) -> None:  # fmt: skip
-        self.kind, self.name, self.help, self.labels, self.bounds = (
-            kind, name, help_text, labels, bounds,
-        )  # fmt: skip
+        self.kind = kind
+        self.name = name
+        self.help = help_text
+        self.labels = labels
+        self.bounds = bounds
         self.series: dict[tuple[str, ...], Value | Distribution] = {}
         if not labels:  # an unlabelled family has its one series from the start, at 0
             self._new(())
