@@ -5,8 +5,9 @@ refused at once. Problems are reported per line; a file with any is not kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from hashlib import blake2b
+from typing import IO
 
 from pydantic import ValidationError
 
@@ -119,6 +120,18 @@ def feed_later(refused: Refusal) -> float | None:
     if refused.retry_after_ms is not None:  # the queue is full
         return refused.retry_after_ms / 1000
     return _PASSING_RETRY_S if refused.code in _PASSING else None
+
+
+def lines_from(source: IO[bytes], offset: int | None, *, skip: int) -> Iterator[tuple[bytes, int]]:
+    """(line, offset after it) from byte `offset` on — or, where it is not known (after a
+    restart), after the first `skip` lines."""
+    if offset is None:
+        for _ in range(skip):
+            source.readline()
+    else:
+        source.seek(offset)
+    while raw := source.readline():
+        yield raw, source.tell()
 
 
 def _first_error(e: ValidationError) -> str:

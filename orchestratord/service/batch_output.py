@@ -13,14 +13,41 @@ import orjson
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import TaskState
 from orchestratord.api_models import EndEvent
-from orchestratord.batch_models import Batch, BatchInputLine
+from orchestratord.batch_models import Batch, BatchInputLine, BatchStatus
 from orchestratord.service import journal
+from orchestratord.service.batch_files import FileShelf
 from orchestratord.service.openai_requests import completion_body
 from orchestratord.service.records import Door
 from orchestratord.store import BatchItem, TaskStore
 
 #: Finished items read from the store, and lines written, per page.
 PAGE = 512
+
+#: Why lines that never ran did not, by the status the batch ends in.
+_NEVER_RAN = {"cancelled": "batch_cancelled", "expired": "batch_expired"}
+
+
+async def write_output(files: FileShelf, store: TaskStore, doc: Batch, final: BatchStatus,
+                       tenant: str) -> None:  # fmt: skip
+    """Write `doc`'s output and error files from the start — every line of its input once,
+    in order — publish those that hold lines (owned by `tenant`), and name them in `doc`.
+    Raises whatever stopped it (the disk, the store); nothing is published then."""
+    out_id, err_id = f"file-{doc.id}-output", f"file-{doc.id}-errors"
+    written = {out_id: 0, err_id: 0}
+    for file_id in written:
+        files.start_output(file_id)
+    source = await files.local(doc.input_file_id)
+    async for page in output_pages(store, source, doc, _NEVER_RAN.get(final)):
+        for file_id, lines in ((out_id, page[0]), (err_id, page[1])):
+            if lines:
+                await files.append(file_id, lines)
+                written[file_id] += len(lines)
+    for file_id, count in written.items():
+        if count:
+            kind = "output" if file_id == out_id else "errors"
+            await files.keep_output(file_id, f"{doc.id}_{kind}.jsonl", tenant)
+    doc.output_file_id = out_id if written[out_id] else None
+    doc.error_file_id = err_id if written[err_id] else None
 
 
 async def output_pages(

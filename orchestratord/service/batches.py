@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
 
 import orjson
 import structlog
@@ -40,8 +38,8 @@ from orchestratord.principals import Principal
 from orchestratord.service import journal
 from orchestratord.service.admission import Admission
 from orchestratord.service.batch_files import FileShelf, new_id
-from orchestratord.service.batch_input import feed_later, item_submission
-from orchestratord.service.batch_output import output_pages
+from orchestratord.service.batch_input import feed_later, item_submission, lines_from
+from orchestratord.service.batch_output import write_output
 from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.records import Door, TaskRecord
 from orchestratord.service.refusal import Refusal
@@ -52,6 +50,8 @@ from orchestratord.telemetry import Metrics
 log = structlog.get_logger("orchestratord")
 
 COMPLETION_WINDOW_S = 24 * 3600
+#: Output files that could not be written are tried again after 1 s, then 2, 4 … this.
+OUTPUT_RETRY_MAX_S = 60.0
 _FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
@@ -70,7 +70,9 @@ class _Run:
     live: set[str] = field(default_factory=set)
     retry: asyncio.TimerHandle | None = None
     expiry: asyncio.TimerHandle | None = None
+    #: Writing the output files (finalizing), and how often that failed.
     writer: asyncio.Task[None] | None = None
+    output_failures: int = 0
 
     @property
     def counts(self) -> RequestCounts:
@@ -96,7 +98,8 @@ class Batches:
         self.files = FileShelf(store, admission.serves, config.max_file_bytes)
         self._runs: dict[str, _Run] = {}
         self._paused = False
-        #: Woken whenever a batch reaches a final status (tests and `orchctl` wait on it).
+        #: Woken whenever a batch reaches a final status, or its output files could not be
+        #: written (tests and `orchctl` wait on it).
         self.changed = asyncio.Event()
         book.on_batch_item = self._item_ended
 
@@ -236,15 +239,15 @@ class Batches:
                 self._begin_final(run, "completed")
         elif status == "cancelling" and not run.live:
             self._begin_final(run, "cancelled")
-        elif status == "finalizing" and not run.live and run.writer is None:
-            run.writer = asyncio.get_running_loop().create_task(self._write_output(run))
+        elif status == "finalizing" and not (run.live or run.writer or run.retry):
+            run.writer = asyncio.get_running_loop().create_task(self._finalize(run))
 
     def _feed(self, run: _Run) -> None:
         if run.retry is not None or self._paused:
             return
         doc = run.doc
         with self.files.path(doc.input_file_id).open("rb") as source:
-            lines = _lines_from(source, run)
+            lines = lines_from(source, run.offset, skip=run.fed)
             while len(run.live) < self._window and run.fed < run.counts.total:
                 raw, next_offset = next(lines)
                 line = run.fed
@@ -330,10 +333,13 @@ class Batches:
             for timer in (run.expiry, run.retry):
                 if timer is not None:
                     timer.cancel()
-            self.changed.set()
-            self.changed = asyncio.Event()
+            self._wake()
         saved = {"batch": doc.model_dump(), "tenant": run.tenant, "final": run.final}
         return self._store.put_batch(doc.id, doc.created_at, orjson.dumps(saved).decode())
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
 
     # -- finalizing ----------------------------------------------------------------
 
@@ -342,33 +348,35 @@ class Batches:
         self._set(run, "finalizing")
         self._advance(run)
 
-    async def _write_output(self, run: _Run) -> None:
-        """Write the output and error files — every line of the input once, in order —
-        then end the batch. Done again from the start if a restart interrupts it."""
+    async def _finalize(self, run: _Run) -> None:
+        """Write the output and error files, then end the batch. Done again from the start
+        if it fails (later, `_output_failed`) or a restart interrupts it."""
         doc, final = run.doc, run.final or "completed"
-        out_id, err_id = f"file-{doc.id}-output", f"file-{doc.id}-errors"
-        written = {out_id: 0, err_id: 0}
-        for file_id in written:
-            self.files.start_output(file_id)
-        reason = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(final)
-        source = await self.files.local(doc.input_file_id)
-        pages = output_pages(self._store, source, doc, reason)
-        async for page in pages:
-            for file_id, lines in ((out_id, page[0]), (err_id, page[1])):
-                if lines:
-                    await self.files.append(file_id, lines)
-                    written[file_id] += len(lines)
-        for file_id, count in written.items():
-            if count:
-                kind = "output" if file_id == out_id else "errors"
-                await self.files.keep_output(file_id, f"{doc.id}_{kind}.jsonl", run.tenant)
-        doc.output_file_id = out_id if written[out_id] else None
-        doc.error_file_id = err_id if written[err_id] else None
+        try:
+            await write_output(self.files, self._store, doc, final, run.tenant)
+        except Exception as e:  # a full disk, the store gone: whatever it is, try again later
+            self._output_failed(run, e)
+            return
         durable = self._set(run, final)
         if durable is not None:
             await durable
         self._store.drop_batch_items(doc.id)
         log.info("batch ended", batch_id=doc.id, status=final, **doc.request_counts.model_dump())
+
+    def _output_failed(self, run: _Run, error: Exception) -> None:
+        """The batch stays `finalizing` (its items' results are journaled) and its files are
+        written again after a backoff — unless the daemon is going away: its restart does."""
+        run.writer = None
+        run.output_failures += 1
+        delay = min(OUTPUT_RETRY_MAX_S, 2.0 ** (run.output_failures - 1))
+        self._metrics.on_batch_output_failed()
+        log.error(
+            "batch output not written", batch_id=run.doc.id, error=repr(error),
+            failures=run.output_failures, retry_in_s=None if self._paused else delay,
+        )  # fmt: skip
+        if not self._paused:
+            run.retry = asyncio.get_running_loop().call_later(delay, self._retry, run)
+        self._wake()
 
 
 _STAMPS: dict[str, str] = {
@@ -380,14 +388,3 @@ _STAMPS: dict[str, str] = {
 
 def _door(url: str) -> Door:
     return Door.OPENAI_CHAT if url == "/v1/chat/completions" else Door.OPENAI_COMPLETION
-
-
-def _lines_from(source: IO[bytes], run: _Run) -> Iterator[tuple[bytes, int]]:
-    """(line, offset after it) from where feeding stands (found again after a restart)."""
-    if run.offset is None:
-        for _ in range(run.fed):
-            source.readline()
-        run.offset = source.tell()
-    source.seek(run.offset)
-    while raw := source.readline():
-        yield raw, source.tell()

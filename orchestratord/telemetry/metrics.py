@@ -86,6 +86,8 @@ _FAMILIES: tuple[tuple[str, Kind, str, str, tuple[str, ...]], ...] = (
      "One group commit of the task store, ms", ()),
     ("batches", "gauge", "batches", "Batch API batches by status", ("status",)),
     ("batch_items", "counter", "batch_items", "Batch API items ended, by outcome", ("outcome",)),
+    ("batch_output_failures", "counter", "batch_output_failures",
+     "Finished batches whose output files could not be written (tried again later)", ()),
     ("memory_accounted", "gauge", "memory_accounted_bytes",
      "Bytes charged to the memory budget, by live and retained (finished) tasks", ("kind",)),
     ("memory_budget", "gauge", "memory_budget_bytes", "server.memory_budget_bytes", ()),
@@ -330,3 +332,6 @@ class Metrics:
 
     def on_batch_item(self, outcome: str) -> None:
         self._inc("batch_items", outcome)
+
+    def on_batch_output_failed(self) -> None:
+        self._inc("batch_output_failures")

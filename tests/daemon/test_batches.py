@@ -257,3 +257,34 @@ async def test_a_drained_pool_holds_a_batch_back_and_fails_none_of_its_lines(sta
         6,
         0,
     )
+
+
+async def test_output_that_cannot_be_written_is_written_again_later(start_daemon):
+    """OC-BATCH-1108"""
+    api = await start_daemon(mock_pool(replicas={"managed": {"slots": 1}}))
+    client = sdk(api)
+    batches = api.daemon.service.batches
+    hold = await client.completions.create(
+        model="mock-model", prompt="[[stall:0]]", max_tokens=2, stream=True
+    )  # the batch's items wait behind it
+    uploaded = await client.files.create(
+        file=("in.jsonl", jsonl([chat_line(i) for i in range(3)])), purpose="batch"
+    )
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    # where the output file goes, a directory: writing it fails as a full disk would
+    blocked = batches.files.path(f"file-{batch.id}-output")
+    blocked.mkdir(parents=True)
+    failed = batches.changed
+    await hold.close()
+    await failed.wait()
+    stuck = await client.batches.retrieve(batch.id)
+    assert (stuck.status, stuck.request_counts.completed) == ("finalizing", 3)
+    async with api.http.get(f"{api.base}/metrics") as r:
+        assert "\nbatch_output_failures_total 1.0\n" in await r.text()
+    blocked.rmdir()
+    done = await until_final(api, client, batch.id)
+    assert done.status == "completed"
+    output = (await client.files.content(done.output_file_id)).text.splitlines()
+    assert [json.loads(line)["custom_id"] for line in output] == ["req-0", "req-1", "req-2"]
