@@ -31,6 +31,8 @@ from orchestratord.service.streams import END, ERROR, TOKEN
 CHAT, COMPLETIONS, MODELS = "/v1/chat/completions", "/v1/completions", "/v1/models"
 #: The paths whose errors are rendered in OpenAI's shape.
 PATHS = frozenset({CHAT, COMPLETIONS, MODELS})
+#: One model's card: its id may hold slashes (`org/name`), as OpenAI's SDK sends it.
+MODEL = MODELS + "/{model:.+}"
 
 
 def _priority(request: web.Request, field: Priority | None) -> Priority:
@@ -108,8 +110,12 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
     async def models(request: web.Request) -> web.Response:
         return json_response(svc.models())
 
+    async def model(request: web.Request) -> web.Response:
+        return json_response(svc.model(request.match_info["model"]))
+
     return [
         web.post(CHAT, chat_completions),
         web.post(COMPLETIONS, completions),
         web.get(MODELS, models),
+        web.get(MODEL, model),
     ]

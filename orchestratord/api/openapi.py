@@ -10,6 +10,7 @@ source) and the operation table (`api.operations`). `make regen` writes them to
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ _SSE_EVENT = {
 }
 
 
+_PATH_PARAMETER = re.compile(r"\{(\w+)\}")
+
+
 def _schemas(models: list[type[BaseModel]]) -> dict[str, Any]:
     _, defs = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
@@ -96,16 +100,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     string = {"type": "string"}
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": string}
-        for name in (
-            "task_id",
-            "session_id",
-            "pool_id",
-            "file_id",
-            "batch_id",
-            "key_id",
-            "agent_id",
-        )
-        if f"{{{name}}}" in op.path
+        for name in _PATH_PARAMETER.findall(op.path)
     ]
     params.append({
         "name": "X-Correlation-Id", "in": "header", "required": False,

@@ -120,6 +120,10 @@ OPERATIONS: tuple[Operation, ...] = (
         ok={200: oai.ModelList}, error=oai.OpenAIError, access=READ,
     ),
     Operation(
+        "get", "/v1/models/{model}", "openai", "One served model (its id may hold slashes)",
+        ok={200: oai.ModelCard}, errors=(404,), error=oai.OpenAIError, access=READ,
+    ),
+    Operation(
         "post", "/v1/files", "openai",
         "Upload a batch input file (multipart: `purpose=batch`, then `file`, JSONL); every "
         "line is checked, and a file with a bad line is refused naming it",

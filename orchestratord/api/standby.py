@@ -25,7 +25,7 @@ from orchestratord.telemetry import Metrics
 
 def openai_shaped(path: str) -> bool:
     """Whether errors on `path` take OpenAI's shape (the OpenAI door and the Batch API)."""
-    return path in openai_door.PATHS or path.startswith(batch_api.PREFIXES)
+    return path in openai_door.PATHS or path.startswith((openai_door.MODELS, *batch_api.PREFIXES))
 
 
 def not_leader(request: web.Request, leader_url: str | None) -> web.Response:

@@ -279,6 +279,13 @@ class Orchestrator:
     def models(self) -> oai.ModelList:
         return views.models(self.pools.values(), self.started)
 
+    def model(self, model: str) -> oai.ModelCard:
+        """The card of one served model (`GET /v1/models/{model}`); else UNKNOWN_MODEL."""
+        for card in self.models().data:
+            if card.id == model:
+                return card
+        raise Refusal(ErrorCode.UNKNOWN_MODEL, f"model {model!r} is not served here", field="model")
+
     def drain(self, pool_id: str, deadline_ms: int) -> None:
         self.pool(pool_id).drain(deadline_ms)
 

@@ -41,6 +41,7 @@ RULES: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/chat/completions"): {"submit"},
     ("post", "/v1/completions"): {"submit"},
     ("get", "/v1/models"): {"read"},
+    ("get", "/v1/models/{model}"): {"read"},
     ("post", "/v1/files"): {"submit"},
     ("get", "/v1/files"): {"read"},
     ("get", "/v1/files/{file_id}"): {"read"},

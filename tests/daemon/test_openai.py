@@ -79,6 +79,18 @@ async def test_chat_and_completions_stream_and_not_are_tasks(start_daemon):
     assert card.model_extra["ready"] is True and card.model_extra["chat_template"] == "engine"
 
 
+async def test_the_sdk_retrieves_one_model_by_an_id_that_may_hold_slashes(start_daemon):
+    """OC-OAI-9001, OC-OAI-9002"""
+    api = await start_daemon(mock_pool(), mock_pool("org", model="org/tiny-chat"))
+    client, _ = clients(api)
+    card = await client.models.retrieve("org/tiny-chat")
+    assert (card.id, card.object, card.model_extra["pools"]) == ("org/tiny-chat", "model", ["org"])
+    assert (await client.models.retrieve("mock-model")).model_extra["ready"] is True
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.models.retrieve("org/nope")
+    assert err.value.code == "UNKNOWN_MODEL" and err.value.param == "model"
+
+
 async def test_errors_are_openai_shaped_with_our_codes(start_daemon):
     """OC-OAI-9002"""
     api = await start_daemon(
