@@ -70,7 +70,7 @@ class PoolDispatcher:
         self.estimator = ServiceEstimator()
         self.placement = PoolPlacement(config, self.queue, self.estimator, metrics)
         self.manager = replica_set(config, self._on_replica_event, remote)
-        metrics.add_pool(self.id, self.estimated_wait_ms)
+        metrics.add_pool(self.id, self.queue, self.estimated_wait_ms)
         #: Tasks holding a slot lease, by id.
         self.running: dict[str, TaskRecord] = {}
         self._book = book
@@ -199,7 +199,6 @@ class PoolDispatcher:
                 rec = self._book.get(step.task.id)
                 assert rec is not None
                 self._start(rec, step, self.manager.lease(step.replica_id, step.slot), now)
-            self._metrics.on_queue(self.id, self.queue)
             self._arm_timer()
         finally:
             self._pumping = False
@@ -231,7 +230,6 @@ class PoolDispatcher:
         rec.runner = None
         self.manager.release(lease)
         self.placement.ended(rec)
-        self._metrics.on_released(self.id, lease.replica)
         # run_task catches everything but cancellation
         failure = None if runner.cancelled() else runner.result()
         if failure is not None:
@@ -300,7 +298,6 @@ class PoolDispatcher:
         if task.state is TaskState.QUEUED:
             self.queue.cancel(task.id)
             self._book.finish(rec, TaskState.CANCELED, code, why)
-            self._metrics.on_queue(self.id, self.queue)
             self._check_idle()
         elif task.state is TaskState.RUNNING:
             self._book.finish(rec, TaskState.CANCELED, code, why)
@@ -323,7 +320,6 @@ class PoolDispatcher:
             self._book.finish(rec, TaskState.CANCELED, code, why)
             if rec.runner is not None:
                 rec.runner.cancel()
-        self._metrics.on_queue(self.id, self.queue)
         self._check_idle()
 
     # -- replicas ----------------------------------------------------------------------

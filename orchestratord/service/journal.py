@@ -39,11 +39,12 @@ def task_row(rec: TaskRecord, now_ms: float) -> TaskRow:
     assert request is not None
     wall = unix_ms()
     deadline = None if task.deadline_ms is None else round(wall + task.deadline_ms - now_ms)
+    # enums go in as they are: orjson writes their values
     spec = {
-        "model": rec.model, "door": rec.door.value, "engine": rec.engine,
-        "tenant": task.tenant, "priority": task.priority.value, "session_id": task.session_id,
-        "deadline_unix_ms": deadline, "determinism": task.determinism.value,
-        "placement": [task.placement.mode.value, task.placement.replica_id],
+        "model": rec.model, "door": rec.door, "engine": rec.engine,
+        "tenant": task.tenant, "priority": task.priority, "session_id": task.session_id,
+        "deadline_unix_ms": deadline, "determinism": task.determinism,
+        "placement": [task.placement.mode, task.placement.replica_id],
         "prompt_tokens": task.prompt_tokens, "max_tokens": task.max_tokens,
         "correlation_id": rec.correlation_id, "created": rec.created, "seed": rec.seed,
         "request": {

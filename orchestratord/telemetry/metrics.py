@@ -114,8 +114,6 @@ _BUCKETS = {
     "store_commit": (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000),
 }
 
-_PRIORITY_LABELS = tuple((priority, priority.value) for priority in PRIORITIES)
-
 #: How a terminal (state, code) is counted beyond `tasks_finished`: (family, reason).
 _ENDINGS: dict[tuple[TaskState, ErrorCode | None], tuple[str, str]] = {
     (TaskState.CANCELED, ErrorCode.CANCELED): ("tasks_canceled", "client"),
@@ -154,6 +152,8 @@ class Metrics:
     def _histogram(self, family: str, labels: tuple[str, ...]) -> Distribution:
         return self._families[family].distribution(labels)
 
+    # Label values are plain strings or StrEnum members, which are strings equal to their
+    # values (one series either way; `.value` costs two Python calls on the hot path).
     def _inc(self, family: str, *labels: str, by: float = 1) -> None:
         self._value(family, labels).inc(by)
 
@@ -163,17 +163,13 @@ class Metrics:
     # -- admission and queues ----------------------------------------------------------
 
     def on_admitted(self, pool_id: str, priority: Priority) -> None:
-        self._inc("tasks_enqueued", pool_id, priority.value)
+        self._inc("tasks_enqueued", pool_id, priority)
 
     def on_rejected(self, pool_id: str, reason: str, policy: QueuePolicy | None = None) -> None:
         """A request refused at admission; `policy` when it was the queue's backpressure."""
         self._inc("tasks_rejected", pool_id, reason)
         if policy is not None:
             self._inc("backpressure", pool_id, policy.value)
-
-    def on_queue(self, pool_id: str, queue: PoolQueue) -> None:
-        for priority, label in _PRIORITY_LABELS:  # (twice per task: no `.value` per call)
-            self._set("queue_depth", queue.depth(priority), pool_id, label)
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -193,20 +189,19 @@ class Metrics:
     ) -> None:
         """A task leased a slot after `waited_ms` in the queue (retries: since admission)."""
         self._inc("tasks_started", pool_id, replica.id, replica.engine, replica.engine_version)
-        self._set("slots_busy", replica.busy, pool_id, replica.id)
-        self._histogram("queue_wait", (pool_id, priority.value)).observe(waited_ms)
+        self._histogram("queue_wait", (pool_id, priority)).observe(waited_ms)
 
-    def add_pool(self, pool_id: str, estimate: Callable[[Priority], float]) -> None:
+    def add_pool(
+        self, pool_id: str, queue: PoolQueue, estimate: Callable[[Priority], float]
+    ) -> None:
         """A pool exists: its rare-event counters start at 0 (so alerts on them have a
-        series to watch), and `estimate` gives the wait a new task of each priority would
-        see, read at each scrape."""
+        series to watch); its queue's depth, and the wait `estimate` says a new task of
+        each priority would see, are read at each scrape (not set per task)."""
         self._value("determinism_failures", (pool_id,))
         for priority in PRIORITIES:
-            child = self._value("queue_estimated_wait", (pool_id, priority.value))
-            child.set_function(partial(estimate, priority))
-
-    def on_released(self, pool_id: str, replica: Replica) -> None:
-        self._set("slots_busy", replica.busy, pool_id, replica.id)
+            labels = (pool_id, priority.value)
+            self._value("queue_depth", labels).set_function(partial(queue.depth, priority))
+            self._value("queue_estimated_wait", labels).set_function(partial(estimate, priority))
 
     def on_determinism_failure(self, pool_id: str) -> None:
         self._inc("determinism_failures", pool_id)
@@ -225,9 +220,9 @@ class Metrics:
         """Once per task, at its terminal state."""
         task = ended.task
         pool_id = task.pool_id
-        self._inc("tasks_finished", pool_id, task.state.value)
+        self._inc("tasks_finished", pool_id, task.state)
         tenant = self._tenant(task.tenant)
-        self._inc("tenant_tasks_finished", tenant, task.state.value)
+        self._inc("tenant_tasks_finished", tenant, task.state)
         if ended.tokens_out:
             self._inc("tenant_tokens_out", tenant, by=ended.tokens_out)
         if ended.tokens_in:
@@ -243,7 +238,7 @@ class Metrics:
             self._inc("tokens_in", pool_id, ended.engine, by=ended.tokens_in)
         first, end = ended.first_token_at, ended.ended_at
         if first is not None and end is not None:
-            labels = (pool_id, task.priority.value)
+            labels = (pool_id, task.priority)
             self._histogram("latency_first_token", labels).observe(first - ended.admitted_at)
             self._histogram("latency_decode", labels).observe(end - first)
 
@@ -257,6 +252,9 @@ class Metrics:
         self._set("replica_ready", int(replica.state is ReplicaState.READY), pool_id, rid)
         self._value("replica_restarts", (pool_id, rid))  # 0 until the first restart
         self._set("slots_total", replica.slots_total, pool_id, rid)
+        # leased slots are read at each scrape (not set per lease), from the replica object
+        # this event is about: a restart may bring a new one under the same id
+        self._value("slots_busy", (pool_id, rid)).set_function(partial(_busy, replica))
         if event is ReplicaEvent.RESTART:
             self._inc("replica_restarts", pool_id, rid)
         elif event is ReplicaEvent.STATS:
@@ -335,3 +333,7 @@ class Metrics:
 
     def on_batch_output_failed(self) -> None:
         self._inc("batch_output_failures")
+
+
+def _busy(replica: Replica) -> int:
+    return replica.busy

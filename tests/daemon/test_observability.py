@@ -59,11 +59,15 @@ async def test_queue_wait_is_measured_and_the_expected_wait_is_exported(start_da
     )
     assert expected >= 400
     assert got[("queue_wait_ms_count", labels)] == 2  # two tasks have started so far
+    # the queue's depth and the leased slots, as they are when scraped
+    busy = [v for (name, _), v in got.items() if name == "replica_slots_busy"]
+    assert (got[("queue_depth", labels)], busy) == (1, [1])
     assert await api.cancel(hold["task_id"]) == 204
     await api.wait_state(queued["task_id"], "completed")
     _, text = await api.get("/metrics")
     after = samples(text)
     assert after[("queue_wait_ms_count", labels)] == 3
+    assert after[("queue_depth", labels)] == 0
     assert after[("queue_wait_ms_sum", labels)] > got[("queue_wait_ms_sum", labels)]
 
 
