@@ -27,11 +27,13 @@ PAGE = 512
 _NEVER_RAN = {"cancelled": "batch_cancelled", "expired": "batch_expired"}
 
 
-async def write_output(files: FileShelf, store: TaskStore, doc: Batch, final: BatchStatus,
-                       tenant: str) -> None:  # fmt: skip
+async def write_output(
+    files: FileShelf, store: TaskStore, doc: Batch, final: BatchStatus, tenant: str
+) -> None:
     """Write `doc`'s output and error files from the start — every line of its input once,
     in order — publish those that hold lines (owned by `tenant`), and name them in `doc`.
-    Raises whatever stopped it (the disk, the store); nothing is published then."""
+    Raises whatever stopped it (the disk, the store); `doc` names no file then, and the
+    next try writes both again."""
     out_id, err_id = f"file-{doc.id}-output", f"file-{doc.id}-errors"
     written = {out_id: 0, err_id: 0}
     for file_id in written:
