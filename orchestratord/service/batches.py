@@ -44,7 +44,7 @@ from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.records import Door, TaskRecord
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.tasks import TaskBook
-from orchestratord.store import Durable, Snapshot, TaskRow, TaskStore
+from orchestratord.store import Durable, Snapshot, StoreError, TaskRow, TaskStore
 from orchestratord.telemetry import Metrics
 
 log = structlog.get_logger("orchestratord")
@@ -359,7 +359,11 @@ class Batches:
             return
         durable = self._set(run, final)
         if durable is not None:
-            await durable
+            try:
+                await durable
+            except StoreError as e:  # its items stay: a restart finalizes it again
+                log.warning("batch end not journaled", batch_id=doc.id, error=str(e))
+                return
         self._store.drop_batch_items(doc.id)
         log.info("batch ended", batch_id=doc.id, status=final, **doc.request_counts.model_dump())
 
