@@ -371,15 +371,17 @@ class Batches:
         """The batch stays `finalizing` (its items' results are journaled) and its files are
         written again after a backoff — unless the daemon is going away: its restart does."""
         run.writer = None
+        if self._paused:  # (the store closes with the daemon: that is not the disk failing)
+            log.info("batch output left for the restart", batch_id=run.doc.id, error=repr(error))
+            return
         run.output_failures += 1
         delay = min(OUTPUT_RETRY_MAX_S, 2.0 ** (run.output_failures - 1))
         self._metrics.on_batch_output_failed()
         log.error(
             "batch output not written", batch_id=run.doc.id, error=repr(error),
-            failures=run.output_failures, retry_in_s=None if self._paused else delay,
+            failures=run.output_failures, retry_in_s=delay,
         )  # fmt: skip
-        if not self._paused:
-            run.retry = asyncio.get_running_loop().call_later(delay, self._retry, run)
+        run.retry = asyncio.get_running_loop().call_later(delay, self._retry, run)
         self._wake()
 
 
