@@ -209,17 +209,19 @@ class PoolQueue:
         """
         if task.state is not TaskState.QUEUED or task.id in self._tasks:
             raise ValueError(f"task {task.id} is not a new queued task")
-        evicted: Task | None = None
+        victim: Task | None = None
         if len(self._tasks) - self._retrying >= self.capacity:
             victim = self._victim_for(task) if self.policy is QueuePolicy.DROP_LRU else None
             if victim is None:
                 return Rejected(ErrorCode.ADMISSION_REJECT, max(backoff_ms, 0))
-            self._detach(victim)
-            victim.transition(TaskState.EVICTED, ErrorCode.QUEUE_FULL_DROP_LRU)
-            evicted = victim
         task.seq = next(self._seq)
         lane = self._attach(task, retry=False)
-        return Admitted(self._position_of_newest(task, lane), evicted)
+        if victim is not None:
+            # evicted once the newcomer is in: a tenant whose oldest task makes room for its
+            # own newer one stays backlogged and keeps its turn (OC-CORE-1026)
+            self._detach(victim)
+            victim.transition(TaskState.EVICTED, ErrorCode.QUEUE_FULL_DROP_LRU)
+        return Admitted(self._position_of_newest(task, lane), victim)
 
     def _victim_for(self, task: Task) -> Task | None:
         # The oldest batch task; else, for an interactive offer only, the oldest interactive.

@@ -440,3 +440,25 @@ def test_a_tenant_is_never_served_twice_while_another_stays_backlogged(steps, or
         else:
             fair.remove(queued[step[1:]].pop())
     assert served == order
+
+
+def test_a_tenant_whose_waiting_task_is_evicted_for_its_own_newer_one_keeps_its_turn():
+    """OC-CORE-1026, OC-CORE-1023 (found by the state machine: drop-lru evicted a's waiting
+    task to queue a's newer one, and a lost its turn to c, served once already meanwhile)"""
+    q = PoolQueue(2, QueuePolicy.DROP_LRU)
+
+    def take() -> str:
+        task, _ = q.take_next([ANY_LANE], 0.0)
+        assert task is not None
+        return task.id
+
+    q.offer(t("a1", tenant="a"))
+    assert take() == "ta1"
+    q.offer(t("a2", tenant="a"))
+    q.offer(t("c1", tenant="c"))
+    assert take() == "tc1"  # a is owed the next turn from here on
+    q.offer(t("c2", tenant="c"))
+    admitted = q.offer(t("a3", tenant="a"))  # full: a2, the oldest, makes room
+    assert isinstance(admitted, Admitted) and admitted.evicted is not None
+    assert admitted.evicted.id == "ta2" and admitted.position == 0
+    assert [take(), take()] == ["ta3", "tc2"]
