@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 import openai
@@ -288,3 +289,39 @@ async def test_output_that_cannot_be_written_is_written_again_later(start_daemon
     assert done.status == "completed"
     output = (await client.files.content(done.output_file_id)).text.splitlines()
     assert [json.loads(line)["custom_id"] for line in output] == ["req-0", "req-1", "req-2"]
+
+
+async def test_a_batch_whose_end_cannot_be_journaled_is_finalized_again_by_the_restart(
+    start_daemon,
+):
+    """OC-BATCH-1105: the output files were written but the batch's final status failed to
+    reach the journal — its items stay, and the restart ends it with every line once."""
+    api = await start_daemon(mock_pool())
+    client = sdk(api)
+    db = api.daemon.service.store.path
+    with sqlite3.connect(db) as conn:  # the store's own write fails, as a full disk's would
+        conn.execute(
+            "CREATE TRIGGER no_end BEFORE UPDATE ON batches "
+            "WHEN json_extract(NEW.doc, '$.batch.status') = 'completed' "
+            "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
+    uploaded = await client.files.create(
+        file=("in.jsonl", jsonl([chat_line(i) for i in range(4)])), purpose="batch"
+    )
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    await until_final(api, client, batch.id)
+    # a later durable write returns after the end's (group commits run in order)
+    await client.files.create(file=("later.jsonl", jsonl([chat_line(9)])), purpose="batch")
+    await api.daemon.stop(grace_s=0)
+    with sqlite3.connect(db) as conn:
+        (doc,) = conn.execute("SELECT doc FROM batches WHERE id = ?", (batch.id,)).fetchone()
+        assert json.loads(doc)["batch"]["status"] == "finalizing"
+        conn.execute("DROP TRIGGER no_end")
+
+    again = await start_daemon(mock_pool())
+    done = await until_final(again, sdk(again), batch.id)
+    assert (done.status, done.request_counts.completed) == ("completed", 4)
+    output = (await sdk(again).files.content(done.output_file_id)).text.splitlines()
+    assert [json.loads(line)["custom_id"] for line in output] == [f"req-{i}" for i in range(4)]
