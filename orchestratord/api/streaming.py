@@ -49,8 +49,9 @@ SSE_HEADERS = {
 
 
 class _SseResponse(web.StreamResponse):
-    """An SSE answer whose headers go out with its first frame, in one send: aiohttp sends
-    a StreamResponse's headers on their own at `prepare` unless the response opts into
+    """An SSE answer whose headers go out with its first frame, in one send, when one is
+    ready at once (`stream_task` sends them alone otherwise): aiohttp sends a
+    StreamResponse's headers on their own at `prepare` unless the response opts into
     buffering them (its `Response` does), which costs a system call and a wake-up of the
     client per stream."""
 
@@ -224,6 +225,8 @@ async def stream_task(
         try:
             if svc.queue_position(rec) is not None:
                 await write(_pause(svc, rec))
+            elif rec.stream.next_id <= (0 if after is None else after + 1):
+                await write(b"")  # nothing to send yet (a resume caught up): the headers
             first, ended = True, False
             async for batch in events:
                 if batch:
@@ -231,8 +234,10 @@ async def stream_task(
                     if first and frames:  # (a batch may render to nothing: OpenAI's start)
                         frames, first = _with_retry(frames), False
                     ended = batch[-1][0] in _ENDINGS  # then the body's end goes with them
-                    if frames or ended:  # (nothing to send: the headers wait for a frame)
+                    if frames or ended:
                         await write(frames, last=ended)
+                    elif not watchdog.writes:  # (a text completion's start): the headers
+                        await write(b"")
                     if follower is not None:
                         follower.ready = not first
                 else:

@@ -200,6 +200,27 @@ async def test_a_queued_stream_answers_at_once_with_its_position(start_daemon):
     assert text == "".join(token_stream(0, "queued", 3))
 
 
+async def test_a_stream_answers_at_once_before_its_engine_does(start_daemon):
+    """OC-OAI-9005: a running task's stream sends its headers before any token (a text
+    completion has no opening chunk to carry them), and so does a resume that has caught
+    up. The heartbeat is an hour: only an answer at once lets this test go on."""
+    api = await start_daemon(mock_pool(), stream_heartbeat_s=3600)
+    url = f"{api.base}/v1/completions"
+    body = {"model": "mock-model", "prompt": "[[stall:0]] silent", "max_tokens": 5, "stream": True}
+    async with api.http.post(url, json=body) as r:
+        assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
+        assert (await api.status(r.headers["X-Task-Id"]))["state"] == "running"
+    body["prompt"] = "[[stall:1]] one token"
+    async with api.http.post(url, json=body) as r:
+        task_id = r.headers["X-Task-Id"]
+        head = await r.content.readuntil(b"\n\n")  # the one token; then the engine stalls
+        last_id = int(head.split(b"\n")[0].removeprefix(b"id: "))
+        resume = {"Last-Event-ID": str(last_id), "Accept": "text/event-stream; format=openai"}
+        async with api.http.get(f"{api.base}/v1/tasks/{task_id}/stream", headers=resume) as again:
+            assert again.status == 200 and again.headers["Content-Type"] == "text/event-stream"
+            assert (await api.status(task_id))["state"] == "running"  # (not its end's news)
+
+
 async def test_a_client_that_leaves_cancels_its_task_and_frees_the_slot(start_daemon):
     """OC-OAI-9006"""
     api = await start_daemon(
