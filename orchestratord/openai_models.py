@@ -81,8 +81,9 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     """`POST /v1/completions`."""
 
-    #: A string, or a list holding one string.
-    prompt: str | list[str]
+    #: A string, or a list holding one string (token ids, which the reference allows too,
+    #: are refused by name).
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = None

@@ -71,6 +71,8 @@ def submission(
     field = unsupported(req)
     if field is not None:
         raise refuse(f"{field}: not supported by orchestratord", field)
+    if req.stream_options is not None and not req.stream:  # (as OpenAI and vLLM answer it)
+        raise refuse("stream_options: only allowed when stream is true", "stream_options")
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     what: dict[str, Any]
     if isinstance(req, ChatCompletionRequest):
@@ -78,10 +80,13 @@ def submission(
                 "max_tokens": req.max_completion_tokens or req.max_tokens}  # fmt: skip
     else:
         prompt = req.prompt
-        if isinstance(prompt, list):
-            if len(prompt) != 1:
+        if not isinstance(prompt, str):
+            texts = [one for one in prompt if isinstance(one, str)]
+            if len(texts) != len(prompt):
+                raise refuse("prompt: token ids are not supported; send the text", "prompt")
+            if len(texts) != 1:
                 raise refuse("prompt: exactly one prompt per request is supported", "prompt")
-            prompt = prompt[0]
+            prompt = texts[0]
         what = {"door": Door.OPENAI_COMPLETION, "prompt": prompt,
                 "max_tokens": req.max_tokens or COMPLETION_DEFAULT_TOKENS}  # fmt: skip
     return Submission(

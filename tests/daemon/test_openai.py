@@ -120,6 +120,14 @@ async def test_errors_are_openai_shaped_with_our_codes(start_daemon):
             model="mock-model", messages=CONVERSATION, extra_body={"bogus": 1}
         )
     assert err.value.param == "bogus"
+    with pytest.raises(openai.BadRequestError) as err:  # its options belong to a stream
+        await client.chat.completions.create(
+            model="mock-model", messages=CONVERSATION, stream_options={"include_usage": True}
+        )
+    assert err.value.param == "stream_options"
+    with pytest.raises(openai.BadRequestError) as err:  # the reference allows token ids
+        await client.completions.create(model="mock-model", prompt=[1, 2, 3])
+    assert err.value.param == "prompt" and "token ids" in err.value.message
     # backpressure: the only slot busy and the queue full: a 429, the SDK's RateLimitError
     held = [
         await client.completions.create(
