@@ -22,6 +22,9 @@ class _Request(BaseModel):
 
 class StreamOptions(_Request):
     include_usage: bool = False
+    #: Random padding against network side channels: never added here (false asks for
+    #: nothing; true is refused by name).
+    include_obfuscation: bool | None = None
 
 
 class ChatMessageIn(_Request):

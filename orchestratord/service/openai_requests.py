@@ -71,8 +71,12 @@ def submission(
     field = unsupported(req)
     if field is not None:
         raise refuse(f"{field}: not supported by orchestratord", field)
-    if req.stream_options is not None and not req.stream:  # (as OpenAI and vLLM answer it)
-        raise refuse("stream_options: only allowed when stream is true", "stream_options")
+    if req.stream_options is not None:
+        if not req.stream:  # (as OpenAI and vLLM answer it)
+            raise refuse("stream_options: only allowed when stream is true", "stream_options")
+        if req.stream_options.include_obfuscation:
+            field = "stream_options.include_obfuscation"
+            raise refuse(f"{field}: not supported by orchestratord", field)
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     what: dict[str, Any]
     if isinstance(req, ChatCompletionRequest):

@@ -125,6 +125,12 @@ async def test_errors_are_openai_shaped_with_our_codes(start_daemon):
             model="mock-model", messages=CONVERSATION, stream_options={"include_usage": True}
         )
     assert err.value.param == "stream_options"
+    with pytest.raises(openai.BadRequestError) as err:  # padding we never add
+        await client.chat.completions.create(
+            model="mock-model", messages=CONVERSATION, stream=True,
+            stream_options={"include_usage": True, "include_obfuscation": True},
+        )  # fmt: skip
+    assert err.value.param == "stream_options.include_obfuscation"
     with pytest.raises(openai.BadRequestError) as err:  # the reference allows token ids
         await client.completions.create(model="mock-model", prompt=[1, 2, 3])
     assert err.value.param == "prompt" and "token ids" in err.value.message
