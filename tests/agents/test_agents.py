@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from orchestratord.service.admission import Submission
 from pool_managerd.launchers import free_port
 from tests.agents.conftest import (
     agents_server,
@@ -58,9 +59,15 @@ async def test_two_agents_serve_one_pool_and_a_killed_agent_takes_its_engine_alo
     await gpu_b.start(f"grpc://127.0.0.1:{free_port()}", token_file, "--join", join_url(api))
     await until(api, all_ready(api, 2))
     assert sorted(states(api)) == ["tiny-r0@gpu-a", "tiny-r0@gpu-b"]
-    # one slot each: two long tasks at once run on both agents' engines
-    running = [(await api.submit(model="tiny", prompt=f"p{i}", max_tokens=24))[1] for i in range(2)]
-    served = {(await api.wait_state(t["task_id"], "completed"))["replica_id"] for t in running}
+    # one slot each: two tasks admitted at once run on both agents' engines (at once: in one
+    # loop pass, so neither engine can have finished the first when the second is placed)
+    running = await asyncio.gather(*(
+        api.daemon.service.submit(
+            Submission(model="tiny", tenant="default", correlation_id=f"c{i}", prompt=f"p{i}",
+                       max_tokens=24)
+        ) for i in range(2)
+    ))  # fmt: skip
+    served = {(await api.wait_state(rec.task.id, "completed"))["replica_id"] for rec in running}
     assert served == {"tiny-r0@gpu-a", "tiny-r0@gpu-b"}
 
     code, out, _ = await orchctl(api.base, "pools")
