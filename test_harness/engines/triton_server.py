@@ -125,6 +125,10 @@ def main() -> int:
         grpc_port=args.grpc_port,
         metrics_address="127.0.0.1",
         metrics_port=args.metrics_port,
+        # after some sessions of tests pytriton's model does not unload (Triton sees no
+        # request in flight, yet the model stays live) and Triton waits out this timeout
+        # on SIGTERM: 30 s by default, at the end of every such session, for each server
+        exit_timeout_secs=3,
     )
     signal.signal(signal.SIGTERM, lambda *_: STOP.set())
     busy = ThreadingHTTPServer(("127.0.0.1", args.busy_port), BusyHandler)

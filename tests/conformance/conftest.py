@@ -59,7 +59,7 @@ def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, what: str) -> None:
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
-        proc.wait(40)  # Triton waits up to 30 s for its models to unload
+        proc.wait(40)  # (the Triton test server waits at most 3 s for its models to unload)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
