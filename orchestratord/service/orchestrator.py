@@ -281,10 +281,13 @@ class Orchestrator:
 
     def model(self, model: str) -> oai.ModelCard:
         """The card of one served model (`GET /v1/models/{model}`); else UNKNOWN_MODEL."""
-        for card in self.models().data:
+        cards = self.models().data
+        for card in cards:
             if card.id == model:
                 return card
-        raise Refusal(ErrorCode.UNKNOWN_MODEL, f"model {model!r} is not served here", field="model")
+        known = ", ".join(card.id for card in cards)  # (as admission names them)
+        why = f"model {model!r} is not served; known models: {known}"
+        raise Refusal(ErrorCode.UNKNOWN_MODEL, why, field="model")
 
     def drain(self, pool_id: str, deadline_ms: int) -> None:
         self.pool(pool_id).drain(deadline_ms)
