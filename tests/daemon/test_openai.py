@@ -252,6 +252,38 @@ async def test_a_client_that_leaves_cancels_its_task_and_frees_the_slot(start_da
     assert status["state"] == "canceled" and status["tokens_out"] == 2
 
 
+async def test_a_client_that_leaves_a_non_streamed_request_cancels_its_task(start_daemon):
+    """OC-OAI-9006: nothing is written to a non-streamed request's client before its end, so
+    only the connection's close tells the daemon that it left."""
+    api = await start_daemon(
+        mock_pool(replicas={"managed": {"count": 1, "slots": 1}}), abandon_grace_s=0
+    )
+    svc, pool = api.daemon.service, api.daemon.service.pools["mock"]
+    admitted: asyncio.Future = asyncio.get_running_loop().create_future()
+    submit = svc.submit
+
+    async def observed_submit(*args, **kw):  # the real admission; the test learns the task
+        rec = await submit(*args, **kw)
+        admitted.set_result(rec)
+        return rec
+
+    svc.submit = observed_submit
+    body = json.dumps({"model": "mock-model", "max_tokens": 50,
+                       "messages": [{"role": "user", "content": "[[stall:2]] stay"}]})  # fmt: skip
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.daemon.port)
+    writer.write(
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+    )
+    task_id = (await admitted).task.id
+    await api.wait_state(task_id, "running")
+    writer.close()  # the client leaves, no answer read
+    await pool.wait_idle()
+    assert pool.manager.replicas[0].busy == 0
+    assert (await api.status(task_id))["state"] == "canceled"
+    assert await reader.read() == b""  # nothing was answered
+
+
 async def test_resume_by_last_event_id_gives_the_missing_chunks_once(start_daemon):
     """OC-OAI-9007"""
     api = await start_daemon(mock_pool(), abandon_grace_s=600)
