@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,30 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     # The loop production runs (`orchestratord serve` uses uvloop): its callback order is
     # what a race meets in the field; the default loop hid the submit/cancel race.
     return {"uvloop": uvloop.new_event_loop}
+
+
+def _bounded(test: Callable[..., Awaitable[Any]], seconds: float) -> Callable[..., Any]:
+    @functools.wraps(test)
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(seconds):
+            return await test(*args, **kwargs)
+
+    return bounded
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Bound each async test's body by its own loop as well: pytest-timeout's alarm never
+    interrupts a test that waits on uvloop (its handler does not run while uvloop sleeps),
+    so a test that hangs would hang the whole run — CI's included — with nothing printed.
+    The loop's bound comes first: the alarm, pending until Python runs again, would otherwise
+    go off in the test's teardown and leave its daemon running."""
+    seconds = float(config.getoption("timeout", None) or config.getini("timeout") or 0)
+    if seconds <= 0:
+        return
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.obj = _bounded(item.obj, 0.9 * seconds)
 
 
 #: The join token of the agents' tests (agents and daemons read it from `token_file`).
