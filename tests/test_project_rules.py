@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,32 @@ def test_cross_field_rules_are_enforced(pool, fragment):
     twice = {"id": "p", "engine": "mock", "model": "m", "replicas": {"managed": {}}}
     with pytest.raises(ConfigError, match="duplicate pool id"):
         parse_config({"pools": [twice, twice]})
+
+
+HANGING_SUITE = """
+import asyncio
+
+async def test_waits_forever():
+    await asyncio.get_running_loop().create_future()  # nothing will ever set it
+
+async def test_after_it():
+    assert True
+"""
+
+
+def test_a_hung_test_fails_at_the_timeout_and_the_run_goes_on(tmp_path):
+    """OC-TEST-8008: on the suite's own loop (uvloop) and hooks."""
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import pytest_asyncio_loop_factories, pytest_collection_modifyitems"
+    )
+    (tmp_path / "test_hang.py").write_text(HANGING_SUITE)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         "-o", "asyncio_mode=auto", "--timeout", "2", str(tmp_path)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT.parent)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "test_hang.py:5: CancelledError" in run.stdout  # where it waited
+    assert "FAILED test_hang.py::test_waits_forever - TimeoutError" in run.stdout
+    assert "1 failed, 1 passed" in run.stdout
