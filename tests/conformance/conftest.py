@@ -9,7 +9,9 @@ idle one, by condition: `Server.wait_idle()` reads the server's own in-flight co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -56,13 +58,17 @@ def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, what: str) -> None:
     raise RuntimeError(f"{what} exited before it was ready (code {proc.wait()}):\n{last}")
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], *, group: bool = False) -> None:
+    """Stop a server; with `group`, also what it left running in its own process group."""
     proc.terminate()
     try:
         proc.wait(40)  # (the Triton test server waits at most 3 s for its models to unload)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    if group:
+        with contextlib.suppress(ProcessLookupError):  # nothing was left
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
@@ -160,11 +166,15 @@ def _triton() -> Iterator[Server]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         preexec_fn=die_with_parent,
+        # its own group: a model instance's backend stub that Triton did not stop before
+        # it exited (seen when a model does not unload in time) is then stopped with it,
+        # instead of living on, orphaned, after the session
+        start_new_session=True,
     )
     _wait_line(proc, b"ready", "triton")
     busy = f"http://127.0.0.1:{busy_port}/busy"  # test-only: see triton_server.py
     yield Server(f"127.0.0.1:{grpc_port}", lambda: _count(busy, "tiny_llm_busy"), proc.pid)
-    _stop(proc)
+    _stop(proc, group=True)
 
 
 @pytest.fixture(scope="session")
