@@ -44,18 +44,42 @@ from worker_adapters.triton_grpc import TritonAdapter
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a server, and all its process group where it leads one (its children hold its
+    output open)."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+
+
+#: How long a session's engine server may take to say it is ready (a fixture's setup is not
+#: under the per-test timeout: one that never says so would hang the whole run).
+READY_S = 180
+
+
 def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, what: str) -> None:
     """Block until the server prints `needle`; then keep draining its output in the
-    background so a chatty server never blocks on a full pipe."""
+    background so a chatty server never blocks on a full pipe. A server that has not said
+    it within `READY_S` is killed, and the fixture fails with what it did say."""
     assert proc.stdout is not None
     said: deque[bytes] = deque(maxlen=20)
-    for line in proc.stdout:
-        if needle in line:
-            threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return
-        said.append(line)
+    deadline = threading.Timer(READY_S, _kill, (proc,))
+    deadline.start()
+    try:
+        for line in proc.stdout:
+            if needle in line:
+                threading.Thread(target=proc.stdout.read, daemon=True).start()
+                return
+            said.append(line)
+    finally:
+        deadline.cancel()
     last = b"".join(said).decode(errors="replace")
-    raise RuntimeError(f"{what} exited before it was ready (code {proc.wait()}):\n{last}")
+    raise RuntimeError(
+        f"{what} exited, or was killed after {READY_S} s, before it was ready "
+        f"(code {proc.wait()}):\n{last}"
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes], *, group: bool = False) -> None:
