@@ -44,11 +44,18 @@ from worker_adapters.triton_grpc import TritonAdapter
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _leads_group(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a (not yet reaped) server leads its own process group (Triton's does)."""
+    with contextlib.suppress(ProcessLookupError):
+        return os.getpgid(proc.pid) == proc.pid
+    return False
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     """Kill a server, and all its process group where it leads one (its children hold its
     output open)."""
     with contextlib.suppress(ProcessLookupError):
-        if os.getpgid(proc.pid) == proc.pid:
+        if _leads_group(proc):
             os.killpg(proc.pid, signal.SIGKILL)
         else:
             proc.kill()
@@ -82,8 +89,10 @@ def _wait_line(proc: subprocess.Popen[bytes], needle: bytes, what: str) -> None:
     )
 
 
-def _stop(proc: subprocess.Popen[bytes], *, group: bool = False) -> None:
-    """Stop a server; with `group`, also what it left running in its own process group."""
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server, and what it left running in its own process group where it leads one
+    (a Triton model's backend stub that outlived Triton ignores SIGTERM)."""
+    group = _leads_group(proc)
     proc.terminate()
     try:
         proc.wait(40)  # (the Triton test server waits at most 3 s for its models to unload)
@@ -198,7 +207,7 @@ def _triton() -> Iterator[Server]:
     _wait_line(proc, b"ready", "triton")
     busy = f"http://127.0.0.1:{busy_port}/busy"  # test-only: see triton_server.py
     yield Server(f"127.0.0.1:{grpc_port}", lambda: _count(busy, "tiny_llm_busy"), proc.pid)
-    _stop(proc, group=True)
+    _stop(proc)
 
 
 @pytest.fixture(scope="session")
