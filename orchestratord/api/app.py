@@ -27,7 +27,7 @@ from orchestratord.api.http import (
     checked_header,
 )
 from orchestratord.api.openapi import document
-from orchestratord.api.standby import leader_gate, openai_shaped
+from orchestratord.api.standby import leader_gate
 from orchestratord.api_models import ErrorEnvelope
 from orchestratord.keyring import KeyRing
 from orchestratord.service import Orchestrator, Refusal
@@ -41,7 +41,7 @@ def correlation_and_errors(max_body: int) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        openai = openai_shaped(request.path)
+        openai = openai_door.is_openai_path(request.path)
         cid = str(uuid7())
         request[CID] = cid
         try:
@@ -56,6 +56,12 @@ def correlation_and_errors(max_body: int) -> Middleware:
             message = e.reason
             if e.status == 413:
                 message = f"request body too large (limit {max_body} bytes)"
+            elif e.status == 404 and request.match_info.http_exception is not None:  # no route
+                message = f"nothing is served at {request.method} {request.path}; " + (
+                    f"the OpenAI API here: {openai_door.SERVED}"
+                    if openai
+                    else "the API: GET /openapi.json"
+                )
             envelope = ErrorEnvelope.of(code_for_http(e.status), message)
             response = error_response(envelope, e.status, openai=openai)
             if "Allow" in e.headers:  # 405 says what is allowed

@@ -18,8 +18,6 @@ from orchestratord.batch_models import BatchCreate
 from orchestratord.service import Orchestrator, Refusal
 
 FILES, BATCHES = "/v1/files", "/v1/batches"
-#: Path prefixes whose errors are rendered in OpenAI's shape.
-PREFIXES = (FILES, BATCHES)
 _READ = 1 << 16
 T = TypeVar("T")
 

@@ -29,10 +29,22 @@ from orchestratord.service.records import TaskRecord
 from orchestratord.service.streams import END, ERROR, TOKEN
 
 CHAT, COMPLETIONS, MODELS = "/v1/chat/completions", "/v1/completions", "/v1/models"
-#: The paths whose errors are rendered in OpenAI's shape.
-PATHS = frozenset({CHAT, COMPLETIONS, MODELS})
+#: The native API's resources under `/v1/`. Every other `/v1/` path is the OpenAI API's —
+#: served here (this door, the Batch API) or not (`/v1/embeddings`, `/v1/responses`, ...) —
+#: and its errors take OpenAI's shape, so an OpenAI client reads why it was refused.
+NATIVE = frozenset({"tasks", "sessions", "pools", "agents", "keys", "capabilities"})
+#: What a client of the OpenAI API finds here (said when it asks for anything else).
+SERVED = (
+    "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, /v1/files and /v1/batches"
+)
 #: One model's card: its id may hold slashes (`org/name`), as OpenAI's SDK sends it.
 MODEL = MODELS + "/{model:.+}"
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether `path` belongs to the OpenAI API (served here or not): its errors are
+    rendered in OpenAI's shape."""
+    return path.startswith("/v1/") and path.split("/", 3)[2] not in NATIVE
 
 
 def _priority(request: web.Request, field: Priority | None) -> Priority:

@@ -16,16 +16,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator_core.errors import ErrorCode
-from orchestratord.api import batch_api, openai_door
 from orchestratord.api.errors import error_response
 from orchestratord.api.http import Handler, Middleware
+from orchestratord.api.openai_door import is_openai_path
 from orchestratord.api_models import LEADER_HEADER, ErrorEnvelope
 from orchestratord.telemetry import Metrics
-
-
-def openai_shaped(path: str) -> bool:
-    """Whether errors on `path` take OpenAI's shape (the OpenAI door and the Batch API)."""
-    return path in openai_door.PATHS or path.startswith((openai_door.MODELS, *batch_api.PREFIXES))
 
 
 def not_leader(request: web.Request, leader_url: str | None) -> web.Response:
@@ -35,7 +30,7 @@ def not_leader(request: web.Request, leader_url: str | None) -> web.Response:
         ErrorCode.NOT_LEADER, f"this orchestratord stands by; {where}", retry_after_ms=1000
     )
     envelope.leader_url = leader_url
-    response = error_response(envelope, 503, 1000, openai=openai_shaped(request.path))
+    response = error_response(envelope, 503, 1000, openai=is_openai_path(request.path))
     if leader_url:
         response.headers[LEADER_HEADER] = leader_url
     return response

@@ -1,4 +1,4 @@
-"""OC-OAI-9001..9007: the OpenAI-compatible door, driven by the official `openai` SDK (async
+"""OC-OAI-9001..9009: the OpenAI-compatible door, driven by the official `openai` SDK (async
 and sync, stream and not, chat and completions), over a live daemon with mock pools."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 import openai
 import pytest
 
+from orchestratord.api.openai_door import is_openai_path
 from tests.helpers import mock_pool
 from worker_adapters.base import ChatMessage, GenerateRequest
 from worker_adapters.mock import render_chat, token_stream
@@ -89,6 +90,25 @@ async def test_the_sdk_retrieves_one_model_by_an_id_that_may_hold_slashes(start_
     with pytest.raises(openai.NotFoundError) as err:
         await client.models.retrieve("org/nope")
     assert err.value.code == "UNKNOWN_MODEL" and err.value.param == "model"
+
+
+async def test_an_openai_path_not_served_here_is_refused_in_openai_shape(start_daemon):
+    """OC-OAI-9009"""
+    api = await start_daemon(mock_pool())
+    client, _ = clients(api)
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.embeddings.create(model="mock-model", input="hello")
+    assert err.value.code == "NOT_FOUND"
+    assert "POST /v1/embeddings" in err.value.message  # what was asked, and what is served
+    assert "POST /v1/chat/completions" in err.value.message
+    status, body = await api.get("/v1/tasks/some-task/nowhere")  # the native API's shape
+    assert status == 404 and body["code"] == "NOT_FOUND"
+    assert "GET /openapi.json" in body["message"]
+    # whose each documented path is: the native resources' errors keep our envelope
+    _, document = await api.get("/openapi.json")
+    openai_paths = ("/v1/chat/", "/v1/completions", "/v1/models", "/v1/files", "/v1/batches")
+    for path in document["paths"]:
+        assert is_openai_path(path) == path.startswith(openai_paths), path
 
 
 async def test_errors_are_openai_shaped_with_our_codes(start_daemon):
