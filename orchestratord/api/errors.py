@@ -102,6 +102,17 @@ def openai_error(envelope: ErrorEnvelope, status: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _sdk_retry_headers(
+    headers: dict[str, str], retriable: bool, retry_after_ms: int | None
+) -> None:
+    """Add what OpenAI's SDKs read before their own rules: `x-should-retry` — without it
+    they retry every 409, 429 and 5xx, so a request whose task an operator canceled would
+    come back as a new task — and `retry-after-ms`, finer than `Retry-After`'s seconds."""
+    headers["x-should-retry"] = "true" if retriable else "false"
+    if "Retry-After" in headers:
+        headers["retry-after-ms"] = str(retry_after_ms or 1000)
+
+
 def error_response(
     envelope: ErrorEnvelope,
     status: int,
@@ -109,17 +120,13 @@ def error_response(
     *,
     openai: bool = False,
 ) -> web.Response:
-    body = (
-        orjson.dumps(openai_error(envelope, status))
-        if openai
-        else envelope.model_dump_json(exclude_none=True).encode()
-    )
-    return web.Response(
-        body=body,
-        status=status,
-        headers=headers_for(status, retry_after_ms, retriable=envelope.retriable),
-        content_type="application/json",
-    )
+    headers = headers_for(status, retry_after_ms, retriable=envelope.retriable)
+    if openai:
+        body = orjson.dumps(openai_error(envelope, status))
+        _sdk_retry_headers(headers, envelope.retriable, retry_after_ms)
+    else:
+        body = envelope.model_dump_json(exclude_none=True).encode()
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
 def refusal_response(refusal: Refusal, *, openai: bool = False) -> web.Response:

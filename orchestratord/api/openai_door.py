@@ -102,7 +102,8 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
             error = ErrorEnvelope.of(ErrorCode.CANCELED, "the task was canceled")
         if error is not None or end is None:
             error = error or ErrorEnvelope.of(ErrorCode.INTERNAL, "the task ended unreported")
-            response = error_response(error, STATUS[ErrorCode(error.code)], openai=True)
+            status = STATUS[ErrorCode(error.code)]
+            response = error_response(error, status, error.retry_after_ms, openai=True)
         else:
             body = orjson.dumps(
                 completion_body(rec.door, rec.task.id, rec.created, rec.model, text, end)

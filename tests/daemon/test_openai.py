@@ -112,7 +112,7 @@ async def test_an_openai_path_not_served_here_is_refused_in_openai_shape(start_d
 
 
 async def test_errors_are_openai_shaped_with_our_codes(start_daemon):
-    """OC-OAI-9002"""
+    """OC-OAI-9002, OC-OAI-9010"""
     api = await start_daemon(
         mock_pool(queue={"capacity": 1}, replicas={"managed": {"count": 1, "slots": 1}})
     )
@@ -166,8 +166,59 @@ async def test_errors_are_openai_shaped_with_our_codes(start_daemon):
     assert err.value.code == "ADMISSION_REJECT" and err.value.type == "rate_limit_error"
     headers = err.value.response.headers
     assert int(headers["Retry-After"]) >= 1 and int(headers["X-Backoff-Ms"]) > 0
+    # what OpenAI's SDKs read: retry, after our backoff to the millisecond (OC-OAI-9010)
+    assert headers["retry-after-ms"] == headers["X-Backoff-Ms"]
+    assert headers["x-should-retry"] == "true"
     for stream in held:
         await stream.close()
+
+
+async def test_the_sdk_retries_only_what_a_retry_can_fix(start_daemon):
+    """OC-OAI-9010: with its default retries, the SDK does not resubmit a request whose task
+    an operator canceled (it would retry any 409) or one refused by a drained pool (any
+    503), and it waits out a 429 by our backoff to the millisecond."""
+    api = await start_daemon(mock_pool(replicas={"managed": {"count": 1, "slots": 1}}))
+    svc = api.daemon.service
+    submitted: asyncio.Queue = asyncio.Queue()
+    submit, attempts = svc.submit, []
+
+    async def observed_submit(*args, **kw):  # the real admission; the test counts attempts
+        attempts.append(args)
+        rec = await submit(*args, **kw)
+        submitted.put_nowait(rec)
+        return rec
+
+    svc.submit = observed_submit
+    client = openai.AsyncOpenAI(base_url=f"{api.base}/v1", api_key="unused")  # 2 retries
+    stalled = [{"role": "user", "content": "[[stall:0]] wait"}]
+    request = asyncio.create_task(
+        client.chat.completions.create(model="mock-model", messages=stalled, max_tokens=5)
+    )
+
+    async def operator() -> None:  # cancels every task the request makes
+        while True:
+            task_id = (await submitted.get()).task.id
+            await api.wait_state(task_id, "running")
+            assert await api.cancel(task_id) == 204
+
+    canceling = asyncio.create_task(operator())
+    done, _ = await asyncio.wait({request, canceling}, return_when=asyncio.FIRST_COMPLETED)
+    if canceling in done:  # the operator failed: say how
+        request.cancel()
+        canceling.result()
+    canceling.cancel()
+    with pytest.raises(openai.ConflictError) as err:
+        await request
+    assert err.value.code == "CANCELED" and len(attempts) == 1
+    assert err.value.response.headers["x-should-retry"] == "false"
+
+    await api.daemon.service.pools["mock"].wait_idle()
+    async with api.http.post(f"{api.base}/v1/pools/mock/drain", json={}) as r:
+        assert r.status in (200, 202)
+    with pytest.raises(openai.InternalServerError) as err:
+        await client.chat.completions.create(model="mock-model", messages=CONVERSATION)
+    assert err.value.code == "POOL_DRAINING" and len(attempts) == 2
+    assert err.value.response.headers["x-should-retry"] == "false"
 
 
 async def test_priority_and_a_pool_chat_template(start_daemon):
