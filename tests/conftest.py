@@ -50,6 +50,10 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {"uvloop": uvloop.new_event_loop}
 
 
+#: What a hung test's failure report may take before the alarm (under load: seconds).
+REPORT_S = 10.0
+
+
 def _bounded(test: Callable[..., Awaitable[Any]], seconds: float) -> Callable[..., Any]:
     @functools.wraps(test)
     async def bounded(*args: Any, **kwargs: Any) -> Any:
@@ -64,14 +68,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Bound each async test's body by its own loop as well: pytest-timeout's alarm never
     interrupts a test that waits on uvloop (its handler does not run while uvloop sleeps),
     so a test that hangs would hang the whole run — CI's included — with nothing printed.
-    The loop's bound comes first: the alarm, pending until Python runs again, would otherwise
-    go off in the test's teardown and leave its daemon running."""
+    The loop's bound comes first, and early enough for the failure's report to be written
+    before the alarm: pending until Python runs again, it would otherwise go off in the
+    test's teardown and leave its daemon running, or in the report (an internal error)."""
     seconds = float(config.getoption("timeout", None) or config.getini("timeout") or 0)
     if seconds <= 0:
         return
+    bound = seconds - min(seconds / 2, REPORT_S)
     for item in items:
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
-            item.obj = _bounded(item.obj, 0.9 * seconds)
+            item.obj = _bounded(item.obj, bound)
 
 
 #: The join token of the agents' tests (agents and daemons read it from `token_file`).

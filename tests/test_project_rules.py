@@ -110,7 +110,7 @@ def test_a_hung_test_fails_at_the_timeout_and_the_run_goes_on(tmp_path):
     (tmp_path / "test_hang.py").write_text(HANGING_SUITE)
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-         "-o", "asyncio_mode=auto", "--timeout", "2", str(tmp_path)],
+         "-o", "asyncio_mode=auto", "--timeout", "4", str(tmp_path)],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT.parent)},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
