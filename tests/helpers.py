@@ -206,9 +206,10 @@ class Served:
         #: The config's `store` (the `store_backend` fixture sets it).
         self.store: dict[str, Any] = {}
 
-    async def start(self, *pools: dict[str, Any]) -> None:
+    async def start(self, *pools: dict[str, Any], server: dict[str, Any] | None = None) -> None:
         path = self.tmp / "config.yaml"
-        path.write_text(yaml.safe_dump({"pools": list(pools), "store": self.store}))
+        config = {"pools": list(pools), "store": self.store, "server": server or {}}
+        path.write_text(yaml.safe_dump(config))
         self.proc, self.url = await start_serve(path)
         if str(self.store.get("url", "")).startswith("postgres"):  # a shared store: elected
             await wait_log(self.proc, '"event":"leading"')

@@ -47,6 +47,7 @@ def task_row(rec: TaskRecord, now_ms: float) -> TaskRow:
         "placement": [task.placement.mode, task.placement.replica_id],
         "prompt_tokens": task.prompt_tokens, "max_tokens": task.max_tokens,
         "correlation_id": rec.correlation_id, "created": rec.created, "seed": rec.seed,
+        "cancel_when_abandoned": rec.cancel_when_abandoned,
         "request": {
             "prompt": request.prompt, "max_tokens": request.max_tokens, "seed": request.seed,
             "temperature": request.temperature, "top_p": request.top_p,

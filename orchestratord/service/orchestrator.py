@@ -111,6 +111,8 @@ class Orchestrator:
             pool.start()
         # after the pools start: their replicas exist (starting), so feeding admits lines
         self.batches.resume(recovered.batch_items)
+        for rec in recovered.unread:
+            self._abandon_unless_read(rec)
 
     def active_count(self) -> int:
         return sum(pool.active() for pool in self.pools.values())
@@ -202,12 +204,17 @@ class Orchestrator:
             rec.readers -= 1
             if not rec.readers and rec.ended:
                 self.book.compact(rec)
-            if rec.cancel_when_abandoned and not rec.readers and not rec.ended:
-                grace = self.config.server.abandon_grace_s
-                if grace:
-                    asyncio.get_running_loop().call_later(grace, self._cancel_abandoned, rec)
-                else:
-                    self._cancel_abandoned(rec)
+            self._abandon_unless_read(rec)
+
+    def _abandon_unless_read(self, rec: TaskRecord) -> None:
+        """Cancel `rec`, whose stream is its request's answer, if it has no reader now and
+        none comes back within `abandon_grace_s`."""
+        if rec.cancel_when_abandoned and not rec.readers and not rec.ended:
+            grace = self.config.server.abandon_grace_s
+            if grace:
+                asyncio.get_running_loop().call_later(grace, self._cancel_abandoned, rec)
+            else:
+                self._cancel_abandoned(rec)
 
     def _cancel_abandoned(self, rec: TaskRecord) -> None:
         if not rec.readers and not rec.ended:

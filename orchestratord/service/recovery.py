@@ -7,7 +7,11 @@
   for event (same engine, same seed, same tokens), so a client resumes it with
   `Last-Event-ID` exactly after the last event it saw, and the rerun must reproduce the
   journaled tokens or fail loudly;
-- finished tasks keep their status, output and stream for the rest of their retention.
+- finished tasks keep their status, output and stream for the rest of their retention;
+- a live task whose stream was its request's answer lost its client with the old process:
+  it is canceled unless a reader comes back within `abandon_grace_s` (the orchestrator's
+  rule for a client that leaves) — a non-streamed completion's client never learned its
+  id, and OpenAI's SDKs send such a request again as a new one.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Recovered:
     expired: int = 0
     #: Live Batch API items, back in their queues (their batches count them).
     batch_items: list[TaskRecord] = field(default_factory=list)
+    #: Live tasks whose clients left with the old process (`cancel_when_abandoned`).
+    unread: list[TaskRecord] = field(default_factory=list)
 
 
 def recover(
@@ -116,6 +122,9 @@ def recover(
             except Refusal as refused:  # the queue is smaller than it was
                 book.add(rec, recovered=True)
                 book.finish(rec, TaskState.CANCELED, refused.code, f"after a restart: {refused}")
+                continue
+            if rec.cancel_when_abandoned:
+                done.unread.append(rec)
     log.info(
         "recovered tasks", requeued=done.requeued, resumed=done.resumed,
         restarted=done.restarted, finished=done.finished, expired=done.expired,
@@ -136,6 +145,7 @@ def _record(
         stream=TaskStream(stream_buffer_events), correlation_id=spec["correlation_id"],
         admitted_at=loop_ms(row.admitted_unix_ms), created=spec["created"], seed=spec["seed"],
         batch=None if row.batch_id is None else (row.batch_id, row.batch_line or 0),
+        cancel_when_abandoned=spec.get("cancel_when_abandoned", False),  # (older rows lack it)
     )  # fmt: skip
     if s.streamed or s.result is not None:  # the journal knows: a reader needs no write
         rec.announced = Durable(loop=asyncio.get_running_loop())

@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import psycopg
 import pytest
@@ -97,6 +98,58 @@ async def test_sigkill_loses_nothing_queued_reruns_unstreamed_and_ends_streamed(
         assert json.loads(events[-1][2])["code"] == "DAEMON_RESTART"
         # a client that saw both tokens before the kill resumes straight to the ending
         assert await served.events(tid, after=2) == events[-1:]
+
+
+async def test_a_task_whose_client_left_with_the_daemon_is_canceled_unless_read(
+    served, store_backend
+):
+    """OC-STORE-1010: the clients of an OpenAI request (streamed or not) and of a one-request
+    native stream leave with the killed daemon; a two-request task's client never waited."""
+    pool = mock_pool(
+        "a", queue={"capacity": 8}, replicas={"managed": {"count": 1, "slots": 1}},
+        mock={"stall_after_tokens": 0},
+    )  # fmt: skip
+    await served.start(pool)
+    url, chat = served.url, {"model": "a-model", "messages": [{"role": "user", "content": "hi"}]}
+    streamed = await served.http.post(f"{url}/v1/chat/completions", json={**chat, "stream": True})
+    running = streamed.headers["X-Task-Id"]
+    await served.events(running, until="started")  # it holds the slot (its engine stalls)
+    native = await served.http.post(
+        f"{url}/v1/tasks", json={"model": "a-model", "prompt": "x", "stream": True}
+    )
+    one_request = native.headers["X-Task-Id"]
+    unanswered = asyncio.create_task(served.http.post(f"{url}/v1/chat/completions", json=chat))
+    while await _depth(served) < 2:  # (it says nothing before its answer)
+        pass
+    two_request = (await served.submit(model="a-model", prompt="y", max_tokens=2))["task_id"]
+    await served.kill()
+    with pytest.raises(aiohttp.ClientError):
+        await unanswered
+    streamed.close()
+    native.close()
+
+    never_ready = replace_mock(pool, start_delay_s=3600)  # nothing runs after a restart
+    await served.start(never_ready, server={"abandon_grace_s": 600})
+    assert await _depth(served) == 4  # all back, their clients' grace not over
+    for task_id in (running, one_request, two_request):
+        assert (await served.status(task_id))["state"] == "queued"
+    await served.kill()
+
+    await served.start(never_ready, server={"abandon_grace_s": 0})
+    assert await _depth(served) == 1  # no grace: only the two-request task is left
+    assert (await served.status(two_request))["state"] == "queued"
+    for task_id in (running, one_request):
+        status = await served.status(task_id)
+        assert status["state"] == "canceled", status
+
+
+async def _depth(served: Served) -> int:
+    async with served.http.get(f"{served.url}/v1/pools/a") as r:
+        return sum((await r.json())["queue_depth"].values())
+
+
+def replace_mock(pool: dict, **mock: object) -> dict:
+    return {**pool, "mock": {**pool["mock"], **mock}}
 
 
 async def test_a_task_is_journaled_as_streamed_when_its_tokens_first_reach_a_client(
