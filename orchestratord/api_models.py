@@ -158,6 +158,28 @@ class TaskStatus(BaseModel):
     error: ErrorEnvelope | None = None
 
 
+class TaskSummary(BaseModel):
+    """One task of a listing (`GET /v1/tasks`)."""
+
+    task_id: str
+    state: TaskState
+    model: str
+    pool_id: str
+    priority: Priority
+    tenant: str
+    queue_position: int | None = None
+    replica_id: str | None = None
+    tokens_out: int = 0
+    age_ms: int = Field(description="Since its admission.")
+
+
+class TaskList(BaseModel):
+    #: Oldest first (in admission order).
+    tasks: list[TaskSummary]
+    #: More tasks matched than `limit` let through (the oldest are listed).
+    truncated: bool
+
+
 class SessionInfo(BaseModel):
     session_id: str
     ttl_ms: int

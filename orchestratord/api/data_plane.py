@@ -9,7 +9,7 @@ import re
 from aiohttp import web
 
 from orchestrator_core.errors import ErrorCode
-from orchestrator_core.model import Placement
+from orchestrator_core.model import Placement, TaskState
 from orchestratord import api_models as api
 from orchestratord.api.errors import gone
 from orchestratord.api.http import CID, json_response, parse, principal_of, traceparent_of
@@ -62,6 +62,40 @@ def _metrics_ms(request: web.Request, render: object) -> int | None:
     return int(raw)
 
 
+#: A listing's page size: default and bounds.
+LIST_LIMIT, MAX_LIST_LIMIT = 100, 1000
+_STATES = {state.value: state for state in TaskState}
+
+
+def _listing(
+    request: web.Request, svc: Orchestrator
+) -> tuple[str | None, frozenset[TaskState] | None, int]:
+    """`GET /v1/tasks`'s query: (`pool_id`, `state`s, `limit`), each checked."""
+    query = request.query
+    pool_id = query.get("pool_id")
+    if pool_id is not None and pool_id not in svc.pools:
+        raise Refusal(ErrorCode.NOT_FOUND, f"no pool {pool_id!r}", field="pool_id")
+    states = None  # the service's default: the live ones
+    if (raw := query.get("state")) is not None:
+        names = [name.strip() for name in raw.split(",")]
+        if names == ["all"]:
+            states = frozenset(TaskState)
+        elif unknown := [name for name in names if name not in _STATES]:
+            raise Refusal(
+                ErrorCode.INVALID_PARAMS,
+                f"state {unknown[0]!r} is none of {', '.join(_STATES)} (comma-separated), "
+                "nor `all`", field="state",
+            )  # fmt: skip
+        else:
+            states = frozenset(_STATES[name] for name in names)
+    limit = query.get("limit", str(LIST_LIMIT))
+    if not (limit.isdigit() and 1 <= int(limit) <= MAX_LIST_LIMIT):
+        raise Refusal(
+            ErrorCode.INVALID_PARAMS, f"limit must be 1 to {MAX_LIST_LIMIT}", field="limit"
+        )
+    return pool_id, states, int(limit)
+
+
 def submission(req: api.TaskRequest, request: web.Request, *, streamed: bool) -> Submission:
     """A native task request as admission takes it."""
     s = req.sampling
@@ -98,6 +132,11 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         response.headers.update(where)
         return response
 
+    async def listing(request: web.Request) -> web.Response:
+        pool_id, states, limit = _listing(request, svc)
+        viewer = principal_of(request)
+        return json_response(svc.tasks(viewer, pool_id=pool_id, states=states, limit=limit))
+
     async def status(request: web.Request) -> web.Response:
         return json_response(svc.status(request.match_info["task_id"], principal_of(request)))
 
@@ -124,6 +163,7 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
 
     return [
         web.post("/v1/tasks", submit),
+        web.get("/v1/tasks", listing),
         web.get("/v1/tasks/{task_id}", status),
         web.get("/v1/tasks/{task_id}/stream", stream),
         web.post("/v1/tasks/{task_id}/cancel", cancel),

@@ -80,6 +80,15 @@ OPERATIONS: tuple[Operation, ...] = (
         sse=(200,), headers=(TENANT,), links={202: _TASK_LINKS}, access=SUBMIT,
     ),
     Operation(
+        "get", "/v1/tasks", "data",
+        "The tasks the caller may see (another tenant's only with an operator or admin "
+        "key), oldest first: queued and running ones unless `state` says otherwise",
+        ok={200: api.TaskList}, errors=(400, 404), access=READ,
+        query=(("pool_id", "Only this pool's"),
+               ("state", "Comma-separated states (`queued,running` by default), or `all`"),
+               ("limit", "At most this many, the oldest: 1 to 1000 (default 100)")),
+    ),
+    Operation(
         "get", "/v1/tasks/{task_id}", "data", "A task's state (and output once ended)",
         ok={200: api.TaskStatus}, errors=(404, 410), access=READ,
     ),

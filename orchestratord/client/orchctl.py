@@ -130,6 +130,62 @@ async def status(ctx: click.Context, task_id: str) -> None:
         click.echo((await client.status(task_id)).model_dump_json(indent=2, exclude_none=True))
 
 
+def _age(ms: int) -> str:
+    """kubectl's AGE: the largest unit, whole."""
+    seconds = ms // 1000
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@main.command()
+@click.option("--pool", "pool_id", default=None, help="Only this pool's tasks.")
+@click.option(
+    "--state", "states", multiple=True,
+    help="queued, running, completed, failed, canceled, evicted, expired, or all "
+    "(repeatable; default: queued and running).",
+)  # fmt: skip
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=None,
+    help="At most this many, the oldest (default 100).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@run_async
+async def tasks(
+    ctx: click.Context, pool_id: str | None, states: tuple[str, ...], limit: int | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """List tasks, oldest first: the queued and running ones unless --state says otherwise
+    (another tenant's only with an operator or admin key)."""
+    async with client_of(ctx) as client:
+        found = await client.tasks(pool_id=pool_id, states=states, limit=limit)
+    if as_json:
+        click.echo(found.model_dump_json(indent=2))
+        return
+    if not found.tasks:
+        click.echo("no tasks found", err=True)
+        return
+    click.echo(
+        f"{'TASK':<38}{'POOL':<14}{'STATE':<11}{'PRIORITY':<13}{'TENANT':<14}{'POSITION':<10}"
+        f"{'REPLICA':<14}{'TOKENS':<8}AGE"
+    )
+    for t in found.tasks:
+        position = "-" if t.queue_position is None else str(t.queue_position)
+        click.echo(
+            f"{t.task_id:<38}{t.pool_id:<14}{t.state.value:<11}{t.priority.value:<13}"
+            f"{t.tenant:<14}{position:<10}{t.replica_id or '-':<14}{t.tokens_out:<8}"
+            f"{_age(t.age_ms)}"
+        )
+    if found.truncated:
+        click.echo(
+            f"(the oldest {len(found.tasks)}; more match: narrow with --pool or --state, "
+            "or raise --limit)",
+            err=True,
+        )
+
+
 @main.command()
 @click.argument("task_id")
 @click.pass_context

@@ -144,6 +144,25 @@ class OrchClient:
             )  # fmt: skip
         return api.AdmissionResponse.model_validate_json(response.content)
 
+    async def tasks(
+        self,
+        *,
+        pool_id: str | None = None,
+        states: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> api.TaskList:
+        """The tasks this key may see, oldest first: queued and running ones unless
+        `states` names others (`["all"]`: every state)."""
+        params: dict[str, str] = {}
+        if pool_id is not None:
+            params["pool_id"] = pool_id
+        if states:
+            params["state"] = ",".join(states)
+        if limit is not None:
+            params["limit"] = str(limit)
+        response = await self._request("GET", "/v1/tasks", params=params)
+        return api.TaskList.model_validate_json(response.content)
+
     async def status(self, task_id: str) -> api.TaskStatus:
         response = await self._request("GET", f"/v1/tasks/{task_id}")
         return api.TaskStatus.model_validate_json(response.content)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from orchestrator_core.errors import ErrorCode
+from orchestrator_core.model import TaskState
 from orchestrator_core.sessions import SessionTable
 from orchestratord import api_models as api
 from orchestratord import openai_models as oai
@@ -37,6 +39,9 @@ from orchestratord.store import StoreError, TaskStore, open_store
 from orchestratord.telemetry import Metrics, tracing
 
 log = structlog.get_logger("orchestratord")
+
+#: The states a task listing shows unless asked for others.
+LIVE = frozenset({TaskState.QUEUED, TaskState.RUNNING})
 
 
 class Orchestrator:
@@ -181,6 +186,29 @@ class Orchestrator:
                     "or the memory budget); its outcome was reported on its stream",
                 )
         raise Refusal(ErrorCode.NOT_FOUND, f"no task {task_id!r}")
+
+    def tasks(
+        self,
+        viewer: Principal,
+        *,
+        pool_id: str | None = None,
+        states: frozenset[TaskState] | None = None,
+        limit: int = 100,
+    ) -> api.TaskList:
+        """The tasks `viewer` may see in `states` (None: queued and running), of one pool or
+        all; the oldest `limit` of them by admission, oldest first."""
+        states = states or LIVE
+        matching = [
+            rec for rec in self.book
+            if rec.task.state in states and viewer.owns(rec.task.tenant)
+            and (pool_id is None or rec.task.pool_id == pool_id)
+        ]  # fmt: skip
+        oldest = heapq.nsmallest(limit, matching, key=lambda rec: rec.admitted_at)
+        now = self.now_ms()
+        return api.TaskList(
+            tasks=[views.task_summary(rec, self.queue_position(rec), now) for rec in oldest],
+            truncated=len(matching) > limit,
+        )
 
     def status(self, task_id: str, viewer: Principal) -> api.TaskStatus:
         rec = self.task(task_id, viewer)

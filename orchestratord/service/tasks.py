@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import structlog
@@ -112,6 +112,10 @@ class TaskBook:
 
     def get(self, task_id: str) -> TaskRecord | None:
         return self._tasks.get(task_id)
+
+    def __iter__(self) -> Iterator[TaskRecord]:
+        """Every task tracked: live, and ended within its retention."""
+        return iter(self._tasks.values())
 
     def expired(self, task_id: str) -> str | None:
         """The tenant of `task_id` if it was a task whose record has been forgotten."""

@@ -33,6 +33,16 @@ def task_status(rec: TaskRecord, queue_position: int | None) -> api.TaskStatus:
     )  # fmt: skip
 
 
+def task_summary(rec: TaskRecord, queue_position: int | None, now_ms: float) -> api.TaskSummary:
+    task = rec.task
+    return api.TaskSummary(
+        task_id=task.id, state=task.state, model=rec.model, pool_id=task.pool_id,
+        priority=task.priority, tenant=task.tenant, queue_position=queue_position,
+        replica_id=rec.replica_id, tokens_out=rec.tokens_out,
+        age_ms=max(round(now_ms - rec.admitted_at), 0),
+    )  # fmt: skip
+
+
 def session_info(session_id: str, info: Session, ttl_ms: int, kv_warmth: float) -> api.SessionInfo:
     return api.SessionInfo(
         session_id=session_id, ttl_ms=ttl_ms, turns=info.turns, replica_id=info.replica_id,

@@ -33,6 +33,7 @@ ROLES = ("read", "submit", "operator", "admin")
 #: roles that grant it, before implication. Every route the daemon serves must be listed.
 RULES: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/tasks"): {"submit"},
+    ("get", "/v1/tasks"): {"read"},
     ("get", "/v1/tasks/{task_id}"): {"read"},
     ("get", "/v1/tasks/{task_id}/stream"): {"read"},
     ("post", "/v1/tasks/{task_id}/cancel"): {"submit", "operator"},
@@ -126,7 +127,7 @@ async def test_role_by_route_matrix(start_daemon, tmp_path):
 
 
 async def test_tenants_cannot_see_each_others_work_but_operators_can(start_daemon, tmp_path):
-    """OC-AUTH-1303, OC-AUTH-1302"""
+    """OC-AUTH-1303, OC-AUTH-1302, OC-CTRL-2032"""
     keys = make_keys(
         tmp_path / "keys.yaml", a=("acme", "submit"), b=("bolt", "submit"), op=("ops", "operator")
     )
@@ -154,6 +155,12 @@ async def test_tenants_cannot_see_each_others_work_but_operators_can(start_daemo
         assert status == ghost_status == 404
         assert message.replace(task_id, never) == ghost
     assert (await answer("GET", "/v1/sessions/s1", b))[0] == 404
+
+    async def listed(headers: dict[str, str]) -> list[str]:  # what a key's listing shows
+        async with api.http.get(f"{api.base}/v1/tasks", headers=headers) as r:
+            return [t["task_id"] for t in (await r.json())["tasks"]]
+
+    assert await listed(a) == await listed(op) == [task_id] and await listed(b) == []
     assert (await answer("GET", "/v1/sessions/s1", a))[0] == 200
     # B's own `s1` is another session
     async with api.http.delete(f"{api.base}/v1/sessions/s1", headers=b) as r:

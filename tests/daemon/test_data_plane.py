@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
-from tests.helpers import mock_pool
+from tests.helpers import mock_pool, orchctl
 from worker_adapters.mock import MockAdapter, token_stream
 
 
@@ -289,3 +290,72 @@ async def test_sessions_track_affinity_and_can_be_deleted(start_daemon):
     async with api.http.delete(f"{api.base}/v1/sessions/s1") as r:
         assert r.status == 204
     assert (await api.get("/v1/sessions/s1"))[0] == 404
+
+
+async def test_tasks_are_listed_oldest_first_and_filtered(start_daemon):
+    """OC-CTRL-2032, OC-CLI-5006"""
+    api = await start_daemon(mock_pool(replicas={"managed": {"count": 1, "slots": 1}}),
+                             mock_pool("other"))  # fmt: skip
+    ids = {}
+    for name, body in (
+        ("running", {"prompt": "[[stall:0]] hold the slot"}),
+        ("batch", {"prompt": "b", "priority": "batch"}),
+        ("interactive", {"prompt": "i"}),
+    ):
+        ids[name] = (await api.submit(model="mock-model", max_tokens=2, **body))[1]["task_id"]
+        if name == "running":
+            await api.wait_state(ids[name], "running")
+    ids["done"] = (await api.submit(model="other-model", prompt="d", max_tokens=2))[1]["task_id"]
+    await api.wait_state(ids["done"], "completed")
+
+    async def listed(query: str = "") -> dict:
+        status, body = await api.get(f"/v1/tasks{query}")
+        assert status == 200, body
+        return body
+
+    live = await listed()  # the queued and running ones, oldest first, with their positions
+    assert [(t["task_id"], t["state"], t["queue_position"]) for t in live["tasks"]] == [
+        (ids["running"], "running", None), (ids["batch"], "queued", 1),
+        (ids["interactive"], "queued", 0),
+    ]  # fmt: skip
+    assert live["truncated"] is False
+    first = live["tasks"][0]
+    assert (first["pool_id"], first["priority"], first["tenant"]) == (
+        "mock",
+        "interactive",
+        "default",
+    )
+    assert first["replica_id"] == "mock-r0" and first["age_ms"] >= 0
+    assert [t["task_id"] for t in (await listed("?state=completed"))["tasks"]] == [ids["done"]]
+    assert [t["task_id"] for t in (await listed("?state=all&pool_id=other"))["tasks"]] == [
+        ids["done"]
+    ]
+    assert [t["task_id"] for t in (await listed("?state=queued,completed"))["tasks"]] == [
+        ids["batch"], ids["interactive"], ids["done"]
+    ]  # fmt: skip
+    oldest = await listed("?limit=1")
+    assert [t["task_id"] for t in oldest["tasks"]] == [ids["running"]] and oldest["truncated"]
+    for query, status, field in (
+        ("?state=bogus", 400, "state"), ("?limit=0", 400, "limit"),
+        ("?limit=1001", 400, "limit"), ("?pool_id=nope", 404, "pool_id"),
+    ):  # fmt: skip
+        got, error = await api.get(f"/v1/tasks{query}")
+        assert (got, error["field"]) == (status, field), error
+
+    code, out, err = await orchctl(api.base, "tasks")  # kubectl's table
+    assert code == 0, err
+    head, *rows = out.splitlines()
+    assert head.split() == [
+        "TASK", "POOL", "STATE", "PRIORITY", "TENANT", "POSITION", "REPLICA", "TOKENS", "AGE"
+    ]  # fmt: skip
+    assert [row.split()[:6] for row in rows] == [
+        [ids["running"], "mock", "running", "interactive", "default", "-"],
+        [ids["batch"], "mock", "queued", "batch", "default", "1"],
+        [ids["interactive"], "mock", "queued", "interactive", "default", "0"],
+    ]
+    code, out, _ = await orchctl(api.base, "tasks", "--state", "completed", "--json")
+    assert [t["task_id"] for t in json.loads(out)["tasks"]] == [ids["done"]]
+    code, out, err = await orchctl(api.base, "tasks", "--pool", "mock", "--limit", "2")
+    assert len(out.splitlines()) == 3 and "more match" in err
+    code, _, err = await orchctl(api.base, "tasks", "--state", "bogus")
+    assert code == 4 and "state" in err
