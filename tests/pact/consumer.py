@@ -127,6 +127,30 @@ def build() -> Pact:
         )
     )
     (
+        pact.upon_receiving("the list of live tasks")
+        .given("task running")
+        .with_request("GET", "/v1/tasks")
+        .will_respond_with(200)
+        .with_body(
+            {
+                "tasks": match.each_like(
+                    {
+                        "task_id": RUNNING_TASK,
+                        "state": "running",
+                        "model": "tiny-llama",
+                        "pool_id": match.str("tiny"),
+                        "priority": "interactive",
+                        "tenant": match.str("default"),
+                        "tokens_out": match.int(1),
+                        "age_ms": match.int(5),
+                    }
+                ),
+                "truncated": False,
+            },
+            "application/json",
+        )
+    )
+    (
         pact.upon_receiving("a cancel of a running task")
         .given("task running")
         .with_request("POST", f"/v1/tasks/{RUNNING_TASK}/cancel")
@@ -209,6 +233,7 @@ async def exercise(url: str) -> None:
         except Backpressure as e:
             assert e.status == 429 and e.retry_after_s >= 1
         assert (await client.status(RUNNING_TASK)).state == "running"
+        assert [t.task_id for t in (await client.tasks()).tasks] == [RUNNING_TASK]
         assert (await client.status(FINISHED_TASK)).output
         await client.cancel(RUNNING_TASK)
         events = [e.event async for e in client.stream(FINISHED_TASK)]
