@@ -193,7 +193,7 @@ class Orchestrator:
         *,
         pool_id: str | None = None,
         states: frozenset[TaskState] | None = None,
-        limit: int = 100,
+        limit: int,
     ) -> api.TaskList:
         """The tasks `viewer` may see in `states` (None: queued and running), of one pool or
         all; the oldest `limit` of them by admission, oldest first."""
