@@ -87,9 +87,11 @@ async def test_unexpected_failure_is_an_envelope_not_a_traceback(start_daemon, m
 
 
 async def test_unknown_route_and_method_are_enveloped(start_daemon):
-    """OC-CTRL-2012"""
+    """OC-CTRL-2012, OC-OAI-9009"""
     api = await start_daemon(mock_pool())
-    status, body = await api.get("/v1/nowhere")
+    status, body = await api.get("/v1/tasks/some-task/nowhere")
     assert status == 404 and body["code"] == "NOT_FOUND"
+    status, body = await api.get("/v1/nowhere")  # not a native resource: OpenAI's API
+    assert status == 404 and body["error"]["code"] == "NOT_FOUND"
     async with api.http.put(f"{api.base}/v1/tasks") as r:
         assert r.status == 405 and (await r.json())["code"] == "INVALID_PARAMS"
