@@ -196,7 +196,7 @@ async def test_aiohttps_own_refusals_are_json_envelopes(start_daemon):
     reader, _ = await _raw(port, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
     status, headers, body = await _answer(reader)
     assert status == 431 and b"1024" in body and headers["content-type"] == "application/json"
-    async with api.http.put(f"{api.base}/v1/tasks") as r:
+    async with api.http.put(f"{api.base}/v1/tasks/some-task/cancel") as r:
         assert r.status == 405 and r.headers["Allow"] == "POST"
         assert (await r.json())["code"] == "INVALID_PARAMS"
 
