@@ -142,7 +142,9 @@ class ErrorEnvelope(BaseModel):
         )  # fmt: skip
 
 
-class TaskStatus(BaseModel):
+class _Task(BaseModel):
+    """What a task's status and a listing both say of it."""
+
     task_id: str
     state: TaskState
     model: str
@@ -151,26 +153,23 @@ class TaskStatus(BaseModel):
     queue_position: int | None = None
     replica_id: str | None = None
     tokens_out: int = 0
+
+
+class TaskSummary(_Task):
+    """A task as a listing shows it (`GET /v1/tasks`)."""
+
+    tenant: str
+    age_ms: int = Field(description="Since its admission.")
+
+
+class TaskStatus(_Task):
+    """A task, with its outcome once it has ended (`GET /v1/tasks/{id}`)."""
+
     finish_reason: str | None = None
     seed: int | None = None
     output: str | None = Field(None, description="Generated text, once the task has ended.")
     output_truncated: bool = False
     error: ErrorEnvelope | None = None
-
-
-class TaskSummary(BaseModel):
-    """One task of a listing (`GET /v1/tasks`)."""
-
-    task_id: str
-    state: TaskState
-    model: str
-    pool_id: str
-    priority: Priority
-    tenant: str
-    queue_position: int | None = None
-    replica_id: str | None = None
-    tokens_out: int = 0
-    age_ms: int = Field(description="Since its admission.")
 
 
 class TaskList(BaseModel):

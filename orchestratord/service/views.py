@@ -37,8 +37,8 @@ def task_summary(rec: TaskRecord, queue_position: int | None, now_ms: float) -> 
     task = rec.task
     return api.TaskSummary(
         task_id=task.id, state=task.state, model=rec.model, pool_id=task.pool_id,
-        priority=task.priority, tenant=task.tenant, queue_position=queue_position,
-        replica_id=rec.replica_id, tokens_out=rec.tokens_out,
+        priority=task.priority, queue_position=queue_position, replica_id=rec.replica_id,
+        tokens_out=rec.tokens_out, tenant=task.tenant,
         age_ms=max(round(now_ms - rec.admitted_at), 0),
     )  # fmt: skip
 
