@@ -22,6 +22,7 @@ from orchestratord.api.http import (
     CID,
     CORRELATION,
     MAX_CORRELATION_CHARS,
+    REQUEST_ID,
     Handler,
     Middleware,
     checked_header,
@@ -36,8 +37,8 @@ log = structlog.get_logger("orchestratord.http")
 
 
 def correlation_and_errors(max_body: int) -> Middleware:
-    """Echo or assign X-Correlation-Id; turn every failure into the error envelope; never
-    let a traceback reach a client."""
+    """Echo or assign X-Correlation-Id (on OpenAI's paths also as `x-request-id`); turn
+    every failure into the error envelope; never let a traceback reach a client."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -74,6 +75,8 @@ def correlation_and_errors(max_body: int) -> Middleware:
             response = error_response(envelope, 500, openai=openai)
         if not response.prepared:
             response.headers[CORRELATION] = cid
+            if openai:
+                response.headers[REQUEST_ID] = cid
         return response
 
     return middleware

@@ -16,6 +16,9 @@ from orchestratord.principals import Principal
 from orchestratord.service import Refusal
 
 CORRELATION = "X-Correlation-Id"
+#: The correlation id again, where OpenAI's SDKs read a request's id (`request_id` on
+#: their responses and errors), so a user's report names what our logs carry.
+REQUEST_ID = "x-request-id"
 #: The request's correlation id (echoed or assigned by the middleware).
 CID: web.RequestKey[str] = web.RequestKey("cid", str)
 

@@ -17,7 +17,14 @@ from aiohttp import web
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import Priority
 from orchestratord.api.errors import STATUS, error_response
-from orchestratord.api.http import CID, json_response, parse, principal_of, traceparent_of
+from orchestratord.api.http import (
+    CID,
+    REQUEST_ID,
+    json_response,
+    parse,
+    principal_of,
+    traceparent_of,
+)
 from orchestratord.api.sse import OpenAIChunks
 from orchestratord.api.streaming import stream_task
 from orchestratord.api_models import EndEvent, ErrorEnvelope
@@ -92,7 +99,7 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
     async def answer(
         request: web.Request, rec: TaskRecord, req: ChatCompletionRequest | CompletionRequest
     ) -> web.StreamResponse:
-        headers = {"X-Task-Id": rec.task.id}
+        headers = {"X-Task-Id": rec.task.id, REQUEST_ID: request[CID]}  # (a stream's too)
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             render = OpenAIChunks(rec, include_usage=usage)

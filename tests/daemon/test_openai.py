@@ -1,4 +1,4 @@
-"""OC-OAI-9001..9009: the OpenAI-compatible door, driven by the official `openai` SDK (async
+"""OC-OAI-9001..9011: the OpenAI-compatible door, driven by the official `openai` SDK (async
 and sync, stream and not, chat and completions), over a live daemon with mock pools."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def clients(api, **kw):
 
 
 async def test_chat_and_completions_stream_and_not_are_tasks(start_daemon):
-    """OC-OAI-9001, OC-OAI-9003"""
+    """OC-OAI-9001, OC-OAI-9003, OC-OAI-9011"""
     api = await start_daemon(mock_pool())
     client, sync = clients(api)
     expected = "".join(token_stream(7, RENDERED, 5))
@@ -48,6 +48,7 @@ async def test_chat_and_completions_stream_and_not_are_tasks(start_daemon):
     assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 5
     task_id = raw.headers["X-Task-Id"]
     assert chat.id == f"chatcmpl-{task_id}"
+    assert raw.request_id == raw.headers["X-Correlation-Id"]  # what the SDK reports (9011)
     status = await api.status(task_id)  # every request is a task
     assert status["state"] == "completed" and status["output"] == expected
 
@@ -55,6 +56,7 @@ async def test_chat_and_completions_stream_and_not_are_tasks(start_daemon):
         model="mock-model", messages=CONVERSATION, max_tokens=5, seed=7, stream=True,
         stream_options={"include_usage": True},
     )  # fmt: skip
+    assert stream.response.headers["x-request-id"] == stream.response.headers["X-Correlation-Id"]
     chunks = [chunk async for chunk in stream]
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -112,7 +114,7 @@ async def test_an_openai_path_not_served_here_is_refused_in_openai_shape(start_d
 
 
 async def test_errors_are_openai_shaped_with_our_codes(start_daemon):
-    """OC-OAI-9002, OC-OAI-9010"""
+    """OC-OAI-9002, OC-OAI-9010, OC-OAI-9011"""
     api = await start_daemon(
         mock_pool(queue={"capacity": 1}, replicas={"managed": {"count": 1, "slots": 1}})
     )
@@ -120,6 +122,7 @@ async def test_errors_are_openai_shaped_with_our_codes(start_daemon):
     with pytest.raises(openai.NotFoundError) as err:
         await client.chat.completions.create(model="nope", messages=CONVERSATION)
     assert err.value.code == "UNKNOWN_MODEL" and err.value.param == "model"
+    assert err.value.request_id == err.value.response.headers["X-Correlation-Id"]  # (9011)
     refused = {
         "n": {"n": 2},
         "tools": {"tools": [{"type": "function", "function": {"name": "f"}}]},
