@@ -25,6 +25,7 @@ from orchestratord.api.http import (
     principal_of,
     traceparent_of,
 )
+from orchestratord.api.operations import OPERATIONS
 from orchestratord.api.sse import OpenAIChunks
 from orchestratord.api.streaming import stream_task
 from orchestratord.api_models import EndEvent, ErrorEnvelope
@@ -36,10 +37,15 @@ from orchestratord.service.records import TaskRecord
 from orchestratord.service.streams import END, ERROR, TOKEN
 
 CHAT, COMPLETIONS, MODELS = "/v1/chat/completions", "/v1/completions", "/v1/models"
-#: The native API's resources under `/v1/`. Every other `/v1/` path is the OpenAI API's —
-#: served here (this door, the Batch API) or not (`/v1/embeddings`, `/v1/responses`, ...) —
-#: and its errors take OpenAI's shape, so an OpenAI client reads why it was refused.
-NATIVE = frozenset({"tasks", "sessions", "pools", "agents", "keys", "capabilities"})
+#: The native API's resources under `/v1/` (from the operations table). Every other `/v1/`
+#: path is the OpenAI API's — served here (this door, the Batch API) or not
+#: (`/v1/embeddings`, `/v1/responses`, ...) — and its errors take OpenAI's shape, so an
+#: OpenAI client reads why it was refused.
+NATIVE = frozenset(
+    op.path.split("/")[2]
+    for op in OPERATIONS
+    if op.plane != "openai" and op.path.startswith("/v1/")
+)
 #: What a client of the OpenAI API finds here (said when it asks for anything else).
 SERVED = (
     "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, /v1/files and /v1/batches"
@@ -99,10 +105,12 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
     async def answer(
         request: web.Request, rec: TaskRecord, req: ChatCompletionRequest | CompletionRequest
     ) -> web.StreamResponse:
-        headers = {"X-Task-Id": rec.task.id, REQUEST_ID: request[CID]}  # (a stream's too)
+        headers = {"X-Task-Id": rec.task.id}
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             render = OpenAIChunks(rec, include_usage=usage)
+            # sent before the middleware sees the response, which sets it on all others
+            headers[REQUEST_ID] = request[CID]
             return await stream_task(request, svc, rec, render, headers=headers)
         text, end, error = await _collect(svc, rec)
         if end is not None and end.finish_reason == "canceled":
