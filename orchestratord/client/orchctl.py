@@ -191,10 +191,17 @@ async def tasks(
 @click.pass_context
 @run_async
 async def cancel(ctx: click.Context, task_id: str) -> None:
-    """Cancel a queued or running task (idempotent)."""
+    """Cancel a queued or running task (idempotent: a task that already ended is left as
+    it ended, and the output says so)."""
     async with client_of(ctx) as client:
         await client.cancel(task_id)
-    click.echo(f"canceled {task_id}")
+        # the 204 is the same either way; the state says which it was (a cancel ends the
+        # task before it answers)
+        state = (await client.status(task_id)).state
+    if state is api.TaskState.CANCELED:
+        click.echo(f"canceled {task_id}")
+    else:
+        click.echo(f"{task_id} had already ended ({state.value}): nothing to cancel")
 
 
 @main.command()

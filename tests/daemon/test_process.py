@@ -134,14 +134,20 @@ async def test_orchctl_submit_and_exit_codes(start_daemon):
 
 
 async def test_orchctl_status_cancel_drain_reload(start_daemon):
-    """OC-CLI-5001"""
+    """OC-CLI-5001, OC-CLI-5007"""
     api = await start_daemon(mock_pool(models={"v2": "mock-v2"}))
     _, task, _ = await api.submit(model="mock-model", prompt="[[stall:0]]")
     await api.wait_state(task["task_id"], "running")
     code, out, _ = await orchctl(api.base, "status", task["task_id"])
     assert code == 0 and json.loads(out)["state"] == "running"
-    assert (await orchctl(api.base, "cancel", task["task_id"]))[0] == 0
+    code, out, _ = await orchctl(api.base, "cancel", task["task_id"])
+    assert code == 0 and out == f"canceled {task['task_id']}\n"
     assert (await api.status(task["task_id"]))["state"] == "canceled"
+    _, done, _ = await api.submit(model="mock-model", prompt="hi", max_tokens=2)
+    await api.wait_state(done["task_id"], "completed")
+    code, out, _ = await orchctl(api.base, "cancel", done["task_id"])  # idempotent, and honest
+    assert code == 0 and "had already ended (completed): nothing to cancel" in out
+    assert (await api.status(done["task_id"]))["state"] == "completed"
     assert (await orchctl(api.base, "status", "missing"))[0] == 4
     assert (await orchctl(api.base, "reload", "mock", "v2"))[0] == 0
     code, _, err = await orchctl(api.base, "reload", "mock", "/srv/elsewhere.gguf")
