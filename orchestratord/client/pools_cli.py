@@ -1,0 +1,142 @@
+"""`orchctl`'s operator verbs: pools, agents and engines (list, drain, resume, reload)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from orchestratord import api_models as api
+from orchestratord.client.cli_common import client_of, run_async
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@run_async
+async def pools(ctx: click.Context, as_json: bool) -> None:
+    """List pools and their replicas."""
+    async with client_of(ctx) as client:
+        found = await client.pools()
+    if as_json:
+        click.echo(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
+        return
+    click.echo(f"{'POOL':<14}{'ENGINE':<10}{'MODEL':<20}{'READY':<7}{'QUEUE':<10}REPLICAS")
+    for p in found:
+        depth = sum(p.queue_depth.values())
+        reps = ", ".join(
+            f"{r.replica_id}({r.state} {r.slots_free}/{r.slots_total}"
+            f"{f' on {r.host}' if r.host else ''})"
+            for r in p.replicas
+        )
+        state = "drain" if p.draining else ("yes" if p.ready else "no")
+        click.echo(
+            f"{p.pool_id:<14}{p.engine:<10}{p.model:<20}{state:<7}"
+            f"{depth}/{p.queue_capacity:<8}{reps}"
+        )
+        if p.last_error:
+            click.echo(f"  last error: {p.last_error}")
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def agents(ctx: click.Context, as_json: bool) -> None:
+    """List pool-managerd agents: connected or lost, their replicas, GPUs and last command
+    (`orchctl agents stop AGENT` stops an agent's engines)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_agents, as_json=as_json)
+
+
+@agents.command("stop")
+@click.argument("agent_id")
+@click.pass_context
+@run_async
+async def stop_agent(ctx: click.Context, agent_id: str) -> None:
+    """Stop AGENT's engines (before maintenance); it stays joined and reports them stopped."""
+    async with client_of(ctx) as client:
+        await client.stop_agent(agent_id)
+    click.echo(f"stopping the engines of {agent_id}; see `orchctl agents` for the result")
+
+
+@click.pass_context
+@run_async
+async def list_agents(ctx: click.Context, as_json: bool) -> None:
+    async with client_of(ctx) as client:
+        found = await client.agents()
+    if as_json:
+        click.echo(json.dumps([a.model_dump(mode="json") for a in found], indent=2))
+        return
+    if not found:
+        click.echo("no agents have joined", err=True)
+        return
+    click.echo(
+        f"{'AGENT':<16}{'HOST':<20}{'STATE':<11}{'SEEN':<8}{'POOLS':<16}{'REPLICAS':<20}GPUS"
+    )
+    for a in found:
+        state = "connected" if a.connected else "lost"
+        replicas = " ".join(f"{k}={v}" for k, v in sorted(a.replicas.items())) or "-"
+        gpus = (
+            ", ".join(
+                f"{g.name} {g.memory_used_bytes / 2**30:.1f}/{g.memory_total_bytes / 2**30:.0f}GiB "
+                f"{g.utilization_percent}%"
+                for g in a.gpus
+            )
+            or "-"
+        )
+        click.echo(
+            f"{a.agent_id:<16}{a.host:<20}{state:<11}{a.last_seen_s:<8.1f}"
+            f"{','.join(a.pools):<16}{replicas:<20}{gpus}"
+        )
+        if a.lost_reason:
+            click.echo(f"  lost: {a.lost_reason}")
+        if a.last_command:
+            c = a.last_command
+            click.echo(f"  last command: {c.action} {c.pool_id}: {'ok' if c.ok else c.error}")
+
+
+@click.command()
+@click.argument("pool_id")
+@click.option("--deadline-ms", type=int, default=30_000, show_default=True)
+@click.pass_context
+@run_async
+async def drain(ctx: click.Context, pool_id: str, deadline_ms: int) -> None:
+    """Stop new work on POOL; cancel what still runs after the deadline."""
+    async with client_of(ctx) as client:
+        await client.drain(pool_id, deadline_ms)
+    click.echo(f"draining {pool_id} (deadline {deadline_ms} ms)")
+
+
+@click.command()
+@click.argument("pool_id")
+@click.pass_context
+@run_async
+async def resume(ctx: click.Context, pool_id: str) -> None:
+    """Undo a drain: POOL admits and serves again (kubectl's uncordon)."""
+    async with client_of(ctx) as client:
+        await client.resume(pool_id)
+    click.echo(f"resumed {pool_id}")
+
+
+@click.command()
+@click.argument("pool_id")
+@click.argument("model")
+@click.option("--resume", "and_resume", is_flag=True, help="Also resume a drained pool.")
+@click.pass_context
+@run_async
+async def reload(ctx: click.Context, pool_id: str, model: str, and_resume: bool) -> None:
+    """Swap POOL to MODEL — a model name the daemon's config gives the pool — atomically
+    (rolled back if the new replicas fail). A drained pool stays drained unless --resume."""
+    async with client_of(ctx) as client:
+        await client.reload(pool_id, model, resume=and_resume)
+    click.echo(f"reloading {pool_id} to {model}; see `orchctl pools` for progress")
+
+
+@click.command()
+@click.pass_context
+@run_async
+async def capabilities(ctx: click.Context) -> None:
+    """Show the engines the daemon serves."""
+    async with client_of(ctx) as client:
+        caps: api.CapabilitiesResponse = await client.capabilities()
+    click.echo(caps.model_dump_json(indent=2))
