@@ -63,6 +63,11 @@ def correlation_and_errors(max_body: int) -> Middleware:
                     if openai
                     else "the API: GET /openapi.json"
                 )
+            elif e.status == 405:
+                message = (
+                    f"{request.method} is not allowed on {request.path}; "
+                    f"allowed: {e.headers.get('Allow', '')}"
+                )
             envelope = ErrorEnvelope.of(code_for_http(e.status), message)
             response = error_response(envelope, e.status, openai=openai)
             if "Allow" in e.headers:  # 405 says what is allowed

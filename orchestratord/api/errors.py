@@ -86,8 +86,9 @@ def headers_for(
 #: OpenAI's error `type` for a status (its SDKs pick the exception class by status).
 _OPENAI_TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 409: "invalid_request_error", 410: "invalid_request_error",
-    413: "invalid_request_error", 415: "invalid_request_error", 429: "rate_limit_error",
+    404: "not_found_error", 405: "invalid_request_error", 409: "invalid_request_error",
+    410: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+    429: "rate_limit_error",
 }  # fmt: skip
 
 

@@ -94,4 +94,10 @@ async def test_unknown_route_and_method_are_enveloped(start_daemon):
     status, body = await api.get("/v1/nowhere")  # not a native resource: OpenAI's API
     assert status == 404 and body["error"]["code"] == "NOT_FOUND"
     async with api.http.put(f"{api.base}/v1/tasks") as r:
-        assert r.status == 405 and (await r.json())["code"] == "INVALID_PARAMS"
+        body = await r.json()
+        assert r.status == 405 and body["code"] == "INVALID_PARAMS"
+        assert body["message"].startswith("PUT is not allowed on /v1/tasks; allowed: ")
+    async with api.http.get(f"{api.base}/v1/chat/completions") as r:  # OpenAI's 4xx type
+        error = (await r.json())["error"]
+        assert r.status == 405 and error["type"] == "invalid_request_error"
+        assert error["message"] == "GET is not allowed on /v1/chat/completions; allowed: POST"
