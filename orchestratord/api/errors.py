@@ -83,18 +83,19 @@ def headers_for(
     return {}
 
 
-#: OpenAI's error `type` for a status (its SDKs pick the exception class by status).
+#: OpenAI's error `type` for the statuses that have a narrower one than a client error's
+#: `invalid_request_error` (its SDKs pick the exception class by status).
 _OPENAI_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "not_found_error", 405: "invalid_request_error", 409: "invalid_request_error",
-    410: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+    401: "authentication_error", 403: "permission_error", 404: "not_found_error",
     429: "rate_limit_error",
 }  # fmt: skip
 
 
 def openai_error(envelope: ErrorEnvelope, status: int) -> dict[str, Any]:
     """The envelope in OpenAI's error shape."""
-    error_type = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+    error_type = _OPENAI_TYPES.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
     return {
         "error": {
             "message": envelope.message, "type": error_type, "code": envelope.code,
