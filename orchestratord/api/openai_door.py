@@ -65,9 +65,15 @@ def _priority(request: web.Request, field: Priority | None) -> Priority:
     if header is None:
         return field or Priority.INTERACTIVE
     try:
-        return Priority(header)
+        priority = Priority(header)
     except ValueError:
         raise refuse("X-Priority must be 'interactive' or 'batch'", "X-Priority") from None
+    if field is not None and field is not priority:  # neither may quietly lose
+        raise refuse(
+            f"X-Priority ({priority.value}) and the priority field ({field.value}) disagree; "
+            "send one of them", "X-Priority",
+        )  # fmt: skip
+    return priority
 
 
 def _submission(request: web.Request, req: ChatCompletionRequest | CompletionRequest) -> Submission:

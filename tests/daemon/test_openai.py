@@ -247,6 +247,17 @@ async def test_priority_and_a_pool_chat_template(start_daemon):
             model="mock-model", messages=CONVERSATION, extra_headers={"X-Priority": "urgent"}
         )
     assert err.value.param == "X-Priority"
+    with pytest.raises(openai.BadRequestError) as err:  # the header and the field disagree
+        await client.chat.completions.create(
+            model="mock-model", messages=CONVERSATION, extra_headers={"X-Priority": "batch"},
+            extra_body={"priority": "interactive"},
+        )  # fmt: skip
+    assert err.value.param == "X-Priority" and "disagree" in err.value.message
+    raw = await client.chat.completions.with_raw_response.create(  # agreeing is fine
+        model="mock-model", messages=CONVERSATION, max_tokens=1,
+        extra_headers={"X-Priority": "batch"}, extra_body={"priority": "batch"},
+    )  # fmt: skip
+    assert (await api.status(raw.headers["X-Task-Id"]))["priority"] == "batch"
 
 
 async def _sse(response) -> list[tuple[int | None, str]]:
