@@ -204,6 +204,15 @@ class ReplicaInfo(BaseModel):
     host: str | None = None
 
 
+class ReloadInfo(BaseModel):
+    """A pool's latest reload: what its engines were asked to load, and how it went (why it
+    failed: the old replicas kept serving). `orchctl reload --wait` follows it."""
+
+    model: str
+    state: Literal["reloading", "done", "failed"]
+    error: str | None = None
+
+
 class PoolInfo(BaseModel):
     pool_id: str
     engine: str
@@ -216,6 +225,7 @@ class PoolInfo(BaseModel):
     ctx_max: int | None
     replicas: list[ReplicaInfo]
     last_error: str | None = None
+    reload: ReloadInfo | None = None
 
 
 class PoolList(BaseModel):

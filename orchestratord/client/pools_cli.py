@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 
 import click
 
 from orchestratord import api_models as api
-from orchestratord.client.cli_common import client_of, run_async
+from orchestratord.client.cli_common import EXIT_FAILED, client_of, fail, run_async
+from orchestratord.client.sdk import OrchClient
 
 
 @click.command()
@@ -34,6 +37,8 @@ async def pools(ctx: click.Context, as_json: bool) -> None:
             f"{p.pool_id:<14}{p.engine:<10}{p.model:<20}{state:<7}"
             f"{depth}/{p.queue_capacity:<8}{reps}"
         )
+        if p.reload is not None and p.reload.state == "reloading":
+            click.echo(f"  reloading to {p.reload.model}")
         if p.last_error:
             click.echo(f"  last error: {p.last_error}")
 
@@ -95,16 +100,57 @@ async def list_agents(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"  last command: {c.action} {c.pool_id}: {'ok' if c.ok else c.error}")
 
 
+#: `--wait`: how often the pool is looked at again, and for how long by default.
+POLL_S = 0.5
+WAIT_S = 600.0
+_wait = click.option(
+    "--wait", is_flag=True, help="Return once it is done (kubectl's `rollout status`)."
+)
+_timeout = click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=0), default=WAIT_S, show_default=True,
+    help="Seconds --wait waits (the operation itself goes on).",
+)  # fmt: skip
+
+
+async def _until(
+    client: OrchClient, pool_id: str, done: Callable[[api.PoolInfo], bool], timeout_s: float,
+    doing: str,
+) -> api.PoolInfo:  # fmt: skip
+    """The pool once `done` holds of it; EXIT_FAILED after `timeout_s`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:  # (the daemon is asked again: there is nothing here to wait on)
+                pool = await client.pool(pool_id)
+                if done(pool):
+                    return pool
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        fail(EXIT_FAILED, f"{pool_id} is still {doing} after {timeout_s:g} s (see `orchctl pools`)")
+
+
+def _drained(pool: api.PoolInfo) -> bool:
+    return not any(pool.queue_depth.values()) and all(
+        r.slots_free == r.slots_total for r in pool.replicas
+    )
+
+
 @click.command()
 @click.argument("pool_id")
 @click.option("--deadline-ms", type=int, default=30_000, show_default=True)
+@_wait
+@_timeout
 @click.pass_context
 @run_async
-async def drain(ctx: click.Context, pool_id: str, deadline_ms: int) -> None:
+async def drain(
+    ctx: click.Context, pool_id: str, deadline_ms: int, wait: bool, timeout_s: float
+) -> None:
     """Stop new work on POOL; cancel what still runs after the deadline."""
     async with client_of(ctx) as client:
         await client.drain(pool_id, deadline_ms)
-    click.echo(f"draining {pool_id} (deadline {deadline_ms} ms)")
+        click.echo(f"draining {pool_id} (deadline {deadline_ms} ms)")
+        if wait:
+            await _until(client, pool_id, _drained, timeout_s, "draining")
+            click.echo(f"drained {pool_id}: nothing queued or running")
 
 
 @click.command()
@@ -122,14 +168,32 @@ async def resume(ctx: click.Context, pool_id: str) -> None:
 @click.argument("pool_id")
 @click.argument("model")
 @click.option("--resume", "and_resume", is_flag=True, help="Also resume a drained pool.")
+@_wait
+@_timeout
 @click.pass_context
 @run_async
-async def reload(ctx: click.Context, pool_id: str, model: str, and_resume: bool) -> None:
+async def reload(
+    ctx: click.Context, pool_id: str, model: str, and_resume: bool, wait: bool,
+    timeout_s: float,
+) -> None:  # fmt: skip
     """Swap POOL to MODEL — a model name the daemon's config gives the pool — atomically
-    (rolled back if the new replicas fail). A drained pool stays drained unless --resume."""
+    (rolled back if the new replicas fail). A drained pool stays drained unless --resume.
+    With --wait, exits 4 when it was rolled back."""
     async with client_of(ctx) as client:
         await client.reload(pool_id, model, resume=and_resume)
-    click.echo(f"reloading {pool_id} to {model}; see `orchctl pools` for progress")
+        if not wait:
+            click.echo(f"reloading {pool_id} to {model}; see `orchctl pools` for progress")
+            return
+        click.echo(f"reloading {pool_id} to {model}")
+        pool = await _until(
+            client, pool_id, lambda p: p.reload is None or p.reload.state != "reloading",
+            timeout_s, "reloading",
+        )  # fmt: skip
+    if pool.reload is None:  # a daemon from before reloads were reported
+        fail(EXIT_FAILED, "this daemon does not say how a reload ends; see `orchctl pools`")
+    if pool.reload.state == "failed":
+        fail(EXIT_FAILED, f"reload of {pool_id} to {model} failed: {pool.reload.error}")
+    click.echo(f"reloaded {pool_id} to {model}")
 
 
 @click.command()

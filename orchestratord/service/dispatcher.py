@@ -85,8 +85,10 @@ class PoolDispatcher:
         #: A task waits for a warm replica until then (ms), at the latest.
         self._hold_until: float | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
-        #: The latest reload (`start_reload`), running or settled.
-        self.reload_task: asyncio.Task[None] | None = None
+        #: The latest reload (`start_reload`): what the engines load, and its task, whose
+        #: result says why it failed (None once switched over).
+        self.reload_model: str | None = None
+        self.reload_task: asyncio.Task[str | None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         #: Renders conversations for this pool (else the engine's own chat route does).
@@ -370,18 +372,20 @@ class PoolDispatcher:
     def start_reload(self, model: str, *, resume: bool = False) -> None:
         """Swap to `model` (what the engine loads) in the background (`reload_task`); a
         drained pool stays drained unless `resume`."""
+        self.reload_model = model
         self.reload_task = asyncio.create_task(self.reload(model, resume=resume))
 
-    async def reload(self, model: str, *, resume: bool = False) -> None:
-        """Swap to `model` atomically; on failure the old replicas keep serving and
-        `last_error` says why."""
+    async def reload(self, model: str, *, resume: bool = False) -> str | None:
+        """Swap to `model` atomically; on failure the old replicas keep serving, and the
+        result (also `last_error`) says why."""
         try:
             await self.manager.reload(model)
-        except ReloadFailed:
-            return
+        except ReloadFailed as e:
+            return str(e)
         if resume:
             self.resume()
         self.pump()
+        return None
 
     async def stop(self) -> None:
         """Stop timers and every engine; runners end as their engines go."""

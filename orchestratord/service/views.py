@@ -68,7 +68,23 @@ def pool_info(pool: PoolDispatcher) -> api.PoolInfo:
         draining=pool.draining, queue_depth={p.value: pool.queue.depth(p) for p in PRIORITIES},
         queue_capacity=pool.queue.capacity, policy=config.queue.policy.value,
         ctx_max=pool.ctx_max(), replicas=replicas, last_error=manager.last_error,
+        reload=reload_info(pool),
     )  # fmt: skip
+
+
+def reload_info(pool: PoolDispatcher) -> api.ReloadInfo | None:
+    task, model = pool.reload_task, pool.reload_model
+    if task is None or model is None:
+        return None
+    if not task.done():
+        return api.ReloadInfo(model=model, state="reloading")
+    if task.cancelled():
+        error: str | None = "the daemon stopped before it settled"
+    elif (bug := task.exception()) is not None:
+        error = f"the reload failed unexpectedly: {bug!r}"
+    else:
+        error = task.result()
+    return api.ReloadInfo(model=model, state="failed" if error else "done", error=error)
 
 
 def agent_list(remote: RemoteReplicas | None, now_s: float) -> api.AgentList:

@@ -84,6 +84,7 @@ async def test_reload_switches_atomically_and_rolls_back_on_failure(start_daemon
     _, pool = await api.get("/v1/pools/mock")
     assert {r["replica_id"] for r in pool["replicas"]} == old_ids
     assert "rolled back" in pool["last_error"]
+    assert pool["reload"] == {"model": "fail:x", "state": "failed", "error": pool["last_error"]}
     _, ok, _ = await api.submit(model="mock-model", prompt="still served", max_tokens=2)
     assert (await api.events(ok["task_id"]))[-1][0] == "end"
 

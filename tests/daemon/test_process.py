@@ -134,8 +134,8 @@ async def test_orchctl_submit_and_exit_codes(start_daemon):
 
 
 async def test_orchctl_status_cancel_drain_reload(start_daemon):
-    """OC-CLI-5001, OC-CLI-5007"""
-    api = await start_daemon(mock_pool(models={"v2": "mock-v2"}))
+    """OC-CLI-5001, OC-CLI-5007, OC-CLI-5008"""
+    api = await start_daemon(mock_pool(models={"v2": "mock-v2", "broken": "fail:x"}))
     _, task, _ = await api.submit(model="mock-model", prompt="[[stall:0]]")
     await api.wait_state(task["task_id"], "running")
     code, out, _ = await orchctl(api.base, "status", task["task_id"])
@@ -149,12 +149,26 @@ async def test_orchctl_status_cancel_drain_reload(start_daemon):
     assert code == 0 and "had already ended (completed): nothing to cancel" in out
     assert (await api.status(done["task_id"]))["state"] == "completed"
     assert (await orchctl(api.base, "status", "missing"))[0] == 4
-    assert (await orchctl(api.base, "reload", "mock", "v2"))[0] == 0
+
+    # reload --wait ends with the reload: 0 once switched over, 4 once rolled back
+    code, out, _ = await orchctl(api.base, "reload", "mock", "v2", "--wait")
+    assert code == 0 and out.endswith("reloaded mock to v2\n")
+    _, pool = await api.get("/v1/pools/mock")
+    assert pool["reload"] == {"model": "mock-v2", "state": "done", "error": None}
+    code, _, err = await orchctl(api.base, "reload", "mock", "broken", "--wait")
+    assert code == 4 and "reload of mock to broken failed" in err and "rolled back" in err
+    _, pool = await api.get("/v1/pools/mock")
+    assert pool["reload"]["state"] == "failed" and pool["reload"]["model"] == "fail:x"
     code, _, err = await orchctl(api.base, "reload", "mock", "/srv/elsewhere.gguf")
-    assert (
-        code == 4 and "INVALID_PARAMS" in err and "may reload to one of ['mock-model', 'v2']" in err
-    )
-    assert (await orchctl(api.base, "drain", "mock", "--deadline-ms", "10"))[0] == 0
+    assert code == 4 and "INVALID_PARAMS" in err
+    assert "may reload to one of ['broken', 'mock-model', 'v2']" in err
+
+    # drain --wait returns once nothing is queued or running (here: at the deadline)
+    _, stalled, _ = await api.submit(model="mock-model", prompt="[[stall:0]]")
+    await api.wait_state(stalled["task_id"], "running")
+    code, out, _ = await orchctl(api.base, "drain", "mock", "--deadline-ms", "10", "--wait")
+    assert code == 0 and out.endswith("drained mock: nothing queued or running\n")
+    assert (await api.status(stalled["task_id"]))["state"] == "canceled"
     code, out, _ = await orchctl(api.base, "pools", "--json")
     assert code == 0 and json.loads(out)[0]["draining"] is True
 
