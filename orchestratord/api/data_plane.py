@@ -69,10 +69,11 @@ _STATES = {state.value: state for state in TaskState}
 
 def _listing(
     request: web.Request, svc: Orchestrator
-) -> tuple[str | None, frozenset[TaskState] | None, int]:
-    """`GET /v1/tasks`'s query: (`pool_id`, `state`s, `limit`), each checked."""
+) -> tuple[str | None, str | None, frozenset[TaskState] | None, int]:
+    """`GET /v1/tasks`'s query: (`pool_id`, `tenant`, `state`s, `limit`), each checked (a
+    tenant with no work here simply lists nothing)."""
     query = request.query
-    pool_id = query.get("pool_id")
+    pool_id, tenant = query.get("pool_id"), query.get("tenant")
     if pool_id is not None and pool_id not in svc.pools:
         raise Refusal(ErrorCode.NOT_FOUND, f"no pool {pool_id!r}", field="pool_id")
     states = None  # the service's default: the live ones
@@ -93,7 +94,7 @@ def _listing(
         raise Refusal(
             ErrorCode.INVALID_PARAMS, f"limit must be 1 to {MAX_LIST_LIMIT}", field="limit"
         )
-    return pool_id, states, int(limit)
+    return pool_id, tenant, states, int(limit)
 
 
 def submission(req: api.TaskRequest, request: web.Request, *, streamed: bool) -> Submission:
@@ -133,9 +134,10 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         return response
 
     async def listing(request: web.Request) -> web.Response:
-        pool_id, states, limit = _listing(request, svc)
+        pool_id, tenant, states, limit = _listing(request, svc)
         viewer = principal_of(request)
-        return json_response(svc.tasks(viewer, pool_id=pool_id, states=states, limit=limit))
+        found = svc.tasks(viewer, pool_id=pool_id, tenant=tenant, states=states, limit=limit)
+        return json_response(found)
 
     async def status(request: web.Request) -> web.Response:
         return json_response(svc.status(request.match_info["task_id"], principal_of(request)))

@@ -84,7 +84,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "The tasks the caller may see (another tenant's only with an operator or admin "
         "key), oldest first: queued and running ones unless `state` says otherwise",
         ok={200: api.TaskList}, errors=(400, 404), access=READ,
-        query=(("pool_id", "Only this pool's"),
+        query=(("pool_id", "Only this pool's"), ("tenant", "Only this tenant's"),
                ("state", "Comma-separated states (`queued,running` by default), or `all`"),
                ("limit", "At most this many, the oldest: 1 to 1000 (default 100)")),
     ),

@@ -20,6 +20,7 @@ from orchestratord.client.batch_cli import batch, batches
 from orchestratord.client.cli_common import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
+    EXIT_USAGE,
     client_of,
     fail,
     run_async,
@@ -132,6 +133,10 @@ async def status(ctx: click.Context, task_id: str) -> None:
         click.echo((await client.status(task_id)).model_dump_json(indent=2, exclude_none=True))
 
 
+#: The most tasks one `cancel` by selection ends (the listing's largest page).
+MAX_SELECTED = 1000
+
+
 def _age(ms: int) -> str:
     """kubectl's AGE: the largest unit, whole."""
     seconds = ms // 1000
@@ -141,8 +146,13 @@ def _age(ms: int) -> str:
     return f"{seconds}s"
 
 
+_pool = click.option("--pool", "pool_id", default=None, help="Only this pool's tasks.")
+_tenant = click.option("--tenant", default=None, help="Only this tenant's tasks.")
+
+
 @main.command()
-@click.option("--pool", "pool_id", default=None, help="Only this pool's tasks.")
+@_pool
+@_tenant
 @click.option(
     "--state", "states", multiple=True,
     help="queued, running, completed, failed, canceled, evicted, expired, or all "
@@ -156,13 +166,13 @@ def _age(ms: int) -> str:
 @click.pass_context
 @run_async
 async def tasks(
-    ctx: click.Context, pool_id: str | None, states: tuple[str, ...], limit: int | None,
-    as_json: bool,
+    ctx: click.Context, pool_id: str | None, tenant: str | None, states: tuple[str, ...],
+    limit: int | None, as_json: bool,
 ) -> None:  # fmt: skip
     """List tasks, oldest first: the queued and running ones unless --state says otherwise
     (another tenant's only with an operator or admin key)."""
     async with client_of(ctx) as client:
-        found = await client.tasks(pool_id=pool_id, states=states, limit=limit)
+        found = await client.tasks(pool_id=pool_id, tenant=tenant, states=states, limit=limit)
     if as_json:
         click.echo(found.model_dump_json(indent=2))
         return
@@ -182,29 +192,54 @@ async def tasks(
         )
     if found.truncated:
         click.echo(
-            f"(the oldest {len(found.tasks)}; more match: narrow with --pool or --state, "
+            f"(the oldest {len(found.tasks)}; more match: narrow with --pool, --tenant or --state, "
             "or raise --limit)",
             err=True,
         )
 
 
 @main.command()
-@click.argument("task_id")
+@click.argument("task_ids", nargs=-1)
+@_pool
+@_tenant
+@click.option(
+    "--state", "states", multiple=True, type=click.Choice(["queued", "running"]),
+    help="With --pool or --tenant: only tasks in this state (repeatable; default both).",
+)  # fmt: skip
+@click.option("--all", "every", is_flag=True, help="Every queued and running task.")
 @click.pass_context
 @run_async
-async def cancel(ctx: click.Context, task_id: str) -> None:
-    """Cancel a queued or running task (idempotent).
+async def cancel(
+    ctx: click.Context, task_ids: tuple[str, ...], pool_id: str | None, tenant: str | None,
+    states: tuple[str, ...], every: bool,
+) -> None:  # fmt: skip
+    """Cancel tasks by id, or every live task --pool, --tenant (and --state) select, or
+    --all of them (idempotent).
 
     A task that already ended is left as it ended, and the output says so."""
+    selecting = every or pool_id is not None or tenant is not None
+    if bool(task_ids) == selecting or (states and not selecting):
+        fail(EXIT_USAGE, "name task ids, or select with --pool, --tenant or --all (and --state)")
     async with client_of(ctx) as client:
-        await client.cancel(task_id)
-        # the 204 is the same either way; the state says which it was (a cancel ends the
-        # task before it answers)
-        state = (await client.status(task_id)).state
-    if state is api.TaskState.CANCELED:
-        click.echo(f"canceled {task_id}")
-    else:
-        click.echo(f"{task_id} had already ended ({state.value}): nothing to cancel")
+        truncated = False
+        if selecting:
+            found = await client.tasks(
+                pool_id=pool_id, tenant=tenant, states=states, limit=MAX_SELECTED
+            )
+            task_ids, truncated = tuple(t.task_id for t in found.tasks), found.truncated
+        for task_id in task_ids:
+            await client.cancel(task_id)
+            # the 204 is the same either way; the state says which it was (a cancel ends
+            # the task before it answers)
+            state = (await client.status(task_id)).state
+            if state is api.TaskState.CANCELED:
+                click.echo(f"canceled {task_id}")
+            else:
+                click.echo(f"{task_id} had already ended ({state.value}): nothing to cancel")
+    if selecting and not task_ids:
+        click.echo("no tasks matched", err=True)
+    if truncated:
+        click.echo(f"(the oldest {MAX_SELECTED}; more matched: run it again)", err=True)
 
 
 @main.command(epilog=EXIT_CODES_HELP)

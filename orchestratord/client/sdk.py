@@ -148,6 +148,7 @@ class OrchClient:
         self,
         *,
         pool_id: str | None = None,
+        tenant: str | None = None,
         states: Sequence[str] = (),
         limit: int | None = None,
     ) -> api.TaskList:
@@ -156,6 +157,8 @@ class OrchClient:
         params: dict[str, str] = {}
         if pool_id is not None:
             params["pool_id"] = pool_id
+        if tenant is not None:
+            params["tenant"] = tenant
         if states:
             params["state"] = ",".join(states)
         if limit is not None:

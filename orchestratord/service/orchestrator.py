@@ -192,16 +192,18 @@ class Orchestrator:
         viewer: Principal,
         *,
         pool_id: str | None = None,
+        tenant: str | None = None,
         states: frozenset[TaskState] | None = None,
         limit: int,
     ) -> api.TaskList:
-        """The tasks `viewer` may see in `states` (None: queued and running), of one pool or
-        all; the oldest `limit` of them by admission, oldest first."""
+        """The tasks `viewer` may see in `states` (None: queued and running), of one pool
+        and one tenant or all; the oldest `limit` of them by admission, oldest first."""
         states = states or LIVE
         matching = [
             rec for rec in self.book
             if rec.task.state in states and viewer.owns(rec.task.tenant)
             and (pool_id is None or rec.task.pool_id == pool_id)
+            and (tenant is None or rec.task.tenant == tenant)
         ]  # fmt: skip
         oldest = heapq.nsmallest(limit, matching, key=lambda rec: rec.admitted_at)
         now = self.now_ms()

@@ -359,3 +359,42 @@ async def test_tasks_are_listed_oldest_first_and_filtered(start_daemon):
     assert len(out.splitlines()) == 3 and "more match" in err
     code, _, err = await orchctl(api.base, "tasks", "--state", "bogus")
     assert code == 4 and "state" in err
+
+
+async def test_an_operator_lists_and_cancels_a_tenants_work_in_one_go(start_daemon):
+    """OC-CTRL-2032, OC-CLI-5009: one careless tenant's queue is cleared by selection, and
+    nobody else's work is touched."""
+    api = await start_daemon(mock_pool(replicas={"managed": {"count": 1, "slots": 1}}))
+    ids: dict[str, list[str]] = {"careless": [], "careful": []}
+    for tenant in ("careful", "careless", "careless", "careful"):
+        body = {"model": "mock-model", "prompt": "[[stall:0]]", "max_tokens": 2}
+        async with api.http.post(
+            f"{api.base}/v1/tasks", json=body, headers={"X-Tenant-Id": tenant}
+        ) as r:
+            assert r.status == 202
+            ids[tenant].append((await r.json())["task_id"])
+    await api.wait_state(ids["careful"][0], "running")  # the rest wait in the queue
+
+    _, listed = await api.get("/v1/tasks?tenant=careless")
+    assert [t["task_id"] for t in listed["tasks"]] == ids["careless"]
+    _, listed = await api.get("/v1/tasks?tenant=nobody")
+    assert listed == {"tasks": [], "truncated": False}
+
+    for refused in ((), ("--state", "queued"), (ids["careful"][0], "--all")):
+        code, _, err = await orchctl(api.base, "cancel", *refused)
+        assert code == 2 and "name task ids, or select" in err  # never everything by accident
+    code, out, err = await orchctl(api.base, "cancel", "--tenant", "careless")
+    assert code == 0, err
+    assert out.splitlines() == [f"canceled {task_id}" for task_id in ids["careless"]]
+    for task_id in ids["careless"]:
+        assert (await api.status(task_id))["state"] == "canceled"
+    for task_id, state in zip(ids["careful"], ("running", "queued"), strict=True):
+        assert (await api.status(task_id))["state"] == state
+    code, out, err = await orchctl(api.base, "cancel", "--tenant", "careless")
+    assert code == 0 and out == "" and "no tasks matched" in err
+
+    code, out, _ = await orchctl(api.base, "cancel", "--pool", "mock", "--state", "queued")
+    assert out.splitlines() == [f"canceled {ids['careful'][1]}"]
+    assert (await api.status(ids["careful"][0]))["state"] == "running"
+    code, out, _ = await orchctl(api.base, "cancel", "--all")
+    assert out.splitlines() == [f"canceled {ids['careful'][0]}"]
