@@ -27,6 +27,7 @@ from orchestratord.client.cli_common import (
 )
 from orchestratord.client.keys_cli import keys
 from orchestratord.client.pools_cli import agents, capabilities, drain, pools, reload, resume
+from orchestratord.client.sdk import Backpressure, ClientError
 
 
 @click.group(epilog=EXIT_CODES_HELP)
@@ -227,11 +228,19 @@ async def cancel(
                 pool_id=pool_id, tenant=tenant, states=states, limit=MAX_SELECTED
             )
             task_ids, truncated = tuple(t.task_id for t in found.tasks), found.truncated
+        refused = 0
         for task_id in task_ids:
-            await client.cancel(task_id)
-            # the 204 is the same either way; the state says which it was (a cancel ends
-            # the task before it answers)
-            state = (await client.status(task_id)).state
+            try:
+                await client.cancel(task_id)
+                # the 204 is the same either way; the state says which it was (a cancel
+                # ends the task before it answers)
+                state = (await client.status(task_id)).state
+            except ClientError as e:  # this one (unknown, another tenant's): on to the rest
+                if isinstance(e, Backpressure):
+                    raise
+                click.echo(f"error: {task_id}: {e}", err=True)
+                refused += 1
+                continue
             if state is api.TaskState.CANCELED:
                 click.echo(f"canceled {task_id}")
             else:
@@ -240,6 +249,8 @@ async def cancel(
         click.echo("no tasks matched", err=True)
     if truncated:
         click.echo(f"(the oldest {MAX_SELECTED}; more matched: run it again)", err=True)
+    if refused:
+        fail(EXIT_FAILED, f"{refused} of {len(task_ids)} could not be canceled")
 
 
 @main.command(epilog=EXIT_CODES_HELP)

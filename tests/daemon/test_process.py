@@ -134,7 +134,7 @@ async def test_orchctl_submit_and_exit_codes(start_daemon):
 
 
 async def test_orchctl_status_cancel_drain_reload(start_daemon):
-    """OC-CLI-5001, OC-CLI-5007, OC-CLI-5008"""
+    """OC-CLI-5001, OC-CLI-5007, OC-CLI-5008, OC-CLI-5009"""
     api = await start_daemon(mock_pool(models={"v2": "mock-v2", "broken": "fail:x"}))
     _, task, _ = await api.submit(model="mock-model", prompt="[[stall:0]]")
     await api.wait_state(task["task_id"], "running")
@@ -147,6 +147,9 @@ async def test_orchctl_status_cancel_drain_reload(start_daemon):
     await api.wait_state(done["task_id"], "completed")
     code, out, _ = await orchctl(api.base, "cancel", done["task_id"])  # idempotent, and honest
     assert code == 0 and "had already ended (completed): nothing to cancel" in out
+    code, out, err = await orchctl(api.base, "cancel", "missing", done["task_id"])
+    assert code == 4 and "had already ended (completed)" in out  # the rest go on
+    assert "missing: NOT_FOUND" in err and "1 of 2 could not be canceled" in err
     assert (await api.status(done["task_id"]))["state"] == "completed"
     assert (await orchctl(api.base, "status", "missing"))[0] == 4
 
