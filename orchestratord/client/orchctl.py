@@ -205,7 +205,7 @@ async def tasks(
 @_tenant
 @click.option(
     "--state", "states", multiple=True, type=click.Choice(["queued", "running"]),
-    help="With --pool or --tenant: only tasks in this state (repeatable; default both).",
+    help="With --pool, --tenant or --all: only tasks in this state (repeatable; default both).",
 )  # fmt: skip
 @click.option("--all", "every", is_flag=True, help="Every queued and running task.")
 @click.pass_context
