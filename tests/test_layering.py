@@ -67,12 +67,16 @@ STAGES: tuple[tuple[str, ...], ...] = (
      "orchestratord.telemetry.tracing"),
     ("orchestratord.telemetry.series",),
     ("orchestratord.api_models", "orchestratord.openai_models", "orchestratord.batch_models",
-     "orchestratord"),
+     "orchestratord.agent_models", "orchestratord"),
 )  # fmt: skip
 
 #: The client wing (SDK, orchctl, determinism suite) ships apart from the server.
 CLIENT = "orchestratord.client"
-CLIENT_MAY_IMPORT = ("orchestratord.api_models", "orchestratord.batch_models")
+CLIENT_MAY_IMPORT = (
+    "orchestratord.api_models",
+    "orchestratord.batch_models",
+    "orchestratord.agent_models",
+)
 
 Graph = dict[str, set[str]]
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator_core.errors import ErrorCode
+from orchestratord import agent_models as agent_api
 from orchestratord import api_models as api
 from orchestratord.api.http import json_response, parse
 from orchestratord.keyring import KeyFileError, KeyRing
@@ -76,7 +77,7 @@ def routes(svc: Orchestrator, openapi: dict[str, Any], keys: KeyRing) -> list[we
     async def stop_agent(request: web.Request) -> web.Response:
         agent_id = request.match_info["agent_id"]
         svc.stop_agent(agent_id)
-        return json_response(api.AgentAccepted(agent_id=agent_id, status="stopping"), 202)
+        return json_response(agent_api.AgentAccepted(agent_id=agent_id, status="stopping"), 202)
 
     async def capabilities(request: web.Request) -> web.Response:
         return json_response(svc.capabilities())

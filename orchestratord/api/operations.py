@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from orchestratord import agent_models as agent_api
 from orchestratord import api_models as api
 from orchestratord import batch_models as bat
 from orchestratord import openai_models as oai
@@ -209,13 +210,13 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get", "/v1/agents", "control",
         "pool-managerd agents: connected or lost, their pools, replicas and GPUs",
-        ok={200: api.AgentList}, access=READ,
+        ok={200: agent_api.AgentList}, access=READ,
     ),
     Operation(
         "post", "/v1/agents/{agent_id}/stop", "control",
         "Stop the agent's engines (every pool it serves), e.g. before maintenance; the agent "
         "stays joined and reports them stopped; they start again when it restarts",
-        ok={202: api.AgentAccepted}, errors=(404, 409), access=OPERATOR,
+        ok={202: agent_api.AgentAccepted}, errors=(404, 409), access=OPERATOR,
     ),
     Operation(
         "post", "/v1/keys", "control",

@@ -20,6 +20,7 @@ import httpx
 from httpx_sse import aconnect_sse
 from uuid_utils import uuid7
 
+from orchestratord import agent_models as agent_api
 from orchestratord import api_models as api
 from orchestratord import batch_models as bat
 from orchestratord.client.failover import Endpoints
@@ -216,13 +217,13 @@ class OrchClient:
         response = await self._request("GET", "/v1/pools")
         return [api.PoolInfo.model_validate(p) for p in response.json()["pools"]]
 
-    async def agents(self) -> list[api.AgentInfo]:
+    async def agents(self) -> list[agent_api.AgentInfo]:
         response = await self._request("GET", "/v1/agents")
-        return api.AgentList.model_validate_json(response.content).agents
+        return agent_api.AgentList.model_validate_json(response.content).agents
 
-    async def stop_agent(self, agent_id: str) -> api.AgentAccepted:
+    async def stop_agent(self, agent_id: str) -> agent_api.AgentAccepted:
         response = await self._request("POST", f"/v1/agents/{agent_id}/stop")
-        return api.AgentAccepted.model_validate_json(response.content)
+        return agent_api.AgentAccepted.model_validate_json(response.content)
 
     async def pool(self, pool_id: str) -> api.PoolInfo:
         response = await self._request("GET", f"/v1/pools/{pool_id}")

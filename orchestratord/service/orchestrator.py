@@ -19,6 +19,7 @@ import structlog
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import TaskState
 from orchestrator_core.sessions import SessionTable
+from orchestratord import agent_models as agent_api
 from orchestratord import api_models as api
 from orchestratord import openai_models as oai
 from orchestratord.config import Config, PoolConfig
@@ -293,7 +294,7 @@ class Orchestrator:
     def pool_health(self, pool_id: str) -> api.PoolHealth:
         return views.pool_health(self.pool(pool_id))
 
-    def agent_list(self) -> api.AgentList:
+    def agent_list(self) -> agent_api.AgentList:
         return views.agent_list(self.remote, self.now_ms() / 1000.0)
 
     def stop_agent(self, agent_id: str) -> None:

@@ -9,6 +9,7 @@ from typing import Literal
 
 from orchestrator_core.model import PRIORITIES
 from orchestrator_core.sessions import SessionInfo as Session
+from orchestratord import agent_models as agent_api
 from orchestratord import api_models as api
 from orchestratord import openai_models as oai
 from orchestratord.service.dispatcher import PoolDispatcher
@@ -87,9 +88,9 @@ def reload_info(pool: PoolDispatcher) -> api.ReloadInfo | None:
     return api.ReloadInfo(model=model, state="failed" if error else "done", error=error)
 
 
-def agent_list(remote: RemoteReplicas | None, now_s: float) -> api.AgentList:
+def agent_list(remote: RemoteReplicas | None, now_s: float) -> agent_api.AgentList:
     if remote is None:
-        return api.AgentList(agents=[])
+        return agent_api.AgentList(agents=[])
     out = []
     for agent in sorted(remote.hub.agents.values(), key=lambda a: a.agent_id):
         states = Counter(
@@ -97,20 +98,20 @@ def agent_list(remote: RemoteReplicas | None, now_s: float) -> api.AgentList:
             if r.agent_id == agent.agent_id
         )  # fmt: skip
         last = agent.last_command
-        command = last and api.AgentCommand(
+        command = last and agent_api.AgentCommand(
             pool_id=last[0], action=last[1], ok=last[2] is None, error=last[2]
         )
-        out.append(api.AgentInfo(
+        out.append(agent_api.AgentInfo(
             agent_id=agent.agent_id, host=agent.host, version=agent.version,
             connected=agent.connected, last_seen_s=round(max(now_s - agent.last_seen, 0.0), 3),
             lost_reason=agent.lost_reason, pools=agent.pools, replicas=dict(states),
-            gpus=[api.GpuInfo(
+            gpus=[agent_api.GpuInfo(
                 index=g.index, name=g.name, memory_used_bytes=g.memory_used_bytes,
                 memory_total_bytes=g.memory_total_bytes,
                 utilization_percent=g.utilization_percent,
             ) for g in agent.gpus], last_command=command,
         ))  # fmt: skip
-    return api.AgentList(agents=out)
+    return agent_api.AgentList(agents=out)
 
 
 def pool_health(pool: PoolDispatcher) -> api.PoolHealth:
