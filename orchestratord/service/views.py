@@ -69,11 +69,11 @@ def pool_info(pool: PoolDispatcher) -> api.PoolInfo:
         draining=pool.draining, queue_depth={p.value: pool.queue.depth(p) for p in PRIORITIES},
         queue_capacity=pool.queue.capacity, policy=config.queue.policy.value,
         ctx_max=pool.ctx_max(), replicas=replicas, last_error=manager.last_error,
-        reload=reload_info(pool),
+        reload=_reload_info(pool),
     )  # fmt: skip
 
 
-def reload_info(pool: PoolDispatcher) -> api.ReloadInfo | None:
+def _reload_info(pool: PoolDispatcher) -> api.ReloadInfo | None:
     task, model = pool.reload_task, pool.reload_model
     if task is None or model is None:
         return None
