@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from functools import wraps
 from typing import Any, NoReturn, TypeVar
 
 import click
+from pydantic import BaseModel
 
 from orchestratord.client.sdk import Backpressure, ClientError, DaemonUnreachable, OrchClient
 
@@ -24,6 +26,11 @@ Exit codes:
 """
 
 T = TypeVar("T")
+
+
+def echo_json(found: Sequence[BaseModel]) -> None:
+    """A listing's `--json`: its objects as one indented JSON array."""
+    click.echo(json.dumps([m.model_dump(mode="json") for m in found], indent=2))
 
 
 def fail(code: int, message: str) -> NoReturn:

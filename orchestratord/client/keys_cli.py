@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from orchestratord import api_models as api
-from orchestratord.client.cli_common import client_of, run_async
+from orchestratord.client.cli_common import client_of, echo_json, run_async
 
 
 @click.group()
@@ -54,7 +52,7 @@ async def listing(ctx: click.Context, as_json: bool) -> None:
     async with client_of(ctx) as client:
         found = await client.keys()
     if as_json:
-        click.echo(json.dumps([k.model_dump(mode="json") for k in found], indent=2))
+        echo_json(found)
         return
     click.echo(f"{'ID':<12}{'TENANT':<20}{'ROLES':<24}LIMITS")
     for k in found:

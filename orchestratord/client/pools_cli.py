@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 import click
 
 from orchestratord import api_models as api
-from orchestratord.client.cli_common import EXIT_FAILED, client_of, fail, run_async
+from orchestratord.client.cli_common import EXIT_FAILED, client_of, echo_json, fail, run_async
 from orchestratord.client.sdk import OrchClient
 
 
@@ -22,7 +21,7 @@ async def pools(ctx: click.Context, as_json: bool) -> None:
     async with client_of(ctx) as client:
         found = await client.pools()
     if as_json:
-        click.echo(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
+        echo_json(found)
         return
     click.echo(f"{'POOL':<14}{'ENGINE':<10}{'MODEL':<20}{'READY':<7}{'QUEUE':<10}REPLICAS")
     for p in found:
@@ -70,7 +69,7 @@ async def list_agents(ctx: click.Context, as_json: bool) -> None:
     async with client_of(ctx) as client:
         found = await client.agents()
     if as_json:
-        click.echo(json.dumps([a.model_dump(mode="json") for a in found], indent=2))
+        echo_json(found)
         return
     if not found:
         click.echo("no agents have joined", err=True)
