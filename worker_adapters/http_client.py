@@ -12,7 +12,13 @@ objects, timers and stream reader were the largest single share of the daemon's 
   engine closed while idle, found out only after the request was written (no response
   byte arrived), is retried once on a fresh connection: the engine never answered it.
 - `keep_alive=False` sends `Connection: close` (llama-server closes after every stream
-  although it advertises keep-alive).
+  although it advertises keep-alive), and keeps one connection opened ahead: each request
+  takes the spare and starts opening the next, so a stream's request goes out at once
+  instead of after a connect, which on a loaded loop waits behind whatever else is ready
+  (on llama.cpp it leaves about 0.5 ms sooner, docs/BENCHMARKS.md). A spare the
+  engine closed while it waited is a pooled connection found stale: the request is sent
+  again on a fresh one. One spare at most, dropped after `IDLE_S` (llama-server keeps an
+  idle connection 5 s, on one of the `n_parallel + 2` threads it serves connections with).
 """
 
 from __future__ import annotations
@@ -54,10 +60,14 @@ class HttpClient:
             fixed["Connection"] = "close"
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
         self._idle: deque[Response] = deque()
+        #: the spare being opened (`keep_alive=False` only)
+        self._opening: asyncio.Task[None] | None = None
         self.closed = False
 
     async def close(self) -> None:
         self.closed = True
+        if self._opening is not None:
+            self._opening.cancel()
         for conn in self._idle:
             conn._close()
         self._idle.clear()
@@ -75,6 +85,19 @@ class HttpClient:
         except (OSError, TimeoutError) as e:
             raise CouldNotConnect(f"{self._host}:{self._port}: {e!r}") from e
         return conn
+
+    async def _open_spare(self) -> None:
+        try:
+            conn = await self._connect()
+        except CouldNotConnect:
+            return  # the next request connects itself, and reports what it finds
+        finally:
+            self._opening = None
+        if self.closed:
+            conn._close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
 
     def _pooled(self) -> Response | None:
         now = time.monotonic()
@@ -105,6 +128,9 @@ class HttpClient:
             if self.closed:  # the replica was stopped while this request waited
                 raise ClientClosed("the client was closed")
             pooled = None if stale else self._pooled()
+            if not self._keep_alive and self._opening is None:
+                # scheduled now, it runs once this request is written
+                self._opening = asyncio.get_running_loop().create_task(self._open_spare())
             conn = pooled or await self._connect()
             try:
                 await conn._send(request)

@@ -9,10 +9,10 @@ JSON parsed, mapped, handed to a sink (`_BodyEvents`), the events of one read to
 runs it on the reads it pulls and yields what the sink collected.
 
 llama-server closes every connection after a stream although it advertises keep-alive: its
-own adapter does not pool (`keep_alive=False`); an OpenAI-compatible pool in front of it
-relies on the client's resend of a request whose pooled connection was found closed. A
-request to a replica that was stopped meanwhile (its client closed) is a connection
-failure, like any other."""
+own adapter does not pool (`keep_alive=False`: the next connection is opened ahead
+instead); an OpenAI-compatible pool in front of it relies on the client's resend of a
+request whose pooled connection was found closed. A request to a replica that was stopped
+meanwhile (its client closed) is a connection failure, like any other."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Protocol notes (design/PROTOCOLS.md A1, ENGINES.md):
 - stream events are `data: {json}` with no terminator; the last has `stop: true`,
   `stop_type` (eos | word | limit), `tokens_predicted`, `tokens_evaluated`, `timings`;
 - the server closes the TCP connection after a streamed response although it advertises
-  keep-alive, so its connections are never pooled (`keep_alive=False`);
+  keep-alive, so its connections are never reused (`keep_alive=False`: the client opens
+  the next one ahead instead);
 - cancel = close the connection: generation stops and the slot frees at once;
 - `id_slot` runs a request on a chosen slot (the one whose prompt cache holds its prefix);
   the last event's `timings` tell how many prompt tokens came from that cache (`cache_n`)

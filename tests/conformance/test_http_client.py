@@ -63,6 +63,10 @@ class ScriptedServer:
         self.tls = tls
         self.connections = 0
         self.requests = 0
+        #: the connection (1-based) each request arrived on, and the connections still open
+        self.arrived_on: list[int] = []
+        self.open: dict[int, asyncio.StreamWriter] = {}
+        self._changed = asyncio.Condition()
 
     async def __aenter__(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
@@ -72,8 +76,21 @@ class ScriptedServer:
     async def __aexit__(self, *exc: object) -> None:
         self.server.close()
 
+    async def until(self, check: Callable[[], bool]) -> None:
+        """Return once `check()` holds (it is looked at whenever a connection opens or
+        closes, or a request arrives)."""
+        async with self._changed:
+            await self._changed.wait_for(check)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        number = self.connections
+        self.open[number] = writer
+        await self._notify()
         n = 0
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
@@ -85,11 +102,15 @@ class ScriptedServer:
                 await reader.readexactly(length)
                 n += 1
                 self.requests += 1
+                self.arrived_on.append(number)
+                await self._notify()
                 if not await self.answer(n, writer):
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         writer.close()
+        del self.open[number]
+        await self._notify()
 
 
 async def _texts(adapter: OpenAIAdapter, how: str = "stream") -> list[str]:
@@ -250,6 +271,63 @@ async def test_a_pooled_connection_the_engine_closed_is_resent_once_on_a_new_one
         assert await _texts(adapter) == ["a"]
         assert await _texts(adapter) == ["a"]
     assert (server.connections, server.requests) == (2, 3)
+
+
+async def answer_a_and_close(n: int, writer: asyncio.StreamWriter) -> bool:
+    """llama-server's way: every response ends its connection (keep-alive advertised)."""
+    await answer_a(n, writer)
+    return False
+
+
+async def _one_request(client: HttpClient) -> bytes:
+    """The first event of a request's answer."""
+    response = await client.request("POST", "/v1/completions", b"{}")
+    try:
+        return (await response.read()).split(b"\n\n")[0]
+    finally:
+        client.release(response)
+
+
+EVENT_A = b'data: {"choices":[{"text":"a"}]}'
+
+
+async def test_a_client_whose_engine_closes_every_connection_opens_the_next_ahead():
+    """OC-ADAPT-3010: with `keep_alive=False` each request starts opening the next
+    connection, and the next request goes out on it rather than waiting for a connect;
+    one spare at most, and closing the client closes it."""
+    server = ScriptedServer(answer_a_and_close)
+    async with server as url, asyncio.timeout(10):
+        client = HttpClient(url, keep_alive=False)
+        try:
+            assert await _one_request(client) == EVENT_A
+            await server.until(lambda: server.connections == 2)  # the spare, unused
+            assert server.arrived_on == [1]
+            assert await _one_request(client) == EVENT_A
+            assert server.arrived_on == [1, 2]  # on the spare
+            await server.until(lambda: server.connections == 3)  # the next spare
+            assert list(server.open) == [3]
+        finally:
+            await client.close()
+        await server.until(lambda: not server.open)
+    assert server.connections == 3
+
+
+async def test_a_spare_connection_the_engine_closed_is_not_an_error():
+    """OC-ADAPT-3010, OC-ADAPT-3008: the engine may close the spare while it waits (its
+    keep-alive timeout); the request that takes it is sent on a fresh connection, whether
+    or not the client has seen the close yet."""
+    server = ScriptedServer(answer_a_and_close)
+    async with server as url, asyncio.timeout(10):
+        client = HttpClient(url, keep_alive=False)
+        try:
+            await _one_request(client)
+            await server.until(lambda: server.connections == 2)
+            server.open[2].close()  # the engine's idle timeout, as the request goes out
+            assert await _one_request(client) == EVENT_A
+        finally:
+            await client.close()
+    first, second = server.arrived_on  # (the spare's replacement may be opening too)
+    assert first == 1 and second > 2
 
 
 async def test_an_engine_behind_tls_is_verified_against_the_trusted_cas(tmp_path, monkeypatch):
