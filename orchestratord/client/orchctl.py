@@ -27,7 +27,7 @@ from orchestratord.client.cli_common import (
 )
 from orchestratord.client.keys_cli import keys
 from orchestratord.client.pools_cli import agents, capabilities, drain, pools, reload, resume
-from orchestratord.client.sdk import Backpressure, ClientError
+from orchestratord.client.sdk import Backpressure, ClientError, OrchClient
 
 
 @click.group(epilog=EXIT_CODES_HELP)
@@ -81,6 +81,10 @@ def main(ctx: click.Context, url: str, api_key: str | None, api_key_file: Path |
 )
 @click.option("--deadline-ms", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print raw events as JSON lines.")
+@click.option(
+    "--detach", "-d", is_flag=True,
+    help="Print the task id once admitted and return (follow it later with `attach`).",
+)  # fmt: skip
 @click.pass_context
 @run_async
 async def submit(
@@ -94,8 +98,10 @@ async def submit(
     determinism: str,
     deadline_ms: int | None,
     as_json: bool,
+    detach: bool,
 ) -> None:
-    """Submit PROMPT and print tokens as they arrive."""
+    """Submit PROMPT and print tokens as they arrive. Interrupted (Ctrl-C), the task goes
+    on: `orchctl attach` picks its output up again, `orchctl cancel` ends it."""
     optional = {"seed": seed, "session_id": session, "deadline_ms": deadline_ms}
     body: dict[str, Any] = {
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "priority": priority,
@@ -105,7 +111,30 @@ async def submit(
         admitted = await client.submit(body)
         if as_json:
             click.echo(json.dumps({"event": "admitted", "data": admitted.model_dump()}))
-        async for event in client.stream(admitted.task_id):
+        elif detach:
+            click.echo(admitted.task_id)
+        if not detach:
+            await _follow(client, admitted.task_id, as_json)
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print raw events as JSON lines.")
+@click.pass_context
+@run_async
+async def attach(ctx: click.Context, task_id: str, as_json: bool) -> None:
+    """Print a task's output from its first token and follow it to its end — a task
+    submitted with --detach, by another client, or left by an interrupted `submit`
+    (while the daemon keeps its events: `retention_s` after it ends)."""
+    async with client_of(ctx) as client:
+        await _follow(client, task_id, as_json)
+
+
+async def _follow(client: OrchClient, task_id: str, as_json: bool) -> None:
+    """Print a task's events until it ends: its tokens (or, `as_json`, every event as a
+    JSON line), a summary on stderr; exit 4 if it failed."""
+    try:
+        async for event in client.stream(task_id):
             if as_json:
                 click.echo(json.dumps({"event": event.event, "id": event.id, "data": event.data}))
             elif event.event == "token":
@@ -115,13 +144,20 @@ async def submit(
                 click.echo()
                 click.echo(
                     f"[{event.data['finish_reason']}: {event.data['tokens_out']} tokens, "
-                    f"{event.data['decode_ms']} ms, task {admitted.task_id}]",
+                    f"{event.data['decode_ms']} ms, task {task_id}]",
                     err=True,
                 )
             elif event.event == "error":
                 if not as_json:
                     click.echo()
                 fail(EXIT_FAILED, f"{event.data['code']}: {event.data['message']}")
+    except asyncio.CancelledError:  # Ctrl-C: the reader stops, not the task
+        click.echo(
+            f"\n[task {task_id} goes on: `orchctl attach {task_id}` follows it again, "
+            f"`orchctl cancel {task_id}` ends it]",
+            err=True,
+        )
+        raise
 
 
 @main.command()

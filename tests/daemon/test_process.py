@@ -176,6 +176,41 @@ async def test_orchctl_status_cancel_drain_reload(start_daemon):
     assert code == 0 and json.loads(out)[0]["draining"] is True
 
 
+async def test_orchctl_detach_attach_and_an_interrupted_submit(start_daemon):
+    """OC-CLI-5010"""
+    api = await start_daemon(mock_pool())
+    submit = ("submit", "--model", "mock-model", "--detach")
+    code, out, _ = await orchctl(api.base, *submit, "--seed", "3", "--max-tokens", "5", "hello")
+    assert code == 0
+    task_id = out.strip()
+    await api.wait_state(task_id, "completed")
+    code, out, err = await orchctl(api.base, "attach", task_id)
+    assert code == 0 and out.strip() == "".join(token_stream(3, "hello", 5))
+    assert "length: 5 tokens" in err and task_id in err
+    code, out, _ = await orchctl(api.base, "attach", "--json", task_id)
+    events = [json.loads(line)["event"] for line in out.splitlines()]
+    assert events[0] == "started" and events[-1] == "end" and "token" in events
+    _, failing, _ = await orchctl(api.base, *submit, "[[fail:1]]")
+    code, _, err = await orchctl(api.base, "attach", failing.strip())
+    assert code == 4 and "WORKER_RESET" in err
+    code, _, err = await orchctl(api.base, "attach", "missing")
+    assert code == 4 and "NOT_FOUND" in err
+
+    # Ctrl-C stops the reader, not the task, and says how to get back to it
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchctl", "--url", api.base, "submit", "--model", "mock-model", "[[stall:1]]",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert await proc.stdout.read(1)  # the first token is out: the task runs
+    proc.send_signal(signal.SIGINT)
+    _, err = await proc.communicate()
+    stalled = next(t["task_id"] for t in (await api.get("/v1/tasks"))[1]["tasks"])
+    assert f"`orchctl attach {stalled}` follows it again" in err.decode()
+    assert (await api.status(stalled))["state"] == "running"
+    code, out, _ = await orchctl(api.base, "cancel", stalled)
+    assert code == 0 and out == f"canceled {stalled}\n"
+
+
 async def test_orchctl_batch_honours_backpressure_and_writes_jsonl(start_daemon, tmp_path):
     """OC-CLI-5003"""
     api = await start_daemon(
