@@ -1,12 +1,12 @@
 """The determinism suite: a corpus of prompts x seeds, run in `strict` mode through a live
 daemon on every Ready replica of a pool, compared byte for byte.
 
-Client-side only (the SDK): `orchctl determinism --pool P` runs it, writes a proof file and
-exits non-zero on any mismatch, naming the first diverging case and token. `--compare
-proof.json` also checks the streams against an earlier proof — how CI proves determinism
-across a restart (reload) of the replicas. `--junit FILE` writes JUnit XML for CI systems to
-render: one test case per prompt x seed x replica pair (and per comparison with the earlier
-proof), a failure naming the first differing token.
+Client-side only (the SDK): `orchctl determinism --pool P` (the command at the end) runs it,
+writes a proof file and exits non-zero on any mismatch, naming the first diverging case and
+token. `--compare proof.json` also checks the streams against an earlier proof — how CI
+proves determinism across a restart (reload) of the replicas. `--junit FILE` writes JUnit
+XML for CI systems to render: one test case per prompt x seed x replica pair (and per
+comparison with the earlier proof), a failure naming the first differing token.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ import asyncio
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+import click
+
+from orchestratord.client.cli_common import EXIT_CODES_HELP, EXIT_FAILED, client_of, fail, run_async
 from orchestratord.client.sdk import OrchClient
 
 CORPUS: tuple[tuple[str, str], ...] = (
@@ -254,3 +258,58 @@ def junit_xml(proof: Proof) -> str:
         ET.SubElement(case, "failure", message=message, type="EmptyStreams").text = message
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@click.option("--pool", "pool_id", required=True, help="A strict pool with >= 2 replicas.")
+@click.option("--seeds", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1), default=16, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the proof file (JSON) here.",
+)
+@click.option(
+    "--compare",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also require the same streams as this earlier proof (e.g. before a "
+    "restart of the replicas).",
+)
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JUnit XML report here (a test case per prompt x seed x replica pair).",
+)
+@click.pass_context
+@run_async
+async def determinism(
+    ctx: click.Context,
+    pool_id: str,
+    seeds: int,
+    max_tokens: int,
+    out: Path | None,
+    compare: Path | None,
+    junit: Path | None,
+) -> None:
+    """Run the determinism suite against POOL: every prompt of the corpus x SEEDS seeds in
+    strict mode on each replica, compared byte for byte. Exits 4 on any mismatch, naming
+    the first diverging case and token."""
+    earlier = json.loads(await asyncio.to_thread(compare.read_text)) if compare else None
+    async with client_of(ctx) as client:
+        try:
+            proof = await run_suite(
+                client, pool_id, seeds=seeds, max_tokens=max_tokens, compare=earlier
+            )
+        except RuntimeError as e:
+            fail(EXIT_FAILED, str(e))
+    if out is not None:
+        await asyncio.to_thread(out.write_text, json.dumps(proof.to_json(), indent=2) + "\n")
+    if junit is not None:
+        await asyncio.to_thread(junit.write_text, junit_xml(proof))
+    cases = len(proof.cases)
+    if proof.divergence is not None:
+        fail(EXIT_FAILED, f"determinism FAILED on {pool_id}: {proof.divergence.describe()}")
+    click.echo(
+        f"determinism ok: {cases} cases x {len(proof.replicas)} replicas identical "
+        f"({proof.engine} {proof.engine_version}, {proof.model_digest[:19]})"
+    )

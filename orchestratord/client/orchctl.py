@@ -1,5 +1,6 @@
 """`orchctl` — submit and watch jobs, and operate pools, from the command line: the task
-verbs here, the operator verbs in `pools_cli`, batches in `batch_cli`, keys in `keys_cli`.
+verbs here, the operator verbs in `pools_cli`, batches in `batch_cli`, keys in `keys_cli`,
+the determinism suite in `determinism`.
 
 Built on the client SDK only (no server internals).
 """
@@ -25,6 +26,7 @@ from orchestratord.client.cli_common import (
     fail,
     run_async,
 )
+from orchestratord.client.determinism import determinism
 from orchestratord.client.keys_cli import keys
 from orchestratord.client.pools_cli import agents, capabilities, drain, pools, reload, resume
 from orchestratord.client.sdk import Backpressure, ClientError, OrchClient
@@ -72,6 +74,10 @@ def main(ctx: click.Context, url: str, api_key: str | None, api_key_file: Path |
 )
 @click.option("--seed", type=int)
 @click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float)
+@click.option("--top-p", type=float)
+@click.option("--top-k", type=int)
+@click.option("--stop", multiple=True, help="A stop sequence (repeatable).")
 @click.option("--session", help="Session id (replica affinity).")
 @click.option(
     "--determinism",
@@ -94,18 +100,27 @@ async def submit(
     priority: str,
     seed: int | None,
     max_tokens: int,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    stop: tuple[str, ...],
     session: str | None,
     determinism: str,
     deadline_ms: int | None,
     as_json: bool,
     detach: bool,
 ) -> None:
-    """Submit PROMPT and print tokens as they arrive. Interrupted (Ctrl-C), the task goes
-    on: `orchctl attach` picks its output up again, `orchctl cancel` ends it."""
+    """Submit PROMPT (`-`: read it from stdin) and print tokens as they arrive.
+    Interrupted (Ctrl-C), the task goes on: `orchctl attach` picks its output up again,
+    `orchctl cancel` ends it."""
+    if prompt == "-":
+        prompt = sys.stdin.read()
     optional = {"seed": seed, "session_id": session, "deadline_ms": deadline_ms}
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
     body: dict[str, Any] = {
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "priority": priority,
         "determinism": determinism, **{k: v for k, v in optional.items() if v is not None},
+        "sampling": {"stop": list(stop), **{k: v for k, v in sampling.items() if v is not None}},
     }  # fmt: skip
     async with client_of(ctx) as client:
         admitted = await client.submit(body)
@@ -289,64 +304,8 @@ async def cancel(
         fail(EXIT_FAILED, f"{refused} of {len(task_ids)} could not be canceled")
 
 
-@main.command(epilog=EXIT_CODES_HELP)
-@click.option("--pool", "pool_id", required=True, help="A strict pool with >= 2 replicas.")
-@click.option("--seeds", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(1), default=16, show_default=True)
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the proof file (JSON) here.",
-)
-@click.option(
-    "--compare",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Also require the same streams as this earlier proof (e.g. before a "
-    "restart of the replicas).",
-)
-@click.option(
-    "--junit",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write a JUnit XML report here (a test case per prompt x seed x replica pair).",
-)
-@click.pass_context
-@run_async
-async def determinism(
-    ctx: click.Context,
-    pool_id: str,
-    seeds: int,
-    max_tokens: int,
-    out: Path | None,
-    compare: Path | None,
-    junit: Path | None,
-) -> None:
-    """Run the determinism suite against POOL: every prompt of the corpus x SEEDS seeds in
-    strict mode on each replica, compared byte for byte. Exits 4 on any mismatch, naming
-    the first diverging case and token."""
-    from orchestratord.client.determinism import junit_xml, run_suite
-
-    earlier = json.loads(await asyncio.to_thread(compare.read_text)) if compare else None
-    async with client_of(ctx) as client:
-        try:
-            proof = await run_suite(
-                client, pool_id, seeds=seeds, max_tokens=max_tokens, compare=earlier
-            )
-        except RuntimeError as e:
-            fail(EXIT_FAILED, str(e))
-    if out is not None:
-        await asyncio.to_thread(out.write_text, json.dumps(proof.to_json(), indent=2) + "\n")
-    if junit is not None:
-        await asyncio.to_thread(junit.write_text, junit_xml(proof))
-    cases = len(proof.cases)
-    if proof.divergence is not None:
-        fail(EXIT_FAILED, f"determinism FAILED on {pool_id}: {proof.divergence.describe()}")
-    click.echo(
-        f"determinism ok: {cases} cases x {len(proof.replicas)} replicas identical "
-        f"({proof.engine} {proof.engine_version}, {proof.model_digest[:19]})"
-    )
-
-
 main.add_command(batch)
+main.add_command(determinism)
 main.add_command(batches)
 main.add_command(keys)
 main.add_command(pools)

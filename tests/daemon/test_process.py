@@ -118,6 +118,17 @@ async def test_orchctl_submit_and_exit_codes(start_daemon):
     assert code == 3 and "ADMISSION_REJECT" in err
     code, _, err = await orchctl(api.base, "submit", "--model", "mock-model", "[[fail:1]]")
     assert code == 4 and "WORKER_RESET" in err
+    # the prompt from stdin; sampling options go through (and are checked by the daemon)
+    words = token_stream(3, "hello", 5)
+    proc = await asyncio.create_subprocess_exec(
+        BIN / "orchctl", "--url", api.base, "submit", "--model", "mock-model", "--seed", "3",
+        "--max-tokens", "5", "--stop", words[2].strip(), "--temperature", "0.5", "-",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate(b"hello")
+    assert proc.returncode == 0 and out.decode().strip() == "".join(words[:2])
+    code, _, err = await orchctl(api.base, "submit", "--model", "mock-model", "--top-p", "2", "x")
+    assert code == 4 and "[field: sampling.top_p]" in err
     assert (await orchctl("http://127.0.0.1:9", "pools"))[0] == 5
     assert (await orchctl(api.base, "submit"))[0] == 2
     code, out, _ = await orchctl(api.base, "--help")
