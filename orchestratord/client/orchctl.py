@@ -116,11 +116,12 @@ async def submit(
     if prompt == "-":
         prompt = sys.stdin.read()
     optional = {"seed": seed, "session_id": session, "deadline_ms": deadline_ms}
-    sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+    given = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "stop": list(stop)}
+    sampling = {k: v for k, v in given.items() if v is not None and v != []}
     body: dict[str, Any] = {
         "model": model, "prompt": prompt, "max_tokens": max_tokens, "priority": priority,
         "determinism": determinism, **{k: v for k, v in optional.items() if v is not None},
-        "sampling": {"stop": list(stop), **{k: v for k, v in sampling.items() if v is not None}},
+        **({"sampling": sampling} if sampling else {}),
     }  # fmt: skip
     async with client_of(ctx) as client:
         admitted = await client.submit(body)
