@@ -118,6 +118,11 @@ class ErrorEnvelope(BaseModel):
     leader_url: str | None = Field(
         None, description="`NOT_LEADER`: where the leader is reached (absent: not known)."
     )
+    first_retained: int | None = Field(
+        None,
+        description="`STREAM_GAP`: the oldest event id the stream still holds (resume with "
+        "`Last-Event-ID` one below it to read on from there).",
+    )
 
     @classmethod
     def of(

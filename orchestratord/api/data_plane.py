@@ -153,8 +153,8 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         after = _last_event_id(request, rec)
         try:
             return await stream_task(request, svc, rec, render, after=after, metrics_ms=metrics_ms)
-        except StreamGap as gap:  # resuming after events no longer retained
-            return gone(str(gap))
+        except StreamGap as gap:  # reading from before the oldest event retained
+            return gone(gap.first_retained, str(gap))
 
     async def get_session(request: web.Request) -> web.Response:
         return json_response(svc.session(request.match_info["session_id"], principal_of(request)))

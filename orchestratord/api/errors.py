@@ -140,7 +140,15 @@ def refusal_response(refusal: Refusal, *, openai: bool = False) -> web.Response:
     return error_response(envelope, STATUS[refusal.code], refusal.retry_after_ms, openai=openai)
 
 
-def gone(message: str) -> web.Response:
-    """410: what was asked for existed but is no longer retained (a `Last-Event-ID` resume
-    after events that left the buffer)."""
-    return error_response(ErrorEnvelope.of(ErrorCode.STREAM_GAP, message), 410)
+def stream_gap(first_retained: int, message: str) -> ErrorEnvelope:
+    """`STREAM_GAP`: the events asked for left the stream's buffer; `first_retained` says
+    where a reader may read on from."""
+    envelope = ErrorEnvelope.of(ErrorCode.STREAM_GAP, message)
+    envelope.first_retained = first_retained
+    return envelope
+
+
+def gone(first_retained: int, message: str) -> web.Response:
+    """410: a stream read from before its oldest retained event (from its start, or a
+    `Last-Event-ID` resume after events that left the buffer)."""
+    return error_response(stream_gap(first_retained, message), 410)

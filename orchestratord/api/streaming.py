@@ -27,10 +27,10 @@ from functools import partial
 import structlog
 from aiohttp import web
 
-from orchestrator_core.errors import ErrorCode
+from orchestratord.api.errors import stream_gap
 from orchestratord.api.http import CID, CORRELATION
 from orchestratord.api.sse import Renderer, comment
-from orchestratord.api_models import ErrorEnvelope, MetricsEvent
+from orchestratord.api_models import MetricsEvent
 from orchestratord.service import Orchestrator, StreamGap
 from orchestratord.service.records import TaskRecord
 from orchestratord.service.streams import END, ERROR, Event, TaskStream
@@ -245,7 +245,7 @@ async def stream_task(
             if not ended:
                 await write(b"", last=True)
         except StreamGap as gap:  # this reader fell behind the retained events
-            envelope = ErrorEnvelope.of(ErrorCode.STREAM_GAP, f"this reader fell behind: {gap}")
+            envelope = stream_gap(gap.first_retained, f"this reader fell behind: {gap}")
             await write(render.error(envelope))
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):

@@ -141,16 +141,27 @@ async def submit(
 async def attach(ctx: click.Context, task_id: str, as_json: bool) -> None:
     """Print a task's output from its first token and follow it to its end — a task
     submitted with --detach, by another client, or left by an interrupted `submit`
-    (while the daemon keeps its events: `retention_s` after it ends)."""
+    (while the daemon keeps its events: `retention_s` after it ends). Of a long stream
+    the daemon keeps the latest events only; attach then starts at the oldest, and says
+    so."""
     async with client_of(ctx) as client:
-        await _follow(client, task_id, as_json)
+        try:
+            await _follow(client, task_id, as_json)
+        except ClientError as e:
+            first = e.envelope.first_retained
+            if e.code != "STREAM_GAP" or first is None:
+                raise
+            click.echo(f"[events before {first} are no longer kept: from there on]", err=True)
+            await _follow(client, task_id, as_json, after=first - 1)
 
 
-async def _follow(client: OrchClient, task_id: str, as_json: bool) -> None:
-    """Print a task's events until it ends: its tokens (or, `as_json`, every event as a
-    JSON line), a summary on stderr; exit 4 if it failed."""
+async def _follow(
+    client: OrchClient, task_id: str, as_json: bool, after: int | None = None
+) -> None:
+    """Print a task's events (those after event `after`) until it ends: its tokens (or,
+    `as_json`, every event as a JSON line), a summary on stderr; exit 4 if it failed."""
     try:
-        async for event in client.stream(task_id):
+        async for event in client.stream(task_id, after):
             if as_json:
                 click.echo(json.dumps({"event": event.event, "id": event.id, "data": event.data}))
             elif event.event == "token":

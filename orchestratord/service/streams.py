@@ -37,7 +37,11 @@ class StreamGap(Exception):
     """The reader asked for events that are no longer retained."""
 
     def __init__(self, first_retained: int) -> None:
-        super().__init__(f"events before id {first_retained} are no longer retained")
+        super().__init__(
+            f"events before id {first_retained} are no longer retained (a stream keeps its "
+            f"latest `stream_buffer_events`); Last-Event-ID: {first_retained - 1} reads on "
+            "from the oldest one kept"
+        )
         self.first_retained = first_retained
 
 
@@ -158,8 +162,9 @@ class TaskStream:
                     waiter.set_result(True)
 
     def check_resume(self, after: int | None) -> None:
-        """Raise StreamGap if the events after `after` are no longer all retained."""
-        if after is not None and after + 1 < self._first:
+        """Raise StreamGap if the events after `after` (None: all of them) are no longer
+        all retained."""
+        if (0 if after is None else after + 1) < self._first:
             raise StreamGap(self._first)
 
     def _since(self, cursor: int) -> list[Event]:

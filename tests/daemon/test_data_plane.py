@@ -180,12 +180,13 @@ async def test_stream_memory_is_bounded_and_gap_is_reported(start_daemon):
     rec = service.book.get(tid)
     assert (await api.status(tid))["state"] == "completed"
     assert len(rec.stream._events) == 16
-    async with api.http.get(
-        f"{api.base}/v1/tasks/{tid}/stream", headers={"Last-Event-ID": "3"}
-    ) as r:
-        assert r.status == 410 and (await r.json())["code"] == "STREAM_GAP"
-    tail = await api.events(tid, last_event_id=190)
-    assert [e[1] for e in tail] == list(range(191, 202))
+    for resume in ({"Last-Event-ID": "3"}, {}):  # a resume, and a reader from the start
+        async with api.http.get(f"{api.base}/v1/tasks/{tid}/stream", headers=resume) as r:
+            gap = await r.json()
+            assert r.status == 410 and gap["code"] == "STREAM_GAP"
+            assert gap["first_retained"] == 186 and "Last-Event-ID: 185" in gap["message"]
+    tail = await api.events(tid, last_event_id=185)
+    assert [e[1] for e in tail] == list(range(186, 202))
 
 
 async def test_two_hundred_concurrent_streams_complete_in_order(start_daemon, monkeypatch):

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 from orchestratord.service.admission import Submission
 from orchestratord.service.output import Output, from_columns
 from tests.helpers import mock_pool
+from worker_adapters.mock import MockAdapter
 
 MiB = 1 << 20
 
@@ -311,15 +312,24 @@ async def test_a_stream_that_ends_while_read_is_compacted_once_its_reader_leaves
 async def test_a_reader_that_falls_behind_the_buffer_gets_a_typed_error(start_daemon, monkeypatch):
     """OC-LOAD-1203"""
     api = await start_daemon(mock_pool(), stream_buffer_events=16)
-    gate = asyncio.Event()
+    gate, reading_started = asyncio.Event(), asyncio.Event()
     write = web.StreamResponse.write
 
     async def held_at_first_token(self, data):  # this client stops reading for a while
+        reading_started.set()
         if b"event: token" in data and not gate.is_set():
             await gate.wait()
         return await write(self, data)
 
+    engine_stream = MockAdapter.stream
+
+    async def once_the_reader_reads(self, request):  # (a reader from the start, not a late one)
+        await reading_started.wait()
+        async for event in engine_stream(self, request):
+            yield event
+
     monkeypatch.setattr(web.StreamResponse, "write", held_at_first_token)
+    monkeypatch.setattr(MockAdapter, "stream", once_the_reader_reads)
     _, admitted, _ = await api.submit(model="mock-model", prompt="x", max_tokens=200)
     task_id = admitted["task_id"]
 
@@ -334,4 +344,4 @@ async def test_a_reader_that_falls_behind_the_buffer_gets_a_typed_error(start_da
     kind, data = last.split("\n")
     error = json.loads(data.removeprefix("data: "))
     assert kind == "event: error" and error["code"] == "STREAM_GAP"
-    assert "fell behind" in error["message"]
+    assert "fell behind" in error["message"] and error["first_retained"] > 1

@@ -189,7 +189,7 @@ async def test_orchctl_status_cancel_drain_reload(start_daemon):
 
 async def test_orchctl_detach_attach_and_an_interrupted_submit(start_daemon):
     """OC-CLI-5010"""
-    api = await start_daemon(mock_pool())
+    api = await start_daemon(mock_pool(), stream_buffer_events=16)
     submit = ("submit", "--model", "mock-model", "--detach")
     code, out, _ = await orchctl(api.base, *submit, "--seed", "3", "--max-tokens", "5", "hello")
     assert code == 0
@@ -206,6 +206,12 @@ async def test_orchctl_detach_attach_and_an_interrupted_submit(start_daemon):
     assert code == 4 and "WORKER_RESET" in err
     code, _, err = await orchctl(api.base, "attach", "missing")
     assert code == 4 and "NOT_FOUND" in err
+    # of a long stream the daemon keeps the latest events: attach starts at the oldest
+    code, out, _ = await orchctl(api.base, *submit, "--seed", "3", "--max-tokens", "200", "long")
+    await api.daemon.service.pools["mock"].wait_idle()  # (its whole stream went by)
+    code, out, err = await orchctl(api.base, "attach", out.strip())
+    assert code == 0 and "[events before 186 are no longer kept: from there on]" in err
+    assert out.strip() == "".join(token_stream(3, "long", 200)[-15:]).strip()
 
     # Ctrl-C stops the reader, not the task, and says how to get back to it
     proc = await asyncio.create_subprocess_exec(
