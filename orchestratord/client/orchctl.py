@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from orchestratord.client.cli_common import (
 from orchestratord.client.determinism import determinism
 from orchestratord.client.keys_cli import keys
 from orchestratord.client.pools_cli import agents, capabilities, drain, pools, reload, resume
-from orchestratord.client.sdk import Backpressure, ClientError, OrchClient
+from orchestratord.client.sdk import Backpressure, ClientError, Event, OrchClient
 
 
 @click.group(epilog=EXIT_CODES_HELP)
@@ -145,39 +146,18 @@ async def attach(ctx: click.Context, task_id: str, as_json: bool) -> None:
     the daemon keeps the latest events only; attach then starts at the oldest, and says
     so."""
     async with client_of(ctx) as client:
-        try:
-            await _follow(client, task_id, as_json)
-        except ClientError as e:
-            first = e.envelope.first_retained
-            if e.code != "STREAM_GAP" or first is None:
-                raise
-            click.echo(f"[events before {first} are no longer kept: from there on]", err=True)
-            await _follow(client, task_id, as_json, after=first - 1)
+        await _follow(client, task_id, as_json)
 
 
-async def _follow(
-    client: OrchClient, task_id: str, as_json: bool, after: int | None = None
-) -> None:
-    """Print a task's events (those after event `after`) until it ends: its tokens (or,
-    `as_json`, every event as a JSON line), a summary on stderr; exit 4 if it failed."""
+async def _follow(client: OrchClient, task_id: str, as_json: bool) -> None:
+    """Print a task's events until it ends: its tokens (or, `as_json`, every event as a
+    JSON line), a summary on stderr; exit 4 if it failed. Events the daemon no longer
+    holds (a long stream's first ones, or those this reader fell behind on) are skipped,
+    and stderr says so."""
+    after: int | None = None
     try:
-        async for event in client.stream(task_id, after):
-            if as_json:
-                click.echo(json.dumps({"event": event.event, "id": event.id, "data": event.data}))
-            elif event.event == "token":
-                click.echo(event.data["t"], nl=False)
-                sys.stdout.flush()
-            elif event.event == "end":
-                click.echo()
-                click.echo(
-                    f"[{event.data['finish_reason']}: {event.data['tokens_out']} tokens, "
-                    f"{event.data['decode_ms']} ms, task {task_id}]",
-                    err=True,
-                )
-            elif event.event == "error":
-                if not as_json:
-                    click.echo()
-                fail(EXIT_FAILED, f"{event.data['code']}: {event.data['message']}")
+        while (after := await _print_events(client, task_id, as_json, after)) is not None:
+            click.echo(f"[events before {after + 1} are no longer kept: from there on]", err=True)
     except asyncio.CancelledError:  # Ctrl-C: the reader stops, not the task
         click.echo(
             f"\n[task {task_id} goes on: `orchctl attach {task_id}` follows it again, "
@@ -185,6 +165,50 @@ async def _follow(
             err=True,
         )
         raise
+
+
+async def _print_events(
+    client: OrchClient, task_id: str, as_json: bool, after: int | None
+) -> int | None:
+    """Print the events after `after` until the task ends (None), or until the daemon
+    says the next ones are gone: then the event to read on after."""
+    try:
+        async with aclosing(client.stream(task_id, after)) as events:
+            async for event in events:
+                if event.event == "error" and (gap := _read_on_after(event.data)) is not None:
+                    return gap  # (about this reader, not the task: not printed as its event)
+                _print_event(event, task_id, as_json)
+    except ClientError as e:
+        if (gap := _read_on_after(e.envelope.model_dump())) is None:
+            raise
+        return gap
+    return None
+
+
+def _print_event(event: Event, task_id: str, as_json: bool) -> None:
+    """One of a task's events as `submit` and `attach` print it; an error exits 4."""
+    if as_json:
+        click.echo(json.dumps({"event": event.event, "id": event.id, "data": event.data}))
+    elif event.event == "token":
+        click.echo(event.data["t"], nl=False)
+        sys.stdout.flush()
+    elif event.event == "end":
+        click.echo()
+        click.echo(
+            f"[{event.data['finish_reason']}: {event.data['tokens_out']} tokens, "
+            f"{event.data['decode_ms']} ms, task {task_id}]",
+            err=True,
+        )
+    if event.event == "error":  # (printed above as JSON, or ending the token line here)
+        if not as_json:
+            click.echo()
+        fail(EXIT_FAILED, f"{event.data['code']}: {event.data['message']}")
+
+
+def _read_on_after(error: dict[str, Any]) -> int | None:
+    """For a `STREAM_GAP`: the event a reader reads on after (one below the oldest kept)."""
+    first = error.get("first_retained")
+    return first - 1 if error.get("code") == "STREAM_GAP" and first is not None else None
 
 
 @main.command()

@@ -12,7 +12,7 @@ Imports only the API models, never server internals, so it can ship on its own.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,7 +174,9 @@ class OrchClient:
     async def cancel(self, task_id: str) -> None:
         await self._request("POST", f"/v1/tasks/{task_id}/cancel")
 
-    async def stream(self, task_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
+    async def stream(
+        self, task_id: str, last_event_id: int | None = None
+    ) -> AsyncGenerator[Event, None]:
         """The task's events until `end` or `error` (resuming after `last_event_id`); with
         several daemons, a stream that breaks or whose daemon steps down resumes on the
         leader after the last event received."""

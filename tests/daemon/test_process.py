@@ -9,9 +9,10 @@ import signal
 
 import aiohttp
 import yaml
+from aiohttp import web
 
 from tests.helpers import BIN, mock_pool, orchctl, start_serve, wait_log
-from worker_adapters.mock import token_stream
+from worker_adapters.mock import MockAdapter, token_stream
 
 
 async def read_events(session: aiohttp.ClientSession, url: str, until: str | None = None):
@@ -202,8 +203,10 @@ async def test_orchctl_detach_attach_and_an_interrupted_submit(start_daemon):
     events = [json.loads(line)["event"] for line in out.splitlines()]
     assert events[0] == "started" and events[-1] == "end" and "token" in events
     _, failing, _ = await orchctl(api.base, *submit, "[[fail:1]]")
-    code, _, err = await orchctl(api.base, "attach", failing.strip())
-    assert code == 4 and "WORKER_RESET" in err
+    for json_or_not in ((), ("--json",)):  # a failed task exits 4 either way
+        code, out, err = await orchctl(api.base, "attach", *json_or_not, failing.strip())
+        assert code == 4 and "WORKER_RESET" in err
+    assert json.loads(out.splitlines()[-1])["event"] == "error"
     code, _, err = await orchctl(api.base, "attach", "missing")
     assert code == 4 and "NOT_FOUND" in err
     # of a long stream the daemon keeps the latest events: attach starts at the oldest
@@ -226,6 +229,38 @@ async def test_orchctl_detach_attach_and_an_interrupted_submit(start_daemon):
     assert (await api.status(stalled))["state"] == "running"
     code, out, _ = await orchctl(api.base, "cancel", stalled)
     assert code == 0 and out == f"canceled {stalled}\n"
+
+
+async def test_orchctl_reads_on_past_the_events_it_fell_behind_on(start_daemon, monkeypatch):
+    """OC-CLI-5010: a reader that falls behind the stream's buffer is told where the
+    retained events begin (OC-LOAD-1203); orchctl says what it skipped and reads on."""
+    api = await start_daemon(mock_pool(), stream_buffer_events=16)
+    gate, reading = asyncio.Event(), asyncio.Event()
+    write = web.StreamResponse.write
+
+    async def held_at_first_token(self, data):  # as if orchctl's terminal stalled
+        reading.set()
+        if b"event: token" in data and not gate.is_set():
+            await gate.wait()
+        return await write(self, data)
+
+    engine_stream = MockAdapter.stream
+
+    async def once_orchctl_reads(self, request):
+        await reading.wait()
+        async for event in engine_stream(self, request):
+            yield event
+
+    monkeypatch.setattr(web.StreamResponse, "write", held_at_first_token)
+    monkeypatch.setattr(MockAdapter, "stream", once_orchctl_reads)
+    _, task, _ = await api.submit(model="mock-model", prompt="long", max_tokens=200, seed=3)
+    attach = asyncio.create_task(orchctl(api.base, "attach", task["task_id"]))
+    await api.daemon.service.pools["mock"].wait_idle()  # 200 tokens went past its place
+    gate.set()
+    code, out, err = await attach
+    assert code == 0 and "[events before 186 are no longer kept: from there on]" in err
+    assert out.strip().endswith("".join(token_stream(3, "long", 200)[-15:]).strip())
+    assert "length: 200 tokens" in err
 
 
 async def test_orchctl_batch_honours_backpressure_and_writes_jsonl(start_daemon, tmp_path):
