@@ -14,10 +14,13 @@ from typing import Any
 
 import aiohttp
 import psycopg
+import pytest
 import yaml
+from aiohttp import web
 
 from orchestratord.daemon import Daemon
 from pool_managerd.launchers import die_with_parent, free_port
+from worker_adapters.mock import MockAdapter
 
 BIN = Path(sys.executable).parent
 
@@ -318,3 +321,28 @@ def engine_pool(engine_url: str, slots: int = 4) -> dict[str, Any]:
         "queue": {"capacity": 512}, "slots_per_endpoint": slots,
         "replicas": {"endpoints": [engine_url]},
     }  # fmt: skip
+
+
+def readers_stalled_at_first_token(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """As if a stream's client stopped reading at its first token: the daemon's writes of
+    tokens wait until the returned event is set. The mock engine starts only once a reader
+    had its first write, so the reader is one from the start, never a late one."""
+    resumed, reading = asyncio.Event(), asyncio.Event()
+    write = web.StreamResponse.write
+
+    async def held_at_first_token(self: web.StreamResponse, data: bytes) -> None:
+        reading.set()
+        if b"event: token" in data and not resumed.is_set():
+            await resumed.wait()
+        return await write(self, data)
+
+    engine_stream = MockAdapter.stream
+
+    async def once_read(self: MockAdapter, request: Any) -> AsyncIterator[Any]:
+        await reading.wait()
+        async for event in engine_stream(self, request):
+            yield event
+
+    monkeypatch.setattr(web.StreamResponse, "write", held_at_first_token)
+    monkeypatch.setattr(MockAdapter, "stream", once_read)
+    return resumed

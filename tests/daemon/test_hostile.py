@@ -8,14 +8,12 @@ import socket
 from typing import Any
 
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from orchestratord.service.admission import Submission
 from orchestratord.service.output import Output, from_columns
-from tests.helpers import mock_pool
-from worker_adapters.mock import MockAdapter
+from tests.helpers import mock_pool, readers_stalled_at_first_token
 
 MiB = 1 << 20
 
@@ -312,24 +310,7 @@ async def test_a_stream_that_ends_while_read_is_compacted_once_its_reader_leaves
 async def test_a_reader_that_falls_behind_the_buffer_gets_a_typed_error(start_daemon, monkeypatch):
     """OC-LOAD-1203"""
     api = await start_daemon(mock_pool(), stream_buffer_events=16)
-    gate, reading_started = asyncio.Event(), asyncio.Event()
-    write = web.StreamResponse.write
-
-    async def held_at_first_token(self, data):  # this client stops reading for a while
-        reading_started.set()
-        if b"event: token" in data and not gate.is_set():
-            await gate.wait()
-        return await write(self, data)
-
-    engine_stream = MockAdapter.stream
-
-    async def once_the_reader_reads(self, request):  # (a reader from the start, not a late one)
-        await reading_started.wait()
-        async for event in engine_stream(self, request):
-            yield event
-
-    monkeypatch.setattr(web.StreamResponse, "write", held_at_first_token)
-    monkeypatch.setattr(MockAdapter, "stream", once_the_reader_reads)
+    resumed = readers_stalled_at_first_token(monkeypatch)  # this client stops reading
     _, admitted, _ = await api.submit(model="mock-model", prompt="x", max_tokens=200)
     task_id = admitted["task_id"]
 
@@ -339,7 +320,7 @@ async def test_a_reader_that_falls_behind_the_buffer_gets_a_typed_error(start_da
 
     reading = asyncio.create_task(read())
     await api.daemon.service.pools["mock"].wait_idle()  # 200 tokens went past its place
-    gate.set()
+    resumed.set()
     last = (await reading).strip().split("\n\n")[-1]  # (no id: it is not a task event)
     kind, data = last.split("\n")
     error = json.loads(data.removeprefix("data: "))

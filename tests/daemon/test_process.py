@@ -9,10 +9,16 @@ import signal
 
 import aiohttp
 import yaml
-from aiohttp import web
 
-from tests.helpers import BIN, mock_pool, orchctl, start_serve, wait_log
-from worker_adapters.mock import MockAdapter, token_stream
+from tests.helpers import (
+    BIN,
+    mock_pool,
+    orchctl,
+    readers_stalled_at_first_token,
+    start_serve,
+    wait_log,
+)
+from worker_adapters.mock import token_stream
 
 
 async def read_events(session: aiohttp.ClientSession, url: str, until: str | None = None):
@@ -235,28 +241,11 @@ async def test_orchctl_reads_on_past_the_events_it_fell_behind_on(start_daemon, 
     """OC-CLI-5010: a reader that falls behind the stream's buffer is told where the
     retained events begin (OC-LOAD-1203); orchctl says what it skipped and reads on."""
     api = await start_daemon(mock_pool(), stream_buffer_events=16)
-    gate, reading = asyncio.Event(), asyncio.Event()
-    write = web.StreamResponse.write
-
-    async def held_at_first_token(self, data):  # as if orchctl's terminal stalled
-        reading.set()
-        if b"event: token" in data and not gate.is_set():
-            await gate.wait()
-        return await write(self, data)
-
-    engine_stream = MockAdapter.stream
-
-    async def once_orchctl_reads(self, request):
-        await reading.wait()
-        async for event in engine_stream(self, request):
-            yield event
-
-    monkeypatch.setattr(web.StreamResponse, "write", held_at_first_token)
-    monkeypatch.setattr(MockAdapter, "stream", once_orchctl_reads)
+    resumed = readers_stalled_at_first_token(monkeypatch)  # as if its terminal stalled
     _, task, _ = await api.submit(model="mock-model", prompt="long", max_tokens=200, seed=3)
     attach = asyncio.create_task(orchctl(api.base, "attach", task["task_id"]))
     await api.daemon.service.pools["mock"].wait_idle()  # 200 tokens went past its place
-    gate.set()
+    resumed.set()
     code, out, err = await attach
     assert code == 0 and "[events before 186 are no longer kept: from there on]" in err
     assert out.strip().endswith("".join(token_stream(3, "long", 200)[-15:]).strip())
