@@ -175,11 +175,13 @@ async def _print_events(
     try:
         async with aclosing(client.stream(task_id, after)) as events:
             async for event in events:
-                if event.event == "error" and (gap := _read_on_after(event.data)) is not None:
-                    return gap  # (about this reader, not the task: not printed as its event)
+                if event.event == "error":
+                    gap = _read_on_after(event.data["code"], event.data.get("first_retained"))
+                    if gap is not None:  # (about this reader, not the task: not its event)
+                        return gap
                 _print_event(event, task_id, as_json)
     except ClientError as e:
-        if (gap := _read_on_after(e.envelope.model_dump())) is None:
+        if (gap := _read_on_after(e.code, e.envelope.first_retained)) is None:
             raise
         return gap
     return None
@@ -205,10 +207,11 @@ def _print_event(event: Event, task_id: str, as_json: bool) -> None:
         fail(EXIT_FAILED, f"{event.data['code']}: {event.data['message']}")
 
 
-def _read_on_after(error: dict[str, Any]) -> int | None:
+def _read_on_after(code: str | None, first_retained: int | None) -> int | None:
     """For a `STREAM_GAP`: the event a reader reads on after (one below the oldest kept)."""
-    first = error.get("first_retained")
-    return first - 1 if error.get("code") == "STREAM_GAP" and first is not None else None
+    if code != "STREAM_GAP" or first_retained is None:
+        return None
+    return first_retained - 1
 
 
 @main.command()
