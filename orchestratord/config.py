@@ -80,8 +80,11 @@ class ServerConfig(_Cfg):
     #: How long a finished task's status and events stay available.
     retention_s: Annotated[float, Field(ge=0)] = 300.0
     max_retained_tasks: Annotated[int, Field(ge=1)] = 10_000
-    #: Events kept per task for `Last-Event-ID` resume (the stream's memory bound).
+    #: Events kept per task for `Last-Event-ID` resume (the stream's memory bound)...
     stream_buffer_events: Annotated[int, Field(ge=16)] = 4096
+    #: ... holding at most this much token text (bytes: a character of ASCII text counts
+    #: one, any other four): an engine's long tokens shorten the window, not the bound.
+    stream_buffer_bytes: Annotated[int, Field(ge=4096)] = 1 << 20
     #: Bytes the daemon may hold for tasks: queued requests, stream buffers, retained
     #: outputs. Past it, finished tasks are forgotten oldest first (they answer 410
     #: `EXPIRED`); when live tasks alone would pass it, admission answers 429.

@@ -26,7 +26,7 @@ from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.quotas import QuotaAccount
 from orchestratord.service.records import Door, TaskRecord, session_key
 from orchestratord.service.refusal import Refusal
-from orchestratord.service.streams import TaskStream
+from orchestratord.service.streams import StreamLimits
 from orchestratord.service.tasks import TaskBook
 from orchestratord.telemetry import Metrics, tracing
 from worker_adapters.base import ChatMessage, GenerateRequest, chat_dicts
@@ -80,13 +80,13 @@ class Admission:
         metrics: Metrics,
         now_ms: Callable[[], float],
         *,
-        stream_buffer_events: int,
+        streams: StreamLimits,
     ) -> None:
         self._pools = pools
         self._book = book
         self._metrics = metrics
         self._now_ms = now_ms
-        self._stream_buffer_events = stream_buffer_events
+        self._streams = streams
         #: The pools serving each model, in config order.
         self._by_model: dict[str, list[PoolDispatcher]] = {}
         for pool in pools.values():
@@ -171,7 +171,7 @@ class Admission:
         task.prefix = pool.placement.blocks(request)
         rec = TaskRecord(
             task=task, request=request, model=pool.config.model, door=sub.door,
-            engine=pool.config.engine, stream=TaskStream(self._stream_buffer_events),
+            engine=pool.config.engine, stream=self._streams.new(),
             correlation_id=sub.correlation_id, admitted_at=now, created=int(time.time()),
             seed=seed, cancel_when_abandoned=sub.cancel_when_abandoned, batch=sub.batch,
             footprint=footprint,

@@ -35,6 +35,7 @@ from orchestratord.service.recovery import recover
 from orchestratord.service.refusal import Refusal
 from orchestratord.service.replicas import RemoteReplicas
 from orchestratord.service.runner import RunLimits
+from orchestratord.service.streams import StreamLimits
 from orchestratord.service.tasks import TaskBook
 from orchestratord.store import StoreError, TaskStore, open_store
 from orchestratord.telemetry import Metrics, tracing
@@ -70,10 +71,11 @@ class Orchestrator:
 
         self.now_ms = now_ms
         server = config.server
+        self.streams = StreamLimits(server.stream_buffer_events, server.stream_buffer_bytes)
         self.book = TaskBook(
             self.metrics, now_ms, self.store, retention_s=server.retention_s,
             max_retained=server.max_retained_tasks, budget_bytes=server.memory_budget_bytes,
-            stream_events=server.stream_buffer_events, max_output_bytes=server.max_output_bytes,
+            streams=self.streams, max_output_bytes=server.max_output_bytes,
         )  # fmt: skip
         self.metrics.watch_memory(
             server.memory_budget_bytes, lambda: self.book.live_bytes,
@@ -91,9 +93,8 @@ class Orchestrator:
             for pc in config.pools
         }  # fmt: skip
         self.admission = Admission(
-            self.pools, self.book, self.metrics, now_ms,
-            stream_buffer_events=server.stream_buffer_events,
-        )  # fmt: skip
+            self.pools, self.book, self.metrics, now_ms, streams=self.streams
+        )
         self.quotas = Quotas(now_ms)
         self.batches = Batches(
             self.store, self.admission, self.pools, self.book, self.metrics, config.batch
@@ -111,7 +112,7 @@ class Orchestrator:
         await self.batches.fetch_inputs()
         recovered = recover(
             snapshot.tasks, self.pools, self.book, self.now_ms, retention_s=server.retention_s,
-            stream_buffer_events=server.stream_buffer_events,
+            streams=self.streams,
         )  # fmt: skip
         for pool in self.pools.values():
             pool.start()

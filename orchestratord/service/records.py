@@ -87,8 +87,10 @@ class TaskRecord:
     #: The task's stream is its request's answer (one-request and OpenAI streaming): when
     #: its last reader leaves before the end, the task is canceled after a grace period.
     cancel_when_abandoned: bool = False
-    #: Bytes the memory budget charges it: its reservation while live, then what it holds.
+    #: Bytes the memory budget charges it: its reservation while live (grown once its
+    #: tokens' text passes what that assumed: `text_charged`), then what it holds.
     footprint: int = 0
+    text_charged: int = 0
     #: Its open trace spans (None: tracing is off).
     spans: tracing.TaskSpans | None = None
     #: Token fairness: output tokens charged to its tenant so far.

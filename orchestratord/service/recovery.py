@@ -33,7 +33,7 @@ from orchestratord.service import journal
 from orchestratord.service.dispatcher import PoolDispatcher
 from orchestratord.service.records import Door, TaskRecord
 from orchestratord.service.refusal import Refusal
-from orchestratord.service.streams import TaskStream
+from orchestratord.service.streams import StreamLimits
 from orchestratord.service.tasks import TaskBook
 from orchestratord.store import Durable, StoredTask
 
@@ -62,7 +62,7 @@ def recover(
     now_ms: Callable[[], float],
     *,
     retention_s: float,
-    stream_buffer_events: int,
+    streams: StreamLimits,
 ) -> Recovered:
     """Bring the journaled tasks back (`stored` is in admission order)."""
     done = Recovered()
@@ -78,14 +78,14 @@ def recover(
             book.forget_stored(s.row.id)
             done.expired += 1
             continue
-        rec = _record(s, stream_buffer_events, loop_ms)
+        rec = _record(s, streams, loop_ms)
         _replay_ended(rec, s)
         book.restore(rec, loop_ms(s.ended_unix_ms))
         done.finished += 1
     for s in stored:
         if s.result is not None:
             continue
-        rec = _record(s, stream_buffer_events, loop_ms)
+        rec = _record(s, streams, loop_ms)
         pool = pools.get(rec.task.pool_id)
         strict = rec.task.determinism is Determinism.STRICT and rec.seed is not None
         if pool is None:
@@ -132,9 +132,7 @@ def recover(
     return done
 
 
-def _record(
-    s: StoredTask, stream_buffer_events: int, loop_ms: Callable[[float], float]
-) -> TaskRecord:
+def _record(s: StoredTask, streams: StreamLimits, loop_ms: Callable[[float], float]) -> TaskRecord:
     row = s.row
     spec: dict[str, Any] = orjson.loads(row.spec)
     deadline = spec["deadline_unix_ms"]
@@ -142,7 +140,7 @@ def _record(
     rec = TaskRecord(
         task=task, request=journal.request_of(spec), model=spec["model"],
         door=Door(spec["door"]), engine=spec["engine"],
-        stream=TaskStream(stream_buffer_events), correlation_id=spec["correlation_id"],
+        stream=streams.new(), correlation_id=spec["correlation_id"],
         admitted_at=loop_ms(row.admitted_unix_ms), created=spec["created"], seed=spec["seed"],
         batch=None if row.batch_id is None else (row.batch_id, row.batch_line or 0),
         cancel_when_abandoned=spec.get("cancel_when_abandoned", False),  # (older rows lack it)

@@ -60,7 +60,8 @@ async def run_task(
     )  # fmt: skip
     rec.stream.started(rec.started_event)
     running = TaskState.RUNNING
-    emit_tokens, cap, output = rec.stream.tokens, limits.max_output_bytes, rec.output
+    stream, cap, output = rec.stream, limits.max_output_bytes, rec.output
+    emit_tokens = stream.tokens
 
     def on_events(events: list[StreamEvent]) -> bool:
         """The hot path, run where the adapter pushes from (an HTTP engine's connection
@@ -86,6 +87,8 @@ async def run_task(
             if len(output) >= rec.checkpoint_at:  # a strict task's periodic one
                 book.checkpoint(rec)
             emit_tokens(tokens)
+            if stream.text_bytes + output.text_bytes > rec.text_charged:
+                book.outgrown(rec)  # longer tokens than its reservation assumed
             if diverged is not None:
                 rec.tokens_out = diverged[0]
                 _fail_replay(rec, diverged, book)

@@ -5,10 +5,12 @@ An event is a plain tuple, `(kind, id, ...)`, cheap to make on the hot path:
 `(STARTED, id, StartedEvent)`, `(TOKEN, id, index, text, ids)`, `(END, id, EndEvent)`,
 `(ERROR, id, ErrorEnvelope)`. Ids count from 0 and are what `Last-Event-ID` resumes after.
 
-Memory is bounded per task whatever the output length: the last `max_events` events are
-kept for resume; a reader that falls further behind is told so (`StreamGap`) instead of
-silently losing tokens. Once a stream has ended, its token events can be served from the
-task's output buffer instead (`compact`): a finished task then holds no object per token.
+Memory is bounded per task in bytes, whatever the output's length and its tokens' size:
+the latest events are kept for resume, at most `max_events` of them holding at most
+`max_text` bytes of token text (`text_size`); a reader that falls further behind is told
+so (`StreamGap`) instead of silently losing tokens. Once a stream has ended, its token
+events can be served from the task's output buffer instead (`compact`): a finished task
+then holds no object per token.
 A reader is woken once for everything that arrived since it last ran and gets it in one
 batch; waking costs no timer work per event (the idle heartbeat is one periodic timer per
 reader). A reader that has caught up may instead follow the stream (`push`): the tokens of each
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from orchestratord.api_models import EndEvent, ErrorEnvelope, StartedEvent
@@ -39,8 +42,8 @@ class StreamGap(Exception):
     def __init__(self, first_retained: int) -> None:
         super().__init__(
             f"events before id {first_retained} are no longer retained (a stream keeps its "
-            f"latest `stream_buffer_events`); Last-Event-ID: {first_retained - 1} reads on "
-            "from the oldest one kept"
+            "latest `stream_buffer_events`, holding at most `stream_buffer_bytes` of text); "
+            f"Last-Event-ID: {first_retained - 1} reads on from the oldest one kept"
         )
         self.first_retained = first_retained
 
@@ -70,11 +73,36 @@ class _FromOutput:
         return (TOKEN, event_id, index, text, ids)
 
 
-class TaskStream:
-    __slots__ = ("_closed", "_events", "_first", "_followers", "_next", "_waiters", "partial")
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """What each task's stream keeps for resume (`server.stream_buffer_events` and
+    `server.stream_buffer_bytes`)."""
 
-    def __init__(self, max_events: int) -> None:
-        self._events: deque[Event] | _FromOutput = deque(maxlen=max_events)
+    events: int
+    text_bytes: int
+
+    def new(self) -> TaskStream:
+        return TaskStream(self.events, self.text_bytes)
+
+
+def text_size(text: str) -> int:
+    """What a token's text costs to keep, in bytes, at most: CPython stores ASCII in a byte
+    a character and other text in up to four (`isascii` is a flag read, not a scan)."""
+    return len(text) if text.isascii() else 4 * len(text)
+
+
+class TaskStream:
+    __slots__ = (
+        "_closed", "_events", "_first", "_followers", "_max_events", "_max_text", "_next",
+        "_waiters", "partial", "text_bytes",
+    )  # fmt: skip
+
+    def __init__(self, max_events: int, max_text: int = 1 << 20) -> None:
+        self._events: deque[Event] | _FromOutput = deque()
+        self._max_events, self._max_text = max_events, max_text
+        #: Bytes of token text the kept events hold (`text_size`), at most `max_text`
+        #: (or one event's, when a single token is larger).
+        self.text_bytes = 0
         self._first = 0  # id of _events[0]
         self._next = 0  # id the next event gets
         self._closed = False
@@ -106,6 +134,8 @@ class TaskStream:
         if not entries:
             return
         first = self._next
+        for _, text, _ in entries:
+            self.text_bytes += len(text) if text.isascii() else 4 * len(text)  # (text_size)
         self._extend([(TOKEN, first + i, *entry) for i, entry in enumerate(entries)])
 
     def end(self, event: EndEvent) -> None:
@@ -130,6 +160,7 @@ class TaskStream:
         if started[0] != STARTED:
             return False
         self._events = _FromOutput(started, output, events[-1], self._first)
+        self.text_bytes = 0
         return True
 
     @property
@@ -142,13 +173,22 @@ class TaskStream:
         if self._closed:
             raise RuntimeError("stream is closed")
         kept = self._events
-        assert isinstance(kept, deque) and kept.maxlen is not None
-        self._first += max(len(kept) + len(events) - kept.maxlen, 0)
+        assert isinstance(kept, deque)
         kept.extend(events)
         self._next += len(events)
+        if len(kept) > self._max_events or self.text_bytes > self._max_text:
+            self._trim(kept)
         if self._followers:
             self._followers = [follow for follow in self._followers if follow(events)]
         self._wake()
+
+    def _trim(self, kept: deque[Event]) -> None:
+        """Drop the oldest events past either bound (the newest one always stays)."""
+        while len(kept) > 1 and (len(kept) > self._max_events or self.text_bytes > self._max_text):
+            event = kept.popleft()
+            self._first += 1
+            if event[0] == TOKEN:
+                self.text_bytes -= text_size(event[3])
 
     def _close(self) -> None:
         self._closed = True

@@ -30,6 +30,7 @@ from orchestrator_core.model import Determinism, TaskState
 from orchestratord.api_models import EndEvent, ErrorEnvelope
 from orchestratord.service import journal
 from orchestratord.service.records import TaskRecord, request_bytes, session_name
+from orchestratord.service.streams import StreamLimits
 from orchestratord.store import StoreError, TaskStore
 from orchestratord.telemetry import Metrics, tracing
 from worker_adapters.base import FinishReason
@@ -82,7 +83,7 @@ class TaskBook:
         retention_s: float,
         max_retained: int,
         budget_bytes: int,
-        stream_events: int,
+        streams: StreamLimits,
         max_output_bytes: int,
     ) -> None:
         self.metrics = metrics
@@ -95,7 +96,7 @@ class TaskBook:
         self._finished: dict[str, float] = {}
         self._expiry: asyncio.TimerHandle | None = None
         self._budget = budget_bytes
-        self._stream_events = stream_events
+        self._stream_events = streams.events
         self._max_output_bytes = max_output_bytes
         #: Bytes charged to live tasks, and to retained finished ones.
         self.live_bytes = 0
@@ -124,15 +125,37 @@ class TaskBook:
     # -- the memory budget -------------------------------------------------------------
 
     def reservation(self, request_bytes: int, max_tokens: int) -> int:
-        """The most a live task with this request can come to hold."""
+        """The most a live task with this request can come to hold, its tokens' text
+        assumed to average TOKEN_TEXT_BYTES (`outgrown` charges what goes past that)."""
         events = min(max_tokens, self._stream_events) * EVENT_BYTES
         text = min(max_tokens * TOKEN_TEXT_BYTES, self._max_output_bytes)
         return RECORD_BYTES + request_bytes + events + max_tokens * OUTPUT_ENTRY_BYTES + text
 
+    def _text_reserved(self, max_tokens: int) -> int:
+        """The token text a reservation assumed: in the stream's events (inside
+        EVENT_BYTES) and in the output."""
+        in_events = min(max_tokens, self._stream_events) * TOKEN_TEXT_BYTES
+        return in_events + min(max_tokens * TOKEN_TEXT_BYTES, self._max_output_bytes)
+
+    def outgrown(self, rec: TaskRecord) -> None:
+        """A running task holds more token text than it was charged for (its engine's
+        tokens are longer than assumed): charge it what it holds, forgetting finished tasks
+        to make room. Admission refuses new tasks while live ones fill the budget; the
+        task's stream and output are bounded in bytes (`stream_buffer_bytes`,
+        `max_output_bytes`), so this stops."""
+        text = rec.stream.text_bytes + rec.output.text_bytes
+        if text <= rec.text_charged:
+            return
+        self.live_bytes += text - rec.text_charged
+        rec.footprint += text - rec.text_charged
+        rec.text_charged = text
+        self._shed()
+
     def _held(self, rec: TaskRecord) -> int:
-        """What a finished task holds."""
-        events = 0 if rec.stream.compacted else min(rec.stream.next_id, self._stream_events)
-        return RECORD_BYTES + events * EVENT_BYTES + rec.output.footprint
+        """What a finished task holds (a stream not compacted: its events' text too)."""
+        stream = rec.stream
+        events = 0 if stream.compacted else min(stream.next_id, self._stream_events)
+        return RECORD_BYTES + events * EVENT_BYTES + stream.text_bytes + rec.output.footprint
 
     def compact(self, rec: TaskRecord) -> None:
         """Once a retained task's stream has its ending, serve it from the output buffer
@@ -163,6 +186,7 @@ class TaskBook:
         if not rec.footprint:  # recovered: charged what its request may come to
             size = request_bytes(rec.request) if rec.request is not None else 0
             rec.footprint = self.reservation(size, rec.task.max_tokens)
+        rec.text_charged = self._text_reserved(rec.task.max_tokens)
         self.live_bytes += rec.footprint
         if self._store.durable:
             if rec.task.determinism is Determinism.STRICT:
@@ -297,12 +321,16 @@ class TaskBook:
         self.retained_bytes += rec.footprint
         self._finished[rec.task.id] = now
         self.compact(rec)  # (when its ending is there: published, or from before a restart)
+        self._shed()
+        if self._expiry is None:
+            self._arm_expiry()
+
+    def _shed(self) -> None:
+        """Forget finished tasks, oldest first, past the count or the memory budget."""
         while len(self._finished) > self._max_retained or (
             self.live_bytes + self.retained_bytes > self._budget and self._finished
         ):
             self.forget(next(iter(self._finished)))
-        if self._expiry is None:
-            self._arm_expiry()
 
     def _arm_expiry(self) -> None:
         """One timer for the oldest finished task (retention is first in, first out)."""

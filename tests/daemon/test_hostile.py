@@ -13,7 +13,8 @@ from structlog.testing import capture_logs
 
 from orchestratord.service.admission import Submission
 from orchestratord.service.output import Output, from_columns
-from tests.helpers import mock_pool, readers_stalled_at_first_token
+from orchestratord.service.records import request_bytes
+from tests.helpers import mock_pool, readers_stalled_at_first_token, sse_events
 
 MiB = 1 << 20
 
@@ -88,6 +89,38 @@ async def test_live_tasks_past_the_budget_are_refused_with_a_reason(start_daemon
     await api.submit(**body)  # the canceled task's reservation was returned
 
 
+async def test_a_task_whose_tokens_outgrow_its_reservation_is_charged_what_it_holds(
+    start_daemon,
+):
+    """OC-LOAD-1211: a live task was charged its reservation alone, which assumes tokens of
+    8 bytes: an engine sending 4 KiB tokens let the daemon hold many times its budget."""
+    api = await start_daemon(mock_pool(), memory_budget_bytes=MiB)
+    book = api.daemon.service.book
+    _, done, _ = await api.submit(model="mock-model", prompt="x", max_tokens=20)
+    await api.events(done["task_id"])  # finished, retained
+    body = {"model": "mock-model", "prompt": "[[big:4096]] [[stall:160]]", "max_tokens": 200}
+    _, big, _ = await api.submit(**body)
+    async with api.http.get(f"{api.base}/v1/tasks/{big['task_id']}/stream") as r:
+        tokens = 0
+        async for event in sse_events(r):
+            tokens += event["event"] == "token"
+            if tokens == 160:  # all it sends before it stalls
+                break
+    rec = book.get(big["task_id"])
+    assert rec is not None
+    held = rec.stream.text_bytes + rec.output.text_bytes
+    assert held == 2 * 160 * 4096  # the stream's copy and the output's
+    reserved = book.reservation(request_bytes(rec.request), 200)
+    assert book.live_bytes >= rec.footprint > held > reserved
+    async with api.http.get(f"{api.base}/v1/tasks/{done['task_id']}") as r:
+        assert r.status == 410  # forgotten to make room
+    _, err, _ = await api.submit(expect=429, model="mock-model", prompt="x", max_tokens=20)
+    assert err["policy_label"] == "memory-budget"
+    await api.cancel(big["task_id"])  # it ends, holding more than the budget: forgotten
+    await api.submit(model="mock-model", prompt="x", max_tokens=20)  # the room is back
+    assert book.get(big["task_id"]) is None
+
+
 def test_output_is_one_buffer_capped_in_utf8_bytes():
     """OC-LOAD-1202: the output cap counted characters, not bytes."""
     out = Output()
@@ -114,7 +147,8 @@ async def test_output_cap_counts_bytes(start_daemon):
 
 async def test_a_reader_that_stops_reading_is_disconnected_and_the_task_runs_on(start_daemon):
     """OC-LOAD-1203: a reader that never read kept a forgotten task's buffers alive."""
-    api = await start_daemon(mock_pool(), write_timeout_s=0.2)
+    # (a stream that keeps all 12 MB of its text: the second reader reads it from the start)
+    api = await start_daemon(mock_pool(), write_timeout_s=0.2, stream_buffer_bytes=16 << 20)
     _, admitted, _ = await api.submit(model="mock-model", prompt="[[big:4096]]", max_tokens=3000)
     task_id = admitted["task_id"]
     port = api.daemon.port

@@ -206,6 +206,29 @@ async def test_a_read_larger_than_what_is_retained_keeps_the_latest_and_reports_
     await batches.aclose()
 
 
+async def test_the_retained_events_hold_at_most_the_text_bytes_whatever_a_token_weighs():
+    """OC-LOAD-1211: the buffer was bounded by events alone — 4,096 tokens of an engine
+    that sends 256 KiB each would all have been kept. Text that is not ASCII counts four
+    bytes a character (what CPython may store it in); a token larger than the bound is
+    still kept, alone."""
+    stream = TaskStream(max_events=16, max_text=1000)
+    stream.started(STARTED_EVENT)
+    stream.tokens([(i, "x" * 300, ()) for i in range(3)])  # events 1..3: 900 bytes
+    assert stream.text_bytes == 900
+    stream.check_resume(None)
+    stream.tokens([(3, "日本" * 50, ())])  # 100 characters, 400 bytes: one "x" must go
+    assert stream.text_bytes == 300 + 300 + 400
+    stream.check_resume(1)
+    with pytest.raises(StreamGap) as gap:
+        stream.check_resume(0)
+    assert gap.value.first_retained == 2  # `started` and the first token are gone
+    stream.tokens([(4, "y" * 5000, ())])
+    assert stream.text_bytes == 5000 and stream.next_id == 6
+    batches = stream.read(after=4)
+    assert [event[1] for event in await anext(batches)] == [5]
+    await batches.aclose()
+
+
 async def test_a_token_the_follower_declines_comes_in_its_next_batch_with_all_after_it():
     """OC-CTRL-2031: a declined token (its client has not taken the last write) is not
     lost: it and what follows it come in the next batch; caught up again, the reader
