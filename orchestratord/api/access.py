@@ -101,10 +101,8 @@ def _operation(request: web.Request) -> Operation | None:
     return _BY_ROUTE.get((request.method, resource.canonical))
 
 
-def _authenticate(request: web.Request, keys: KeyRing, needed: Access) -> Principal:
-    on_behalf = checked_header(request, TENANT, MAX_TENANT_CHARS)
-    if not keys.enabled:
-        return open_principal(on_behalf or "default")
+def _key_holder(request: web.Request, keys: KeyRing) -> Principal:
+    """Whose key the request presents; 401 before anything else is looked at."""
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, presented = header.partition(" ")
     principal = keys.authenticate(presented) if scheme.lower() == "bearer" else None
@@ -112,6 +110,14 @@ def _authenticate(request: web.Request, keys: KeyRing, needed: Access) -> Princi
         raise Refusal(
             ErrorCode.UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer <key>)"
         )
+    return principal
+
+
+def _authenticate(request: web.Request, keys: KeyRing, needed: Access) -> Principal:
+    if not keys.enabled:
+        return open_principal(checked_header(request, TENANT, MAX_TENANT_CHARS) or "default")
+    principal = _key_holder(request, keys)
+    on_behalf = checked_header(request, TENANT, MAX_TENANT_CHARS)
     if on_behalf is not None and on_behalf != principal.tenant:
         if not principal.sees_all:
             raise _forbidden(
@@ -133,11 +139,13 @@ def access_control(keys: KeyRing, *, loopback: bool) -> Middleware:
         _browser_guard(request, loopback)
         op = _operation(request)
         if op is None:
-            if not request.path.startswith("/v1/"):
-                return await handler(request)  # unrouted (404), or test-only endpoints
-            # an unknown /v1/ path or method answers 404/405 to a known key only
-            unrouted = request.match_info.http_exception is not None
-            needed = () if unrouted else ADMIN
+            if not request.path.startswith("/v1/") or not keys.enabled:
+                return await handler(request)  # unrouted (404, 405), or test-only endpoints
+            if request.match_info.http_exception is not None:
+                # with keys, an unknown /v1/ path or method answers 404/405 to a known key
+                _key_holder(request, keys)
+                return await handler(request)
+            needed = ADMIN
         elif not op.access:  # public: health, readiness, metrics, the OpenAPI document
             return await handler(request)
         else:

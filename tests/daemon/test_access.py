@@ -126,6 +126,25 @@ async def test_role_by_route_matrix(start_daemon, tmp_path):
                     assert "lacks the role" in (await r.text())
 
 
+async def test_a_request_without_a_key_learns_only_that_it_needs_one(start_daemon, tmp_path):
+    """OC-AUTH-1301: found by schemathesis — a keyless request with a malformed X-Tenant-Id
+    got 400 naming the header (it should learn nothing but 401), and a key holder's
+    unknown method 400 instead of 405."""
+    keys = make_keys(tmp_path / "keys.yaml", a=("acme", "submit"))
+    api = await start_daemon(mock_pool(), keys_file=str(tmp_path / "keys.yaml"))
+    bad_tenant = {"X-Tenant-Id": ""}
+    body = {"model": "mock-model", "prompt": "x"}
+    for method, path, headers, status in [
+        ("post", "/v1/tasks", bad_tenant, 401),
+        ("get", "/v1/nowhere", {}, 401),
+        ("trace", "/v1/tasks", {**bad_tenant, **bearer(keys["a"])}, 405),
+        ("get", "/v1/nowhere", bad_tenant | bearer(keys["a"]), 404),
+        ("post", "/v1/tasks", bad_tenant | bearer(keys["a"]), 400),  # now it is the header
+    ]:
+        async with api.http.request(method, api.base + path, json=body, headers=headers) as r:
+            assert r.status == status, (method, path, await r.text())
+
+
 async def test_tenants_cannot_see_each_others_work_but_operators_can(start_daemon, tmp_path):
     """OC-AUTH-1303, OC-AUTH-1302, OC-CTRL-2032"""
     keys = make_keys(
