@@ -62,7 +62,7 @@ stress: setup $(TRITON)  ## tests/conformance 20x, then the whole suite 5x, rand
 SOAK_MINUTES ?= 2
 soak: setup  ## bounded soak (docs/RELIABILITY.md), then schemathesis, all checks, 1,000 examples an operation
 	$(BIN)/python -m test_harness.soak.run --minutes $(SOAK_MINUTES)
-	SCHEMATHESIS_EXAMPLES=1000 SCHEMATHESIS_CHECKS=all $(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly tests/daemon/test_schemathesis.py
+	SCHEMATHESIS_EXAMPLES=1000 SCHEMATHESIS_CHECKS=all $(BIN)/python -m pytest -q -p no:cacheprovider -p no:randomly --timeout 1200 tests/daemon/test_schemathesis.py
 
 mutate: setup  ## mutation testing of orchestrator_core (mutmut, ~10 min here); figures in docs/TESTING.md
 	$(BIN)/python -m pip install --quiet -e '.[mutate]'

@@ -116,6 +116,10 @@ class ServerConfig(_Cfg):
     #: A request's head (request line and headers) must arrive whole within this long of
     #: its first byte, else the connection is closed.
     header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    #: A request's body must arrive whole within this long of its head, plus a second for
+    #: every KiB it has sent (a slow upload that keeps coming is served; one that stalls,
+    #: or sends less than its Content-Length, is answered 408 and its connection closed).
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     #: Connections held at once. Past it, only `/healthz`, `/readyz` and `/metrics` are
     #: served (everything else answers 503 `OVERLOADED`); past twice it, connections are
     #: answered 503 and closed unread. Lowered to fit the open-file limit if need be.

@@ -5,11 +5,15 @@ traceback.
 
 aiohttp's `RequestHandler` is the per-connection protocol; `GuardedHandler` extends it at
 its documented seams (`connection_made`, `data_received`, `connection_lost`,
-`handle_error`). Two timers: aiohttp's idle timer (`keepalive_timeout` = `idle_timeout_s`)
+`handle_error`). Three timers: aiohttp's idle timer (`keepalive_timeout` = `idle_timeout_s`)
 closes a connection with no request in progress, from when it opens and after each
 response; ours (`header_timeout_s`) starts at the first byte of a request and closes the
 connection unless the whole head has arrived by then (a slow-loris head cannot keep it by
-trickling bytes). The middleware says when a head is complete (`request_started`).
+trickling bytes); and, for a body that did not come with its head, `body_timeout_s` from
+the head, extended by a second for each `BODY_MIN_RATE` bytes received (Apache's
+`mod_reqtimeout`): a slow upload that keeps coming is served, a stalled one — or one short
+of its Content-Length, a careless client's — is answered 408 and closed. The middleware
+says when a head is complete (`request_started`).
 
 Past `max_connections`, a connection is still served for the operator's paths (health,
 readiness, metrics), and answered 503 `OVERLOADED` for anything else; past twice the limit
@@ -40,20 +44,26 @@ OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 #: File descriptors kept beyond the connection limit (engines, the store, logs).
 _FD_RESERVE = 256
+#: Bytes a second a request body must average, past `body_timeout_s`.
+BODY_MIN_RATE = 1024
 
 
-def _refusal_bytes() -> bytes:
-    """The whole 503 answer written to a connection refused before it is read."""
-    envelope = ErrorEnvelope.of(ErrorCode.OVERLOADED, "too many connections; retry shortly")
+def _answer_bytes(status: int, reason: str, envelope: ErrorEnvelope, extra: str = "") -> bytes:
+    """A whole error answer, written to a connection the daemon then closes."""
     body = envelope.model_dump_json(exclude_none=True).encode()
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-        f"Retry-After: 1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n{extra}"
+        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
 
-_REFUSED = _refusal_bytes()
+#: The answer to a connection refused before it is read.
+_REFUSED = _answer_bytes(
+    503, "Service Unavailable",
+    ErrorEnvelope.of(ErrorCode.OVERLOADED, "too many connections; retry shortly"),
+    "Retry-After: 1\r\n",
+)  # fmt: skip
 
 
 class ConnectionGuard:
@@ -65,6 +75,13 @@ class ConnectionGuard:
         self.max_connections = max_connections
         self.open = 0
         self.header_timeout_s = config.header_timeout_s
+        self.body_timeout_s = config.body_timeout_s
+        envelope = ErrorEnvelope.of(
+            ErrorCode.INVALID_PARAMS,
+            f"request body too slow: it must arrive within {config.body_timeout_s:g} s of "
+            f"its head, and a second more for each {BODY_MIN_RATE} bytes sent",
+        )
+        self.body_late = _answer_bytes(408, "Request Timeout", envelope)
         self._kwargs: dict[str, Any] = {
             "keepalive_timeout": config.idle_timeout_s,
             "max_line_size": config.max_header_bytes,
@@ -83,7 +100,10 @@ class ConnectionGuard:
 
 
 class GuardedHandler(web.RequestHandler):
-    __slots__ = ("_guard", "_head_timer", "_in_request", "over_limit")
+    __slots__ = (
+        "_body_from", "_body_timer", "_guard", "_head_timer", "_in_request", "_uploading",
+        "over_limit",
+    )  # fmt: skip
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -92,6 +112,10 @@ class GuardedHandler(web.RequestHandler):
         self.over_limit = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_request = False
+        #: The request whose body is still arriving, since when, and the timer that checks.
+        self._uploading: web.BaseRequest | None = None
+        self._body_from = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         if not self._in_request and self._head_timer is None:  # a new request begins
@@ -99,15 +123,44 @@ class GuardedHandler(web.RequestHandler):
             self._head_timer = self._loop.call_later(self._guard.header_timeout_s, self._head_late)
         super().data_received(data)
 
-    def request_started(self) -> None:
-        """Its head is complete (a handler runs): the head timer is done."""
+    def request_started(self, request: web.BaseRequest) -> None:
+        """Its head is complete (a handler runs): the head timer is done, and the body's
+        starts unless the body came with the head (as small ones do)."""
         self._in_request = True
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if not request.content.is_eof():
+            self._uploading, self._body_from = request, self._loop.time()
+            self._body_timer = self._loop.call_at(
+                self._body_from + self._guard.body_timeout_s, self._body_check
+            )
 
     def request_done(self) -> None:
         self._in_request = False
+        self._uploading = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        request = self._uploading
+        if request is None or self.transport is None:
+            return
+        body = request.content
+        if body.is_eof() or request.writer.output_size:  # all here, or answered without it
+            return
+        due = self._body_from + self._guard.body_timeout_s + body.total_bytes / BODY_MIN_RATE
+        if self._loop.time() < due:  # it is still coming fast enough
+            self._body_timer = self._loop.call_at(due, self._body_check)
+            return
+        log.info(
+            "request body too slow; answering 408 and closing",
+            body_timeout_s=self._guard.body_timeout_s, received_bytes=body.total_bytes,
+        )  # fmt: skip
+        self.transport.write(self._guard.body_late)
+        self.transport.close()
 
     def _head_late(self) -> None:
         self._head_timer = None
@@ -129,9 +182,10 @@ class GuardedHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard.open -= 1
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
         super().connection_lost(exc)
 
     def handle_error(
@@ -168,7 +222,7 @@ async def connection_limits(request: web.Request, handler: Handler) -> web.Strea
     protocol = request.protocol
     if not isinstance(protocol, GuardedHandler):  # (a test client's own server)
         return await handler(request)
-    protocol.request_started()
+    protocol.request_started(request)
     try:
         if protocol.over_limit and request.path not in OPERATOR_PATHS:
             envelope = ErrorEnvelope.of(ErrorCode.OVERLOADED, "too many connections; retry shortly")

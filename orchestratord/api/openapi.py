@@ -157,7 +157,8 @@ def _operation(op: Operation) -> dict[str, Any]:
     error = {"application/json": {"schema": _ref(op.error)}}
     # every operation: a malformed X-Correlation-Id (400); past the connection limit (503);
     # a Host that is not loopback's on a loopback daemon (403). With keys: no key (401), a
-    # key without the role (403). State changes: a body that is not JSON (415).
+    # key without the role (403). State changes: a body that is not JSON (415), or that is
+    # too slow to arrive (408).
     always = {400, 403, 503}
     if op.access:
         always.add(401)
@@ -165,7 +166,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     else:
         doc["security"] = []
     if op.method != "get":
-        always.add(415)
+        always |= {408, 415}
     for status in sorted(always | set(op.errors)):
         headers = dict(_CORRELATION)
         if status == 429:
