@@ -207,30 +207,33 @@ async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon)
     idle_writer.close()
 
 
+_POST_HEAD = (
+    b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n"
+)
+
+
 async def test_a_body_that_stops_short_is_answered_408_and_closed(start_daemon):
     """OC-LOAD-1204: a request body short of its Content-Length (a careless client's, or a
     slow loris past its head) held its connection and handler for as long as it liked."""
     api = await start_daemon(mock_pool(), idle_timeout_s=600, body_timeout_s=0.2)
-    port = api.daemon.port
-    head = (
-        b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 100\r\n\r\n"
-    )
-    reader, writer = await _raw(port, head + b'{"model": "mock-model",')
+    reader, writer = await _raw(api.daemon.port, _POST_HEAD % 100 + b'\r\n{"model": "mock')
     async with asyncio.timeout(30):
         status, headers, body = await _answer(reader)
         assert await reader.read() == b""  # and closed
     assert status == 408 and headers["connection"] == "close"
-    assert (
-        json.loads(body)["code"] == "INVALID_PARAMS" and "too slow" in json.loads(body)["message"]
-    )
+    refusal = json.loads(body)
+    assert refusal["code"] == "INVALID_PARAMS" and "too slow" in refusal["message"]
     writer.close()
-    # a body sent once its head was read (the client waits for `100 Continue`) is served
+
+
+async def test_a_body_that_follows_its_head_in_time_is_served(start_daemon):
+    """OC-LOAD-1204: the body's timer starts with the head and lets a body that comes after
+    it through (the client sends it only once told `100 Continue`)."""
+    api = await start_daemon(mock_pool())
     whole = b'{"model": "mock-model", "prompt": "x", "max_tokens": 2}'
-    head = head.replace(b"100", str(len(whole)).encode())
-    reader, writer = await _raw(
-        port, head.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n")
-    )
+    head = _POST_HEAD % len(whole) + b"Expect: 100-continue\r\n\r\n"
+    reader, writer = await _raw(api.daemon.port, head)
     assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
     writer.write(whole)
     assert (await _answer(reader))[0] == 202
