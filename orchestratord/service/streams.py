@@ -97,7 +97,7 @@ class TaskStream:
         "_waiters", "partial", "text_bytes",
     )  # fmt: skip
 
-    def __init__(self, max_events: int, max_text: int = 1 << 20) -> None:
+    def __init__(self, max_events: int, max_text: int) -> None:
         self._events: deque[Event] | _FromOutput = deque()
         self._max_events, self._max_text = max_events, max_text
         #: Bytes of token text the kept events hold (`text_size`), at most `max_text`
@@ -135,7 +135,7 @@ class TaskStream:
             return
         first = self._next
         for _, text, _ in entries:
-            self.text_bytes += len(text) if text.isascii() else 4 * len(text)  # (text_size)
+            self.text_bytes += text_size(text)
         self._extend([(TOKEN, first + i, *entry) for i, entry in enumerate(entries)])
 
     def end(self, event: EndEvent) -> None:

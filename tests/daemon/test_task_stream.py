@@ -43,7 +43,7 @@ async def _read_all(stream: TaskStream, gate: Gate) -> list[list[Event]]:
 
 async def _gate_shut_on_a_second_token() -> tuple[TaskStream, Gate, asyncio.Task[Any]]:
     """A reader waiting at the gate with `started` and token "a"; "b" came meanwhile."""
-    stream, gate = TaskStream(max_events=16), Gate()
+    stream, gate = TaskStream(max_events=16, max_text=1 << 20), Gate()
     reader = asyncio.create_task(_read_all(stream, gate))
     stream.started(STARTED_EVENT)
     stream.tokens([(0, "a", ())])
@@ -76,7 +76,7 @@ async def test_tokens_the_gate_keeps_shut_are_never_read_and_the_ending_still_is
 async def test_a_batch_without_tokens_does_not_wait_for_the_gate():
     """OC-STORE-1009: `started` alone (a task still waiting for its first token) reaches
     the reader at once; the gate is for tokens."""
-    stream, gate = TaskStream(max_events=16), Gate()
+    stream, gate = TaskStream(max_events=16, max_text=1 << 20), Gate()
     stream.started(STARTED_EVENT)
     events = stream.read(gate=gate)
     first = await anext(events)
@@ -160,7 +160,7 @@ def _kinds(batch: list[Event] | None) -> list[int]:
 async def test_a_caught_up_reader_is_handed_each_token_in_the_call_that_appends_it():
     """OC-CTRL-2031: no wake-up per token — the reader is handed each token where it is
     appended (an engine's read callback), never again in a batch; its ending wakes it."""
-    stream, push = TaskStream(max_events=16), Push()
+    stream, push = TaskStream(max_events=16, max_text=1 << 20), Push()
     stream.started(STARTED_EVENT)
     reader = ByHand(stream.read(push=push))
     assert _kinds(reader.step()) == [STARTED]
@@ -177,7 +177,7 @@ async def test_a_caught_up_reader_is_handed_each_token_in_the_call_that_appends_
 async def test_a_reads_tokens_are_handed_to_a_follower_in_one_call():
     """OC-CTRL-2031: the tokens one engine read brought reach a caught-up reader together,
     in one call of its push, with their own ids, in order."""
-    stream, push = TaskStream(max_events=16), Push()
+    stream, push = TaskStream(max_events=16, max_text=1 << 20), Push()
     stream.started(STARTED_EVENT)
     reader = ByHand(stream.read(push=push))
     reader.step()
@@ -193,7 +193,7 @@ async def test_a_reads_tokens_are_handed_to_a_follower_in_one_call():
 async def test_a_read_larger_than_what_is_retained_keeps_the_latest_and_reports_the_gap():
     """OC-CTRL-2009: one append of more tokens than the stream retains keeps the last
     `max_events` events, and a resume from before them is told where they begin."""
-    stream = TaskStream(max_events=4)
+    stream = TaskStream(max_events=4, max_text=1 << 20)
     stream.started(STARTED_EVENT)
     stream.tokens([(i, str(i), ()) for i in range(6)])  # events 1..6; 3..6 are kept
     stream.check_resume(2)
@@ -233,7 +233,10 @@ async def test_a_token_the_follower_declines_comes_in_its_next_batch_with_all_af
     """OC-CTRL-2031: a declined token (its client has not taken the last write) is not
     lost: it and what follows it come in the next batch; caught up again, the reader
     follows again."""
-    stream, push = TaskStream(max_events=16), Push(takes=lambda event: event[3] != "b")
+    stream, push = (
+        TaskStream(max_events=16, max_text=1 << 20),
+        Push(takes=lambda event: event[3] != "b"),
+    )
     stream.started(STARTED_EVENT)
     reader = ByHand(stream.read(push=push))
     reader.step()
@@ -251,7 +254,7 @@ async def test_a_token_the_follower_declines_comes_in_its_next_batch_with_all_af
 
 async def test_a_reader_waiting_for_its_gate_is_not_handed_tokens():
     """OC-STORE-1009, OC-CTRL-2031: tokens reach a follower only past the journal's gate."""
-    stream, gate, push = TaskStream(max_events=16), Gate(), Push()
+    stream, gate, push = TaskStream(max_events=16, max_text=1 << 20), Gate(), Push()
     stream.started(STARTED_EVENT)
     events = stream.read(gate=gate, push=push)
     assert _kinds(await anext(events)) == [STARTED]
@@ -268,7 +271,7 @@ async def test_a_reader_waiting_for_its_gate_is_not_handed_tokens():
 async def test_a_follower_the_heartbeat_woke_follows_again_and_is_handed_each_token_once():
     """OC-CTRL-2031: an idle follower gets its keep-alive cue (an empty batch) and then
     follows as before, once."""
-    stream, push = TaskStream(max_events=16), Push()
+    stream, push = TaskStream(max_events=16, max_text=1 << 20), Push()
     stream.started(STARTED_EVENT)
     reader = ByHand(stream.read(idle_s=0.01, push=push))
     reader.step()
@@ -292,7 +295,7 @@ def test_tokens_reach_a_follower_exactly_once_in_order_however_it_takes_them(rea
 
     async def scenario() -> None:
         total = sum(size for size, _ in reads)
-        stream = TaskStream(max_events=total + 2)
+        stream = TaskStream(max_events=total + 2, max_text=1 << 20)
         decisions = iter(take for _, take in reads)
         push = Push(takes=lambda event: next(decisions, True))
         reader = ByHand(stream.read(push=push))

@@ -126,7 +126,11 @@ async def test_a_followers_tokens_are_written_per_read_and_the_last_go_with_the_
     """OC-CTRL-2031: what a follower takes in one loop pass is one chunk written at the
     end of that pass; tokens from the read that also ended the task are left to the
     reader's task, which writes them with the ending (one write for both)."""
-    transport, stream, render = RecordingTransport(), TaskStream(max_events=16), NativeEvents()
+    transport, stream, render = (
+        RecordingTransport(),
+        TaskStream(max_events=16, max_text=1 << 20),
+        NativeEvents(),
+    )
     watchdog = _Watchdog(transport, 60.0)
     follower = _Follower(transport, True, render, watchdog, stream)
     follower.ready = True
