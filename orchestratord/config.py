@@ -75,6 +75,10 @@ class ServerConfig(_Cfg):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    #: Bytes request bodies still arriving may hold together (each reserves twice its
+    #: length: aiohttp gathers it, then copies it). A body that would pass it is refused
+    #: unread with 503 `OVERLOADED`; at least twice `max_body_bytes`.
+    body_buffer_bytes: Annotated[int, Field(ge=2048)] = 64 << 20
     #: Seconds running tasks get to finish on SIGTERM before they are cancelled.
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 30.0
     #: How long a finished task's status and events stay available.
@@ -139,6 +143,15 @@ class ServerConfig(_Cfg):
     #: Where the daemon keeps its state (the task store); default
     #: `$XDG_STATE_HOME/orchestratord` (`~/.local/state/orchestratord`).
     state_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _one_body_fits(self) -> ServerConfig:
+        if self.body_buffer_bytes < 2 * self.max_body_bytes:
+            raise ValueError(
+                f"body_buffer_bytes ({self.body_buffer_bytes}) must be at least twice "
+                f"max_body_bytes ({self.max_body_bytes}): a body reserves twice its length"
+            )
+        return self
 
     def resolved_state_dir(self) -> Path:
         if self.state_dir:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -346,3 +347,32 @@ def readers_stalled_at_first_token(monkeypatch: pytest.MonkeyPatch) -> asyncio.E
     monkeypatch.setattr(web.StreamResponse, "write", held_at_first_token)
     monkeypatch.setattr(MockAdapter, "stream", once_read)
     return resumed
+
+
+# -- raw HTTP, for what a client library would not send ------------------------------
+
+
+async def raw_connection(port: int, data: bytes = b"", *, rcvbuf: int | None = None) -> Any:
+    """A raw connection (reader, writer), `data` sent."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    if data:
+        writer.write(data)
+    return reader, writer
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """Read one whole HTTP answer with Content-Length: (status, headers, body)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+    return status, headers, await reader.readexactly(int(headers["content-length"]))
+
+
+def get_request(path: str) -> bytes:
+    """A bare HTTP/1.1 GET of `path`, as bytes for a raw connection."""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()

@@ -16,6 +16,7 @@ from uuid_utils import uuid7
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
 from orchestratord.api.access import access_control, is_loopback
+from orchestratord.api.bodies import BODIES, BodyBudget
 from orchestratord.api.connections import connection_limits
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
 from orchestratord.api.http import (
@@ -100,6 +101,8 @@ def build_app(
         middlewares.append(leader_gate(leading))
     middlewares.append(access)
     app = web.Application(client_max_size=server.max_body_bytes, middlewares=middlewares)
+    app[BODIES] = bodies = BodyBudget(server.body_buffer_bytes, server.max_body_bytes)
+    service.metrics.watch_bodies(lambda: bodies.held)
     app.add_routes(data_plane.routes(service))
     app.add_routes(openai_door.routes(service))
     app.add_routes(batch_api.routes(service))

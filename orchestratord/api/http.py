@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from orchestrator_core.errors import ErrorCode
+from orchestratord.api.bodies import BODIES
 from orchestratord.api_models import TOKEN_PATTERN
 from orchestratord.principals import Principal
 from orchestratord.service import Refusal
@@ -75,7 +76,7 @@ def json_response(model: BaseModel, status: int = 200) -> web.Response:
 
 async def parse(request: web.Request, model: type[M], *, optional: bool = False) -> M:
     """The body as `model`; a Refusal naming the offending field otherwise."""
-    body = await request.read()
+    body = await request.app[BODIES].read(request)
     if not body and optional:
         body = b"{}"
     try:

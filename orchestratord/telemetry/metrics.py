@@ -92,6 +92,8 @@ _FAMILIES: tuple[tuple[str, Kind, str, str, tuple[str, ...]], ...] = (
      "Bytes charged to the memory budget, by live and retained (finished) tasks", ("kind",)),
     ("memory_budget", "gauge", "memory_budget_bytes", "server.memory_budget_bytes", ()),
     ("connections_open", "gauge", "connections_open", "HTTP connections held now", ()),
+    ("request_body_bytes", "gauge", "request_body_bytes",
+     "Bytes reserved for request bodies being received (at most server.body_buffer_bytes)", ()),
     ("leader", "gauge", "leader",
      "1 while this daemon leads (runs the queues); 0 while it stands by", ()),
     ("agent_connected", "gauge", "agent_connected",
@@ -286,6 +288,9 @@ class Metrics:
 
     def watch_connections(self, open_now: Callable[[], float]) -> None:
         self._value("connections_open", ()).set_function(open_now)
+
+    def watch_bodies(self, reserved: Callable[[], float]) -> None:
+        self._value("request_body_bytes", ()).set_function(reserved)
 
     # -- agents ------------------------------------------------------------------------
 

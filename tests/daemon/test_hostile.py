@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,34 +12,16 @@ from structlog.testing import capture_logs
 from orchestratord.service.admission import Submission
 from orchestratord.service.output import Output, from_columns
 from orchestratord.service.records import request_bytes
-from tests.helpers import mock_pool, readers_stalled_at_first_token, sse_events
+from tests.helpers import (
+    get_request,
+    mock_pool,
+    raw_connection,
+    read_answer,
+    readers_stalled_at_first_token,
+    sse_events,
+)
 
 MiB = 1 << 20
-
-
-async def _raw(port: int, data: bytes = b"", *, rcvbuf: int | None = None) -> Any:
-    """A raw connection (reader, writer), `data` sent."""
-    sock = socket.socket()
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect(("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    if data:
-        writer.write(data)
-    return reader, writer
-
-
-async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """Read one whole HTTP answer with Content-Length: (status, headers, body)."""
-    head = (await reader.readuntil(b"\r\n\r\n")).decode()
-    lines = head.split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
-    return status, headers, await reader.readexactly(int(headers["content-length"]))
-
-
-def _get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 
 
 # -- the memory budget ------------------------------------------------------------------
@@ -153,7 +133,8 @@ async def test_a_reader_that_stops_reading_is_disconnected_and_the_task_runs_on(
     task_id = admitted["task_id"]
     port = api.daemon.port
     with capture_logs() as logs:
-        reader, writer = await _raw(port, _get(f"/v1/tasks/{task_id}/stream"), rcvbuf=4096)
+        stream = get_request(f"/v1/tasks/{task_id}/stream")
+        reader, writer = await raw_connection(port, stream, rcvbuf=4096)
         await api.events(task_id)  # another reader follows it to its end: the task ran on
         received = b""
         async with asyncio.timeout(30):
@@ -167,104 +148,6 @@ async def test_a_reader_that_stops_reading_is_disconnected_and_the_task_runs_on(
     dropped = [e for e in logs if e["event"] == "slow reader disconnected"]
     assert [e["task_id"] for e in dropped] == [task_id]
     assert (await api.status(task_id))["state"] == "completed"
-
-
-# -- connections ------------------------------------------------------------------------
-
-
-async def test_past_the_connection_limit_only_operator_paths_are_served(start_daemon):
-    """OC-LOAD-1204: 1,100 half-open connections locked everyone out, health included."""
-    api = await start_daemon(mock_pool(), max_connections=3)
-    port = api.daemon.port
-    held = [await _raw(port) for _ in range(3)]
-    reader, _ = await _raw(port, _get("/v1/pools"))
-    status, headers, body = await _answer(reader)
-    assert status == 503 and headers["connection"] == "close" and b'"OVERLOADED"' in body
-    assert headers["retry-after"] == "1"
-    for path in ("/healthz", "/metrics"):
-        reader, _ = await _raw(port, _get(path))
-        assert (await _answer(reader))[0] == 200
-    extra = [await _raw(port) for _ in range(2)]  # now 3 over the limit: twice it is passed
-    reader, _ = await _raw(port)  # refused before it sends a byte
-    status, headers, body = await _answer(reader)
-    assert status == 503 and b'"OVERLOADED"' in body
-    assert await reader.read() == b""  # and closed
-    for _, w in held + extra:
-        w.close()
-
-
-async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon):
-    """OC-LOAD-1204: half-sent request lines stayed open indefinitely."""
-    api = await start_daemon(mock_pool(), idle_timeout_s=600, header_timeout_s=0.2)
-    port = api.daemon.port
-    idle_reader, idle_writer = await _raw(port)  # open, silent: the idle timer's, not this
-    reader, writer = await _raw(port, b"GET /v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-    async with asyncio.timeout(30):
-        assert await reader.read() == b""  # closed, unanswered, long before the idle timeout
-    writer.close()
-    idle_writer.write(_get("/healthz"))  # the silent one outlived the slow head's timer
-    assert (await _answer(idle_reader))[0] == 200
-    idle_writer.close()
-
-
-_POST_HEAD = (
-    b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\n"
-)
-
-
-async def test_a_body_that_stops_short_is_answered_408_and_closed(start_daemon):
-    """OC-LOAD-1204: a request body short of its Content-Length (a careless client's, or a
-    slow loris past its head) held its connection and handler for as long as it liked."""
-    api = await start_daemon(mock_pool(), idle_timeout_s=600, body_timeout_s=0.2)
-    reader, writer = await _raw(api.daemon.port, _POST_HEAD % 100 + b'\r\n{"model": "mock')
-    async with asyncio.timeout(30):
-        status, headers, body = await _answer(reader)
-        assert await reader.read() == b""  # and closed
-    assert status == 408 and headers["connection"] == "close"
-    refusal = json.loads(body)
-    assert refusal["code"] == "INVALID_PARAMS" and "too slow" in refusal["message"]
-    writer.close()
-
-
-async def test_a_body_that_follows_its_head_in_time_is_served(start_daemon):
-    """OC-LOAD-1204: the body's timer starts with the head and lets a body that comes after
-    it through (the client sends it only once told `100 Continue`)."""
-    api = await start_daemon(mock_pool())
-    whole = b'{"model": "mock-model", "prompt": "x", "max_tokens": 2}'
-    head = _POST_HEAD % len(whole) + b"Expect: 100-continue\r\n\r\n"
-    reader, writer = await _raw(api.daemon.port, head)
-    assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
-    writer.write(whole)
-    assert (await _answer(reader))[0] == 202
-    writer.close()
-
-
-async def test_an_idle_connection_is_closed(start_daemon):
-    """OC-LOAD-1204"""
-    api = await start_daemon(mock_pool(), idle_timeout_s=0.2)
-    reader, writer = await _raw(api.daemon.port, _get("/healthz"))
-    assert (await _answer(reader))[0] == 200
-    async with asyncio.timeout(30):
-        assert await reader.read() == b""  # kept alive, then closed when idle
-    writer.close()
-
-
-async def test_aiohttps_own_refusals_are_json_envelopes(start_daemon):
-    """OC-LOAD-1205: malformed HTTP was a plain-text 400 with a traceback in the log; 405
-    had no Allow."""
-    api = await start_daemon(mock_pool(), max_header_bytes=1024)
-    port = api.daemon.port
-    reader, _ = await _raw(port, b"GARBAGE\r\n\r\n")
-    status, headers, body = await _answer(reader)
-    assert status == 400 and headers["content-type"] == "application/json"
-    assert b'"INVALID_PARAMS"' in body and b"malformed HTTP request" in body
-    reader, _ = await _raw(port, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
-    status, headers, body = await _answer(reader)
-    assert status == 431 and b"1024" in body and headers["content-type"] == "application/json"
-    async with api.http.put(f"{api.base}/v1/tasks/some-task/cancel") as r:
-        assert r.status == 405 and r.headers["Allow"] == "POST"
-        assert (await r.json())["code"] == "INVALID_PARAMS"
 
 
 # -- identifiers and headers ------------------------------------------------------------
@@ -298,8 +181,8 @@ async def test_a_non_utf8_authorization_header_is_a_401(start_daemon, monkeypatc
     monkeypatch.setenv("ORCH_TEST_KEY", "s3cret")
     api = await start_daemon(mock_pool(), api_key_env="ORCH_TEST_KEY")
     request = b"GET /v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
-    reader, _ = await _raw(api.daemon.port, request)
-    status, _, body = await _answer(reader)
+    reader, _ = await raw_connection(api.daemon.port, request)
+    status, _, body = await read_answer(reader)
     assert status == 401 and b'"UNAUTHORIZED"' in body
 
 

@@ -1,0 +1,175 @@
+"""Connection hygiene (issue 12) over raw sockets, where a client library would not
+misbehave: connections held open, heads and bodies sent slowly or not at all, bodies the
+daemon cannot hold, and aiohttp's own refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from orchestratord.config import ConfigError, parse_config
+from tests.helpers import get_request, mock_pool, raw_connection, read_answer
+
+# -- connections and timers -------------------------------------------------------------
+
+
+async def test_past_the_connection_limit_only_operator_paths_are_served(start_daemon):
+    """OC-LOAD-1204: 1,100 half-open connections locked everyone out, health included."""
+    api = await start_daemon(mock_pool(), max_connections=3)
+    port = api.daemon.port
+    held = [await raw_connection(port) for _ in range(3)]
+    reader, _ = await raw_connection(port, get_request("/v1/pools"))
+    status, headers, body = await read_answer(reader)
+    assert status == 503 and headers["connection"] == "close" and b'"OVERLOADED"' in body
+    assert headers["retry-after"] == "1"
+    for path in ("/healthz", "/metrics"):
+        reader, _ = await raw_connection(port, get_request(path))
+        assert (await read_answer(reader))[0] == 200
+    extra = [
+        await raw_connection(port) for _ in range(2)
+    ]  # now 3 over the limit: twice it is passed
+    reader, _ = await raw_connection(port)  # refused before it sends a byte
+    status, headers, body = await read_answer(reader)
+    assert status == 503 and b'"OVERLOADED"' in body
+    assert await reader.read() == b""  # and closed
+    for _, w in held + extra:
+        w.close()
+
+
+async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon):
+    """OC-LOAD-1204: half-sent request lines stayed open indefinitely."""
+    api = await start_daemon(mock_pool(), idle_timeout_s=600, header_timeout_s=0.2)
+    port = api.daemon.port
+    idle_reader, idle_writer = await raw_connection(
+        port
+    )  # open, silent: the idle timer's, not this
+    reader, writer = await raw_connection(port, b"GET /v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    async with asyncio.timeout(30):
+        assert await reader.read() == b""  # closed, unanswered, long before the idle timeout
+    writer.close()
+    idle_writer.write(get_request("/healthz"))  # the silent one outlived the slow head's timer
+    assert (await read_answer(idle_reader))[0] == 200
+    idle_writer.close()
+
+
+_POST_HEAD = (
+    b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n"
+)
+
+
+async def test_a_body_that_stops_short_is_answered_408_and_closed(start_daemon):
+    """OC-LOAD-1204: a request body short of its Content-Length (a careless client's, or a
+    slow loris past its head) held its connection and handler for as long as it liked."""
+    api = await start_daemon(mock_pool(), idle_timeout_s=600, body_timeout_s=0.2)
+    reader, writer = await raw_connection(
+        api.daemon.port, _POST_HEAD % 100 + b'\r\n{"model": "mock'
+    )
+    async with asyncio.timeout(30):
+        status, headers, body = await read_answer(reader)
+        assert await reader.read() == b""  # and closed
+    assert status == 408 and headers["connection"] == "close"
+    refusal = json.loads(body)
+    assert refusal["code"] == "INVALID_PARAMS" and "too slow" in refusal["message"]
+    writer.close()
+
+
+async def test_a_body_that_follows_its_head_in_time_is_served(start_daemon):
+    """OC-LOAD-1204: the body's timer starts with the head and lets a body that comes after
+    it through (the client sends it only once told `100 Continue`)."""
+    api = await start_daemon(mock_pool())
+    whole = b'{"model": "mock-model", "prompt": "x", "max_tokens": 2}'
+    head = _POST_HEAD % len(whole) + b"Expect: 100-continue\r\n\r\n"
+    reader, writer = await raw_connection(api.daemon.port, head)
+    assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(whole)
+    assert (await read_answer(reader))[0] == 202
+    writer.close()
+
+
+async def test_an_idle_connection_is_closed(start_daemon):
+    """OC-LOAD-1204"""
+    api = await start_daemon(mock_pool(), idle_timeout_s=0.2)
+    reader, writer = await raw_connection(api.daemon.port, get_request("/healthz"))
+    assert (await read_answer(reader))[0] == 200
+    async with asyncio.timeout(30):
+        assert await reader.read() == b""  # kept alive, then closed when idle
+    writer.close()
+
+
+async def test_aiohttps_own_refusals_are_json_envelopes(start_daemon):
+    """OC-LOAD-1205: malformed HTTP was a plain-text 400 with a traceback in the log; 405
+    had no Allow."""
+    api = await start_daemon(mock_pool(), max_header_bytes=1024)
+    port = api.daemon.port
+    reader, _ = await raw_connection(port, b"GARBAGE\r\n\r\n")
+    status, headers, body = await read_answer(reader)
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert b'"INVALID_PARAMS"' in body and b"malformed HTTP request" in body
+    reader, _ = await raw_connection(
+        port, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+    )
+    status, headers, body = await read_answer(reader)
+    assert status == 431 and b"1024" in body and headers["content-type"] == "application/json"
+    async with api.http.put(f"{api.base}/v1/tasks/some-task/cancel") as r:
+        assert r.status == 405 and r.headers["Allow"] == "POST"
+        assert (await r.json())["code"] == "INVALID_PARAMS"
+
+
+# -- request bodies in memory -----------------------------------------------------------
+
+
+async def _body_bytes_reserved(api) -> float:
+    _, text = await api.get("/metrics")
+    families = text_string_to_metric_families(text)
+    return next(s.value for f in families for s in f.samples if s.name == "request_body_bytes")
+
+
+def _task_body(prompt_chars: int) -> bytes:
+    return json.dumps(
+        {"model": "mock-model", "prompt": "x" * prompt_chars, "max_tokens": 2}
+    ).encode()
+
+
+async def test_bodies_still_arriving_hold_at_most_the_body_buffer(start_daemon):
+    """OC-LOAD-1212: only each body was bounded (`max_body_bytes`); 4,096 connections
+    sending 1 MiB bodies slowly could make the daemon hold 8 GiB in buffers."""
+    api = await start_daemon(mock_pool(), max_body_bytes=4096, body_buffer_bytes=8192)
+    port = api.daemon.port
+    first = _task_body(3000)  # reserves twice its length: 6,100 of the 8,192
+    reader, writer = await raw_connection(port, _POST_HEAD % len(first) + b"\r\n" + first[:100])
+    async with asyncio.timeout(30):
+        while await _body_bytes_reserved(api) != 2 * len(first):  # its head is being served
+            pass
+    second = _task_body(1200)  # would pass the budget: refused before it is read
+    refused, _ = await raw_connection(port, _POST_HEAD % len(second) + b"\r\n" + second[:10])
+    status, headers, body = await read_answer(refused)
+    assert status == 503 and headers["retry-after"] == "1"
+    refusal = json.loads(body)
+    assert refusal["code"] == "OVERLOADED" and "body_buffer_bytes" in refusal["message"]
+    writer.write(first[100:])  # the first arrives whole and is served
+    assert (await read_answer(reader))[0] == 202
+    assert await _body_bytes_reserved(api) == 0
+    reader, writer = await raw_connection(port, _POST_HEAD % len(second) + b"\r\n" + second[:10])
+    writer.write(second[10:])  # with the room back, the same body is served
+    assert (await read_answer(reader))[0] == 202
+    writer.close()
+
+
+async def test_a_body_declared_too_large_is_refused_before_it_is_read(start_daemon):
+    """OC-LOAD-1212"""
+    api = await start_daemon(mock_pool(), max_body_bytes=4096)
+    reader, writer = await raw_connection(api.daemon.port, _POST_HEAD % 5000 + b"\r\n{")
+    status, _, body = await read_answer(reader)  # at once: not after 4,096 bytes, nor a timer
+    assert status == 413 and b"4096" in body
+    assert await _body_bytes_reserved(api) == 0
+    writer.close()
+
+
+def test_the_body_buffer_holds_at_least_one_body():
+    """OC-LOAD-1212"""
+    with pytest.raises(ConfigError, match="twice max_body_bytes"):
+        parse_config({"server": {"max_body_bytes": 1 << 20, "body_buffer_bytes": 1 << 20}})
