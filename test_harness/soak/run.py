@@ -7,6 +7,8 @@ At once, for the whole run:
 - `--half-open` connections that send half a request line and nothing more, opened again
   whenever the daemon closes them;
 - `--slow` readers that open a running task's stream and never read it;
+- `--stalled-bodies` task requests declaring a 1 MiB body that stop three quarters of the
+  way (held by the body budget until the soak ends, or refused 503 unread while it is full);
 - cancels of random tasks (one every 10 streams that end);
 - a prober asking `/healthz` (every 20 streams that end, and at the end) and reading the
   daemon's RSS.
@@ -16,7 +18,8 @@ refused client retries when some stream has ended (room may have freed); the soa
 is one timer.
 
 Then the load stops, every accepted task is followed to its end, and the run asserts: RSS
-stayed under `memory_budget_bytes` + the fixed overhead measured before the load, every
+stayed under `memory_budget_bytes` + `body_buffer_bytes` + the fixed overhead measured
+before the load, every
 accepted task reached exactly one terminal state (status, and the stream's last event,
 agree), `/healthz` answered every probe, and no request got a 5xx.
 
@@ -34,9 +37,10 @@ import resource
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import yaml
@@ -49,6 +53,15 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
 MiB = 1 << 20
 TERMINAL = {"completed", "failed", "canceled", "expired", "evicted"}
+T = TypeVar("T")
+#: A stalled body's request: a 1 MiB body declared, three quarters of it sent.
+_STALLED_HEAD = (
+    "POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    f"Content-Length: {MiB}\r\n\r\n"
+)
+_STALLED_BODY = (
+    _STALLED_HEAD.encode() + b'{"model": "mock-model", "prompt": "' + b"x" * (MiB * 3 // 4)
+)
 
 
 @dataclass
@@ -61,6 +74,7 @@ class Tally:
     rss_max: int = 0
     half_open_opened: int = 0
     slow_opened: int = 0
+    stalled_bodies_opened: int = 0
     cancels: int = 0
     server_errors: list[str] = field(default_factory=list)
 
@@ -70,7 +84,9 @@ class Tally:
             self.server_errors.append(f"{status} {what}")
 
 
-def _config(tmp: Path, port: int, engines: list[str], budget: int, queued: int) -> Path:
+def _config(
+    tmp: Path, port: int, engines: list[str], budget: int, bodies: int, queued: int
+) -> Path:
     pools: list[dict[str, Any]] = []
     if "mock" in engines:
         pools.append({
@@ -90,8 +106,8 @@ def _config(tmp: Path, port: int, engines: list[str], budget: int, queued: int) 
     config = {
         "server": {
             "port": port, "state_dir": str(tmp / "state"), "shutdown_grace_s": 0,
-            "memory_budget_bytes": budget, "write_timeout_s": 5, "idle_timeout_s": 10,
-            "max_connections": 4096,
+            "memory_budget_bytes": budget, "body_buffer_bytes": bodies, "write_timeout_s": 5,
+            "idle_timeout_s": 10, "max_connections": 4096,
         },
         "pools": pools,
     }  # fmt: skip
@@ -152,6 +168,15 @@ class Soak:
             waiting.cancel()
         return not self.stopping.is_set()
 
+    async def _unless_stopping(self, waiting: Awaitable[T]) -> T | None:
+        """What `waiting` gives, or None (and it is cancelled) if the soak stops first."""
+        result = asyncio.ensure_future(waiting)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({result, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (result, stop):
+            pending.cancel()
+        return result.result() if result.done() and not result.cancelled() else None
+
     async def streamer(self, http: aiohttp.ClientSession, n: int) -> None:
         while not self.stopping.is_set():
             model = self.models[n % len(self.models)]
@@ -194,6 +219,22 @@ class Soak:
             writer.write(b"GET /v1/po")
             with contextlib.suppress(ConnectionError):
                 await reader.read()  # until the daemon closes it
+            writer.close()
+
+    async def stalled_body(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:  # out of descriptors: again once a stream has ended
+                await self._next_pulse()
+                continue
+            self.tally.stalled_bodies_opened += 1
+            writer.write(_STALLED_BODY)
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                answer = await self._unless_stopping(reader.readexactly(12))  # `HTTP/1.1 503`
+                if answer is not None and answer[9:12].isdigit():
+                    self.tally.answered(int(answer[9:12]), "stalled body")
+                    await self._unless_stopping(reader.read())  # until it is closed
             writer.close()
 
     async def slow_reader(self) -> None:
@@ -247,6 +288,9 @@ class Soak:
             background += [asyncio.create_task(self.streamer(http, n)) for n in range(args.streams)]
             background += [asyncio.create_task(self.half_open()) for _ in range(args.half_open)]
             background += [asyncio.create_task(self.slow_reader()) for _ in range(args.slow)]
+            background += [
+                asyncio.create_task(self.stalled_body()) for _ in range(args.stalled_bodies)
+            ]
             background.append(asyncio.create_task(self.canceller(http)))
             asyncio.get_running_loop().call_later(args.minutes * 60, self.stopping.set)
             await self.stopping.wait()  # the soak's length
@@ -297,15 +341,17 @@ async def main() -> None:
     parser.add_argument("--queued", type=int, default=10_000)
     parser.add_argument("--half-open", type=int, default=1000)
     parser.add_argument("--slow", type=int, default=50)
+    parser.add_argument("--stalled-bodies", type=int, default=200)
     parser.add_argument("--budget-mib", type=int, default=256)
+    parser.add_argument("--body-buffer-mib", type=int, default=64)
     args = parser.parse_args()
     args.engines = args.engines.split(",")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this client holds ~2,000
-    budget = args.budget_mib * MiB
+    budget, bodies = args.budget_mib * MiB, args.body_buffer_mib * MiB
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        path = _config(Path(tmp), port, args.engines, budget, args.queued)
+        path = _config(Path(tmp), port, args.engines, budget, bodies, args.queued)
         cmd = [str(BIN / "orchestratord"), "serve", "--config", str(path)]
         proc = await start(cmd, "serving on")
         url = f"http://127.0.0.1:{port}"
@@ -321,16 +367,18 @@ async def main() -> None:
     t = soak.tally
     report = {
         "minutes": args.minutes, "engines": args.engines, "elapsed_s": round(elapsed),
-        "budget_mib": args.budget_mib, "rss_before_load_mib": round(overhead / MiB, 1),
+        "budget_mib": args.budget_mib, "body_buffer_mib": args.body_buffer_mib,
+        "rss_before_load_mib": round(overhead / MiB, 1),
         "rss_max_mib": round(t.rss_max / MiB, 1), "accepted": len(t.accepted),
         "terminal_states": dict(soak.states), "statuses": dict(t.statuses),
         "health_ok": t.health_ok, "health_failed": t.health_failed,
         "half_open_opened": t.half_open_opened, "slow_readers_opened": t.slow_opened,
+        "stalled_bodies_opened": t.stalled_bodies_opened,
         "cancels": t.cancels, "server_errors": t.server_errors[:10],
         "problems": soak.problems[:10], "problem_count": len(soak.problems),
     }  # fmt: skip
     print(json.dumps(report, indent=2))
-    assert t.rss_max <= budget + overhead, "RSS passed the budget + the fixed overhead"
+    assert t.rss_max <= budget + bodies + overhead, "RSS passed the budgets + the fixed overhead"
     assert not soak.problems, "some accepted task did not end exactly once"
     assert t.health_failed == 0, "/healthz did not answer throughout"
     assert not t.server_errors, "a request got a 5xx"
