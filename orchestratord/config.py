@@ -130,8 +130,9 @@ class ServerConfig(_Cfg):
     max_connections: Annotated[int, Field(ge=1)] = 4096
     #: Longest request line, and longest header field; larger heads answer 431.
     max_header_bytes: Annotated[int, Field(ge=1024, le=65536)] = 8190
-    #: A stream reader that takes longer than this to accept one write is disconnected
-    #: (its client stopped reading; it must not hold the task's memory).
+    #: A client that takes none of its answer for this long while the daemon's writes to
+    #: it wait is disconnected, the rest dropped (it stopped reading: it must not hold the
+    #: answer's memory, a handler and a connection); a stream's task runs on.
     write_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     #: Enables the test-only provider-state endpoint (pact verification). Never in production.
     enable_test_endpoints: bool = False

@@ -5,15 +5,20 @@ traceback.
 
 aiohttp's `RequestHandler` is the per-connection protocol; `GuardedHandler` extends it at
 its documented seams (`connection_made`, `data_received`, `connection_lost`,
-`handle_error`). Three timers: aiohttp's idle timer (`keepalive_timeout` = `idle_timeout_s`)
+`handle_error`, and the transport's flow control, `pause_writing`/`resume_writing`). Four
+timers: aiohttp's idle timer (`keepalive_timeout` = `idle_timeout_s`)
 closes a connection with no request in progress, from when it opens and after each
 response; ours (`header_timeout_s`) starts at the first byte of a request and closes the
 connection unless the whole head has arrived by then (a slow-loris head cannot keep it by
 trickling bytes); and, for a body that did not come with its head, `body_timeout_s` from
 the head, extended by a second for each `BODY_MIN_RATE` bytes received (Apache's
 `mod_reqtimeout`): a slow upload that keeps coming is served, a stalled one — or one short
-of its Content-Length, a careless client's — is answered 408 and closed. The middleware
-says when a head is complete (`request_started`).
+of its Content-Length, a careless client's — is answered 408 and closed; and, for any
+answer, `write_timeout_s` from when the transport's buffer passed its high-water mark
+(writing paused): a client that takes none of it for that long stopped reading, and its
+connection is aborted, the bytes it did not take dropped — a stream's or a 16 MiB status
+alike, so no answer holds memory, a handler and a connection for a client that is not
+there. The middleware says when a head is complete (`request_started`).
 
 Past `max_connections`, a connection is still served for the operator's paths (health,
 readiness, metrics), and answered 503 `OVERLOADED` for anything else; past twice the limit
@@ -76,6 +81,7 @@ class ConnectionGuard:
         self.open = 0
         self.header_timeout_s = config.header_timeout_s
         self.body_timeout_s = config.body_timeout_s
+        self.write_timeout_s = config.write_timeout_s
         envelope = ErrorEnvelope.of(
             ErrorCode.INVALID_PARAMS,
             f"request body too slow: it must arrive within {config.body_timeout_s:g} s of "
@@ -101,8 +107,8 @@ class ConnectionGuard:
 
 class GuardedHandler(web.RequestHandler):
     __slots__ = (
-        "_body_from", "_body_timer", "_guard", "_head_timer", "_in_request", "_uploading",
-        "over_limit",
+        "_body_from", "_body_timer", "_guard", "_head_timer", "_in_request", "_path",
+        "_uploading", "_write_timer", "over_limit", "write_stalled",
     )  # fmt: skip
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
@@ -116,6 +122,11 @@ class GuardedHandler(web.RequestHandler):
         self._uploading: web.BaseRequest | None = None
         self._body_from = 0.0
         self._body_timer: asyncio.TimerHandle | None = None
+        #: The latest request's path (for the log, should its client stop reading).
+        self._path = ""
+        self._write_timer: asyncio.TimerHandle | None = None
+        #: Aborted because its client took none of the answer for `write_timeout_s`.
+        self.write_stalled = False
 
     def data_received(self, data: bytes) -> None:
         if not self._in_request and self._head_timer is None:  # a new request begins
@@ -127,6 +138,7 @@ class GuardedHandler(web.RequestHandler):
         """Its head is complete (a handler runs): the head timer is done, and the body's
         starts unless the body came with the head (as small ones do)."""
         self._in_request = True
+        self._path = request.path
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -162,6 +174,27 @@ class GuardedHandler(web.RequestHandler):
         self.transport.write(self._guard.body_late)
         self.transport.close()
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._write_timer = self._loop.call_later(self._guard.write_timeout_s, self._write_late)
+
+    def resume_writing(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        super().resume_writing()
+
+    def _write_late(self) -> None:
+        self._write_timer = None
+        if self.transport is None:
+            return
+        self.write_stalled = True
+        log.info(
+            "slow client disconnected", path=self._path,
+            write_timeout_s=self._guard.write_timeout_s,
+        )  # fmt: skip
+        self.transport.abort()  # what it did not take is dropped, not flushed
+
     def _head_late(self) -> None:
         self._head_timer = None
         if not self._in_request and self.transport is not None:
@@ -182,10 +215,10 @@ class GuardedHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard.open -= 1
-        for timer in (self._head_timer, self._body_timer):
+        for timer in (self._head_timer, self._body_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()
-        self._head_timer = self._body_timer = None
+        self._head_timer = self._body_timer = self._write_timer = None
         super().connection_lost(exc)
 
     def handle_error(

@@ -12,10 +12,10 @@ client goes away for good.
 Once its first frames are out, a reader that has caught up follows the task (`_Follower`):
 its tokens are written from the engine's read callback, not by a task woken per token.
 
-A reader that does not take a write within `write_timeout_s` (its client stopped reading)
-is disconnected (by one periodic check per reader, `_Watchdog`, never a timer per write);
-one that falls behind the retained events gets an error event and is ended. Either way it
-lets go of the task.
+A reader that takes none of what is written to it for `write_timeout_s` (its client stopped
+reading) is disconnected by its connection (`GuardedHandler`: a timer only while the
+transport's writing is paused, never one per write); one that falls behind the retained
+events gets an error event and is ended. Either way it lets go of the task.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from functools import partial
 import structlog
 from aiohttp import web
 
+from orchestratord.api.connections import GuardedHandler
 from orchestratord.api.errors import stream_gap
 from orchestratord.api.http import CID, CORRELATION
 from orchestratord.api.sse import Renderer, comment
@@ -58,34 +59,6 @@ class _SseResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
-class _Watchdog:
-    """Aborts a reader's connection when one write has been pending for `timeout_s` (its
-    client stopped reading). One periodic check per reader, every `timeout_s`: writes are
-    the hot path and get no timer of their own — a write bumps a counter, and a check that
-    finds the same write still pending as the check before it fires."""
-
-    __slots__ = ("_handle", "_seen", "_timeout_s", "_transport", "fired", "pending", "writes")
-
-    def __init__(self, transport: asyncio.Transport, timeout_s: float) -> None:
-        self._transport, self._timeout_s = transport, timeout_s
-        self.writes = 0
-        self.pending = False
-        self.fired = False
-        self._seen = -1
-        self._handle = asyncio.get_running_loop().call_later(timeout_s, self._check)
-
-    def _check(self) -> None:
-        if self.pending and self.writes == self._seen:
-            self.fired = True
-            self._transport.abort()  # what it did not take is dropped, not flushed
-            return
-        self._seen = self.writes if self.pending else -1
-        self._handle = asyncio.get_running_loop().call_later(self._timeout_s, self._check)
-
-    def close(self) -> None:
-        self._handle.cancel()
-
-
 class _Follower:
     """The push of a caught-up reader (`TaskStream.read`): the tokens of each engine read
     rendered where the read hands them over, and all of one loop pass written together at
@@ -97,16 +70,17 @@ class _Follower:
     the body's end, in one write."""
 
     __slots__ = (
-        "_chunked", "_flush", "_held", "_loop", "_render", "_stream", "_transport", "_watchdog",
-        "ready",
+        "_chunked", "_flush", "_held", "_loop", "_render", "_stream", "_transport", "ready",
+        "writes",
     )  # fmt: skip
 
     def __init__(
-        self, transport: asyncio.Transport, chunked: bool, render: Renderer, watchdog: _Watchdog,
-        stream: TaskStream,
-    ) -> None:  # fmt: skip
+        self, transport: asyncio.Transport, chunked: bool, render: Renderer, stream: TaskStream
+    ) -> None:
         self._transport, self._chunked, self._render = transport, chunked, render
-        self._watchdog, self._stream = watchdog, stream
+        self._stream = stream
+        #: Writes made (the reader's span counts them with its own).
+        self.writes = 0
         self._held: list[bytes] = []
         self._flush: asyncio.Handle | None = None
         # kept: Python 3.11's get_running_loop() makes a getpid() system call each time,
@@ -141,7 +115,7 @@ class _Follower:
         self._held.clear()
         if self._transport.is_closing():  # the reader learns it with its next write
             return
-        self._watchdog.writes += 1
+        self.writes += 1
         self._transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
 
 
@@ -188,21 +162,17 @@ async def stream_task(
     at most that often (after a write, so an idle task sends one per heartbeat)."""
     rec.stream.check_resume(after)
     response = _SseResponse(headers={**SSE_HEADERS, CORRELATION: request[CID], **(headers or {})})
-    timeout_s = svc.config.server.write_timeout_s
-    watchdog: _Watchdog | None = None
+    writes = 0
     follower: _Follower | None = None
     metrics_due = 0.0
 
     async def write(data: bytes, *, last: bool = False) -> None:
-        """Write `data` (`last`: and the body's end, in the same send) under the watchdog."""
-        assert watchdog is not None
+        """Write `data` (`last`: and the body's end, in the same send)."""
+        nonlocal writes, metrics_due
         if follower is not None and (held := follower.take()):
             data = held + data
-        watchdog.writes += 1
-        watchdog.pending = True
+        writes += 1
         await (response.write_eof(data) if last else response.write(data))
-        watchdog.pending = False
-        nonlocal metrics_due
         if not last and metrics_ms is not None and svc.now_ms() >= metrics_due:
             metrics_due = svc.now_ms() + metrics_ms
             await response.write(_metrics(svc, rec))
@@ -211,10 +181,9 @@ async def stream_task(
         await response.prepare(request)
         if request.transport is None:  # gone already
             return response
-        watchdog = _Watchdog(request.transport, timeout_s)
         if metrics_ms is None:  # (metrics go out after a write: the reader's task writes all)
             chunked = response.headers.get("Transfer-Encoding") == "chunked"
-            follower = _Follower(request.transport, chunked, render, watchdog, rec.stream)
+            follower = _Follower(request.transport, chunked, render, rec.stream)
         # tokens go out once a restart would know a client saw them (the gate); what arrived
         # while the journal wrote goes with them
         events = rec.stream.read(
@@ -236,7 +205,7 @@ async def stream_task(
                     ended = batch[-1][0] in _ENDINGS  # then the body's end goes with them
                     if frames or ended:
                         await write(frames, last=ended)
-                    elif not watchdog.writes:  # (a text completion's start): the headers
+                    elif not writes:  # (a text completion's start): the headers
                         await write(b"")
                     if follower is not None:
                         follower.ready = not first
@@ -249,17 +218,17 @@ async def stream_task(
             await write(render.error(envelope))
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):
-            if watchdog.fired:  # the client stopped reading: let go of it and the task
+            protocol = request.protocol
+            if isinstance(protocol, GuardedHandler) and protocol.write_stalled:
+                # the client stopped reading: its connection let go of it, and so of the task
                 log.info(
-                    "slow reader disconnected", task_id=rec.task.id, write_timeout_s=timeout_s,
-                    **tracing.log_ids(rec.spans),
-                )  # fmt: skip
+                    "slow reader disconnected", task_id=rec.task.id, **tracing.log_ids(rec.spans)
+                )
             # else the client went away (`reading` decides about the task)
         finally:
-            watchdog.close()
             if follower is not None:
                 follower.take()  # a reader that ends early writes nothing after its end
             if span is not None:
-                span.set_attribute("writes", watchdog.writes)
+                span.set_attribute("writes", writes + (follower.writes if follower else 0))
                 span.end()
     return response

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -135,19 +137,52 @@ async def test_a_reader_that_stops_reading_is_disconnected_and_the_task_runs_on(
     with capture_logs() as logs:
         stream = get_request(f"/v1/tasks/{task_id}/stream")
         reader, writer = await raw_connection(port, stream, rcvbuf=4096)
-        await api.events(task_id)  # another reader follows it to its end: the task ran on
-        received = b""
-        async with asyncio.timeout(30):
-            try:
-                while chunk := await reader.read(1 << 16):  # only now does the slow one read
-                    received += chunk
-            except ConnectionResetError:
-                pass
+        await _until_logged(api, logs, "slow reader disconnected")
+    await api.events(task_id)  # another reader follows it to its end: the task ran on
+    received = await _read_all(reader)  # only now does the slow one read
     writer.close()
     assert b"event: end" not in received  # it was let go before the end, its backlog dropped
     dropped = [e for e in logs if e["event"] == "slow reader disconnected"]
     assert [e["task_id"] for e in dropped] == [task_id]
     assert (await api.status(task_id))["state"] == "completed"
+
+
+async def _until_logged(api: Any, logs: list[dict[str, Any]], event: str) -> None:
+    """Until the daemon logs `event` (each look is a round trip: it runs meanwhile)."""
+    async with asyncio.timeout(30):
+        while not any(e["event"] == event for e in logs):
+            await api.get("/healthz")
+
+
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    """What a connection the daemon let go of still delivers."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := await reader.read(1 << 16):
+            received += chunk
+    return received
+
+
+async def test_a_client_that_stops_reading_any_answer_is_disconnected(start_daemon):
+    """OC-LOAD-1203: only streams had a write timeout. A client that asked for a task's
+    large output and never read it held the answer's bytes, its handler and its connection
+    for as long as it kept the socket."""
+    api = await start_daemon(
+        mock_pool(), write_timeout_s=0.2, max_output_bytes=16 << 20, stream_buffer_bytes=16 << 20
+    )
+    _, admitted, _ = await api.submit(model="mock-model", prompt="[[big:4096]]", max_tokens=4000)
+    task_id = admitted["task_id"]
+    await api.wait_state(task_id, "completed")
+    with capture_logs() as logs:
+        reader, writer = await raw_connection(
+            api.daemon.port, get_request(f"/v1/tasks/{task_id}"), rcvbuf=4096
+        )
+        await _until_logged(api, logs, "slow client disconnected")
+    received = await _read_all(reader)
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 200") and len(received) < 16 << 20  # cut short
+    dropped = [e for e in logs if e["event"] == "slow client disconnected"]
+    assert [e["path"] for e in dropped] == [f"/v1/tasks/{task_id}"]
 
 
 # -- identifiers and headers ------------------------------------------------------------
