@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from orchestratord.api.sse import NativeEvents
-from orchestratord.api.streaming import _Follower, _Watchdog
+from orchestratord.api.streaming import _Follower
 from orchestratord.api_models import EndEvent
 from orchestratord.service.streams import TOKEN, TaskStream
 from test_harness.engines.mock_http import LEDGER, Ledger, make_app
@@ -131,8 +131,7 @@ async def test_a_followers_tokens_are_written_per_read_and_the_last_go_with_the_
         TaskStream(max_events=16, max_text=1 << 20),
         NativeEvents(),
     )
-    watchdog = _Watchdog(transport, 60.0)
-    follower = _Follower(transport, True, render, watchdog, stream)
+    follower = _Follower(transport, True, render, stream)
     follower.ready = True
     a, b, c = ((TOKEN, i + 1, i, text, ()) for i, text in enumerate("abc"))
     assert follower([a]) and follower([b])  # two reads in one loop pass
@@ -145,4 +144,4 @@ async def test_a_followers_tokens_are_written_per_read_and_the_last_go_with_the_
     await _one_loop_pass()
     assert len(transport.writes) == 1  # nothing more: the reader's task writes `c`
     assert follower.take() == render([c])
-    watchdog.close()
+    assert follower.writes == 1
