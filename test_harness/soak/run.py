@@ -208,13 +208,20 @@ class Soak:
 
         await asyncio.gather(*(one(i) for i in range(self.args.queued)))
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A new connection to the daemon; None, once a stream has ended, when this client
+        is out of descriptors."""
+        try:
+            return await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            await self._next_pulse()
+            return None
+
     async def half_open(self) -> None:
         while not self.stopping.is_set():
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:  # out of descriptors: again once a stream has ended
-                await self._next_pulse()
+            if (connection := await self._connect()) is None:
                 continue
+            reader, writer = connection
             self.tally.half_open_opened += 1
             writer.write(b"GET /v1/po")
             with contextlib.suppress(ConnectionError):
@@ -223,11 +230,9 @@ class Soak:
 
     async def stalled_body(self) -> None:
         while not self.stopping.is_set():
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:  # out of descriptors: again once a stream has ended
-                await self._next_pulse()
+            if (connection := await self._connect()) is None:
                 continue
+            reader, writer = connection
             self.tally.stalled_bodies_opened += 1
             writer.write(_STALLED_BODY)
             with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
