@@ -14,11 +14,12 @@ trickling bytes); and, for a body that did not come with its head, `body_timeout
 the head, extended by a second for each `BODY_MIN_RATE` bytes received (Apache's
 `mod_reqtimeout`): a slow upload that keeps coming is served, a stalled one — or one short
 of its Content-Length, a careless client's — is answered 408 and closed; and, for any
-answer, `write_timeout_s` from when the transport's buffer passed its high-water mark
-(writing paused): a client that takes none of it for that long stopped reading, and its
-connection is aborted, the bytes it did not take dropped — a stream's or a 16 MiB status
-alike, so no answer holds memory, a handler and a connection for a client that is not
-there. The middleware says when a head is complete (`request_started`).
+answer, `write_timeout_s` while the transport's buffer is past its high-water mark (writing
+paused), again each time the client has taken some of it (nginx's `send_timeout`): a client
+that takes none of it for that long stopped reading, and its connection is aborted, the
+bytes it did not take dropped — a stream's or a 16 MiB status alike, so no answer holds
+memory, a handler and a connection for a client that is not there, while a slow one that
+keeps reading is served. The middleware says when a head is complete (`request_started`).
 
 Past `max_connections`, a connection is still served for the operator's paths (health,
 readiness, metrics), and answered 503 `OVERLOADED` for anything else; past twice the limit
@@ -108,7 +109,7 @@ class ConnectionGuard:
 class GuardedHandler(web.RequestHandler):
     __slots__ = (
         "_body_from", "_body_timer", "_guard", "_head_timer", "_in_request", "_path",
-        "_uploading", "_write_timer", "over_limit", "write_stalled",
+        "_unsent", "_uploading", "_write_timer", "over_limit", "write_stalled",
     )  # fmt: skip
 
     def __init__(self, manager: web.Server, guard: ConnectionGuard, **kwargs: Any) -> None:
@@ -125,6 +126,8 @@ class GuardedHandler(web.RequestHandler):
         #: The latest request's path (for the log, should its client stop reading).
         self._path = ""
         self._write_timer: asyncio.TimerHandle | None = None
+        #: Bytes of the answer its client had not taken at the write timer's last look.
+        self._unsent = 0
         #: Aborted because its client took none of the answer for `write_timeout_s`.
         self.write_stalled = False
 
@@ -176,7 +179,12 @@ class GuardedHandler(web.RequestHandler):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        self._write_timer = self._loop.call_later(self._guard.write_timeout_s, self._write_late)
+        self._await_progress()
+
+    def _await_progress(self) -> None:
+        assert self.transport is not None  # (flow control pauses only a connected one)
+        self._unsent = self.transport.get_write_buffer_size()
+        self._write_timer = self._loop.call_later(self._guard.write_timeout_s, self._write_check)
 
     def resume_writing(self) -> None:
         if self._write_timer is not None:
@@ -184,9 +192,17 @@ class GuardedHandler(web.RequestHandler):
             self._write_timer = None
         super().resume_writing()
 
-    def _write_late(self) -> None:
+    def _write_check(self) -> None:
+        """`write_timeout_s` after writing paused, or after the client last took bytes. A
+        smaller buffer than at the last look means it is reading. (A writer adds at most
+        aiohttp's drain limit, 64 KiB, before it waits for the drain: a stream's client
+        must take more than that in the time to count as reading; an answer written at once
+        adds nothing.)"""
         self._write_timer = None
         if self.transport is None:
+            return
+        if self.transport.get_write_buffer_size() < self._unsent:
+            self._await_progress()
             return
         self.write_stalled = True
         log.info(

@@ -8,9 +8,11 @@ import asyncio
 import json
 
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestratord.config import ConfigError, parse_config
+from orchestratord.api.connections import ConnectionGuard
+from orchestratord.config import ConfigError, ServerConfig, parse_config
 from tests.helpers import get_request, mock_pool, raw_connection, read_answer
 
 # -- connections and timers -------------------------------------------------------------
@@ -173,3 +175,43 @@ def test_the_body_buffer_holds_at_least_one_body():
     """OC-LOAD-1212"""
     with pytest.raises(ConfigError, match="twice max_body_bytes"):
         parse_config({"server": {"max_body_bytes": 1 << 20, "body_buffer_bytes": 1 << 20}})
+
+
+# -- answers a client is slow to take ----------------------------------------------------
+
+
+class _UnsentBytes(asyncio.Transport):
+    """A connection's transport as the write timer sees it: bytes not yet taken."""
+
+    def __init__(self, unsent: int) -> None:
+        super().__init__()
+        self.unsent = unsent
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_slow_client_that_keeps_taking_its_answer_is_not_dropped():
+    """OC-LOAD-1203: the write timer looks for progress, as nginx's `send_timeout` does: a
+    16 MiB answer over a slow link takes longer than `write_timeout_s` to drain, and the
+    client is still reading. (The timer's calls are made here, in order, not awaited.)"""
+    guard = ConnectionGuard(web.Server(lambda _: web.Response()), ServerConfig(), 16)
+    connection = guard()
+    transport = connection.transport = _UnsentBytes(16 << 20)
+    connection.pause_writing()  # the answer passed the high-water mark
+
+    def timer_fires() -> None:
+        assert connection._write_timer is not None
+        connection._write_timer.cancel()
+        connection._write_check()  # what the timer calls
+
+    transport.unsent -= 4096  # the client took some within write_timeout_s
+    timer_fires()
+    assert not transport.aborted and not connection.write_stalled
+    timer_fires()  # and nothing for another write_timeout_s
+    assert transport.aborted and connection.write_stalled
+    assert connection._write_timer is None
