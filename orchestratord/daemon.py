@@ -17,7 +17,7 @@ from aiohttp import web
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api.access import is_loopback
 from orchestratord.api.app import build_app
-from orchestratord.api.connections import ConnectionGuard, raise_fd_limit
+from orchestratord.api.connections import DROP_REASONS, ConnectionGuard, raise_fd_limit
 from orchestratord.api.standby import standby_app
 from orchestratord.config import Config, ServerConfig
 from orchestratord.keyring import KeyFileError, KeyRing
@@ -153,7 +153,11 @@ class Daemon:
         self.service, self.runner = service, runner
         if self._guard is not None:
             self._guard.serve(runner.server)
-        service.metrics.watch_connections(lambda: self._guard.open if self._guard else 0)
+        service.metrics.watch_connections(
+            lambda: self._guard.open if self._guard else 0,
+            lambda reason: self._guard.dropped[reason] if self._guard else 0,
+            DROP_REASONS,
+        )
         await self._serve_agents(service)
 
     async def _step_down(self, why: str) -> None:

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import yaml
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from orchestratord.daemon import Daemon
 from pool_managerd.launchers import die_with_parent, free_port
@@ -109,6 +110,16 @@ class Api:
             body = await r.read()
             ctype = r.headers.get("Content-Type", "")
             return r.status, json.loads(body) if "json" in ctype else body.decode()
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """One sample of a scrape of `/metrics` (a counter by its `_total` name)."""
+        _, text = await self.get("/metrics")
+        return next(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and sample.labels == labels
+        )
 
     async def wait_state(
         self, task_id: str, state: str, headers: dict[str, str] | None = None

@@ -52,6 +52,9 @@ OPERATOR_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _FD_RESERVE = 256
 #: Bytes a second a request body must average, past `body_timeout_s`.
 BODY_MIN_RATE = 1024
+#: Why the daemon closed a connection on its client (`connections_dropped_total{reason}`):
+#: a head or a body too slow, an answer not taken, or opened past twice the limit.
+DROP_REASONS = ("head_timeout", "body_timeout", "write_timeout", "over_limit")
 
 
 def _answer_bytes(status: int, reason: str, envelope: ErrorEnvelope, extra: str = "") -> bytes:
@@ -80,6 +83,8 @@ class ConnectionGuard:
         self._server = server
         self.max_connections = max_connections
         self.open = 0
+        #: Connections closed on their clients, by reason (`DROP_REASONS`).
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.header_timeout_s = config.header_timeout_s
         self.body_timeout_s = config.body_timeout_s
         self.write_timeout_s = config.write_timeout_s
@@ -174,6 +179,7 @@ class GuardedHandler(web.RequestHandler):
             "request body too slow; answering 408 and closing",
             body_timeout_s=self._guard.body_timeout_s, received_bytes=body.total_bytes,
         )  # fmt: skip
+        self._guard.dropped["body_timeout"] += 1
         self.transport.write(self._guard.body_late)
         self.transport.close()
 
@@ -205,6 +211,7 @@ class GuardedHandler(web.RequestHandler):
             self._await_progress()
             return
         self.write_stalled = True
+        self._guard.dropped["write_timeout"] += 1
         log.info(
             "slow client disconnected", path=self._path,
             write_timeout_s=self._guard.write_timeout_s,
@@ -217,6 +224,7 @@ class GuardedHandler(web.RequestHandler):
             log.info(
                 "request head too slow; closing", header_timeout_s=self._guard.header_timeout_s
             )
+            self._guard.dropped["head_timeout"] += 1
             self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -225,6 +233,7 @@ class GuardedHandler(web.RequestHandler):
         guard.open += 1
         self.over_limit = guard.open > guard.max_connections
         if guard.open > 2 * guard.max_connections:
+            guard.dropped["over_limit"] += 1
             transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
             transport.write(_REFUSED)
             transport.close()

@@ -92,6 +92,9 @@ _FAMILIES: tuple[tuple[str, Kind, str, str, tuple[str, ...]], ...] = (
      "Bytes charged to the memory budget, by live and retained (finished) tasks", ("kind",)),
     ("memory_budget", "gauge", "memory_budget_bytes", "server.memory_budget_bytes", ()),
     ("connections_open", "gauge", "connections_open", "HTTP connections held now", ()),
+    ("connections_dropped", "counter", "connections_dropped",
+     "Connections closed on their clients: a head or a body too slow, an answer not taken, "
+     "or opened past twice server.max_connections", ("reason",)),
     ("request_body_bytes", "gauge", "request_body_bytes",
      "Bytes reserved for request bodies being received (at most server.body_buffer_bytes)", ()),
     ("leader", "gauge", "leader",
@@ -286,8 +289,14 @@ class Metrics:
     def set_leader(self, leading: bool) -> None:
         self._value("leader", ()).set(int(leading))
 
-    def watch_connections(self, open_now: Callable[[], float]) -> None:
+    def watch_connections(
+        self, open_now: Callable[[], float], dropped: Callable[[str], float], reasons: Sequence[str]
+    ) -> None:
+        """The connections held, and those closed on their clients by reason, read at each
+        scrape (the connections outlive a leadership term's metrics)."""
         self._value("connections_open", ()).set_function(open_now)
+        for reason in reasons:
+            self._value("connections_dropped", (reason,)).set_function(partial(dropped, reason))
 
     def watch_bodies(self, reserved: Callable[[], float]) -> None:
         self._value("request_body_bytes", ()).set_function(reserved)

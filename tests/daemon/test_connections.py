@@ -9,7 +9,6 @@ import json
 
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from orchestratord.api.connections import ConnectionGuard
 from orchestratord.config import ConfigError, ServerConfig, parse_config
@@ -30,13 +29,16 @@ async def test_past_the_connection_limit_only_operator_paths_are_served(start_da
     for path in ("/healthz", "/metrics"):
         reader, _ = await raw_connection(port, get_request(path))
         assert (await read_answer(reader))[0] == 200
-    extra = [
-        await raw_connection(port) for _ in range(2)
-    ]  # now 3 over the limit: twice it is passed
+    # now 3 over the limit: twice it is passed
+    extra = [await raw_connection(port) for _ in range(2)]
     reader, _ = await raw_connection(port)  # refused before it sends a byte
     status, headers, body = await read_answer(reader)
     assert status == 503 and b'"OVERLOADED"' in body
     assert await reader.read() == b""  # and closed
+    reader, writer = held[0]  # (opened within the limit: served whatever it asks)
+    writer.write(get_request("/metrics"))
+    scrape = (await read_answer(reader))[2].decode()
+    assert 'connections_dropped_total{reason="over_limit"} 1.0' in scrape.splitlines()
     for _, w in held + extra:
         w.close()
 
@@ -45,9 +47,8 @@ async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon)
     """OC-LOAD-1204: half-sent request lines stayed open indefinitely."""
     api = await start_daemon(mock_pool(), idle_timeout_s=600, header_timeout_s=0.2)
     port = api.daemon.port
-    idle_reader, idle_writer = await raw_connection(
-        port
-    )  # open, silent: the idle timer's, not this
+    # open, silent: the idle timer's, not this
+    idle_reader, idle_writer = await raw_connection(port)
     reader, writer = await raw_connection(port, b"GET /v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     async with asyncio.timeout(30):
         assert await reader.read() == b""  # closed, unanswered, long before the idle timeout
@@ -55,6 +56,7 @@ async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon)
     idle_writer.write(get_request("/healthz"))  # the silent one outlived the slow head's timer
     assert (await read_answer(idle_reader))[0] == 200
     idle_writer.close()
+    assert await api.metric("connections_dropped_total", reason="head_timeout") == 1
 
 
 _POST_HEAD = (
@@ -77,6 +79,7 @@ async def test_a_body_that_stops_short_is_answered_408_and_closed(start_daemon):
     refusal = json.loads(body)
     assert refusal["code"] == "INVALID_PARAMS" and "too slow" in refusal["message"]
     writer.close()
+    assert await api.metric("connections_dropped_total", reason="body_timeout") == 1
 
 
 async def test_a_body_that_follows_its_head_in_time_is_served(start_daemon):
@@ -124,12 +127,6 @@ async def test_aiohttps_own_refusals_are_json_envelopes(start_daemon):
 # -- request bodies in memory -----------------------------------------------------------
 
 
-async def _body_bytes_reserved(api) -> float:
-    _, text = await api.get("/metrics")
-    families = text_string_to_metric_families(text)
-    return next(s.value for f in families for s in f.samples if s.name == "request_body_bytes")
-
-
 def _task_body(prompt_chars: int) -> bytes:
     return json.dumps(
         {"model": "mock-model", "prompt": "x" * prompt_chars, "max_tokens": 2}
@@ -144,7 +141,7 @@ async def test_bodies_still_arriving_hold_at_most_the_body_buffer(start_daemon):
     first = _task_body(3000)  # reserves twice its length: 6,100 of the 8,192
     reader, writer = await raw_connection(port, _POST_HEAD % len(first) + b"\r\n" + first[:100])
     async with asyncio.timeout(30):
-        while await _body_bytes_reserved(api) != 2 * len(first):  # its head is being served
+        while await api.metric("request_body_bytes") != 2 * len(first):  # its head is being served
             pass
     second = _task_body(1200)  # would pass the budget: refused before it is read
     refused, _ = await raw_connection(port, _POST_HEAD % len(second) + b"\r\n" + second[:10])
@@ -154,7 +151,7 @@ async def test_bodies_still_arriving_hold_at_most_the_body_buffer(start_daemon):
     assert refusal["code"] == "OVERLOADED" and "body_buffer_bytes" in refusal["message"]
     writer.write(first[100:])  # the first arrives whole and is served
     assert (await read_answer(reader))[0] == 202
-    assert await _body_bytes_reserved(api) == 0
+    assert await api.metric("request_body_bytes") == 0
     reader, writer = await raw_connection(port, _POST_HEAD % len(second) + b"\r\n" + second[:10])
     writer.write(second[10:])  # with the room back, the same body is served
     assert (await read_answer(reader))[0] == 202
@@ -167,7 +164,7 @@ async def test_a_body_declared_too_large_is_refused_before_it_is_read(start_daem
     reader, writer = await raw_connection(api.daemon.port, _POST_HEAD % 5000 + b"\r\n{")
     status, _, body = await read_answer(reader)  # at once: not after 4,096 bytes, nor a timer
     assert status == 413 and b"4096" in body
-    assert await _body_bytes_reserved(api) == 0
+    assert await api.metric("request_body_bytes") == 0
     writer.close()
 
 

@@ -183,6 +183,7 @@ async def test_a_client_that_stops_reading_any_answer_is_disconnected(start_daem
     assert received.startswith(b"HTTP/1.1 200") and len(received) < 16 << 20  # cut short
     dropped = [e for e in logs if e["event"] == "slow client disconnected"]
     assert [e["path"] for e in dropped] == [f"/v1/tasks/{task_id}"]
+    assert await api.metric("connections_dropped_total", reason="write_timeout") == 1
 
 
 # -- identifiers and headers ------------------------------------------------------------
