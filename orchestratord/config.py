@@ -130,6 +130,9 @@ class ServerConfig(_Cfg):
     max_connections: Annotated[int, Field(ge=1)] = 4096
     #: Longest request line, and longest header field; larger heads answer 431.
     max_header_bytes: Annotated[int, Field(ge=1024, le=65536)] = 8190
+    #: Longest request head in all (request line and every header; nginx's default), so
+    #: a connection's head holds at most this much; larger heads answer 431.
+    max_head_bytes: Annotated[int, Field(ge=1024, le=1 << 20)] = 32 << 10
     #: A client that takes none of its answer for this long while the daemon's writes to
     #: it wait is disconnected, the rest dropped (it stopped reading: it must not hold the
     #: answer's memory, a handler and a connection); a stream's task runs on.
@@ -146,7 +149,12 @@ class ServerConfig(_Cfg):
     state_dir: str | None = None
 
     @model_validator(mode="after")
-    def _one_body_fits(self) -> ServerConfig:
+    def _limits_fit(self) -> ServerConfig:
+        if self.max_head_bytes < self.max_header_bytes:
+            raise ValueError(
+                f"max_head_bytes ({self.max_head_bytes}) must be at least max_header_bytes "
+                f"({self.max_header_bytes}): a head holds its longest line"
+            )
         if self.body_buffer_bytes < 2 * self.max_body_bytes:
             raise ValueError(
                 f"body_buffer_bytes ({self.body_buffer_bytes}) must be at least twice "

@@ -14,6 +14,22 @@ from orchestratord.api.connections import ConnectionGuard
 from orchestratord.config import ConfigError, ServerConfig, parse_config
 from tests.helpers import get_request, mock_pool, raw_connection, read_answer
 
+
+class _UnsentBytes(asyncio.Transport):
+    """A connection's transport as its timers see it: bytes not yet taken."""
+
+    def __init__(self, unsent: int) -> None:
+        super().__init__()
+        self.unsent = unsent
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
 # -- connections and timers -------------------------------------------------------------
 
 
@@ -57,6 +73,42 @@ async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon)
     assert (await read_answer(idle_reader))[0] == 200
     idle_writer.close()
     assert await api.metric("connections_dropped_total", reason="head_timeout") == 1
+
+
+def _head(path: str, headers: int, size: int) -> bytes:
+    """A GET of `path` with `headers` extra headers of `size` bytes each."""
+    extra = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * size) for i in range(headers))
+    return b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n" % (path.encode(), extra)
+
+
+async def test_a_head_past_max_head_bytes_is_refused_whatever_its_lines(start_daemon):
+    """OC-LOAD-1213: aiohttp bounds each header line (8,190 bytes) and their number (100),
+    not their sum: an 800 KB head was served, and 4,096 connections could hold 3 GB."""
+    api = await start_daemon(mock_pool(), max_head_bytes=32768)
+    port = api.daemon.port
+    reader, writer = await raw_connection(port, _head("/healthz", 10, 8000))
+    status, headers, body = await read_answer(reader)
+    assert status == 431 and headers["content-type"] == "application/json"
+    assert json.loads(body)["message"] == "request head too large (at most 32768 bytes in all)"
+    assert await reader.read() == b""  # and closed, the rest unread
+    writer.close()
+    reader, writer = await raw_connection(port)  # a head within it is served; each anew
+    for _ in range(2):
+        writer.write(_head("/healthz", 5, 4000))  # 20 KB: two of them pass 32 KiB together
+        assert (await read_answer(reader))[0] == 200
+    writer.close()
+
+
+async def test_a_heads_end_split_between_reads_is_found():
+    """OC-LOAD-1213: the blank line that ends a head may arrive in two reads; what follows
+    it (a body) is not counted as head. (Reads are handed to the counter here, in order.)"""
+    config = ServerConfig(max_header_bytes=1024, max_head_bytes=1024)
+    connection = ConnectionGuard(web.Server(lambda _: web.Response()), config, 16)()
+    connection.transport = _UnsentBytes(0)
+    head = _head("/", 3, 200)
+    assert connection._head_fits(head[:-1]) and not connection._head_done
+    assert connection._head_fits(head[-1:] + b"x" * 4096) and connection._head_done
+    assert connection._head_bytes == len(head)
 
 
 _POST_HEAD = (
@@ -174,22 +226,13 @@ def test_the_body_buffer_holds_at_least_one_body():
         parse_config({"server": {"max_body_bytes": 1 << 20, "body_buffer_bytes": 1 << 20}})
 
 
+def test_a_head_holds_at_least_its_longest_line():
+    """OC-LOAD-1213"""
+    with pytest.raises(ConfigError, match="at least max_header_bytes"):
+        parse_config({"server": {"max_header_bytes": 16384, "max_head_bytes": 8192}})
+
+
 # -- answers a client is slow to take ----------------------------------------------------
-
-
-class _UnsentBytes(asyncio.Transport):
-    """A connection's transport as the write timer sees it: bytes not yet taken."""
-
-    def __init__(self, unsent: int) -> None:
-        super().__init__()
-        self.unsent = unsent
-        self.aborted = False
-
-    def get_write_buffer_size(self) -> int:
-        return self.unsent
-
-    def abort(self) -> None:
-        self.aborted = True
 
 
 async def test_a_slow_client_that_keeps_taking_its_answer_is_not_dropped():
