@@ -131,8 +131,8 @@ class GuardedHandler(web.RequestHandler):
         self.over_limit = False
         self._head_timer: asyncio.TimerHandle | None = None
         #: What has arrived of the request head so far, its last bytes (an end of head may
-        #: be split between reads), and whether it is whole (its body, or the next
-        #: request's head, is not counted until the handler is done).
+        #: be split between reads), and whether it is whole (what follows is not counted
+        #: until its handler is done and its body all here: the next request's head).
         self._head_bytes = 0
         self._head_tail = b""
         self._head_done = False
@@ -150,13 +150,13 @@ class GuardedHandler(web.RequestHandler):
         self.write_stalled = False
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_request and not self._head_done:
+        if not self._in_request:
             if self._head_timer is None:  # a new request begins
                 # (aiohttp's own loop: Python 3.11's get_running_loop() is a getpid() call)
                 self._head_timer = self._loop.call_later(
                     self._guard.header_timeout_s, self._head_late
                 )
-            if not self._head_fits(data):
+            if not self._head_done and not self._head_fits(data):
                 return
         super().data_received(data)
 
@@ -202,7 +202,9 @@ class GuardedHandler(web.RequestHandler):
 
     def request_done(self) -> None:
         self._in_request = False
-        self._head_bytes, self._head_tail, self._head_done = 0, b"", False
+        uploading = self._uploading
+        if uploading is None or uploading.content.is_eof():  # else the rest is its body
+            self._head_bytes, self._head_tail, self._head_done = 0, b"", False
         self._uploading = None
         if self._body_timer is not None:
             self._body_timer.cancel()

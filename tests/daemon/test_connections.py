@@ -99,6 +99,22 @@ async def test_a_head_past_max_head_bytes_is_refused_whatever_its_lines(start_da
     writer.close()
 
 
+async def test_the_rest_of_an_unread_body_is_not_counted_as_a_head(start_daemon):
+    """OC-LOAD-1213: a request answered before its body arrived (here a 404) has the rest
+    of its body read and dropped by aiohttp; those bytes are not the next request's head."""
+    api = await start_daemon(mock_pool(), max_head_bytes=32768)
+    body = b"x" * 65536
+    head = (
+        b"POST /v1/tasks/no-such-task/cancel HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    reader, writer = await raw_connection(api.daemon.port, head)
+    assert (await read_answer(reader))[0] == 404  # answered with the body still to come
+    writer.write(body + get_request("/healthz"))
+    assert (await read_answer(reader))[0] == 200  # the same connection serves the next
+    writer.close()
+
+
 async def test_a_heads_end_split_between_reads_is_found():
     """OC-LOAD-1213: the blank line that ends a head may arrive in two reads; what follows
     it (a body) is not counted as head. (Reads are handed to the counter here, in order.)"""
