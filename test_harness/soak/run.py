@@ -9,6 +9,8 @@ At once, for the whole run:
 - `--slow` readers that open a running task's stream and never read it;
 - `--stalled-bodies` task requests declaring a 1 MiB body that stop three quarters of the
   way (held by the body budget until the soak ends, or refused 503 unread while it is full);
+- `--big-heads` clients sending 64 KB request heads of 8 KB lines (each answered 431 and
+  closed), again each time a stream ends;
 - cancels of random tasks (one every 10 streams that end);
 - a prober asking `/healthz` (every 20 streams that end, and at the end) and reading the
   daemon's RSS.
@@ -59,6 +61,12 @@ _STALLED_HEAD = (
     "POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     f"Content-Length: {MiB}\r\n\r\n"
 )
+#: A request head of lines each within `max_header_bytes`, twice `max_head_bytes` in all.
+_BIG_HEAD = (
+    b"GET /v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 8000) for i in range(8))
+    + b"\r\n"
+)
 _STALLED_BODY = (
     _STALLED_HEAD.encode() + b'{"model": "mock-model", "prompt": "' + b"x" * (MiB * 3 // 4)
 )
@@ -75,6 +83,7 @@ class Tally:
     half_open_opened: int = 0
     slow_opened: int = 0
     stalled_bodies_opened: int = 0
+    big_heads_sent: int = 0
     cancels: int = 0
     server_errors: list[str] = field(default_factory=list)
 
@@ -242,6 +251,19 @@ class Soak:
                     await self._unless_stopping(reader.read())  # until it is closed
             writer.close()
 
+    async def big_head(self) -> None:
+        while not self.stopping.is_set():
+            if (connection := await self._connect()) is None:
+                continue
+            reader, writer = connection
+            self.tally.big_heads_sent += 1
+            writer.write(_BIG_HEAD)
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                answer = await reader.readexactly(12)  # `HTTP/1.1 431`, then closed
+                self.tally.answered(int(answer[9:12]), "big head")
+            writer.close()
+            await self._next_pulse()
+
     async def slow_reader(self) -> None:
         await self.has_tasks.wait()
         while not self.stopping.is_set():
@@ -296,6 +318,7 @@ class Soak:
             background += [
                 asyncio.create_task(self.stalled_body()) for _ in range(args.stalled_bodies)
             ]
+            background += [asyncio.create_task(self.big_head()) for _ in range(args.big_heads)]
             background.append(asyncio.create_task(self.canceller(http)))
             asyncio.get_running_loop().call_later(args.minutes * 60, self.stopping.set)
             await self.stopping.wait()  # the soak's length
@@ -347,6 +370,7 @@ async def main() -> None:
     parser.add_argument("--half-open", type=int, default=1000)
     parser.add_argument("--slow", type=int, default=50)
     parser.add_argument("--stalled-bodies", type=int, default=200)
+    parser.add_argument("--big-heads", type=int, default=100)
     parser.add_argument("--budget-mib", type=int, default=256)
     parser.add_argument("--body-buffer-mib", type=int, default=64)
     args = parser.parse_args()
@@ -378,7 +402,7 @@ async def main() -> None:
         "terminal_states": dict(soak.states), "statuses": dict(t.statuses),
         "health_ok": t.health_ok, "health_failed": t.health_failed,
         "half_open_opened": t.half_open_opened, "slow_readers_opened": t.slow_opened,
-        "stalled_bodies_opened": t.stalled_bodies_opened,
+        "stalled_bodies_opened": t.stalled_bodies_opened, "big_heads_sent": t.big_heads_sent,
         "cancels": t.cancels, "server_errors": t.server_errors[:10],
         "problems": soak.problems[:10], "problem_count": len(soak.problems),
     }  # fmt: skip
