@@ -82,8 +82,8 @@ class Tally:
     rss_max: int = 0
     half_open_opened: int = 0
     slow_opened: int = 0
-    stalled_bodies_opened: int = 0
-    big_heads_sent: int = 0
+    #: Raw requests sent (`raw_client`), by what they are.
+    raw_sent: Counter[str] = field(default_factory=Counter)
     cancels: int = 0
     server_errors: list[str] = field(default_factory=list)
 
@@ -237,32 +237,25 @@ class Soak:
                 await reader.read()  # until the daemon closes it
             writer.close()
 
-    async def stalled_body(self) -> None:
+    async def raw_client(self, request: bytes, what: str, *, until_closed: bool) -> None:
+        """Send `request` on a new connection again and again, tallying each answer's
+        status; then read on `until_closed` (a refused body's rest is read and dropped for
+        a while) or wait for a stream to end, before the next."""
         while not self.stopping.is_set():
             if (connection := await self._connect()) is None:
                 continue
             reader, writer = connection
-            self.tally.stalled_bodies_opened += 1
-            writer.write(_STALLED_BODY)
+            self.tally.raw_sent[what] += 1
+            writer.write(request)
             with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
                 answer = await self._unless_stopping(reader.readexactly(12))  # `HTTP/1.1 503`
                 if answer is not None and answer[9:12].isdigit():
-                    self.tally.answered(int(answer[9:12]), "stalled body")
-                    await self._unless_stopping(reader.read())  # until it is closed
+                    self.tally.answered(int(answer[9:12]), what)
+                    if until_closed:
+                        await self._unless_stopping(reader.read())
             writer.close()
-
-    async def big_head(self) -> None:
-        while not self.stopping.is_set():
-            if (connection := await self._connect()) is None:
-                continue
-            reader, writer = connection
-            self.tally.big_heads_sent += 1
-            writer.write(_BIG_HEAD)
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                answer = await reader.readexactly(12)  # `HTTP/1.1 431`, then closed
-                self.tally.answered(int(answer[9:12]), "big head")
-            writer.close()
-            await self._next_pulse()
+            if not until_closed:
+                await self._next_pulse()
 
     async def slow_reader(self) -> None:
         await self.has_tasks.wait()
@@ -316,9 +309,15 @@ class Soak:
             background += [asyncio.create_task(self.half_open()) for _ in range(args.half_open)]
             background += [asyncio.create_task(self.slow_reader()) for _ in range(args.slow)]
             background += [
-                asyncio.create_task(self.stalled_body()) for _ in range(args.stalled_bodies)
+                asyncio.create_task(
+                    self.raw_client(_STALLED_BODY, "stalled body", until_closed=True)
+                )
+                for _ in range(args.stalled_bodies)
             ]
-            background += [asyncio.create_task(self.big_head()) for _ in range(args.big_heads)]
+            background += [
+                asyncio.create_task(self.raw_client(_BIG_HEAD, "big head", until_closed=False))
+                for _ in range(args.big_heads)
+            ]
             background.append(asyncio.create_task(self.canceller(http)))
             asyncio.get_running_loop().call_later(args.minutes * 60, self.stopping.set)
             await self.stopping.wait()  # the soak's length
@@ -402,7 +401,8 @@ async def main() -> None:
         "terminal_states": dict(soak.states), "statuses": dict(t.statuses),
         "health_ok": t.health_ok, "health_failed": t.health_failed,
         "half_open_opened": t.half_open_opened, "slow_readers_opened": t.slow_opened,
-        "stalled_bodies_opened": t.stalled_bodies_opened, "big_heads_sent": t.big_heads_sent,
+        "stalled_bodies_opened": t.raw_sent["stalled body"],
+        "big_heads_sent": t.raw_sent["big head"],
         "cancels": t.cancels, "server_errors": t.server_errors[:10],
         "problems": soak.problems[:10], "problem_count": len(soak.problems),
     }  # fmt: skip
