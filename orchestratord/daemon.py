@@ -19,9 +19,10 @@ from orchestratord.api.access import is_loopback
 from orchestratord.api.app import build_app
 from orchestratord.api.connections import DROP_REASONS, ConnectionGuard, raise_fd_limit
 from orchestratord.api.standby import standby_app
-from orchestratord.config import Config, ServerConfig
+from orchestratord.config import Config
 from orchestratord.keyring import KeyFileError, KeyRing
 from orchestratord.leadership import Leadership, holder_name
+from orchestratord.server_config import ServerConfig
 from orchestratord.service import Orchestrator
 from orchestratord.store import StoreError, open_store, shared
 from orchestratord.store.lease import LeaderLease

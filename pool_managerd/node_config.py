@@ -18,17 +18,15 @@ import ipaddress
 import socket
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from pool_managerd.yaml_config import Section
 
 #: Pool and agent ids: what metrics labels and replica ids are made of.
 ID_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
 
 
-class _Cfg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ManagedReplicas(_Cfg):
+class ManagedReplicas(Section):
     count: Annotated[int, Field(ge=1, le=64)] = 1
     slots: Annotated[int, Field(ge=1, le=256)] = 2
     model_path: str | None = None
@@ -38,7 +36,7 @@ class ManagedReplicas(_Cfg):
     args: list[str] = []
 
 
-class AgentIdentity(_Cfg):
+class AgentIdentity(Section):
     #: Stable across restarts: a rejoining agent replaces its own replicas.
     id: Annotated[str, Field(pattern=ID_PATTERN)] = Field(
         default_factory=lambda: socket.gethostname().split(".")[0] or "agent"
@@ -60,7 +58,7 @@ class AgentIdentity(_Cfg):
         return host
 
 
-class NodePool(_Cfg):
+class NodePool(Section):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     #: Managed: llama.cpp; attached (endpoints on this host): llama.cpp or TGI.
     engine: Literal["llamacpp", "tgi"]
@@ -108,7 +106,7 @@ class NodePool(_Cfg):
         return self.managed.slots if self.managed is not None else 0
 
 
-class NodeConfig(_Cfg):
+class NodeConfig(Section):
     agent: AgentIdentity = AgentIdentity()
     pools: Annotated[list[NodePool], Field(min_length=1)]
 

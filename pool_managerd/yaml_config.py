@@ -9,9 +9,16 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """A section of a YAML config: a key it does not know is an error (a misspelt limit
+    must not quietly leave the default in force)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ConfigError(Exception):

@@ -61,6 +61,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.store.sql",),
     ("orchestratord.store.statements", "orchestratord.store.base"),
     ("orchestratord.config",),
+    ("orchestratord.server_config",),
     ("orchestratord.keyring",),
     ("orchestratord.principals",),
     ("orchestratord.engines", "orchestratord.chat_template"),

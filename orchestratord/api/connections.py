@@ -41,7 +41,7 @@ from orchestrator_core.errors import ErrorCode
 from orchestratord.api.errors import STATUS, code_for_http, error_response
 from orchestratord.api.http import Handler
 from orchestratord.api_models import ErrorEnvelope
-from orchestratord.config import ServerConfig
+from orchestratord.server_config import ServerConfig
 
 log = structlog.get_logger("orchestratord.http")
 

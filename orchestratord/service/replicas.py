@@ -7,8 +7,9 @@ import asyncio
 from collections import Counter
 from pathlib import Path
 
-from orchestratord.config import AgentsConfig, PoolConfig
+from orchestratord.config import PoolConfig
 from orchestratord.engines import ENGINES, launcher_for
+from orchestratord.server_config import AgentsConfig
 from orchestratord.telemetry import Metrics
 from pool_managerd.hub import AgentHub, AgentSession
 from pool_managerd.pool import PoolManager, PoolSpec

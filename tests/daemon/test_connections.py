@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from orchestratord.api.connections import ConnectionGuard
-from orchestratord.config import ConfigError, ServerConfig, parse_config
+from orchestratord.config import ConfigError, parse_config
+from orchestratord.server_config import ServerConfig
 from tests.helpers import get_request, mock_pool, raw_connection, read_answer
 
 
