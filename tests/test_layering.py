@@ -36,7 +36,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.api.sse",),
     ("orchestratord.api.openapi",),
     ("orchestratord.api.errors", "orchestratord.api.http"),
-    ("orchestratord.api.bodies",),
+    ("orchestratord.api.bodies", "orchestratord.api.answers"),
     ("orchestratord.api.operations",),
     ("orchestratord.api",),
     ("orchestratord.service", "orchestratord.service.orchestrator"),

@@ -1,7 +1,7 @@
-"""The aiohttp application: the middleware every request passes (connection limits;
-correlation id and error envelopes — OpenAI-shaped on the OpenAI door —; access control,
-`api.access`) and the routes of the data plane, the control plane and the OpenAI-compatible
-door."""
+"""The aiohttp application: the middleware every request passes (connection limits; the
+answer budget, `api.answers`; correlation id and error envelopes — OpenAI-shaped on the
+OpenAI door —; access control, `api.access`) and the routes of the data plane, the control
+plane and the OpenAI-compatible door."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from uuid_utils import uuid7
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
 from orchestratord.api.access import access_control, is_loopback
+from orchestratord.api.answers import ANSWERS, LARGE, RETRY_AFTER_MS, AnswerBudget, answer_size
 from orchestratord.api.bodies import BODIES, BodyBudget
 from orchestratord.api.connections import connection_limits
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
@@ -24,6 +25,7 @@ from orchestratord.api.http import (
     CORRELATION,
     MAX_CORRELATION_CHARS,
     REQUEST_ID,
+    TASK_ID,
     Handler,
     Middleware,
     checked_header,
@@ -35,6 +37,30 @@ from orchestratord.keyring import KeyRing
 from orchestratord.service import Orchestrator, Refusal
 
 log = structlog.get_logger("orchestratord.http")
+
+
+@web.middleware
+async def answer_budget(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Write a large answer holding its length against the answer budget (`api.answers`),
+    or answer 503 `OVERLOADED` in its place, with its correlation id and task id."""
+    answer = await handler(request)
+    size = answer_size(answer)
+    if size < LARGE:
+        return answer
+    budget = request.app[ANSWERS]
+    if budget.reserve(size):
+        await budget.write(request, answer, size)
+        return answer
+    refusal = Refusal(
+        ErrorCode.OVERLOADED,
+        "answers being written fill server.answer_buffer_bytes; retry shortly",
+        retry_after_ms=RETRY_AFTER_MS,
+    )
+    refused = refusal_response(refusal, openai=openai_door.is_openai_path(request.path))
+    for name in (CORRELATION, REQUEST_ID, TASK_ID):
+        if name in answer.headers:
+            refused.headers[name] = answer.headers[name]
+    return refused
 
 
 def correlation_and_errors(max_body: int) -> Middleware:
@@ -96,13 +122,18 @@ def build_app(
     server = service.config.server
     ring = keys or KeyRing()
     access = access_control(ring, loopback=is_loopback(server.host))
-    middlewares: list[Any] = [connection_limits, correlation_and_errors(server.max_body_bytes)]
+    middlewares: list[Any] = [
+        connection_limits,
+        answer_budget,
+        correlation_and_errors(server.max_body_bytes),
+    ]
     if leading is not None:
         middlewares.append(leader_gate(leading))
     middlewares.append(access)
     app = web.Application(client_max_size=server.max_body_bytes, middlewares=middlewares)
     app[BODIES] = bodies = BodyBudget(server.body_buffer_bytes, server.max_body_bytes)
-    service.metrics.watch_bodies(lambda: bodies.held)
+    app[ANSWERS] = answers = AnswerBudget(server.answer_buffer_bytes)
+    service.metrics.watch_bodies(lambda: bodies.held, lambda: answers.held)
     app.add_routes(data_plane.routes(service))
     app.add_routes(openai_door.routes(service))
     app.add_routes(batch_api.routes(service))

@@ -12,7 +12,7 @@ from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import Placement, TaskState
 from orchestratord import api_models as api
 from orchestratord.api.errors import gone
-from orchestratord.api.http import CID, json_response, parse, principal_of, traceparent_of
+from orchestratord.api.http import CID, TASK_ID, json_response, parse, principal_of, traceparent_of
 from orchestratord.api.sse import NativeEvents, renderer_for
 from orchestratord.api.streaming import stream_task
 from orchestratord.service import Orchestrator, Refusal, StreamGap
@@ -120,7 +120,7 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
             submission(req, request, streamed=streamed), by=principal_of(request)
         )
         task_id = rec.task.id
-        where = {"Location": f"/v1/tasks/{task_id}", "X-Task-Id": task_id}
+        where = {"Location": f"/v1/tasks/{task_id}", TASK_ID: task_id}
         if streamed:  # one request: the answer is the stream itself
             return await stream_task(
                 request, svc, rec, NativeEvents(), headers=where, metrics_ms=req.stream_metrics_ms

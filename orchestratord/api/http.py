@@ -20,6 +20,8 @@ CORRELATION = "X-Correlation-Id"
 #: The correlation id again, where OpenAI's SDKs read a request's id (`request_id` on
 #: their responses and errors), so a user's report names what our logs carry.
 REQUEST_ID = "x-request-id"
+#: The task an answer is about (a task's creation, an OpenAI completion).
+TASK_ID = "X-Task-Id"
 #: The request's correlation id (echoed or assigned by the middleware).
 CID: web.RequestKey[str] = web.RequestKey("cid", str)
 
@@ -69,9 +71,9 @@ def principal_of(request: web.Request) -> Principal:
 
 
 def json_response(model: BaseModel, status: int = 200) -> web.Response:
-    return web.Response(
-        body=model.model_dump_json(), status=status, content_type="application/json"
-    )
+    """`model` as a JSON answer, its body bytes (so its length is known: `api.answers`)."""
+    body = model.__pydantic_serializer__.to_json(model)
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 async def parse(request: web.Request, model: type[M], *, optional: bool = False) -> M:

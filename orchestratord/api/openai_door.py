@@ -20,6 +20,7 @@ from orchestratord.api.errors import STATUS, error_response
 from orchestratord.api.http import (
     CID,
     REQUEST_ID,
+    TASK_ID,
     json_response,
     parse,
     principal_of,
@@ -111,7 +112,7 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
     async def answer(
         request: web.Request, rec: TaskRecord, req: ChatCompletionRequest | CompletionRequest
     ) -> web.StreamResponse:
-        headers = {"X-Task-Id": rec.task.id}
+        headers = {TASK_ID: rec.task.id}
         if req.stream:
             usage = bool(req.stream_options and req.stream_options.include_usage)
             render = OpenAIChunks(rec, include_usage=usage)

@@ -155,8 +155,9 @@ def _operation(op: Operation) -> dict[str, Any]:
             }
         responses[str(status)] = entry
     error = {"application/json": {"schema": _ref(op.error)}}
-    # every operation: a malformed X-Correlation-Id (400); past the connection limit (503);
-    # a Host that is not loopback's on a loopback daemon (403); a head too large (431).
+    # every operation: a malformed X-Correlation-Id (400); past the connection limit, or
+    # with the answer budget full (503); a Host that is not loopback's on a loopback daemon
+    # (403); a head too large (431).
     # With keys: no key (401), a key without the role (403). State changes: a body that is
     # not JSON (415), or that is too slow to arrive (408).
     always = {400, 403, 431, 503}

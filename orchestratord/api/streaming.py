@@ -10,7 +10,8 @@ empty event by common client libraries). It counts as a reader of the task
 client goes away for good.
 
 Once its first frames are out, a reader that has caught up follows the task (`_Follower`):
-its tokens are written from the engine's read callback, not by a task woken per token.
+its tokens are written from the engine's read callback, not by a task woken per token. A
+reader that is behind (a resume) catches up a piece at a time (`PIECE_EVENTS`).
 
 A reader that takes none of what is written to it for `write_timeout_s` (its client stopped
 reading) is disconnected by its connection (`GuardedHandler`: a timer only while the
@@ -21,7 +22,7 @@ events gets an error event and is ended. Either way it lets go of the task.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 
 import structlog
@@ -43,6 +44,12 @@ log = structlog.get_logger("orchestratord.http")
 RETRY = b"retry: 1000\n"
 
 _ENDINGS = (END, ERROR)
+
+#: Events rendered and written at once, at most. A reader catching up on a long stream (a
+#: resume, a late reader) writes it a piece at a time, each once its client has taken all
+#: but a high-water mark of the last: its connection holds a piece, not the stream
+#: (256 OpenAI chunks of short tokens are some 50 KB).
+PIECE_EVENTS = 256
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
@@ -117,6 +124,13 @@ class _Follower:
             return
         self.writes += 1
         self._transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+
+
+def _pieces(batch: list[Event]) -> Sequence[list[Event]]:
+    """`batch` in pieces of at most `PIECE_EVENTS` events (none when it is empty)."""
+    if len(batch) <= PIECE_EVENTS:
+        return (batch,) if batch else ()
+    return [batch[i : i + PIECE_EVENTS] for i in range(0, len(batch), PIECE_EVENTS)]
 
 
 def _with_retry(frames: bytes) -> bytes:
@@ -198,19 +212,19 @@ async def stream_task(
                 await write(b"")  # nothing to send yet (a resume caught up): the headers
             first, ended = True, False
             async for batch in events:
-                if batch:
-                    frames = render(batch)
+                if not batch:
+                    await write(_pause(svc, rec))
+                for piece in _pieces(batch):
+                    frames = render(piece)
                     if first and frames:  # (a batch may render to nothing: OpenAI's start)
                         frames, first = _with_retry(frames), False
-                    ended = batch[-1][0] in _ENDINGS  # then the body's end goes with them
+                    ended = piece[-1][0] in _ENDINGS  # then the body's end goes with them
                     if frames or ended:
                         await write(frames, last=ended)
                     elif not writes:  # (a text completion's start): the headers
                         await write(b"")
                     if follower is not None:
                         follower.ready = not first
-                else:
-                    await write(_pause(svc, rec))
             if not ended:
                 await write(b"", last=True)
         except StreamGap as gap:  # this reader fell behind the retained events

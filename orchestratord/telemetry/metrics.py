@@ -97,6 +97,8 @@ _FAMILIES: tuple[tuple[str, Kind, str, str, tuple[str, ...]], ...] = (
      "or opened past twice server.max_connections", ("reason",)),
     ("request_body_bytes", "gauge", "request_body_bytes",
      "Bytes reserved for request bodies being received (at most server.body_buffer_bytes)", ()),
+    ("response_body_bytes", "gauge", "response_body_bytes",
+     "Bytes reserved for large answers being written (server.answer_buffer_bytes)", ()),
     ("leader", "gauge", "leader",
      "1 while this daemon leads (runs the queues); 0 while it stands by", ()),
     ("agent_connected", "gauge", "agent_connected",
@@ -298,8 +300,10 @@ class Metrics:
         for reason in reasons:
             self._value("connections_dropped", (reason,)).set_function(partial(dropped, reason))
 
-    def watch_bodies(self, reserved: Callable[[], float]) -> None:
-        self._value("request_body_bytes", ()).set_function(reserved)
+    def watch_bodies(self, requests: Callable[[], float], answers: Callable[[], float]) -> None:
+        """The bytes reserved for request bodies and for answers, read at each scrape."""
+        self._value("request_body_bytes", ()).set_function(requests)
+        self._value("response_body_bytes", ()).set_function(answers)
 
     # -- agents ------------------------------------------------------------------------
 

@@ -1,0 +1,70 @@
+"""Large answers being written, bounded in bytes across every connection at once.
+
+An answer is handed whole to its connection's transport, which holds whatever the client
+has not taken yet. `server.max_output_bytes` bounds one task's status, but
+`max_connections` clients fetching it at once — or reading it slowly — would have the
+transports hold gigabytes. `AnswerBudget` bounds the large answers being written at
+`server.answer_buffer_bytes`. Each reserves its length from when its handler returns it
+until the transport has taken all but its high-water mark of it (aiohttp's `write_eof`
+waits for that). One that would pass the budget is answered 503 `OVERLOADED` with
+`Retry-After` instead, and its body is dropped at once: bodies are built one at a time on
+the loop's thread, so at most one is ever held unreserved.
+
+An answer smaller than `LARGE` goes out as before: a socket takes it at once, and the
+transport's flow control bounds what a connection holds. Neither a stream (never whole:
+`api.streaming` writes it a piece at a time) nor a file (aiohttp sends it a chunk at a
+time) is reserved.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+#: Answers at least this long are reserved: a transport's high-water mark (uvloop's and
+#: asyncio's default), what a connection holds anyway before its writes wait.
+LARGE = 64 << 10
+#: How long a client refused for the budget should wait: the answers ahead of it are
+#: taken, or dropped by `write_timeout_s`, in about that.
+RETRY_AFTER_MS = 1000
+
+
+class AnswerBudget:
+    """Bytes reserved for large answers being written; at most `limit`."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: Bytes reserved now (the `response_body_bytes` gauge).
+        self.held = 0
+
+    def reserve(self, size: int) -> bool:
+        """Reserve `size` bytes; False when that would pass the budget. An answer larger
+        than the whole budget is reserved when nothing else is, so it is served at all."""
+        if self.held and self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    async def write(self, request: web.Request, answer: web.StreamResponse, size: int) -> None:
+        """Write `answer`, holding its `size` reserved until the transport has taken all
+        but its high-water mark (or the client went away)."""
+        try:
+            await answer.prepare(request)
+            await answer.write_eof()
+        except ConnectionError:
+            pass  # the client went away: aiohttp, finishing the answer, logs it so
+        finally:
+            self.held -= size
+
+
+def answer_size(answer: web.StreamResponse) -> int:
+    """The length of a whole answer not written yet; 0 for anything else (streams, files,
+    answers already under way)."""
+    if answer.prepared or not isinstance(answer, web.Response):
+        return 0
+    return answer.content_length or 0
+
+
+#: The application's budget, used by `app.answer_budget`.
+ANSWERS: web.AppKey[AnswerBudget] = web.AppKey("answers", AnswerBudget)
