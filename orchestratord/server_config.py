@@ -45,8 +45,8 @@ class ServerConfig(Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
     #: Bytes request bodies still arriving may hold together (each reserves twice its
-    #: length: aiohttp gathers it, then copies it). A body that would pass it is refused
-    #: unread with 503 `OVERLOADED`; at least twice `max_body_bytes`.
+    #: length: its pieces as they arrive, then their join). A body that would pass it is
+    #: refused unread with 503 `OVERLOADED`; at least twice `max_body_bytes`.
     body_buffer_bytes: Annotated[int, Field(ge=2048)] = 64 << 20
     #: Bytes large answers being written may hold together (an answer of 64 KiB or more
     #: reserves its length until its client has taken all but 64 KiB of it). One that

@@ -46,24 +46,27 @@ class AnswerBudget:
         self.held += size
         return True
 
-    async def write(self, request: web.Request, answer: web.StreamResponse, size: int) -> None:
+    async def write(self, request: web.Request, answer: web.Response, size: int) -> None:
         """Write `answer`, holding its `size` reserved until the transport has taken all
-        but its high-water mark (or the client went away)."""
+        but its high-water mark (or the client went away); then let go of its body, which
+        aiohttp would keep, with the answer, while the connection waits for its next
+        request."""
         try:
             await answer.prepare(request)
             await answer.write_eof()
         except ConnectionError:
             pass  # the client went away: aiohttp, finishing the answer, logs it so
         finally:
+            answer.body = None
             self.held -= size
 
 
-def answer_size(answer: web.StreamResponse) -> int:
-    """The length of a whole answer not written yet; 0 for anything else (streams, files,
-    answers already under way)."""
+def whole_answer(answer: web.StreamResponse) -> tuple[web.Response, int] | None:
+    """A whole answer not written yet, and its length; None for anything else (streams,
+    files, answers already under way)."""
     if answer.prepared or not isinstance(answer, web.Response):
-        return 0
-    return answer.content_length or 0
+        return None
+    return answer, answer.content_length or 0
 
 
 #: The application's budget, used by `app.answer_budget`.

@@ -16,7 +16,7 @@ from uuid_utils import uuid7
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
 from orchestratord.api.access import access_control, is_loopback
-from orchestratord.api.answers import ANSWERS, LARGE, RETRY_AFTER_MS, AnswerBudget, answer_size
+from orchestratord.api.answers import ANSWERS, LARGE, RETRY_AFTER_MS, AnswerBudget, whole_answer
 from orchestratord.api.bodies import BODIES, BodyBudget
 from orchestratord.api.connections import connection_limits
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
@@ -44,12 +44,12 @@ async def answer_budget(request: web.Request, handler: Handler) -> web.StreamRes
     """Write a large answer holding its length against the answer budget (`api.answers`),
     or answer 503 `OVERLOADED` in its place, with its correlation id and task id."""
     answer = await handler(request)
-    size = answer_size(answer)
-    if size < LARGE:
+    whole = whole_answer(answer)
+    if whole is None or whole[1] < LARGE:
         return answer
-    budget = request.app[ANSWERS]
+    budget, (body, size) = request.app[ANSWERS], whole
     if budget.reserve(size):
-        await budget.write(request, answer, size)
+        await budget.write(request, body, size)
         return answer
     refusal = Refusal(
         ErrorCode.OVERLOADED,

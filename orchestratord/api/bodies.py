@@ -3,13 +3,16 @@
 A JSON body is read whole before it is validated. `server.max_body_bytes` bounds one body,
 but `max_connections` of them arriving at once would be gigabytes. `BodyBudget` bounds what
 bodies still arriving may hold together at `server.body_buffer_bytes`. A body is reserved
-twice its declared length (aiohttp gathers it, then copies it to `bytes`), or twice
+twice its declared length (its pieces as they arrive, then their join into `bytes`), or twice
 `max_body_bytes` when it is chunked. One that would pass the budget is refused unread with
 503 `OVERLOADED` and `Retry-After`: the client retries once the others have arrived.
 
 A body that came whole with its head (the common, small case) is already held. It is read
 and validated without yielding to the loop, so no other request can interleave, and it
 takes no reservation: it costs one check.
+
+Once read, the body is nobody's but its handler's: aiohttp's own `request.read()` would
+keep a copy on the request, which aiohttp holds until the connection's next request.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class BodyBudget:
         """The request's whole body; 413 before reading one that declares more than
         `max_body`, and a 503 Refusal when its reservation would pass the budget."""
         if request.content.is_eof():  # all here already: read without a wait
-            return await request.read()
+            return await self._whole(request)
         declared = request.content_length
         if declared is not None and declared > self.max_body:
             raise web.HTTPRequestEntityTooLarge(max_size=self.max_body, actual_size=declared)
@@ -52,9 +55,21 @@ class BodyBudget:
             )
         self.held += size
         try:
-            return await request.read()
+            return await self._whole(request)
         finally:
             self.held -= size
+
+    async def _whole(self, request: web.Request) -> bytes:
+        """The body's bytes, kept by nobody else. (aiohttp's `request.read()` keeps them
+        on the request, which aiohttp keeps while the connection waits for its next
+        request: an idle keep-alive connection held its last body, up to `max_body`.)"""
+        chunks, size = [], 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > self.max_body:  # (a chunked body declares no length)
+                raise web.HTTPRequestEntityTooLarge(max_size=self.max_body, actual_size=size)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 #: The application's budget, used by `http.parse`.

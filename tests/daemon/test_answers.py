@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
+import tracemalloc
 from typing import Any
 
 from orchestratord.api import streaming
@@ -72,6 +75,42 @@ async def test_an_openai_completion_refused_for_the_budget_names_its_task(start_
         while await api.metric("response_body_bytes") != 0:
             pass
     assert (await api.status(task_id))["state"] == "completed"
+
+
+async def test_an_idle_connection_keeps_neither_its_last_body_nor_its_last_answer(
+    start_daemon,
+):
+    """OC-LOAD-1214: aiohttp keeps a connection's last request and answer while it waits
+    for the next request, and they kept their bytes: idle keep-alive connections each held
+    up to a 1 MiB body and a 1 MiB answer, outside every budget."""
+    api = await start_daemon(mock_pool())
+    status_of = get_request(f"/v1/tasks/{await _large_task(api, 1)}")  # a 1 MiB output
+    refused = json.dumps({"model": "mock-model", "prompt": "x" * 900_000, "max_tokens": -1})
+    post = (
+        "POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(refused)}\r\n\r\n{refused}"
+    ).encode()
+    idle = []
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(4):  # connections idle after a 900 KB body, and after a 1 MiB answer
+            reader, writer = await raw_connection(api.daemon.port, post)
+            assert (await read_answer(reader))[0] == 400  # read whole, then refused
+            idle.append(writer)
+            reader, writer = await raw_connection(api.daemon.port, status_of)
+            status, _, body = await read_answer(reader)
+            assert status == 200 and len(body) > 1 << 20
+            idle.append(writer)
+        del body
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2 << 20, held  # (they held 7.8 MB: 4 x (0.9 + 1.05) MB)
+    for writer in idle:
+        writer.close()
 
 
 def test_an_answer_larger_than_the_budget_is_served_alone():
