@@ -49,7 +49,7 @@ class ServerConfig(Section):
     #: refused unread with 503 `OVERLOADED`; at least twice `max_body_bytes`.
     body_buffer_bytes: Annotated[int, Field(ge=2048)] = 64 << 20
     #: Bytes large answers being written may hold together (an answer of 64 KiB or more
-    #: reserves its length until its client has taken all but 64 KiB of it). One that
+    #: reserves twice its length until its client has taken all but 64 KiB of it). One that
     #: would pass it is answered 503 `OVERLOADED` instead; one larger than all of it is
     #: served alone.
     answer_buffer_bytes: Annotated[int, Field(ge=64 << 10)] = 64 << 20

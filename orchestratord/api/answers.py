@@ -4,9 +4,10 @@ An answer is handed whole to its connection's transport, which holds whatever th
 has not taken yet. `server.max_output_bytes` bounds one task's status, but
 `max_connections` clients fetching it at once — or reading it slowly — would have the
 transports hold gigabytes. `AnswerBudget` bounds the large answers being written at
-`server.answer_buffer_bytes`. Each reserves its length from when its handler returns it
-until the transport has taken all but its high-water mark of it (aiohttp's `write_eof`
-waits for that). One that would pass the budget is answered 503 `OVERLOADED` with
+`server.answer_buffer_bytes`. Each reserves twice its length — its body, and the copy
+aiohttp hands the transport, joined with the head — from when its handler returns it until
+the transport has taken all but its high-water mark of it (aiohttp's `write_eof` waits for
+that). One that would pass the budget is answered 503 `OVERLOADED` with
 `Retry-After` instead, and its body is dropped at once: bodies are built one at a time on
 the loop's thread, so at most one is ever held unreserved.
 
@@ -47,7 +48,7 @@ class AnswerBudget:
         return True
 
     async def write(self, request: web.Request, answer: web.Response, size: int) -> None:
-        """Write `answer`, holding its `size` reserved until the transport has taken all
+        """Write `answer`, holding `size` reserved until the transport has taken all
         but its high-water mark (or the client went away); then let go of its body, which
         aiohttp would keep, with the answer, while the connection waits for its next
         request."""

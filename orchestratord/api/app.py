@@ -48,8 +48,8 @@ async def answer_budget(request: web.Request, handler: Handler) -> web.StreamRes
     if whole is None or whole[1] < LARGE:
         return answer
     budget, (body, size) = request.app[ANSWERS], whole
-    if budget.reserve(size):
-        await budget.write(request, body, size)
+    if budget.reserve(2 * size):  # its body, and the transport's copy (joined with the head)
+        await budget.write(request, body, 2 * size)
         return answer
     refusal = Refusal(
         ErrorCode.OVERLOADED,

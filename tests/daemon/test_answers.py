@@ -29,9 +29,9 @@ async def test_large_answers_being_written_hold_at_most_the_answer_buffer(start_
     written at once: 4,096 slow clients fetching a 1 MiB output held 4 GiB."""
     api = await start_daemon(
         mock_pool(), max_output_bytes=16 << 20, stream_buffer_bytes=16 << 20,
-        answer_buffer_bytes=12 << 20,
+        answer_buffer_bytes=24 << 20,
     )  # fmt: skip
-    path = f"/v1/tasks/{await _large_task(api, 8)}"  # an 8 MiB status: one fits, not two
+    path = f"/v1/tasks/{await _large_task(api, 8)}"  # an 8 MiB status reserves 16: one fits
     slow, slow_writer = await raw_connection(api.daemon.port, get_request(path), rcvbuf=4096)
     async with asyncio.timeout(30):
         while await api.metric("response_body_bytes") == 0:  # written to the slow client
@@ -56,9 +56,9 @@ async def test_an_openai_completion_refused_for_the_budget_names_its_task(start_
     OpenAI's shape, with the task (completed, retained) it would have carried."""
     api = await start_daemon(
         mock_pool(), max_output_bytes=16 << 20, stream_buffer_bytes=16 << 20,
-        answer_buffer_bytes=6 << 20,
+        answer_buffer_bytes=12 << 20,
     )  # fmt: skip
-    path = f"/v1/tasks/{await _large_task(api, 4)}"
+    path = f"/v1/tasks/{await _large_task(api, 4)}"  # it reserves 8 MiB; the completion 8 more
     _, slow_writer = await raw_connection(api.daemon.port, get_request(path), rcvbuf=4096)
     async with asyncio.timeout(30):
         while await api.metric("response_body_bytes") == 0:
