@@ -16,7 +16,9 @@ from tests.helpers import get_request, mock_pool, raw_connection, read_answer
 
 
 async def _large_task(api: Any, mib: int) -> str:
-    """A completed task whose output is `mib` MiB (the mock engine's 4 KiB tokens)."""
+    """A completed task whose output is `mib` MiB (the mock engine's 4 KiB tokens). (A
+    status of 8 MiB is more than the kernel's send buffer takes from a client that reads
+    nothing: Linux grows it to `net.ipv4.tcp_wmem`'s 4 MiB at most.)"""
     _, admitted, _ = await api.submit(
         model="mock-model", prompt="[[big:4096]]", max_tokens=256 * mib
     )
@@ -56,9 +58,9 @@ async def test_an_openai_completion_refused_for_the_budget_names_its_task(start_
     OpenAI's shape, with the task (completed, retained) it would have carried."""
     api = await start_daemon(
         mock_pool(), max_output_bytes=16 << 20, stream_buffer_bytes=16 << 20,
-        answer_buffer_bytes=12 << 20,
+        answer_buffer_bytes=20 << 20,
     )  # fmt: skip
-    path = f"/v1/tasks/{await _large_task(api, 4)}"  # it reserves 8 MiB; the completion 8 more
+    path = f"/v1/tasks/{await _large_task(api, 8)}"  # it reserves 16 MiB; the completion 8
     _, slow_writer = await raw_connection(api.daemon.port, get_request(path), rcvbuf=4096)
     async with asyncio.timeout(30):
         while await api.metric("response_body_bytes") == 0:
