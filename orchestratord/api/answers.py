@@ -47,11 +47,15 @@ class AnswerBudget:
         self.held += size
         return True
 
-    async def write(self, request: web.Request, answer: web.Response, size: int) -> None:
-        """Write `answer`, holding `size` reserved until the transport has taken all
-        but its high-water mark (or the client went away); then let go of its body, which
-        aiohttp would keep, with the answer, while the connection waits for its next
-        request."""
+    async def send(self, request: web.Request, answer: web.Response, length: int) -> bool:
+        """Write `answer` (`length` bytes of body) holding twice that reserved until the
+        transport has taken all but its high-water mark (or the client went away), then let
+        go of its body, which aiohttp would keep, with the answer, while the connection
+        waits for its next request. False, and nothing written, when the reservation would
+        pass the budget."""
+        held = 2 * length  # its body, and the copy aiohttp hands the transport
+        if not self.reserve(held):
+            return False
         try:
             await answer.prepare(request)
             await answer.write_eof()
@@ -59,7 +63,8 @@ class AnswerBudget:
             pass  # the client went away: aiohttp, finishing the answer, logs it so
         finally:
             answer.body = None
-            self.held -= size
+            self.held -= held
+        return True
 
 
 def whole_answer(answer: web.StreamResponse) -> tuple[web.Response, int] | None:

@@ -41,15 +41,13 @@ log = structlog.get_logger("orchestratord.http")
 
 @web.middleware
 async def answer_budget(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Write a large answer holding its length against the answer budget (`api.answers`),
-    or answer 503 `OVERLOADED` in its place, with its correlation id and task id."""
+    """Write a large answer against the answer budget (`api.answers`), or answer 503
+    `OVERLOADED` in its place, with its correlation id and task id."""
     answer = await handler(request)
     whole = whole_answer(answer)
     if whole is None or whole[1] < LARGE:
         return answer
-    budget, (body, size) = request.app[ANSWERS], whole
-    if budget.reserve(2 * size):  # its body, and the transport's copy (joined with the head)
-        await budget.write(request, body, 2 * size)
+    if await request.app[ANSWERS].send(request, *whole):
         return answer
     refusal = Refusal(
         ErrorCode.OVERLOADED,

@@ -6,7 +6,10 @@ At once, for the whole run:
 - `--queued` batch tasks submitted up front (202) and left to the queue;
 - `--half-open` connections that send half a request line and nothing more, opened again
   whenever the daemon closes them;
-- `--slow` readers that open a running task's stream and never read it;
+- `--slow` readers that open a task's stream, read its status line and never read again;
+- `--slow-statuses` readers that ask for the status of a task with an 8 MiB output and
+  never read past its status line (the answer budget holds what the kernel does not take:
+  a few of them; the rest are answered 503);
 - `--stalled-bodies` task requests declaring a 1 MiB body that stop three quarters of the
   way (held by the body budget until the soak ends, or refused 503 unread while it is full);
 - `--big-heads` clients sending 64 KB request heads of 8 KB lines (each answered 431 and
@@ -20,10 +23,10 @@ refused client retries when some stream has ended (room may have freed); the soa
 is one timer.
 
 Then the load stops, every accepted task is followed to its end, and the run asserts: RSS
-stayed under `memory_budget_bytes` + `body_buffer_bytes` + the fixed overhead measured
-before the load, every
-accepted task reached exactly one terminal state (status, and the stream's last event,
-agree), `/healthz` answered every probe, and no request got a 5xx.
+stayed under `memory_budget_bytes` + `body_buffer_bytes` + `answer_buffer_bytes` + the fixed
+overhead measured before the load, every accepted task reached exactly one terminal state
+(status, and the stream's last event, agree), `/healthz` answered every probe, and no
+request got a 5xx. The clients are `test_harness.soak.load`'s.
 
     python -m test_harness.soak.run [--minutes 2] [--engines mock,llamacpp]
 """
@@ -32,70 +35,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import random
 import resource
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import aiohttp
 import yaml
 
 from pool_managerd.launchers import free_port
 from pool_managerd.tiny_gguf import write_tiny_model
 from test_harness.bench.common import start, stop
+from test_harness.soak.load import MiB, Soak, rss
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
-MiB = 1 << 20
-TERMINAL = {"completed", "failed", "canceled", "expired", "evicted"}
-T = TypeVar("T")
-#: A stalled body's request: a 1 MiB body declared, three quarters of it sent.
-_STALLED_HEAD = (
-    "POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-    f"Content-Length: {MiB}\r\n\r\n"
-)
-#: A request head of lines each within `max_header_bytes`, twice `max_head_bytes` in all.
-_BIG_HEAD = (
-    b"GET /v1/pools HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 8000) for i in range(8))
-    + b"\r\n"
-)
-_STALLED_BODY = (
-    _STALLED_HEAD.encode() + b'{"model": "mock-model", "prompt": "' + b"x" * (MiB * 3 // 4)
-)
 
 
-@dataclass
-class Tally:
-    accepted: set[str] = field(default_factory=set)
-    statuses: Counter[int] = field(default_factory=Counter)
-    stream_endings: dict[str, list[str]] = field(default_factory=dict)
-    health_ok: int = 0
-    health_failed: int = 0
-    rss_max: int = 0
-    half_open_opened: int = 0
-    slow_opened: int = 0
-    #: Raw requests sent (`raw_client`), by what they are.
-    raw_sent: Counter[str] = field(default_factory=Counter)
-    cancels: int = 0
-    server_errors: list[str] = field(default_factory=list)
-
-    def answered(self, status: int, what: str) -> None:
-        self.statuses[status] += 1
-        if status >= 500 and status != 503:  # 503: a typed, retriable "not now"
-            self.server_errors.append(f"{status} {what}")
-
-
-def _config(
-    tmp: Path, port: int, engines: list[str], budget: int, bodies: int, queued: int
-) -> Path:
+def _config(tmp: Path, port: int, engines: list[str], budgets: dict[str, int], queued: int) -> Path:
     pools: list[dict[str, Any]] = []
     if "mock" in engines:
         pools.append({
@@ -115,7 +73,7 @@ def _config(
     config = {
         "server": {
             "port": port, "state_dir": str(tmp / "state"), "shutdown_grace_s": 0,
-            "memory_budget_bytes": budget, "body_buffer_bytes": bodies, "write_timeout_s": 5,
+            **budgets, "max_output_bytes": 8 * MiB, "write_timeout_s": 5,
             "idle_timeout_s": 10, "max_connections": 4096,
         },
         "pools": pools,
@@ -123,241 +81,6 @@ def _config(
     path = tmp / "soak.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-async def _read_stream(r: aiohttp.ClientResponse) -> str | None:
-    """The last event's name of an SSE stream read to its end."""
-    last = None
-    async for line in r.content:
-        if line.startswith(b"event: "):
-            last = line[7:].strip().decode()
-    return last
-
-
-class Soak:
-    def __init__(self, url: str, port: int, pid: int, args: argparse.Namespace) -> None:
-        self.url, self.port, self.pid, self.args = url, port, pid, args
-        self.tally = Tally()
-        self.stopping = asyncio.Event()
-        self.has_tasks = asyncio.Event()  # slow readers need a task to read
-        #: Set (and replaced) each time a stream ends: the load's clock.
-        self.pulse = asyncio.Event()
-        self.ended = 0
-        #: Accepted task ids in a list, to draw from (cancels, slow readers).
-        self.drawable: list[str] = []
-        self.rng = random.Random(12)
-        self.models = [m for e, m in (("mock", "mock-model"), ("llamacpp", "tiny-llama"))
-                       if e in args.engines]  # fmt: skip
-
-    def accept(self, task_id: str) -> None:
-        self.tally.accepted.add(task_id)
-        self.drawable.append(task_id)
-        self.has_tasks.set()
-
-    def _stream_ended(self) -> None:
-        self.ended += 1
-        self.pulse.set()
-        self.pulse = asyncio.Event()
-
-    async def _next_pulse(self) -> bool:
-        """Wait until a stream ends; False once the soak is stopping."""
-        waits = {
-            asyncio.ensure_future(self.pulse.wait()),
-            asyncio.ensure_future(self.stopping.wait()),
-        }
-        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for waiting in pending:
-            waiting.cancel()
-        return not self.stopping.is_set()
-
-    async def _unless_stopping(self, waiting: Awaitable[T]) -> T | None:
-        """What `waiting` gives, or None (and it is cancelled) if the soak stops first."""
-        result = asyncio.ensure_future(waiting)
-        stop = asyncio.ensure_future(self.stopping.wait())
-        await asyncio.wait({result, stop}, return_when=asyncio.FIRST_COMPLETED)
-        for pending in (result, stop):
-            pending.cancel()
-        return result.result() if result.done() and not result.cancelled() else None
-
-    async def streamer(self, http: aiohttp.ClientSession, n: int) -> None:
-        while not self.stopping.is_set():
-            model = self.models[n % len(self.models)]
-            body = {"model": model, "prompt": f"soak {n}", "stream": True,
-                    "max_tokens": self.rng.randint(8, 64)}  # fmt: skip
-            async with http.post(f"{self.url}/v1/tasks", json=body) as r:
-                self.tally.answered(r.status, "stream")
-                if r.status != 200:
-                    await r.read()
-                    await self._next_pulse()  # refused: try again once a stream has ended
-                    continue
-                task_id = r.headers["X-Task-Id"]
-                self.accept(task_id)
-                ending = await _read_stream(r)
-                self.tally.stream_endings.setdefault(task_id, []).append(ending or "none")
-                self._stream_ended()
-
-    async def submit_queued(self, http: aiohttp.ClientSession) -> None:
-        body = {"model": "mock-model", "prompt": "queued", "max_tokens": 16, "priority": "batch"}
-        sem = asyncio.Semaphore(32)
-
-        async def one(i: int) -> None:
-            async with sem, http.post(f"{self.url}/v1/tasks", json=body,
-                                      headers={"X-Tenant-Id": f"t{i % 500}"}) as r:  # fmt: skip
-                self.tally.answered(r.status, "submit")
-                data = await r.json()
-                if r.status == 202:
-                    self.accept(data["task_id"])
-
-        await asyncio.gather(*(one(i) for i in range(self.args.queued)))
-
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        """A new connection to the daemon; None, once a stream has ended, when this client
-        is out of descriptors."""
-        try:
-            return await asyncio.open_connection("127.0.0.1", self.port)
-        except OSError:
-            await self._next_pulse()
-            return None
-
-    async def half_open(self) -> None:
-        while not self.stopping.is_set():
-            if (connection := await self._connect()) is None:
-                continue
-            reader, writer = connection
-            self.tally.half_open_opened += 1
-            writer.write(b"GET /v1/po")
-            with contextlib.suppress(ConnectionError):
-                await reader.read()  # until the daemon closes it
-            writer.close()
-
-    async def raw_client(self, request: bytes, what: str, *, until_closed: bool) -> None:
-        """Send `request` on a new connection again and again, tallying each answer's
-        status; then read on `until_closed` (a refused body's rest is read and dropped for
-        a while) or wait for a stream to end, before the next."""
-        while not self.stopping.is_set():
-            if (connection := await self._connect()) is None:
-                continue
-            reader, writer = connection
-            self.tally.raw_sent[what] += 1
-            writer.write(request)
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                answer = await self._unless_stopping(reader.readexactly(12))  # `HTTP/1.1 503`
-                if answer is not None and answer[9:12].isdigit():
-                    self.tally.answered(int(answer[9:12]), what)
-                    if until_closed:
-                        await self._unless_stopping(reader.read())
-            writer.close()
-            if not until_closed:
-                await self._next_pulse()
-
-    async def slow_reader(self) -> None:
-        await self.has_tasks.wait()
-        while not self.stopping.is_set():
-            task_id = self.rng.choice(self.drawable)
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1024)
-            self.tally.slow_opened += 1
-            writer.write(f"GET /v1/tasks/{task_id}/stream HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            try:
-                await reader.read(1)  # one byte, then never again: the daemon must let go
-                await asyncio.wait_for(self.stopping.wait(), timeout=30)
-            except (TimeoutError, ConnectionError):
-                pass
-            writer.close()
-
-    async def canceller(self, http: aiohttp.ClientSession) -> None:
-        while await self._next_pulse():
-            if self.ended % 10 == 0 and self.tally.accepted:
-                task_id = self.rng.choice(self.drawable)
-                async with http.post(f"{self.url}/v1/tasks/{task_id}/cancel") as r:
-                    self.tally.answered(r.status, "cancel")
-                    self.tally.cancels += 1
-
-    async def prober(self, http: aiohttp.ClientSession) -> None:
-        while True:
-            stopping = not await self._next_pulse()
-            if not stopping and self.ended % 20:
-                continue
-            try:
-                async with http.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(5)) as r:
-                    ok = r.status == 200
-                    await r.read()
-            except (aiohttp.ClientError, TimeoutError):
-                ok = False
-            if ok:
-                self.tally.health_ok += 1
-            else:
-                self.tally.health_failed += 1
-            self.tally.rss_max = max(self.tally.rss_max, _rss(self.pid))
-            if stopping:
-                return
-
-    async def run(self) -> None:
-        args = self.args
-        conn = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=conn) as http:
-            probe = aiohttp.ClientSession()  # its own pool: never queued behind the load
-            background = [asyncio.create_task(self.prober(probe))]
-            await self.submit_queued(http)
-            background += [asyncio.create_task(self.streamer(http, n)) for n in range(args.streams)]
-            background += [asyncio.create_task(self.half_open()) for _ in range(args.half_open)]
-            background += [asyncio.create_task(self.slow_reader()) for _ in range(args.slow)]
-            background += [
-                asyncio.create_task(
-                    self.raw_client(_STALLED_BODY, "stalled body", until_closed=True)
-                )
-                for _ in range(args.stalled_bodies)
-            ]
-            background += [
-                asyncio.create_task(self.raw_client(_BIG_HEAD, "big head", until_closed=False))
-                for _ in range(args.big_heads)
-            ]
-            background.append(asyncio.create_task(self.canceller(http)))
-            asyncio.get_running_loop().call_later(args.minutes * 60, self.stopping.set)
-            await self.stopping.wait()  # the soak's length
-            await asyncio.gather(*background, return_exceptions=True)
-            await probe.close()
-            await self.check_endings(http)
-
-    async def check_endings(self, http: aiohttp.ClientSession) -> None:
-        """Every accepted task reaches one terminal state; its stream ends once."""
-        problems: list[str] = []
-        states: Counter[str] = Counter()
-        sem = asyncio.Semaphore(32)
-
-        async def follow(task_id: str) -> None:
-            async with sem:
-                for attempt in (1, 2):  # a pooled connection the daemon closed as idle
-                    try:
-                        async with http.get(f"{self.url}/v1/tasks/{task_id}/stream") as r:
-                            ending = await _read_stream(r) if r.status == 200 else None
-                        async with http.get(f"{self.url}/v1/tasks/{task_id}") as r:
-                            status = await r.json()
-                        break
-                    except aiohttp.ServerDisconnectedError:
-                        if attempt == 2:
-                            raise
-                seen = self.tally.stream_endings.get(task_id, [])
-                if len(seen) > 1 or any(e not in ("end", "error") for e in seen):
-                    problems.append(f"{task_id}: its client saw {seen}")
-                if r.status == 410:  # its record was forgotten (retention, budget): it ended
-                    states["expired-record"] += 1
-                    return
-                state = status.get("state")
-                states[state] += 1
-                if state not in TERMINAL:
-                    problems.append(f"{task_id}: {state}")
-                if ending not in ("end", "error"):
-                    problems.append(f"{task_id}: stream ended with {ending}")
-
-        await asyncio.gather(*(follow(t) for t in sorted(self.tally.accepted)))
-        self.states, self.problems = states, problems
 
 
 async def main() -> None:
@@ -368,23 +91,29 @@ async def main() -> None:
     parser.add_argument("--queued", type=int, default=10_000)
     parser.add_argument("--half-open", type=int, default=1000)
     parser.add_argument("--slow", type=int, default=50)
+    parser.add_argument("--slow-statuses", type=int, default=100)
     parser.add_argument("--stalled-bodies", type=int, default=200)
     parser.add_argument("--big-heads", type=int, default=100)
     parser.add_argument("--budget-mib", type=int, default=256)
     parser.add_argument("--body-buffer-mib", type=int, default=64)
+    parser.add_argument("--answer-buffer-mib", type=int, default=64)
     args = parser.parse_args()
     args.engines = args.engines.split(",")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # this client holds ~2,000
-    budget, bodies = args.budget_mib * MiB, args.body_buffer_mib * MiB
+    budgets = {
+        "memory_budget_bytes": args.budget_mib * MiB,
+        "body_buffer_bytes": args.body_buffer_mib * MiB,
+        "answer_buffer_bytes": args.answer_buffer_mib * MiB,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
-        path = _config(Path(tmp), port, args.engines, budget, bodies, args.queued)
+        path = _config(Path(tmp), port, args.engines, budgets, args.queued)
         cmd = [str(BIN / "orchestratord"), "serve", "--config", str(path)]
         proc = await start(cmd, "serving on")
         url = f"http://127.0.0.1:{port}"
         try:
-            overhead = _rss(proc.pid)
+            overhead = rss(proc.pid)
             soak = Soak(url, port, proc.pid, args)
             started = time.perf_counter()
             await soak.run()
@@ -396,18 +125,21 @@ async def main() -> None:
     report = {
         "minutes": args.minutes, "engines": args.engines, "elapsed_s": round(elapsed),
         "budget_mib": args.budget_mib, "body_buffer_mib": args.body_buffer_mib,
+        "answer_buffer_mib": args.answer_buffer_mib,
         "rss_before_load_mib": round(overhead / MiB, 1),
         "rss_max_mib": round(t.rss_max / MiB, 1), "accepted": len(t.accepted),
         "terminal_states": dict(soak.states), "statuses": dict(t.statuses),
         "health_ok": t.health_ok, "health_failed": t.health_failed,
-        "half_open_opened": t.half_open_opened, "slow_readers_opened": t.slow_opened,
+        "half_open_opened": t.half_open_opened, "slow_readers_opened": t.raw_sent["slow stream"],
+        "slow_statuses_opened": t.raw_sent["slow status"],
         "stalled_bodies_opened": t.raw_sent["stalled body"],
         "big_heads_sent": t.raw_sent["big head"],
         "cancels": t.cancels, "server_errors": t.server_errors[:10],
         "problems": soak.problems[:10], "problem_count": len(soak.problems),
     }  # fmt: skip
     print(json.dumps(report, indent=2))
-    assert t.rss_max <= budget + bodies + overhead, "RSS passed the budgets + the fixed overhead"
+    bound = sum(budgets.values()) + overhead
+    assert t.rss_max <= bound, "RSS passed the budgets + the fixed overhead"
     assert not soak.problems, "some accepted task did not end exactly once"
     assert t.health_failed == 0, "/healthz did not answer throughout"
     assert not t.server_errors, "a request got a 5xx"
