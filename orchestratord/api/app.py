@@ -16,7 +16,7 @@ from uuid_utils import uuid7
 from orchestrator_core.errors import ErrorCode
 from orchestratord.api import batch_api, control_plane, data_plane, openai_door, provider_states
 from orchestratord.api.access import access_control, is_loopback
-from orchestratord.api.answers import ANSWERS, LARGE, RETRY_AFTER_MS, AnswerBudget, whole_answer
+from orchestratord.api.answers import ANSWERS, LARGE, AnswerBudget, refusal, whole_answer
 from orchestratord.api.bodies import BODIES, BodyBudget
 from orchestratord.api.connections import connection_limits
 from orchestratord.api.errors import code_for_http, error_response, refusal_response
@@ -49,12 +49,7 @@ async def answer_budget(request: web.Request, handler: Handler) -> web.StreamRes
         return answer
     if await request.app[ANSWERS].send(request, *whole):
         return answer
-    refusal = Refusal(
-        ErrorCode.OVERLOADED,
-        "answers being written fill server.answer_buffer_bytes; retry shortly",
-        retry_after_ms=RETRY_AFTER_MS,
-    )
-    refused = refusal_response(refusal, openai=openai_door.is_openai_path(request.path))
+    refused = refusal_response(refusal(), openai=openai_door.is_openai_path(request.path))
     for name in (CORRELATION, REQUEST_ID, TASK_ID):
         if name in answer.headers:
             refused.headers[name] = answer.headers[name]

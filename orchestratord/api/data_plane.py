@@ -11,6 +11,7 @@ from aiohttp import web
 from orchestrator_core.errors import ErrorCode
 from orchestrator_core.model import Placement, TaskState
 from orchestratord import api_models as api
+from orchestratord.api.answers import ANSWERS
 from orchestratord.api.errors import gone
 from orchestratord.api.http import CID, TASK_ID, json_response, parse, principal_of, traceparent_of
 from orchestratord.api.sse import NativeEvents, renderer_for
@@ -140,7 +141,9 @@ def routes(svc: Orchestrator) -> list[web.RouteDef]:
         return json_response(found)
 
     async def status(request: web.Request) -> web.Response:
-        return json_response(svc.status(request.match_info["task_id"], principal_of(request)))
+        task_id, viewer = request.match_info["task_id"], principal_of(request)
+        request.app[ANSWERS].expect(svc.task(task_id, viewer).output.text_bytes)
+        return json_response(svc.status(task_id, viewer))
 
     async def cancel(request: web.Request) -> web.Response:
         svc.cancel(request.match_info["task_id"], principal_of(request))

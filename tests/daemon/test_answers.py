@@ -26,9 +26,12 @@ async def _large_task(api: Any, mib: int) -> str:
     return str(admitted["task_id"])
 
 
-async def test_large_answers_being_written_hold_at_most_the_answer_buffer(start_daemon):
+async def test_large_answers_being_written_hold_at_most_the_answer_buffer(
+    start_daemon, monkeypatch
+):
     """OC-LOAD-1214: `max_output_bytes` bounded one task's status, not how many were being
-    written at once: 4,096 slow clients fetching a 1 MiB output held 4 GiB."""
+    written at once: 4,096 slow clients fetching a 1 MiB output held 4 GiB. A status the
+    budget would refuse is refused before it is built (building it is the expensive part)."""
     api = await start_daemon(
         mock_pool(), max_output_bytes=16 << 20, stream_buffer_bytes=16 << 20,
         answer_buffer_bytes=24 << 20,
@@ -38,11 +41,17 @@ async def test_large_answers_being_written_hold_at_most_the_answer_buffer(start_
     async with asyncio.timeout(30):
         while await api.metric("response_body_bytes") == 0:  # written to the slow client
             pass
+    built: list[str] = []
+    status_of = api.daemon.service.status
+    monkeypatch.setattr(
+        api.daemon.service, "status", lambda *args: built.append(args[0]) or status_of(*args)
+    )
     async with api.http.get(api.base + path, headers={"X-Correlation-Id": "second"}) as r:
         refusal = await r.json()
         assert r.status == 503 and r.headers["Retry-After"] == "1"
         assert r.headers["X-Correlation-Id"] == "second"  # its own id, as any answer
     assert refusal["code"] == "OVERLOADED" and "answer_buffer_bytes" in refusal["message"]
+    assert built == []  # refused before it was built
     assert (await api.get("/v1/models"))[0] == 200  # small answers go out as before
     status, _, body = await read_answer(slow)  # the slow client takes it all...
     assert status == 200 and len(body) > 8 << 20

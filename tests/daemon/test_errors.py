@@ -79,7 +79,7 @@ async def test_unexpected_failure_is_an_envelope_not_a_traceback(start_daemon, m
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(api.daemon.service, "status", broken)
+    monkeypatch.setattr(api.daemon.service, "task", broken)
     async with api.http.get(f"{api.base}/v1/tasks/x") as r:
         assert r.status == 500
         text = await r.text()
