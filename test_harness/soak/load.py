@@ -40,6 +40,8 @@ _STALLED_BODY = (
 class Tally:
     accepted: set[str] = field(default_factory=set)
     statuses: Counter[int] = field(default_factory=Counter)
+    #: The same, by what was asked ("slow status 503").
+    answers: Counter[str] = field(default_factory=Counter)
     stream_endings: dict[str, list[str]] = field(default_factory=dict)
     health_ok: int = 0
     health_failed: int = 0
@@ -52,6 +54,7 @@ class Tally:
 
     def answered(self, status: int, what: str) -> None:
         self.statuses[status] += 1
+        self.answers[f"{what} {status}"] += 1
         if status >= 500 and status != 503:  # 503: a typed, retriable "not now"
             self.server_errors.append(f"{status} {what}")
 

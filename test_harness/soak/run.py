@@ -129,6 +129,7 @@ async def main() -> None:
         "rss_before_load_mib": round(overhead / MiB, 1),
         "rss_max_mib": round(t.rss_max / MiB, 1), "accepted": len(t.accepted),
         "terminal_states": dict(soak.states), "statuses": dict(t.statuses),
+        "answers": dict(sorted(t.answers.items())),
         "health_ok": t.health_ok, "health_failed": t.health_failed,
         "half_open_opened": t.half_open_opened, "slow_readers_opened": t.raw_sent["slow stream"],
         "slow_statuses_opened": t.raw_sent["slow status"],
