@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ class Tally:
     answers: Counter[str] = field(default_factory=Counter)
     stream_endings: dict[str, list[str]] = field(default_factory=dict)
     health_ok: int = 0
-    health_failed: int = 0
+    health_failures: list[str] = field(default_factory=list)
     rss_max: int = 0
     half_open_opened: int = 0
     #: Raw requests sent (`raw_client`), by what they are.
@@ -83,6 +84,7 @@ class Soak:
         self.has_tasks = asyncio.Event()  # slow readers need a task to read
         self.big_task = ""  # ... and slow status readers a large one, done
         self.big_done = asyncio.Event()
+        self.big_gone = asyncio.Event()  # set by a reader told it was forgotten (410)
         #: Set (and replaced) each time a stream ends: the load's clock.
         self.pulse = asyncio.Event()
         self.ended = 0
@@ -197,13 +199,15 @@ class Soak:
         """Ask for a task's stream (`what`: "slow stream", a random task's) or its status
         ("slow status", the big task's), read the answer's status line and never read
         again: the daemon must let go (`write_timeout_s`); again after 30 s."""
-        ready = self.has_tasks if what == "slow stream" else self.big_done
-        await self._unless_stopping(ready.wait())
+        if what == "slow stream":
+            await self._unless_stopping(self.has_tasks.wait())
         while not self.stopping.is_set():
             if what == "slow stream":
                 path = f"/v1/tasks/{self.rng.choice(self.drawable)}/stream"
-            else:
+            elif await self._unless_stopping(self.big_done.wait()):
                 path = f"/v1/tasks/{self.big_task}"
+            else:
+                break
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes next to nothing
             sock.setblocking(False)
@@ -218,23 +222,36 @@ class Soak:
             writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             with contextlib.suppress(TimeoutError, ConnectionError, asyncio.IncompleteReadError):
                 answer = await self._unless_stopping(reader.readexactly(12))  # `HTTP/1.1 200`
-                if answer is not None:
-                    self.tally.answered(int(answer[9:12]), what)
+                status = int(answer[9:12]) if answer is not None else 0
+                if status:
+                    self.tally.answered(status, what)
+                if status == 410 and what == "slow status":  # forgotten: another is made
+                    self.big_gone.set()
+                elif status:
                     await asyncio.wait_for(self.stopping.wait(), timeout=30)
             writer.close()
 
-    async def make_big_task(self, http: aiohttp.ClientSession) -> None:
+    async def big_tasks(self, http: aiohttp.ClientSession) -> None:
         """The task whose status the slow status readers ask for: an 8 MiB output, more
-        than the kernel's send buffer takes, so the answer budget holds what is left."""
+        than the kernel's send buffer takes, so the answer budget holds what is left. Made
+        again whenever the daemon has forgotten it (retention makes room for live tasks)."""
         body = {"model": "mock-model", "prompt": "[[big:65536]]", "max_tokens": 128}
-        async with http.post(f"{self.url}/v1/tasks", json=body) as r:
-            self.tally.answered(r.status, "big task")
-            self.big_task = (await r.json())["task_id"]
-        # (not one of the load's tasks: its stream outgrows the resume buffer, and it is
-        # followed to its end here)
-        async with http.get(f"{self.url}/v1/tasks/{self.big_task}/stream") as r:
-            await r.read()  # to its end
-        self.big_done.set()
+        while not self.stopping.is_set():
+            async with http.post(f"{self.url}/v1/tasks", json=body) as r:
+                self.tally.answered(r.status, "big task")
+                made = await r.json()
+            if r.status != 202:
+                await self._next_pulse()
+                continue
+            # (not one of the load's tasks: its stream outgrows the resume buffer, and it
+            # is followed to its end here)
+            self.big_task = made["task_id"]
+            async with http.get(f"{self.url}/v1/tasks/{self.big_task}/stream") as r:
+                await r.read()  # to its end
+            self.big_gone.clear()
+            self.big_done.set()
+            await self._unless_stopping(self.big_gone.wait())
+            self.big_done.clear()
 
     async def canceller(self, http: aiohttp.ClientSession) -> None:
         while await self._next_pulse():
@@ -249,16 +266,18 @@ class Soak:
             stopping = not await self._next_pulse()
             if not stopping and self.ended % 20:
                 continue
+            asked = time.monotonic()
             try:
                 async with http.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(5)) as r:
-                    ok = r.status == 200
+                    failure = None if r.status == 200 else f"status {r.status}"
                     await r.read()
-            except (aiohttp.ClientError, TimeoutError):
-                ok = False
-            if ok:
+            except (aiohttp.ClientError, TimeoutError) as e:
+                failure = repr(e)
+            if failure is None:
                 self.tally.health_ok += 1
             else:
-                self.tally.health_failed += 1
+                waited = time.monotonic() - asked
+                self.tally.health_failures.append(f"{failure} after {waited:.1f} s")
             self.tally.rss_max = max(self.tally.rss_max, rss(self.pid))
             if stopping:
                 return
@@ -270,7 +289,7 @@ class Soak:
             probe = aiohttp.ClientSession()  # its own pool: never queued behind the load
             background = [asyncio.create_task(self.prober(probe))]
             if "mock" in args.engines and args.slow_statuses:
-                background.append(asyncio.create_task(self.make_big_task(http)))
+                background.append(asyncio.create_task(self.big_tasks(http)))
             await self.submit_queued(http)
             background += [asyncio.create_task(self.streamer(http, n)) for n in range(args.streams)]
             background += [asyncio.create_task(self.half_open()) for _ in range(args.half_open)]
