@@ -30,6 +30,9 @@ from orchestratord.service import Refusal
 #: Answers at least this long are reserved: a transport's high-water mark (uvloop's and
 #: asyncio's default), what a connection holds anyway before its writes wait.
 LARGE = 64 << 10
+#: An answer is held this many times while it is written: its body, and the copy aiohttp
+#: hands the transport, joined with its head.
+COPIES = 2
 #: How long a client refused for the budget should wait: the answers ahead of it are
 #: taken, or dropped by `write_timeout_s`, in about that.
 RETRY_AFTER_MS = 1000
@@ -49,7 +52,7 @@ class AnswerBudget:
         """Refuse now an answer of about `length` bytes that would be refused once built:
         building a large answer costs its length in time and memory whatever becomes of it
         (an 8 MiB task status, some 30 ms of the loop's time)."""
-        if length >= LARGE and self.held and self.held + 2 * length > self.limit:
+        if length >= LARGE and self.held and self.held + COPIES * length > self.limit:
             raise refusal()
 
     def reserve(self, size: int) -> bool:
@@ -61,12 +64,12 @@ class AnswerBudget:
         return True
 
     async def send(self, request: web.Request, answer: web.Response, length: int) -> bool:
-        """Write `answer` (`length` bytes of body) holding twice that reserved until the
+        """Write `answer` (`length` bytes of body) holding `COPIES` times that until the
         transport has taken all but its high-water mark (or the client went away), then let
         go of its body, which aiohttp would keep, with the answer, while the connection
         waits for its next request. False, and nothing written, when the reservation would
         pass the budget."""
-        held = 2 * length  # its body, and the copy aiohttp hands the transport
+        held = COPIES * length
         if not self.reserve(held):
             return False
         try:
