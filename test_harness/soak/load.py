@@ -47,6 +47,9 @@ class Tally:
     health_ok: int = 0
     health_failures: list[str] = field(default_factory=list)
     rss_max: int = 0
+    #: The most this client's own event loop ran late (s): a probe that timed out while it
+    #: was large says the client, not the daemon, was too busy to read the answer.
+    client_lag_max: float = 0.0
     half_open_opened: int = 0
     #: Raw requests sent (`raw_client`), by what they are.
     raw_sent: Counter[str] = field(default_factory=Counter)
@@ -282,8 +285,17 @@ class Soak:
             if stopping:
                 return
 
+    def _watch_own_loop(self, due: float) -> None:
+        """Every 0.1 s, how late this client's loop ran that tick (a measure, not a wait)."""
+        loop = asyncio.get_running_loop()
+        self.tally.client_lag_max = max(self.tally.client_lag_max, loop.time() - due)
+        if not self.stopping.is_set():
+            loop.call_at(loop.time() + 0.1, self._watch_own_loop, loop.time() + 0.1)
+
     async def run(self) -> None:
         args = self.args
+        loop = asyncio.get_running_loop()
+        loop.call_at(loop.time() + 0.1, self._watch_own_loop, loop.time() + 0.1)
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=conn) as http:
             probe = aiohttp.ClientSession()  # its own pool: never queued behind the load

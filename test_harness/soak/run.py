@@ -131,6 +131,7 @@ async def main() -> None:
         "terminal_states": dict(soak.states), "statuses": dict(t.statuses),
         "answers": dict(sorted(t.answers.items())),
         "health_ok": t.health_ok, "health_failed": t.health_failures,
+        "client_loop_lag_max_s": round(t.client_lag_max, 2),
         "half_open_opened": t.half_open_opened, "slow_readers_opened": t.raw_sent["slow stream"],
         "slow_statuses_opened": t.raw_sent["slow status"],
         "stalled_bodies_opened": t.raw_sent["stalled body"],
