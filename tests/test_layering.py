@@ -67,7 +67,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
     ("orchestratord.engines", "orchestratord.chat_template"),
     ("orchestratord.telemetry", "orchestratord.telemetry.metrics",
      "orchestratord.telemetry.tracing"),
-    ("orchestratord.telemetry.series",),
+    ("orchestratord.telemetry.series", "orchestratord.telemetry.loop_lag"),
     ("orchestratord.api_models", "orchestratord.openai_models", "orchestratord.batch_models",
      "orchestratord.agent_models", "orchestratord"),
 )  # fmt: skip

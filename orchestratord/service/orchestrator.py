@@ -39,6 +39,7 @@ from orchestratord.service.streams import StreamLimits
 from orchestratord.service.tasks import TaskBook
 from orchestratord.store import StoreError, TaskStore, open_store
 from orchestratord.telemetry import Metrics, tracing
+from orchestratord.telemetry.loop_lag import LoopLag
 
 log = structlog.get_logger("orchestratord")
 
@@ -60,6 +61,7 @@ class Orchestrator:
         in doubt (None: it is the only daemon)."""
         self.config = config
         self.metrics = metrics or Metrics()
+        self._loop_lag = LoopLag(self.metrics.on_loop_lag)
         self.store = store or open_store(config)
         self.accepting = True
         #: Wall-clock start, unix seconds (the `created` of `GET /v1/models`).
@@ -106,6 +108,7 @@ class Orchestrator:
         """Open the store, bring back the tasks it journaled, start every pool. Raises
         StoreError (one clear line) if the store cannot be used."""
         self.store.on_commit = self.metrics.on_store_commit
+        self._loop_lag.start()
         snapshot = await self.store.open()
         server = self.config.server
         self.batches.load(snapshot)
@@ -154,6 +157,7 @@ class Orchestrator:
             self.remote.hub.close()
         self.book.close()
         await self.store.close()
+        self._loop_lag.stop()
 
     # -- tasks ---------------------------------------------------------------------
 

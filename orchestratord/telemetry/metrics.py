@@ -82,6 +82,9 @@ _FAMILIES: tuple[tuple[str, Kind, str, str, tuple[str, ...]], ...] = (
     ("tenant_tokens_in", "counter", "tenant_tokens_in",
      "Prompt tokens processed, by tenant (as above)", ("tenant",)),
     ("replica_restarts", "counter", "replica_restarts", "Engine restarts", _POOL_REPLICA),
+    ("loop_lag", "histogram", "event_loop_lag_ms",
+     "How late the event loop ran a timer due every 0.5 s, ms: what every request waited "
+     "on top of its own work", ()),
     ("store_commit", "histogram", "store_commit_latency_ms",
      "One group commit of the task store, ms", ()),
     ("batches", "gauge", "batches", "Batch API batches by status", ("status",)),
@@ -119,6 +122,7 @@ _REPLICA_FAMILIES = frozenset(a for a, _, _, _, labels in _FAMILIES if labels[:2
 #: Bucket bounds per histogram family (ms): a store commit takes well under a millisecond.
 _BUCKETS = {
     "store_commit": (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000),
+    "loop_lag": (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
 }
 
 #: How a terminal (state, code) is counted beyond `tasks_finished`: (family, reason).
@@ -337,6 +341,10 @@ class Metrics:
     def on_store_commit(self, seconds: float) -> None:
         """Once per group commit (many admissions and endings each)."""
         self._histogram("store_commit", ()).observe(seconds * 1000.0)
+
+    def on_loop_lag(self, ms: float) -> None:
+        """Every `loop_lag.PERIOD_S`: how late the event loop ran its timer."""
+        self._histogram("loop_lag", ()).observe(ms)
 
     # -- the Batch API -----------------------------------------------------------------
 

@@ -42,7 +42,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from pool_managerd.launchers import free_port
 from pool_managerd.tiny_gguf import write_tiny_model
@@ -83,6 +85,20 @@ def _config(tmp: Path, port: int, engines: list[str], budgets: dict[str, int], q
     return path
 
 
+async def _loop_lag(url: str) -> dict[str, int]:
+    """How many of the daemon's loop timers ran late, by how much (`event_loop_lag_ms`)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    buckets = {
+        float(s.labels["le"]): int(s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "event_loop_lag_ms_bucket"
+    }
+    total = buckets[float("inf")]
+    return {f"over {bound:g} ms": total - buckets[bound] for bound in (100, 500, 1000, 2500)}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=2.0)
@@ -119,6 +135,7 @@ async def main() -> None:
             await soak.run()
             elapsed = time.perf_counter() - started
             assert proc.returncode is None, f"the daemon exited ({proc.returncode})"
+            late = await _loop_lag(url)
         finally:
             await stop(proc)
     t = soak.tally
@@ -130,6 +147,7 @@ async def main() -> None:
         "rss_max_mib": round(t.rss_max / MiB, 1), "accepted": len(t.accepted),
         "terminal_states": dict(soak.states), "statuses": dict(t.statuses),
         "answers": dict(sorted(t.answers.items())),
+        "daemon_loop_late": late,
         "health_ok": t.health_ok, "health_failed": t.health_failures,
         "client_loop_lag_max_s": round(t.client_lag_max, 2),
         "half_open_opened": t.half_open_opened, "slow_readers_opened": t.raw_sent["slow stream"],
