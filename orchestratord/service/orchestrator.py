@@ -108,7 +108,6 @@ class Orchestrator:
         """Open the store, bring back the tasks it journaled, start every pool. Raises
         StoreError (one clear line) if the store cannot be used."""
         self.store.on_commit = self.metrics.on_store_commit
-        self._loop_lag.start()
         snapshot = await self.store.open()
         server = self.config.server
         self.batches.load(snapshot)
@@ -123,6 +122,7 @@ class Orchestrator:
         self.batches.resume(recovered.batch_items)
         for rec in recovered.unread:
             self._abandon_unless_read(rec)
+        self._loop_lag.start()  # (last: a start that failed leaves no timer behind)
 
     def active_count(self) -> int:
         return sum(pool.active() for pool in self.pools.values())
