@@ -119,7 +119,8 @@ _FAMILIES: tuple[tuple[str, Kind, str, str, tuple[str, ...]], ...] = (
 #: Families labelled per replica (their first two labels are the pool and the replica).
 _REPLICA_FAMILIES = frozenset(a for a, _, _, _, labels in _FAMILIES if labels[:2] == _POOL_REPLICA)
 
-#: Bucket bounds per histogram family (ms): a store commit takes well under a millisecond.
+#: Bucket bounds per histogram family (ms) where the default ones do not fit: a store
+#: commit takes well under a millisecond; the loop's lateness matters from 100 ms to seconds.
 _BUCKETS = {
     "store_commit": (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000),
     "loop_lag": (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),

@@ -158,14 +158,32 @@ class Soak:
 
         await asyncio.gather(*(one(i) for i in range(self.args.queued)))
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-        """A new connection to the daemon; None, once a stream has ended, when this client
+    async def _connect(
+        self, *, rcvbuf: int | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A new connection to the daemon (`rcvbuf`: a receive buffer that small, and a
+        reader that takes next to nothing); None, once a stream has ended, when this client
         is out of descriptors."""
+        sock = socket.socket()
         try:
-            return await asyncio.open_connection("127.0.0.1", self.port)
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.port))
         except OSError:
+            sock.close()
             await self._next_pulse()
             return None
+        return await asyncio.open_connection(sock=sock, limit=1024 if rcvbuf else 1 << 16)
+
+    async def _status(self, reader: asyncio.StreamReader, what: str) -> int | None:
+        """The status of the answer `reader` starts with, tallied as `what`'s; None if the
+        connection closed first or the soak stopped."""
+        answer = await self._unless_stopping(reader.readexactly(12))  # `HTTP/1.1 503`
+        if answer is None or not answer[9:12].isdigit():
+            return None
+        self.tally.answered(int(answer[9:12]), what)
+        return int(answer[9:12])
 
     async def half_open(self) -> None:
         while not self.stopping.is_set():
@@ -189,11 +207,8 @@ class Soak:
             self.tally.raw_sent[what] += 1
             writer.write(request)
             with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                answer = await self._unless_stopping(reader.readexactly(12))  # `HTTP/1.1 503`
-                if answer is not None and answer[9:12].isdigit():
-                    self.tally.answered(int(answer[9:12]), what)
-                    if until_closed:
-                        await self._unless_stopping(reader.read())
+                if await self._status(reader, what) is not None and until_closed:
+                    await self._unless_stopping(reader.read())
             writer.close()
             if not until_closed:
                 await self._next_pulse()
@@ -211,26 +226,16 @@ class Soak:
                 path = f"/v1/tasks/{self.big_task}"
             else:
                 break
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes next to nothing
-            sock.setblocking(False)
-            try:
-                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.port))
-            except OSError:
-                sock.close()
-                await self._next_pulse()  # out of descriptors: once a stream has ended
+            if (connection := await self._connect(rcvbuf=4096)) is None:
                 continue
-            reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+            reader, writer = connection
             self.tally.raw_sent[what] += 1
             writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
             with contextlib.suppress(TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-                answer = await self._unless_stopping(reader.readexactly(12))  # `HTTP/1.1 200`
-                status = int(answer[9:12]) if answer is not None else 0
-                if status:
-                    self.tally.answered(status, what)
+                status = await self._status(reader, what)
                 if status == 410 and what == "slow status":  # forgotten: another is made
                     self.big_gone.set()
-                elif status:
+                elif status is not None:
                     await asyncio.wait_for(self.stopping.wait(), timeout=30)
             writer.close()
 
