@@ -18,6 +18,7 @@ from orchestrator_core.errors import ErrorCode
 from orchestratord.api.access import is_loopback
 from orchestratord.api.app import build_app
 from orchestratord.api.connections import DROP_REASONS, ConnectionGuard, raise_fd_limit
+from orchestratord.api.listener import Listener
 from orchestratord.api.standby import standby_app
 from orchestratord.config import Config
 from orchestratord.keyring import KeyFileError, KeyRing
@@ -47,7 +48,7 @@ class Daemon:
         self.config = config
         self.service: Orchestrator | None = None
         self.runner: web.AppRunner | None = None
-        self._listener: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._guard: ConnectionGuard | None = None
         self.port: int = config.server.port
         #: The agents' gRPC server and its port, when agents may join.
@@ -106,11 +107,10 @@ class Daemon:
         self._guard = ConnectionGuard(serving.server, server, limit)
         # A large backlog: bursts of connects must not drop SYNs (see PERFORMANCE.md);
         # aiohttp sets TCP_NODELAY on every accepted connection.
-        self._listener = await asyncio.get_running_loop().create_server(
-            self._guard, server.host, self.port, backlog=4096, reuse_address=True,
-            ssl=tls_context(server),
-        )  # fmt: skip
-        self.port = self._listener.sockets[0].getsockname()[1]  # the port bound, when 0
+        self._listener = await Listener.bind(
+            self._guard, server.host, self.port, backlog=4096, tls=tls_context(server)
+        )
+        self.port = self._listener.port  # the port bound, when 0
         log.info("listening", url=self.url, pools=[p.id for p in self.config.pools])
 
     async def _run_terms(self, leadership: Leadership) -> None:

@@ -32,7 +32,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
      "orchestratord.api.openai_door", "orchestratord.api.provider_states",
      "orchestratord.api.batch_api", "orchestratord.api.access"),
     ("orchestratord.api.streaming",),
-    ("orchestratord.api.connections",),
+    ("orchestratord.api.connections", "orchestratord.api.listener"),
     ("orchestratord.api.sse",),
     ("orchestratord.api.openapi",),
     ("orchestratord.api.errors", "orchestratord.api.http"),

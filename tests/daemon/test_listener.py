@@ -1,0 +1,80 @@
+"""The listening socket: a burst of connections is accepted together, and a daemon out of
+file descriptors leaves new connections queued instead of closing them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import socket
+from collections.abc import Callable
+
+from structlog.testing import capture_logs
+
+from tests.helpers import mock_pool
+
+BURST = 200
+
+
+async def _healthz(sock: socket.socket) -> bytes:
+    """The status line of `/healthz` asked on the connected `sock`."""
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    status = await reader.readline()
+    writer.close()
+    return status
+
+
+async def _turns_until(done: Callable[[], bool]) -> int:
+    """How many turns of the loop pass until `done()` holds (checked once a turn)."""
+    loop = asyncio.get_running_loop()
+    reached = loop.create_future()
+    turns = 0
+
+    def turn() -> None:
+        nonlocal turns
+        turns += 1
+        if done():
+            reached.set_result(None)
+        else:
+            loop.call_soon(turn)  # (runs on the loop's next turn)
+
+    loop.call_soon(turn)
+    await reached
+    return turns
+
+
+async def test_a_burst_of_connections_is_accepted_within_a_turn_or_two(start_daemon):
+    """OC-LOAD-1215: uvloop's own server (libuv >= 1.45) accepts one connection a turn of
+    the loop. In the soak, where a turn took milliseconds, 200 to 350 connections stood in
+    the kernel's queue, a new connection waited a second or more for its answer, and a
+    `/healthz` probe now and then timed out."""
+    api = await start_daemon(mock_pool())
+    guard = api.daemon._guard
+    before = guard.open
+    # the kernel completes each handshake: they wait in its queue until the daemon accepts
+    clients = [socket.create_connection(("127.0.0.1", api.daemon.port)) for _ in range(BURST)]
+    turns = await _turns_until(lambda: guard.open == before + BURST)
+    assert turns <= 3  # accepted (one turn) and opened (the next), not one a turn
+    statuses = await asyncio.gather(*(_healthz(c) for c in clients))
+    assert statuses == [b"HTTP/1.1 200 OK\r\n"] * BURST
+
+
+async def test_a_connection_that_finds_no_descriptor_waits_and_is_served(start_daemon):
+    """OC-LOAD-1215: out of file descriptors, the daemon pauses accepting and leaves the
+    connection queued in the kernel (libuv accepts and closes it at once)."""
+    api = await start_daemon(mock_pool())
+    client = socket.socket()  # its descriptor, before there are none
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with capture_logs() as logs:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
+        try:
+            client.connect(("127.0.0.1", api.daemon.port))
+            async with asyncio.timeout(30):
+                await _turns_until(lambda: any("out of file" in e["event"] for e in logs))
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    async with asyncio.timeout(30):  # accepted once the pause is over
+        assert await _healthz(client) == b"HTTP/1.1 200 OK\r\n"
