@@ -46,6 +46,8 @@ class Tally:
     stream_endings: dict[str, list[str]] = field(default_factory=dict)
     health_ok: int = 0
     health_failures: list[str] = field(default_factory=list)
+    #: How long each answered probe took, on a connection of its own (s).
+    health_waits: list[float] = field(default_factory=list)
     rss_max: int = 0
     #: The most this client's own event loop ran late (s): a probe that timed out while it
     #: was large says the client, not the daemon, was too busy to read the answer.
@@ -281,10 +283,11 @@ class Soak:
                     await r.read()
             except (aiohttp.ClientError, TimeoutError) as e:
                 failure = repr(e)
+            waited = time.monotonic() - asked
             if failure is None:
                 self.tally.health_ok += 1
+                self.tally.health_waits.append(waited)
             else:
-                waited = time.monotonic() - asked
                 self.tally.health_failures.append(f"{failure} after {waited:.1f} s")
             self.tally.rss_max = max(self.tally.rss_max, rss(self.pid))
             if stopping:
@@ -303,7 +306,9 @@ class Soak:
         loop.call_at(loop.time() + 0.1, self._watch_own_loop, loop.time() + 0.1)
         conn = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=conn) as http:
-            probe = aiohttp.ClientSession()  # its own pool: never queued behind the load
+            # a connection a probe, as a load balancer's or kubelet's: never queued behind
+            # the load, and it meets the daemon's accepting as a new client does
+            probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
             background = [asyncio.create_task(self.prober(probe))]
             if "mock" in args.engines and args.slow_statuses:
                 background.append(asyncio.create_task(self.big_tasks(http)))

@@ -15,8 +15,9 @@ At once, for the whole run:
 - `--big-heads` clients sending 64 KB request heads of 8 KB lines (each answered 431 and
   closed), again each time a stream ends;
 - cancels of random tasks (one every 10 streams that end);
-- a prober asking `/healthz` (every 20 streams that end, and at the end) and reading the
-  daemon's RSS.
+- a prober asking `/healthz` (every 20 streams that end, and at the end) on a connection
+  of its own each time, as a load balancer's or kubelet's probe does (how long each took is
+  `health_wait_ms`), and reading the daemon's RSS.
 
 Nothing is paced by sleeping: the load's clock is the streams that end (`pulse`). A
 refused client retries when some stream has ended (room may have freed); the soak's length
@@ -48,7 +49,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pool_managerd.launchers import free_port
 from pool_managerd.tiny_gguf import write_tiny_model
-from test_harness.bench.common import start, stop
+from test_harness.bench.common import pct, start, stop
 from test_harness.soak.load import MiB, Soak, rss
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,6 +150,8 @@ async def main() -> None:
         "answers": dict(sorted(t.answers.items())),
         "daemon_loop_late": late,
         "health_ok": t.health_ok, "health_failed": t.health_failures,
+        "health_wait_ms": {f"p{p}": round(pct(t.health_waits, p), 1) for p in (50, 99, 100)}
+        if t.health_waits else {},
         "client_loop_lag_max_s": round(t.client_lag_max, 2),
         "half_open_opened": t.half_open_opened, "slow_readers_opened": t.raw_sent["slow stream"],
         "slow_statuses_opened": t.raw_sent["slow status"],
