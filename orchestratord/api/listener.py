@@ -134,7 +134,8 @@ def _listening(family: int, address: tuple[object, ...], backlog: int) -> socket
         sock.bind(address)
         sock.listen(backlog)
         sock.setblocking(False)
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        # (the address, as asyncio's create_server says it: the operator's first question)
+        raise OSError(e.errno, f"cannot listen on {address[0]}:{address[1]}: {e.strerror}") from e
     return sock

@@ -9,9 +9,10 @@ import resource
 import socket
 from collections.abc import Callable
 
+import yaml
 from structlog.testing import capture_logs
 
-from tests.helpers import mock_pool
+from tests.helpers import BIN, mock_pool
 
 BURST = 200
 
@@ -78,3 +79,21 @@ async def test_a_connection_that_finds_no_descriptor_waits_and_is_served(start_d
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     async with asyncio.timeout(30):  # accepted once the pause is over
         assert await _healthz(client) == b"HTTP/1.1 200 OK\r\n"
+
+
+async def test_serving_on_a_port_in_use_exits_2_naming_the_address(start_daemon, tmp_path):
+    """OC-LOAD-1215: one line that says where, as asyncio's create_server said it."""
+    api = await start_daemon(mock_pool())
+    config = {"server": {"port": api.daemon.port, "state_dir": str(tmp_path)},
+              "pools": [mock_pool()]}  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    serve = await asyncio.create_subprocess_exec(
+        BIN / "orchestratord", "serve", "--config", str(tmp_path / "c.yaml"),
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(serve.communicate(), 60)
+    errors = [line for line in err.decode().splitlines() if line.startswith("error:")]
+    assert serve.returncode == 2
+    assert errors == [
+        f"error: [Errno 98] cannot listen on 127.0.0.1:{api.daemon.port}: Address already in use"
+    ]
