@@ -14,7 +14,9 @@ from structlog.testing import capture_logs
 
 from tests.helpers import BIN, mock_pool
 
-BURST = 200
+#: Within the smallest listen backlog a kernel may cap ours to (somaxconn was 128 before
+#: Linux 5.4): a connect past it would wait for the daemon, whose loop this test holds.
+BURST = 100
 
 
 async def _healthz(sock: socket.socket) -> bytes:
@@ -55,7 +57,7 @@ async def test_a_burst_of_connections_is_accepted_within_a_turn_or_two(start_dae
     before = guard.open
     # the kernel completes each handshake: they wait in its queue until the daemon accepts
     clients = [socket.create_connection(("127.0.0.1", api.daemon.port)) for _ in range(BURST)]
-    turns = await _turns_until(lambda: guard.open == before + BURST)
+    turns = await _turns_until(lambda: guard.open >= before + BURST)
     assert turns <= 3  # accepted (one turn) and opened (the next), not one a turn
     statuses = await asyncio.gather(*(_healthz(c) for c in clients))
     assert statuses == [b"HTTP/1.1 200 OK\r\n"] * BURST
@@ -66,7 +68,7 @@ async def test_a_connection_that_finds_no_descriptor_waits_and_is_served(start_d
     connection queued in the kernel (libuv accepts and closes it at once)."""
     api = await start_daemon(mock_pool())
     client = socket.socket()  # its descriptor, before there are none
-    lowest_free = os.dup(0)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)  # the descriptor accept() would take
     os.close(lowest_free)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with capture_logs() as logs:
