@@ -4,7 +4,7 @@ uvloop serves a listening socket through libuv, and libuv (since 1.45, libuv#369
 one connection each turn of the loop: most wake-ups find one. Under load a turn of the
 daemon's loop takes milliseconds, and connections arrive in bursts — a thousand idle
 clients closed by the head timeout come back at once — so a burst waited a turn per
-connection ahead of it in the kernel's accept queue. In the soak, 200 to 350 connections
+connection ahead of it in the kernel's accept queue. In the soak, 80 to 350 connections
 stood in that queue: a new connection waited 1.1 s for its answer (p50; up to 3.3 s) while
 a request on an open one was answered in 11 ms, and a `/healthz` probe now and then timed
 out after 5 s. asyncio's own loop accepts up to its backlog each wake-up; `Listener` does
@@ -64,7 +64,8 @@ class Listener:
         backlog: int,
         tls: ssl.SSLContext | None = None,
     ) -> Listener:
-        """Bind and listen; raises OSError as `create_server` does (an address in use)."""
+        """Bind and listen; raises OSError naming the address that cannot be listened on
+        (one in use, one this host does not have)."""
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
