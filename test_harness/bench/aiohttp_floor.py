@@ -1,10 +1,10 @@
 """The daemon's HTTP machinery with nothing of the daemon between it, for the router bench
-(not a test): aiohttp's server, served as the daemon serves it (uvloop, no access log), in
-front of the adapters' engine client (`worker_adapters.http_client`, pooled connections),
-piping an OpenAI chat stream's body through as it arrives. No parsing of the request, no
-queue, journal, dispatch or framing of its own. Between `python_floor` (a uvloop byte pipe)
-and the daemon, it says how a stream's cost divides: the HTTP parts the daemon is built
-on, and the daemon's own work.
+(not a test): aiohttp's server, served as the daemon serves it (uvloop, no access log, its
+connections accepted by the daemon's `Listener`), in front of the adapters' engine client
+(`worker_adapters.http_client`, pooled connections), piping an OpenAI chat stream's body
+through as it arrives. No parsing of the request, no queue, journal, dispatch or framing of
+its own. Between `python_floor` (a uvloop byte pipe) and the daemon, it says how a stream's
+cost divides: the HTTP parts the daemon is built on, and the daemon's own work.
 
     python -m test_harness.bench.aiohttp_floor --port P --engine http://127.0.0.1:E
 """
@@ -17,6 +17,7 @@ import asyncio
 import uvloop
 from aiohttp import web
 
+from orchestratord.api.listener import Listener
 from worker_adapters.http_client import HttpClient
 
 CHAT = "/v1/chat/completions"
@@ -48,7 +49,8 @@ def make_app(engine: str) -> web.Application:
 async def serve(port: int, engine: str) -> None:
     runner = web.AppRunner(make_app(engine), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+    assert runner.server is not None
+    await Listener.bind(runner.server, "127.0.0.1", port, backlog=4096)
     print("ready", flush=True)
     await asyncio.Event().wait()  # until killed
 
