@@ -156,6 +156,7 @@ class Daemon:
             self._guard.serve(runner.server)
         service.metrics.watch_connections(
             lambda: self._guard.open if self._guard else 0,
+            lambda: self._listener.waiting() if self._listener else 0,
             lambda reason: self._guard.dropped[reason] if self._guard else 0,
             DROP_REASONS,
         )

@@ -95,6 +95,9 @@ _FAMILIES: tuple[tuple[str, Kind, str, str, tuple[str, ...]], ...] = (
      "Bytes charged to the memory budget, by live and retained (finished) tasks", ("kind",)),
     ("memory_budget", "gauge", "memory_budget_bytes", "server.memory_budget_bytes", ()),
     ("connections_open", "gauge", "connections_open", "HTTP connections held now", ()),
+    ("connections_waiting", "gauge", "connections_waiting",
+     "Connections the kernel has completed that the daemon has not accepted yet (its listen "
+     "queue: standing, the daemon's loop is too busy to accept)", ()),
     ("connections_dropped", "counter", "connections_dropped",
      "Connections closed on their clients: a head or a body too slow, an answer not taken, "
      "or opened past twice server.max_connections", ("reason",)),
@@ -297,11 +300,17 @@ class Metrics:
         self._value("leader", ()).set(int(leading))
 
     def watch_connections(
-        self, open_now: Callable[[], float], dropped: Callable[[str], float], reasons: Sequence[str]
+        self,
+        open_now: Callable[[], float],
+        waiting: Callable[[], float],
+        dropped: Callable[[str], float],
+        reasons: Sequence[str],
     ) -> None:
-        """The connections held, and those closed on their clients by reason, read at each
-        scrape (the connections outlive a leadership term's metrics)."""
+        """The connections held, those waiting to be accepted, and those closed on their
+        clients by reason, read at each scrape (the connections outlive a leadership term's
+        metrics)."""
         self._value("connections_open", ()).set_function(open_now)
+        self._value("connections_waiting", ()).set_function(waiting)
         for reason in reasons:
             self._value("connections_dropped", (reason,)).set_function(partial(dropped, reason))
 

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable
 
 import yaml
+from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from tests.helpers import BIN, mock_pool
@@ -99,3 +100,16 @@ async def test_serving_on_a_port_in_use_exits_2_naming_the_address(start_daemon,
     assert errors == [
         f"error: [Errno 98] cannot listen on 127.0.0.1:{api.daemon.port}: Address already in use"
     ]
+
+
+async def test_connections_waiting_to_be_accepted_are_a_gauge(start_daemon):
+    """OC-LOAD-1215: the standing queue that delayed every new connection showed nowhere but
+    in `ss`: not in the loop's lag, not in `connections_open`."""
+    api = await start_daemon(mock_pool())
+    clients = [socket.create_connection(("127.0.0.1", api.daemon.port)) for _ in range(10)]
+    # what a scrape would say now, while this test holds the loop: all ten in the kernel
+    scrape = generate_latest(api.daemon.service.metrics.registry).decode()
+    assert "\nconnections_waiting 10.0\n" in scrape
+    statuses = await asyncio.gather(*(_healthz(c) for c in clients))
+    assert statuses == [b"HTTP/1.1 200 OK\r\n"] * 10
+    assert await api.metric("connections_waiting") == 0
