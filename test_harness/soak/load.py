@@ -49,6 +49,8 @@ class Tally:
     #: How long each answered probe took, on a connection of its own (s).
     health_waits: list[float] = field(default_factory=list)
     rss_max: int = 0
+    #: The most connections seen waiting to be accepted, at a probe.
+    listen_queue_max: int = 0
     #: The most this client's own event loop ran late (s): a probe that timed out while it
     #: was large says the client, not the daemon, was too busy to read the answer.
     client_lag_max: float = 0.0
@@ -69,6 +71,15 @@ def rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
+    return 0
+
+
+def listen_queue(port: int) -> int:
+    """Connections waiting to be accepted on `port` (what `ss -ltn` shows as Recv-Q)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        _, local, _, state, queues = line.split()[:5]
+        if state == "0A" and int(local.split(":")[1], 16) == port:  # (0A: LISTEN)
+            return int(queues.split(":")[1], 16)
     return 0
 
 
@@ -290,6 +301,7 @@ class Soak:
             else:
                 self.tally.health_failures.append(f"{failure} after {waited:.1f} s")
             self.tally.rss_max = max(self.tally.rss_max, rss(self.pid))
+            self.tally.listen_queue_max = max(self.tally.listen_queue_max, listen_queue(self.port))
             if stopping:
                 return
 

@@ -17,7 +17,7 @@ At once, for the whole run:
 - cancels of random tasks (one every 10 streams that end);
 - a prober asking `/healthz` (every 20 streams that end, and at the end) on a connection
   of its own each time, as a load balancer's or kubelet's probe does (how long each took is
-  `health_wait_ms`), and reading the daemon's RSS.
+  `health_wait_ms`), and reading the daemon's RSS and its listen queue.
 
 Nothing is paced by sleeping: the load's clock is the streams that end (`pulse`). A
 refused client retries when some stream has ended (room may have freed); the soak's length
@@ -152,6 +152,7 @@ async def main() -> None:
         "health_ok": t.health_ok, "health_failed": t.health_failures,
         "health_wait_ms": {f"p{p}": round(pct(t.health_waits, p), 1) for p in (50, 99, 100)}
         if t.health_waits else {},
+        "listen_queue_max": t.listen_queue_max,
         "client_loop_lag_max_s": round(t.client_lag_max, 2),
         "half_open_opened": t.half_open_opened, "slow_readers_opened": t.raw_sent["slow stream"],
         "slow_statuses_opened": t.raw_sent["slow status"],
