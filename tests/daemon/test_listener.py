@@ -50,7 +50,7 @@ async def _turns_until(done: Callable[[], bool]) -> int:
 
 async def test_a_burst_of_connections_is_accepted_within_a_turn_or_two(start_daemon):
     """OC-LOAD-1215: uvloop's own server (libuv >= 1.45) accepts one connection a turn of
-    the loop. In the soak, where a turn took milliseconds, 200 to 350 connections stood in
+    the loop. In the soak, where a turn took milliseconds, 80 to 350 connections stood in
     the kernel's queue, a new connection waited a second or more for its answer, and a
     `/healthz` probe now and then timed out."""
     api = await start_daemon(mock_pool())
