@@ -106,10 +106,12 @@ class Daemon:
         limit = raise_fd_limit(server.max_connections)
         self._guard = ConnectionGuard(serving.server, server, limit)
         # A large backlog: bursts of connects must not drop SYNs (see PERFORMANCE.md);
-        # aiohttp sets TCP_NODELAY on every accepted connection.
+        # aiohttp sets TCP_NODELAY on every accepted connection. A TLS handshake is the
+        # start of a request's head, and has its time (the guard's timers start after it).
         self._listener = await Listener.bind(
-            self._guard, server.host, self.port, backlog=4096, tls=tls_context(server)
-        )
+            self._guard, server.host, self.port, backlog=4096, tls=tls_context(server),
+            tls_handshake_timeout_s=server.header_timeout_s,
+        )  # fmt: skip
         self.port = self._listener.port  # the port bound, when 0
         log.info("listening", url=self.url, pools=[p.id for p in self.config.pools])
 

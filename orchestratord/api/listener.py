@@ -48,10 +48,14 @@ class Listener:
         factory: Callable[[], asyncio.Protocol],
         sockets: list[socket.socket],
         tls: ssl.SSLContext | None,
+        tls_handshake_timeout_s: float | None,
     ) -> None:
         self._factory = factory
         self.sockets = sockets
-        self._tls = tls
+        #: uvloop's arguments for a TLS connection (none, without TLS).
+        self._tls: dict[str, Any] = {}
+        if tls is not None:
+            self._tls = {"ssl": tls, "ssl_handshake_timeout": tls_handshake_timeout_s}
         self._loop = asyncio.get_running_loop()
         #: Connections being handed to their transport (the loop keeps tasks weakly).
         self._handing: set[asyncio.Task[Any]] = set()
@@ -67,9 +71,11 @@ class Listener:
         *,
         backlog: int,
         tls: ssl.SSLContext | None = None,
+        tls_handshake_timeout_s: float | None = None,
     ) -> Listener:
-        """Bind and listen; raises OSError naming the address that cannot be listened on
-        (one in use, one this host does not have)."""
+        """Bind and listen (with `tls`, a connection whose handshake is not done within
+        `tls_handshake_timeout_s` is closed; None: uvloop's 60 s). Raises OSError naming the
+        address that cannot be listened on (one in use, one this host does not have)."""
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
@@ -83,7 +89,7 @@ class Listener:
             for sock in sockets:
                 sock.close()
             raise
-        return cls(factory, sockets, tls)
+        return cls(factory, sockets, tls, tls_handshake_timeout_s)
 
     @property
     def port(self) -> int:
@@ -120,7 +126,7 @@ class Listener:
                 self._loop.call_later(OUT_OF_DESCRIPTORS_PAUSE_S, self._resume, sock)
                 return
             handing = self._loop.create_task(
-                self._loop.connect_accepted_socket(self._factory, connection, ssl=self._tls)
+                self._loop.connect_accepted_socket(self._factory, connection, **self._tls)
             )
             self._handing.add(handing)
             handing.add_done_callback(self._handed)

@@ -76,6 +76,25 @@ async def test_a_connection_that_never_finishes_its_head_is_closed(start_daemon)
     assert await api.metric("connections_dropped_total", reason="head_timeout") == 1
 
 
+async def test_a_tls_handshake_not_begun_is_closed_after_the_head_timeout(start_daemon, tmp_path):
+    """OC-LOAD-1204: the head's time starts at the connection, handshake included. The
+    guard's timers start once the handshake is done; until the daemon accepted its own
+    connections, one that never said hello was held for uvloop's default of 60 s."""
+    import trustme
+
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    api = await start_daemon(
+        mock_pool(), ready=False, tls={"cert": str(cert), "key": str(key)}, header_timeout_s=1
+    )
+    reader, writer = await raw_connection(api.daemon.port)
+    async with asyncio.timeout(30):  # (uvloop's default would hold it twice that)
+        assert await reader.read() == b""  # closed by the daemon, nothing said
+    writer.close()
+
+
 def _head(path: str, headers: int, size: int) -> bytes:
     """A GET of `path` with `headers` extra headers of `size` bytes each."""
     extra = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * size) for i in range(headers))
