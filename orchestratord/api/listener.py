@@ -20,6 +20,7 @@ import errno
 import socket
 import ssl
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -100,7 +101,7 @@ class Listener:
         """Connections the kernel has completed that are not accepted yet (the sockets'
         accept queues; 0 where the kernel does not say). Read at scrape: a standing queue
         is how a loop too busy to accept shows."""
-        if not hasattr(socket, "TCP_INFO"):
+        if sys.platform != "linux":  # (other kernels' `tcp_info` is laid out otherwise)
             return 0
         queued = 0
         for sock in self.sockets:
