@@ -13,18 +13,19 @@ import yaml
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
-from tests.helpers import BIN, mock_pool
+from tests.helpers import BIN, get_request, mock_pool, read_answer
 
 #: Within the smallest listen backlog a kernel may cap ours to (somaxconn was 128 before
 #: Linux 5.4): a connect past it would wait for the daemon, whose loop this test holds.
 BURST = 100
 
 
-async def _healthz(sock: socket.socket) -> bytes:
-    """The status line of `/healthz` asked on the connected `sock`."""
+async def _healthz(sock: socket.socket) -> int:
+    """The status of `/healthz` asked on `sock`, connected before the daemon could accept it
+    (`raw_connection` lets the loop turn while it connects)."""
     reader, writer = await asyncio.open_connection(sock=sock)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    status = await reader.readline()
+    writer.write(get_request("/healthz"))
+    status, _, _ = await read_answer(reader)
     writer.close()
     return status
 
@@ -61,7 +62,7 @@ async def test_a_burst_of_connections_is_accepted_within_a_turn_or_two(start_dae
     turns = await _turns_until(lambda: guard.open >= before + BURST)
     assert turns <= 3  # accepted (one turn) and opened (the next), not one a turn
     statuses = await asyncio.gather(*(_healthz(c) for c in clients))
-    assert statuses == [b"HTTP/1.1 200 OK\r\n"] * BURST
+    assert statuses == [200] * BURST
 
 
 async def test_a_connection_that_finds_no_descriptor_waits_and_is_served(start_daemon):
@@ -81,7 +82,7 @@ async def test_a_connection_that_finds_no_descriptor_waits_and_is_served(start_d
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     async with asyncio.timeout(30):  # accepted once the pause is over
-        assert await _healthz(client) == b"HTTP/1.1 200 OK\r\n"
+        assert await _healthz(client) == 200
 
 
 async def test_serving_on_a_port_in_use_exits_2_naming_the_address(start_daemon, tmp_path):
@@ -111,5 +112,5 @@ async def test_connections_waiting_to_be_accepted_are_a_gauge(start_daemon):
     scrape = generate_latest(api.daemon.service.metrics.registry).decode()
     assert "\nconnections_waiting 10.0\n" in scrape
     statuses = await asyncio.gather(*(_healthz(c) for c in clients))
-    assert statuses == [b"HTTP/1.1 200 OK\r\n"] * 10
+    assert statuses == [200] * 10
     assert await api.metric("connections_waiting") == 0
